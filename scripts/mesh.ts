@@ -1,0 +1,89 @@
+/**
+ * The mesh's Workers as Node-side tooling sees them: where each config is,
+ * how to bundle each Worker, and its Miniflare options (derived from its
+ * wrangler config, so tests and the benchmark run what `wrangler dev` and
+ * `wrangler deploy` run).
+ */
+import { build } from "esbuild"
+import type { LegacyWorkerOptions } from "miniflare"
+import { dirname, join, resolve } from "node:path"
+import { unstable_getMiniflareWorkerOptions, unstable_readConfig } from "wrangler"
+
+export interface MeshWorker {
+  /** Short name: the folder under src/services/. */
+  readonly name: string
+  /** Path of its wrangler config, from the repository root. */
+  readonly config: string
+}
+
+/** In deployment order: a Worker comes after every Worker it binds. */
+export const workers: ReadonlyArray<MeshWorker> = [
+  { name: "users", config: "src/services/users/wrangler.toml" },
+  { name: "auth", config: "src/services/auth/wrangler.toml" },
+  { name: "products", config: "src/services/products/wrangler.toml" },
+  { name: "router", config: "src/services/router/wrangler.toml" },
+  { name: "gateway", config: "wrangler.toml" }
+]
+
+export const root = resolve(import.meta.dirname, "..")
+
+/** The deployed name (`name` in its wrangler config) of a mesh Worker. */
+export const scriptName = (worker: MeshWorker): string => {
+  const name = unstable_readConfig({ config: join(root, worker.config) }).name
+  if (name === undefined) throw new Error(`${worker.config} has no name`)
+  return name
+}
+
+/** The Worker's entry module, resolved against its config file. */
+export const entry = (worker: MeshWorker): string => {
+  const main = unstable_readConfig({ config: join(root, worker.config) }).main
+  if (main === undefined) throw new Error(`${worker.config} has no main`)
+  return resolve(root, dirname(worker.config), main)
+}
+
+/** Bundles one module the way wrangler does for workerd (ESM, workerd conditions). */
+export const bundle = async (entryPoint: string, outfile: string, options: { readonly minify?: boolean } = {}) => {
+  await build({
+    entryPoints: [entryPoint],
+    outfile,
+    bundle: true,
+    format: "esm",
+    platform: "neutral",
+    target: "es2024",
+    mainFields: ["module", "main"],
+    conditions: ["workerd", "worker", "browser"],
+    external: ["cloudflare:*"],
+    minify: options.minify ?? false,
+    sourcemap: "linked",
+    logLevel: "warning"
+  })
+  return outfile
+}
+
+const isEmpty = (value: unknown): boolean =>
+  value === undefined || (Array.isArray(value) ? value.length === 0 : typeof value === "object" && value !== null
+    ? Object.keys(value).length === 0
+    : false)
+
+/** Option keys that only matter to wrangler's own dev server. */
+const devOnly = new Set(["rootPath", "modulesRules", "connectHandlers", "email"])
+
+/**
+ * Miniflare options for one Worker, bindings taken from its wrangler config,
+ * code from a bundle. Only the options the config actually sets are kept.
+ */
+export const miniflareOptions = (worker: MeshWorker, scriptPath: string): LegacyWorkerOptions => {
+  const { workerOptions } = unstable_getMiniflareWorkerOptions(join(root, worker.config))
+  const options: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(workerOptions)) {
+    if (!devOnly.has(key) && !isEmpty(value)) options[key] = value
+  }
+  return { ...options, name: scriptName(worker), modules: true, scriptPath } as LegacyWorkerOptions
+}
+
+/** Bundles every mesh Worker into `outdir/<name>.js` and returns their Miniflare options. */
+export const buildMesh = async (outdir: string, options: { readonly minify?: boolean } = {}) =>
+  Promise.all(workers.map(async (worker) => {
+    const scriptPath = await bundle(entry(worker), join(outdir, `${worker.name}.js`), options)
+    return miniflareOptions(worker, scriptPath)
+  }))

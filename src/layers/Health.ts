@@ -1,0 +1,65 @@
+/**
+ * Reachability of a Worker's upstreams, for `GET /health`.
+ *
+ * Each upstream's own `/health` is probed in parallel, each with a timeout.
+ * A proxy upstream (the router) reports its upstreams in turn; those entries
+ * are merged into this report, so the gateway's `/health` lists every Worker
+ * of the mesh. The report is 200 when every upstream is up, else 503.
+ */
+import { Duration, Effect, Schema } from "effect"
+import type { Upstream } from "./Routing.ts"
+
+export const UpstreamHealth = Schema.Struct({
+  status: Schema.Literals(["up", "down"]),
+  latencyMs: Schema.optionalKey(Schema.Number),
+  detail: Schema.optionalKey(Schema.String)
+})
+export type UpstreamHealth = typeof UpstreamHealth.Type
+
+export const HealthReport = Schema.Struct({
+  service: Schema.String,
+  status: Schema.Literals(["ok", "degraded"]),
+  upstreams: Schema.optionalKey(Schema.Record(Schema.String, UpstreamHealth))
+})
+export type HealthReport = typeof HealthReport.Type
+
+const decodeReport = Schema.decodeUnknownEffect(Schema.fromJsonString(HealthReport))
+
+export const defaultProbeTimeout = Duration.seconds(2)
+
+const down = (detail: string): UpstreamHealth => ({ status: "down", detail })
+
+/** Probes one upstream; never fails: an unreachable upstream is a `down` entry. */
+export const probe = (upstream: Pick<Upstream, "service" | "fetcher">, timeout: Duration.Duration = defaultProbeTimeout) =>
+  Effect.gen(function*() {
+    const started = Date.now()
+    const response = yield* Effect.tryPromise((signal) =>
+      upstream.fetcher.fetch(`http://${upstream.service}.internal/health`, { signal })
+    )
+    const latencyMs = Date.now() - started
+    const report = yield* Effect.flatMap(Effect.promise(() => response.text()), decodeReport)
+    const self: UpstreamHealth = response.ok && report.status === "ok"
+      ? { status: "up", latencyMs }
+      : { status: "down", latencyMs, detail: `${upstream.service} reported ${report.status} (HTTP ${response.status})` }
+    return { [upstream.service]: self, ...report.upstreams }
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: timeout,
+      orElse: () => Effect.succeed({ [upstream.service]: down(`no answer within ${Duration.format(timeout)}`) })
+    }),
+    Effect.catch(() => Effect.succeed({ [upstream.service]: down("unreachable or not a health report") }))
+  )
+
+/** The health report of `service`, probing all of `upstreams`. */
+export const report = (service: string, upstreams: ReadonlyArray<Pick<Upstream, "service" | "fetcher">>) =>
+  Effect.map(
+    Effect.forEach(upstreams, (upstream) => probe(upstream), { concurrency: "unbounded" }),
+    (entries): HealthReport => {
+      const merged: Record<string, UpstreamHealth> = Object.assign({}, ...entries)
+      const ok = Object.values(merged).every((entry) => entry.status === "up")
+      return { service, status: ok ? "ok" : "degraded", upstreams: merged }
+    }
+  )
+
+export const toResponse = (report: HealthReport): Response =>
+  Response.json(report, { status: report.status === "ok" ? 200 : 503, headers: { "cache-control": "no-store" } })

@@ -1,0 +1,83 @@
+/**
+ * Forwarding a request to an upstream Worker over its service binding, the
+ * way an HTTP proxy must (RFC 9110 section 7.6.1): hop-by-hop headers, and every
+ * header the `Connection` header names, are dropped in both directions; the
+ * path and query reach the upstream exactly as they were routed.
+ */
+import { Effect } from "effect"
+import * as Problem from "../runtime/Problem.ts"
+
+const hopByHop = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade"
+])
+
+/** Header names to drop: the fixed hop-by-hop set plus those the `Connection` header lists. */
+const droppedHeaders = (headers: Headers): ReadonlyArray<string> => {
+  const dropped: Array<string> = []
+  for (const name of hopByHop) if (headers.has(name)) dropped.push(name)
+  const connection = headers.get("connection")
+  if (connection !== null) {
+    for (const token of connection.split(",")) {
+      const name = token.trim().toLowerCase()
+      if (name !== "") dropped.push(name)
+    }
+  }
+  return dropped
+}
+
+/** `headers` without hop-by-hop headers; the same object when there is nothing to drop. */
+export const stripHopByHop = (headers: Headers): Headers => {
+  const dropped = droppedHeaders(headers)
+  if (dropped.length === 0) return headers
+  const copy = new Headers(headers)
+  for (const name of dropped) copy.delete(name)
+  return copy
+}
+
+/**
+ * A path that could be read two ways: empty segments (`//`), dot segments
+ * (`.`/`..`, also percent-encoded), encoded separators (`%2F`, `%5C`), a raw
+ * backslash or an encoded NUL. Upstream routers may collapse or decode these
+ * differently from us, so the mesh refuses them instead of guessing.
+ */
+const ambiguousPath = /\/\/|%2f|%5c|\\|%00|(?:^|\/)(?:\.|%2e){1,2}(?:\/|$)/i
+
+export const checkPath = (pathname: string): Effect.Effect<void, Problem.BadRequest> =>
+  ambiguousPath.test(pathname)
+    ? Effect.fail(new Problem.BadRequest({ detail: "The path has empty, dot or encoded-separator segments" }))
+    : Effect.void
+
+/** The request to send upstream: same URL, method and body, hop-by-hop headers dropped. */
+export const upstreamRequest = (request: Request): Request => {
+  const headers = stripHopByHop(request.headers)
+  return headers === request.headers ? request : new Request(request, { headers })
+}
+
+/** The response to send downstream, hop-by-hop headers dropped. */
+export const downstreamResponse = (response: Response): Response => {
+  const headers = stripHopByHop(response.headers)
+  return headers === response.headers
+    ? response
+    : new Response(response.body, { status: response.status, statusText: response.statusText, headers })
+}
+
+/**
+ * Sends `request` to `upstream` (a service binding) and returns its response.
+ * A thrown fetch (the upstream is missing or crashed) is a 502 naming the service.
+ */
+export const forward = (service: string, upstream: Fetcher, request: Request): Effect.Effect<Response, Problem.BadGateway> =>
+  Effect.map(
+    Effect.tryPromise({
+      try: (signal) => upstream.fetch(upstreamRequest(request), { signal }),
+      catch: () => new Problem.BadGateway({ service, detail: `The ${service} service could not be reached` })
+    }),
+    downstreamResponse
+  )

@@ -1,0 +1,105 @@
+/**
+ * The routing table: which service answers which path prefix, over which
+ * service binding. It is configuration (the `ROUTES` var of the router's
+ * wrangler config), decoded with Schema when the Worker's layer is built, and
+ * every binding it names is checked then, not at request time.
+ *
+ * ```toml
+ * [vars]
+ * ROUTES = [
+ *   { service = "users", prefix = "/api/users", binding = "USERS" },
+ * ]
+ * ```
+ *
+ * Matching is on path-segment boundaries: `/api/users` matches `/api/users`
+ * and `/api/users/7`, never `/api/usersadmin`. The longest prefix wins.
+ */
+import { Config, Context, Effect, Layer, Schema } from "effect"
+import * as Bindings from "../runtime/Bindings.ts"
+import * as Problem from "../runtime/Problem.ts"
+import * as Health from "./Health.ts"
+import * as Proxy from "./Proxy.ts"
+
+/** `/segment(/segment)*`: no trailing slash, no empty or dot segments. */
+export const PathPrefix = Schema.String.check(
+  Schema.isPattern(/^(?:\/(?!\.{1,2}(?:\/|$))[A-Za-z0-9._~!$&'()*+,;=:@-]+)+$/)
+)
+
+export const Route = Schema.Struct({
+  service: Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]*$/)),
+  prefix: PathPrefix,
+  binding: Schema.String.check(Schema.isPattern(/^[A-Z][A-Z0-9_]*$/))
+})
+export type Route = typeof Route.Type
+
+export const RouteTable = Schema.Array(Route).check(
+  Schema.makeFilter((routes) => new Set(routes.map((route) => route.prefix)).size === routes.length, {
+    expected: "routes with distinct prefixes"
+  })
+)
+
+/** A route with its upstream binding resolved. */
+export interface Upstream extends Route {
+  readonly fetcher: Fetcher
+}
+
+/** Whether `path` is `prefix` or lies below it, on a segment boundary. */
+export const matchesPrefix = (path: string, prefix: string): boolean =>
+  path.startsWith(prefix) && (path.length === prefix.length || path.charCodeAt(prefix.length) === 47 /* "/" */)
+
+export class RoutingTable extends Context.Service<RoutingTable, {
+  readonly upstreams: ReadonlyArray<Upstream>
+  /** The upstream serving `path`, or `undefined`. */
+  readonly match: (path: string) => Upstream | undefined
+}>()("meshwork/layers/RoutingTable") {
+  /** Builds the table from `upstreams`, longest prefix first. */
+  static readonly make = (upstreams: ReadonlyArray<Upstream>): RoutingTable["Service"] => {
+    const ordered = [...upstreams].sort((a, b) => b.prefix.length - a.prefix.length)
+    return RoutingTable.of({
+      upstreams: ordered,
+      match: (path) => ordered.find((upstream) => matchesPrefix(path, upstream.prefix))
+    })
+  }
+
+  /** The table from the `ROUTES` config, with every binding checked. */
+  static readonly layer = Layer.effect(
+    RoutingTable,
+    Effect.gen(function*() {
+      const routes = yield* Config.schema(RouteTable, "ROUTES")
+      const upstreams = yield* Effect.forEach(routes, (route) =>
+        Effect.map(Bindings.fetcher(route.binding), (fetcher): Upstream => ({ ...route, fetcher })))
+      return RoutingTable.make(upstreams)
+    })
+  )
+}
+
+/**
+ * The fetch handler of a proxy Worker (the gateway, the router): refuse
+ * ambiguous paths, answer `GET /health` with the upstreams' health, forward
+ * everything else to the upstream whose prefix matches, 404 otherwise.
+ */
+export const proxy = (service: string) =>
+(
+  request: Request
+): Effect.Effect<
+  Response,
+  Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway,
+  RoutingTable
+> =>
+  RoutingTable.use((table): Effect.Effect<
+    Response,
+    Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway
+  > => {
+    const path = new URL(request.url).pathname
+    if (path === "/health") {
+      return request.method === "GET" || request.method === "HEAD"
+        ? Effect.map(Health.report(service, table.upstreams), Health.toResponse)
+        : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
+    }
+    return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, Problem.NotFound | Problem.BadGateway> => {
+      const upstream = table.match(path)
+      return upstream === undefined
+        ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
+        : Proxy.forward(upstream.service, upstream.fetcher, request)
+    })
+  })

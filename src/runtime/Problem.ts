@@ -1,0 +1,115 @@
+/**
+ * RFC 9457 problem details at the Worker edge.
+ *
+ * Every failure a caller can see is a typed error. Errors declared with
+ * `HttpApiError.Problem` (Effect's own typed problem classes) render
+ * themselves; this module declares the generic HTTP problems the mesh uses and
+ * turns any failure into an `application/problem+json` Response.
+ */
+import { Cause, Effect, Exit, Schema } from "effect"
+import { HttpServerRespondable, HttpServerResponse, ProblemDetails } from "effect/http"
+import { HttpApiError } from "effect/http-api"
+
+/** One invalid input value: where it was (`["payload", "email"]`) and why. */
+export const Issue = Schema.Struct({
+  path: Schema.Array(Schema.Union([Schema.String, Schema.Number])),
+  message: Schema.String
+})
+export type Issue = typeof Issue.Type
+
+export class BadRequest extends HttpApiError.Problem<BadRequest>()("BadRequest", {
+  type: ProblemDetails.blankType,
+  status: 400,
+  title: "Bad Request"
+}, {
+  errors: Schema.optionalKey(Schema.Array(Issue))
+}) {}
+
+export class NotFound extends HttpApiError.Problem<NotFound>()("NotFound", {
+  type: ProblemDetails.blankType,
+  status: 404,
+  title: "Not Found"
+}) {}
+
+export class MethodNotAllowed extends HttpApiError.Problem<MethodNotAllowed>()("MethodNotAllowed", {
+  type: ProblemDetails.blankType,
+  status: 405,
+  title: "Method Not Allowed"
+}) {}
+
+export class PayloadTooLarge extends HttpApiError.Problem<PayloadTooLarge>()("PayloadTooLarge", {
+  type: ProblemDetails.blankType,
+  status: 413,
+  title: "Content Too Large"
+}, {
+  limit: Schema.Number
+}) {}
+
+export class UnsupportedMediaType extends HttpApiError.Problem<UnsupportedMediaType>()("UnsupportedMediaType", {
+  type: ProblemDetails.blankType,
+  status: 415,
+  title: "Unsupported Media Type"
+}) {}
+
+export class InternalError extends HttpApiError.Problem<InternalError>()("InternalError", {
+  type: ProblemDetails.blankType,
+  status: 500,
+  title: "Internal Server Error"
+}) {}
+
+export class BadGateway extends HttpApiError.Problem<BadGateway>()("BadGateway", {
+  type: ProblemDetails.blankType,
+  status: 502,
+  title: "Bad Gateway"
+}, {
+  service: Schema.String
+}) {}
+
+export class ServiceUnavailable extends HttpApiError.Problem<ServiceUnavailable>()("ServiceUnavailable", {
+  type: ProblemDetails.blankType,
+  status: 503,
+  title: "Service Unavailable"
+}) {}
+
+const problemHeaders = { "content-type": ProblemDetails.contentType }
+
+/** The body of an error we could not render: no detail leaks to the caller. */
+const internalErrorBody = JSON.stringify({ type: ProblemDetails.blankType, status: 500, title: "Internal Server Error" })
+
+const internalErrorResponse = (): Response => new Response(internalErrorBody, { status: 500, headers: problemHeaders })
+
+/**
+ * Renders one typed error. Respondable errors (every `HttpApiError.Problem`)
+ * render themselves; anything else is a 500 with no detail.
+ */
+export const fromError = (error: unknown): Response => {
+  if (!HttpServerRespondable.isRespondable(error)) return internalErrorResponse()
+  const exit = Effect.runSyncExit(HttpServerRespondable.toResponse(error))
+  return Exit.isSuccess(exit) ? HttpServerResponse.toWeb(exit.value) : internalErrorResponse()
+}
+
+/**
+ * Whether rendering this cause hides something that must be logged: a defect,
+ * or a typed error that is not a problem a client is meant to see.
+ */
+export const isUnexpected = <E>(cause: Cause.Cause<E>): boolean => {
+  const error = Cause.findErrorOption(cause)
+  if (error._tag === "None") return !Cause.hasInterruptsOnly(cause) || cause.reasons.length === 0
+  return !HttpServerRespondable.isRespondable(error.value) || statusOf(error.value) >= 500
+}
+
+const statusOf = (error: unknown): number =>
+  typeof error === "object" && error !== null && "status" in error && typeof error.status === "number"
+    ? error.status
+    : 500
+
+/**
+ * Renders a failed Exit: the first typed error if there is one, 503 when the
+ * request was only interrupted, otherwise (a defect) 500.
+ */
+export const fromCause = <E>(cause: Cause.Cause<E>): Response => {
+  const error = Cause.findErrorOption(cause)
+  if (error._tag === "Some") return fromError(error.value)
+  if (Cause.hasInterruptsOnly(cause) && cause.reasons.length > 0) return fromError(new ServiceUnavailable())
+  return internalErrorResponse()
+}

@@ -1,0 +1,162 @@
+/**
+ * The per-Worker runtime: turns a Layer and Effect handlers into the
+ * `{ fetch, queue, scheduled }` object a Worker module exports.
+ *
+ * ```ts
+ * export default Worker.make({
+ *   name: "hello",
+ *   layer: Greeter.layer,
+ *   fetch: (request) => Effect.map(Greeter.asEffect(), (greeter) => Response.json(greeter.greet()))
+ * })
+ * ```
+ *
+ * The layer is built once per isolate, on the first invocation (Workers forbid
+ * I/O at module scope, and `env` arrives with the first call), and its
+ * services are shared by every later invocation. Nothing request-scoped lives
+ * in it: the request is an argument, `ctx.waitUntil` is the `Invocation`
+ * service of each call. A typed failure becomes its RFC 9457 problem response;
+ * a defect becomes a bare 500 and is logged.
+ */
+import { Cause, ConfigProvider, Context, Effect, Exit, Layer, Scope } from "effect"
+import { Invocation, WorkerEnv } from "./Bindings.ts"
+import * as Problem from "./Problem.ts"
+
+/** A fetch handler: the request in, a Response out, typed errors rendered as problems. */
+export type Handler<E, R> = (request: Request) => Effect.Effect<Response, E, R>
+
+/** What every handler can use besides the Worker's own services. */
+export type Ambient = WorkerEnv | Invocation
+
+export interface Options<Provided, LE, FE, QE, SE, Body> {
+  /** The Worker's name: log annotations and, later, the tracing `service.name`. */
+  readonly name: string
+  /** Built once per isolate; it may read `WorkerEnv` and `Config` (wrangler vars and secrets). */
+  readonly layer: Layer.Layer<Provided, LE, WorkerEnv>
+  readonly fetch?: Handler<FE, Provided | Ambient> | undefined
+  /** A failure retries the whole batch; ack or retry single messages inside for finer control. */
+  readonly queue?: ((batch: MessageBatch<Body>) => Effect.Effect<void, QE, Provided | Ambient>) | undefined
+  readonly scheduled?: ((controller: ScheduledController) => Effect.Effect<void, SE, Provided | Ambient>) | undefined
+}
+
+/** The layer every Worker gets: its env, and Config read from it. */
+export const envLayer = (env: object): Layer.Layer<WorkerEnv> =>
+  Layer.merge(WorkerEnv.layer(env), ConfigProvider.layer(ConfigProvider.fromUnknown(env)))
+
+/**
+ * The services of one isolate (a Worker isolate, or one Durable Object
+ * instance), built once from `layer` and never torn down: the isolate's end
+ * is its end.
+ */
+export class IsolateServices<Provided, LE> {
+  #services: Context.Context<Provided | WorkerEnv> | undefined
+  #building: Promise<Context.Context<Provided | WorkerEnv>> | undefined
+  readonly #layer: Layer.Layer<Provided, LE, WorkerEnv>
+  readonly #annotations: Record<string, string>
+
+  constructor(layer: Layer.Layer<Provided, LE, WorkerEnv>, annotations: Record<string, string>) {
+    this.#layer = layer
+    this.#annotations = annotations
+  }
+
+  /** The services, or a promise of them while the first build runs. */
+  get(env: object): Context.Context<Provided | WorkerEnv> | Promise<Context.Context<Provided | WorkerEnv>> {
+    if (this.#services !== undefined) return this.#services
+    if (this.#building !== undefined) return this.#building
+    const build = Effect.flatMap(Scope.make(), (scope) =>
+      Layer.buildWithScope(Layer.provideMerge(this.#layer, envLayer(env)), scope)).pipe(
+        Effect.annotateLogs(this.#annotations),
+        Effect.tapCause((cause) => Effect.logError("Worker layer failed to build", cause))
+      )
+    const fiber = Effect.runFork(build)
+    const exit = fiber.pollUnsafe()
+    if (exit !== undefined) return this.#settle(exit)
+    return this.#building = new Promise((resolve, reject) =>
+      fiber.addObserver((exit) => {
+        try {
+          resolve(this.#settle(exit))
+        } catch (error) {
+          reject(error)
+        }
+      })
+    )
+  }
+
+  #settle(exit: Exit.Exit<Context.Context<Provided | WorkerEnv>, LE>): Context.Context<Provided | WorkerEnv> {
+    this.#building = undefined
+    if (Exit.isSuccess(exit)) return this.#services = exit.value
+    // A failed build is retried by the next invocation rather than cached:
+    // the layer does no I/O, so only a fixed config can change the outcome.
+    throw new Error(`Worker layer failed to build: ${Cause.pretty(exit.cause)}`)
+  }
+}
+
+/**
+ * Runs one invocation's effect on the isolate's services. Returns the value
+ * itself when the effect completes synchronously (no promise allocated), which
+ * keeps the common cached/static path as cheap as a bare handler.
+ */
+export const runWith = <A, E, R>(
+  services: Context.Context<R>,
+  effect: Effect.Effect<A, E, R>,
+  onExit: (exit: Exit.Exit<A, E>) => A
+): A | Promise<A> => {
+  const fiber = Effect.runForkWith(services)(effect)
+  const exit = fiber.pollUnsafe()
+  if (exit !== undefined) return onExit(exit)
+  return new Promise<A>((resolve) => fiber.addObserver((exit) => resolve(onExit(exit))))
+}
+
+/** Turns the Exit of a fetch handler into the Response to send, logging what the caller must not see. */
+export const respond = (services: Context.Context<never>, annotations: Record<string, string>) =>
+(exit: Exit.Exit<Response, unknown>): Response => {
+  if (Exit.isSuccess(exit)) return exit.value
+  if (Problem.isUnexpected(exit.cause)) {
+    Effect.runForkWith(services)(
+      Effect.logError("Request failed", exit.cause).pipe(Effect.annotateLogs(annotations))
+    )
+  }
+  return Problem.fromCause(exit.cause)
+}
+
+/** Fails the invocation with an Error carrying the cause, so the platform retries or reports it. */
+const rethrow = (annotations: Record<string, string>) => (exit: Exit.Exit<void, unknown>): void => {
+  if (Exit.isSuccess(exit)) return
+  console.error(JSON.stringify({ level: "ERROR", message: "Invocation failed", ...annotations }))
+  throw new Error(Cause.pretty(exit.cause))
+}
+
+const then = <A, B>(value: A | Promise<A>, f: (a: A) => B | Promise<B>): B | Promise<B> =>
+  value instanceof Promise ? value.then(f) : f(value)
+
+/**
+ * Declares a Worker. The returned object is the module's default export.
+ */
+export const make = <Provided, LE = never, FE = never, QE = never, SE = never, Body = unknown>(
+  options: Options<Provided, LE, FE, QE, SE, Body>
+): ExportedHandler<object, Body> => {
+  const annotations = { worker: options.name }
+  const isolate = new IsolateServices(options.layer, annotations)
+  const withInvocation = (services: Context.Context<Provided | WorkerEnv>, ctx: ExecutionContext) =>
+    Context.add(services, Invocation, ctx)
+  const handler: ExportedHandler<object, Body> = {}
+  const { fetch, queue, scheduled } = options
+
+  if (fetch !== undefined) {
+    handler.fetch = (request, env, ctx) =>
+      then(isolate.get(env), (services) => {
+        const context = withInvocation(services, ctx)
+        return runWith(context, Effect.suspend(() => fetch(request)), respond(context, annotations))
+      })
+  }
+  if (queue !== undefined) {
+    handler.queue = (batch, env, ctx) =>
+      then(isolate.get(env), (services) =>
+        runWith(withInvocation(services, ctx), Effect.suspend(() => queue(batch)), rethrow(annotations)))
+  }
+  if (scheduled !== undefined) {
+    handler.scheduled = (controller, env, ctx) =>
+      then(isolate.get(env), (services) =>
+        runWith(withInvocation(services, ctx), Effect.suspend(() => scheduled(controller)), rethrow(annotations)))
+  }
+  return handler
+}

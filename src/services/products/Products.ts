@@ -1,0 +1,102 @@
+/**
+ * The products store: D1 through `effect/sql`. SQL failures are defects; a
+ * duplicate SKU is the typed `SkuTaken`.
+ */
+import { Context, Effect, Layer, Schema } from "effect"
+import { SqlClient, type SqlError } from "effect/sql"
+import * as D1 from "../../runtime/D1.ts"
+import { uuidv7 } from "../shared/Ids.ts"
+import { decodeRows, first, nowIso } from "../shared/Rows.ts"
+import type { CreateProduct, Product, UpdateProduct } from "./api.ts"
+import { ProductNotFound, SkuTaken } from "./api.ts"
+
+const ProductRow = Schema.Struct({
+  id: Schema.String,
+  sku: Schema.String,
+  name: Schema.String,
+  description: Schema.String,
+  price_cents: Schema.Number,
+  currency: Schema.String,
+  stock: Schema.Number,
+  seller_id: Schema.String,
+  created_at: Schema.String,
+  updated_at: Schema.String
+})
+
+const products = decodeRows(ProductRow, (row): Product => ({
+  id: row.id,
+  sku: row.sku,
+  name: row.name,
+  description: row.description,
+  priceCents: row.price_cents,
+  currency: row.currency,
+  stock: row.stock,
+  sellerId: row.seller_id,
+  createdAt: row.created_at,
+  updatedAt: row.updated_at
+}))
+
+const skuTaken = (sku: string) => (error: SqlError.SqlError) =>
+  error.reason._tag === "UniqueViolation" ? Effect.fail(new SkuTaken({ sku })) : Effect.die(error)
+
+export class Products extends Context.Service<Products, {
+  readonly list: (page: { readonly limit: number; readonly afterId: string | undefined }) => Effect.Effect<ReadonlyArray<Product>>
+  readonly get: (id: string) => Effect.Effect<Product, ProductNotFound>
+  readonly create: (input: CreateProduct) => Effect.Effect<Product, SkuTaken>
+  readonly update: (id: string, patch: UpdateProduct) => Effect.Effect<Product, ProductNotFound | SkuTaken>
+  readonly remove: (id: string) => Effect.Effect<void, ProductNotFound>
+}>()("meshwork/services/products/Products") {
+  static readonly layerNoDeps = Layer.effect(
+    Products,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const notFound = (id: string) => () => new ProductNotFound({ productId: id })
+
+      return Products.of({
+        list: ({ limit, afterId }) =>
+          products(sql`SELECT * FROM products WHERE id > ${afterId ?? ""} ORDER BY id LIMIT ${limit}`).pipe(
+            Effect.orDie,
+            Effect.withSpan("Products.list")
+          ),
+        get: (id) =>
+          products(sql`SELECT * FROM products WHERE id = ${id}`).pipe(
+            Effect.orDie,
+            Effect.flatMap(first(notFound(id))),
+            Effect.withSpan("Products.get")
+          ),
+        create: Effect.fn("Products.create")(function*(input) {
+          const id = yield* uuidv7
+          const at = yield* nowIso
+          const created = yield* products(sql`
+            INSERT INTO products (id, sku, name, description, price_cents, currency, stock, seller_id, created_at, updated_at)
+            VALUES (${id}, ${input.sku}, ${input.name}, ${input.description ?? ""}, ${input.priceCents},
+                    ${input.currency ?? "USD"}, ${input.stock ?? 0}, ${input.sellerId}, ${at}, ${at})
+            RETURNING *`).pipe(Effect.catchTag("SqlError", skuTaken(input.sku)))
+          return yield* Effect.orDie(first(notFound(id))(created))
+        }),
+        update: Effect.fn("Products.update")(function*(id, patch) {
+          const at = yield* nowIso
+          const updated = yield* products(sql`
+            UPDATE products SET
+              sku = COALESCE(${patch.sku ?? null}, sku),
+              name = COALESCE(${patch.name ?? null}, name),
+              description = COALESCE(${patch.description ?? null}, description),
+              price_cents = COALESCE(${patch.priceCents ?? null}, price_cents),
+              currency = COALESCE(${patch.currency ?? null}, currency),
+              stock = COALESCE(${patch.stock ?? null}, stock),
+              seller_id = COALESCE(${patch.sellerId ?? null}, seller_id),
+              updated_at = ${at}
+            WHERE id = ${id}
+            RETURNING *`).pipe(Effect.catchTag("SqlError", skuTaken(patch.sku ?? "")))
+          return yield* first(notFound(id))(updated)
+        }),
+        remove: Effect.fn("Products.remove")(function*(id) {
+          const removed = yield* Effect.orDie(sql`DELETE FROM products WHERE id = ${id} RETURNING id`)
+          if (removed.length === 0) return yield* new ProductNotFound({ productId: id })
+        })
+      })
+    })
+  )
+
+  static readonly layer = Products.layerNoDeps.pipe(Layer.provide(D1.layer("PRODUCTS_DB")))
+}

@@ -1,0 +1,34 @@
+/**
+ * Checks that a product's seller is an active user, by asking the users
+ * service through its typed client: a cross-Worker call over a service
+ * binding, typed end to end.
+ */
+import { Context, Effect, Layer } from "effect"
+import { BadGateway } from "../../runtime/Problem.ts"
+import { UsersClient } from "../users/client.ts"
+import { UnknownSeller } from "./api.ts"
+
+export class Sellers extends Context.Service<Sellers, {
+  readonly requireActive: (sellerId: string) => Effect.Effect<void, UnknownSeller | BadGateway>
+}>()("meshwork/services/products/Sellers") {
+  static readonly layer = Layer.effect(
+    Sellers,
+    UsersClient.useSync((client) =>
+      Sellers.of({
+        requireActive: (sellerId) =>
+          client.users.get({ params: { id: sellerId } }).pipe(
+            Effect.flatMap((user) =>
+              user.active ? Effect.void : Effect.fail(new UnknownSeller({ sellerId, detail: "The seller is disabled" }))
+            ),
+            Effect.catchTags({
+              UserNotFound: () => Effect.fail(new UnknownSeller({ sellerId, detail: "No user has this id" })),
+              HttpClientError: () => Effect.fail(new BadGateway({ service: "users" })),
+              SchemaError: () => Effect.fail(new BadGateway({ service: "users", detail: "Unexpected answer" })),
+              BadRequestProblem: () => Effect.fail(new BadGateway({ service: "users", detail: "Request refused" })),
+              InternalServerErrorProblem: () => Effect.fail(new BadGateway({ service: "users", detail: "Users failed" }))
+            }),
+            Effect.withSpan("Sellers.requireActive")
+          )
+      }))
+  ).pipe(Layer.provide(UsersClient.layer))
+}

@@ -1,0 +1,108 @@
+/**
+ * The products service's HTTP contract, shared by the server (`http.ts`) and
+ * every typed client (`client.ts`).
+ */
+import { Schema } from "effect"
+import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { BadGateway } from "../../runtime/Problem.ts"
+import { HealthGroup } from "../shared/Health.ts"
+import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
+import { UserId } from "../users/api.ts"
+
+export const ProductId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+export const Sku = Schema.String.check(Schema.isPattern(/^[A-Z0-9][A-Z0-9-]{0,39}$/))
+export const ProductName = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1), Schema.isMaxLength(200))
+export const Description = Schema.String.check(Schema.isMaxLength(2000))
+export const PriceCents = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 100_000_000 }))
+export const Currency = Schema.String.check(Schema.isPattern(/^[A-Z]{3}$/))
+export const Stock = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 1_000_000_000 }))
+
+export const Product = Schema.Struct({
+  id: ProductId,
+  sku: Sku,
+  name: ProductName,
+  description: Description,
+  priceCents: PriceCents,
+  currency: Currency,
+  stock: Stock,
+  sellerId: UserId,
+  createdAt: Schema.String,
+  updatedAt: Schema.String
+})
+export type Product = typeof Product.Type
+
+export const CreateProduct = Schema.Struct({
+  sku: Sku,
+  name: ProductName,
+  description: Schema.optionalKey(Description),
+  priceCents: PriceCents,
+  currency: Schema.optionalKey(Currency),
+  stock: Schema.optionalKey(Stock),
+  sellerId: UserId
+})
+export type CreateProduct = typeof CreateProduct.Type
+
+export const UpdateProduct = Schema.Struct({
+  sku: Schema.optionalKey(Sku),
+  name: Schema.optionalKey(ProductName),
+  description: Schema.optionalKey(Description),
+  priceCents: Schema.optionalKey(PriceCents),
+  currency: Schema.optionalKey(Currency),
+  stock: Schema.optionalKey(Stock),
+  sellerId: Schema.optionalKey(UserId)
+}).check(Schema.isMinProperties(1))
+export type UpdateProduct = typeof UpdateProduct.Type
+
+export const ProductPage = Page(Product)
+
+export class ProductNotFound extends HttpApiError.Problem<ProductNotFound>()("ProductNotFound", {
+  type: "urn:meshwork:problem:product-not-found",
+  status: 404,
+  title: "Product not found"
+}, {
+  productId: Schema.String
+}) {}
+
+export class SkuTaken extends HttpApiError.Problem<SkuTaken>()("SkuTaken", {
+  type: "urn:meshwork:problem:sku-taken",
+  status: 409,
+  title: "SKU already in use"
+}, {
+  sku: Schema.String
+}) {}
+
+export class UnknownSeller extends HttpApiError.Problem<UnknownSeller>()("UnknownSeller", {
+  type: "urn:meshwork:problem:unknown-seller",
+  status: 422,
+  title: "Seller is not an active user"
+}, {
+  sellerId: Schema.String
+}) {}
+
+const byId = { id: ProductId }
+
+export class ProductsGroup extends HttpApiGroup.make("products")
+  .add(
+    HttpApiEndpoint.get("list", "/", { query: PageQuery, success: ProductPage, error: InvalidCursor }),
+    HttpApiEndpoint.post("create", "/", {
+      payload: CreateProduct,
+      success: Product.pipe(HttpApiSchema.status(201)),
+      error: [SkuTaken, UnknownSeller, BadGateway]
+    }),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: Product, error: ProductNotFound }),
+    HttpApiEndpoint.patch("update", "/:id", {
+      params: byId,
+      payload: UpdateProduct,
+      success: Product,
+      error: [ProductNotFound, SkuTaken, UnknownSeller, BadGateway]
+    }),
+    HttpApiEndpoint.delete("remove", "/:id", { params: byId, success: HttpApiSchema.NoContent, error: ProductNotFound })
+  )
+  .prefix("/api/products")
+{}
+
+export class ProductsApi extends HttpApi.make("products")
+  .add(ProductsGroup)
+  .add(HealthGroup)
+  .middleware(HttpApiMiddleware.ProblemDetails)
+{}

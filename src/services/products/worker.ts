@@ -1,0 +1,13 @@
+/** The products Worker: internal, reached through the router; calls users over its own binding. */
+import { Layer } from "effect"
+import * as Http from "../../runtime/Http.ts"
+import * as Worker from "../../runtime/Worker.ts"
+import { ProductsRoutes } from "./http.ts"
+import { Products } from "./Products.ts"
+import { Sellers } from "./Sellers.ts"
+
+export default Worker.make({
+  name: "products",
+  layer: Http.layer(ProductsRoutes).pipe(Layer.provide([Products.layer, Sellers.layer])),
+  fetch: Http.serve
+})

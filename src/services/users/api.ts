@@ -1,0 +1,87 @@
+/**
+ * The users service's HTTP contract, shared by the server (`http.ts`) and
+ * every typed client (`client.ts`): a change here breaks callers at compile time.
+ */
+import { Schema } from "effect"
+import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { HealthGroup } from "../shared/Health.ts"
+import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
+
+export const UserId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+export const Email = Schema.String.check(Schema.isMaxLength(254), Schema.isPattern(/^[^\s@]+@[^\s@]+\.[^\s@]+$/))
+export const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1), Schema.isMaxLength(100))
+export const Role = Schema.Literals(["admin", "user"])
+export type Role = typeof Role.Type
+
+export const User = Schema.Struct({
+  id: UserId,
+  email: Email,
+  name: Name,
+  role: Role,
+  active: Schema.Boolean,
+  createdAt: Schema.String,
+  updatedAt: Schema.String
+})
+export type User = typeof User.Type
+
+export const CreateUser = Schema.Struct({
+  email: Email,
+  name: Name,
+  role: Schema.optionalKey(Role),
+  active: Schema.optionalKey(Schema.Boolean)
+})
+export type CreateUser = typeof CreateUser.Type
+
+export const UpdateUser = Schema.Struct({
+  email: Schema.optionalKey(Email),
+  name: Schema.optionalKey(Name),
+  role: Schema.optionalKey(Role),
+  active: Schema.optionalKey(Schema.Boolean)
+}).check(Schema.isMinProperties(1))
+export type UpdateUser = typeof UpdateUser.Type
+
+export const UserPage = Page(User)
+
+export class UserNotFound extends HttpApiError.Problem<UserNotFound>()("UserNotFound", {
+  type: "urn:meshwork:problem:user-not-found",
+  status: 404,
+  title: "User not found"
+}, {
+  userId: Schema.String
+}) {}
+
+export class EmailTaken extends HttpApiError.Problem<EmailTaken>()("EmailTaken", {
+  type: "urn:meshwork:problem:email-taken",
+  status: 409,
+  title: "Email already in use"
+}, {
+  email: Schema.String
+}) {}
+
+const byId = { id: UserId }
+
+export class UsersGroup extends HttpApiGroup.make("users")
+  .add(
+    HttpApiEndpoint.get("list", "/", { query: PageQuery, success: UserPage, error: InvalidCursor }),
+    HttpApiEndpoint.post("create", "/", {
+      payload: CreateUser,
+      success: User.pipe(HttpApiSchema.status(201)),
+      error: EmailTaken
+    }),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: User, error: UserNotFound }),
+    HttpApiEndpoint.patch("update", "/:id", {
+      params: byId,
+      payload: UpdateUser,
+      success: User,
+      error: [UserNotFound, EmailTaken]
+    }),
+    HttpApiEndpoint.delete("remove", "/:id", { params: byId, success: HttpApiSchema.NoContent, error: UserNotFound })
+  )
+  .prefix("/api/users")
+{}
+
+export class UsersApi extends HttpApi.make("users")
+  .add(UsersGroup)
+  .add(HealthGroup)
+  .middleware(HttpApiMiddleware.ProblemDetails)
+{}

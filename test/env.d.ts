@@ -1,0 +1,14 @@
+import type { D1Migration } from "cloudflare:test"
+
+declare global {
+  namespace Cloudflare {
+    interface Env {
+      readonly GATEWAY: Fetcher
+      readonly USERS_DB: D1Database
+      readonly PRODUCTS_DB: D1Database
+      readonly USERS_MIGRATIONS: Array<D1Migration>
+      readonly PRODUCTS_MIGRATIONS: Array<D1Migration>
+      readonly COUNTER: DurableObjectNamespace
+    }
+  }
+}
