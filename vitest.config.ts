@@ -9,6 +9,24 @@ import { join } from "node:path"
 import { defineConfig } from "vitest/config"
 import { buildMesh, root } from "./scripts/mesh.ts"
 
+/**
+ * An upstream that answers with what it received, and with hop-by-hop
+ * response headers, to test forwarding over a real service binding.
+ */
+const echo = {
+  name: "echo",
+  modules: true,
+  compatibilityDate: "2026-11-01",
+  script: `export default {
+    async fetch(request) {
+      return Response.json(
+        { method: request.method, url: request.url, headers: [...request.headers], body: await request.text() },
+        { headers: { connection: "x-upstream-secret", "x-upstream-secret": "1", "keep-alive": "timeout=5", "x-kept": "1" } }
+      )
+    }
+  }`
+}
+
 export default defineConfig({
   plugins: [
     cloudflareTest(async () => {
@@ -18,14 +36,14 @@ export default defineConfig({
         main: "test/fixtures/worker.ts",
         miniflare: {
           compatibilityDate: "2026-11-01",
-          serviceBindings: { GATEWAY: "meshwork-gateway" },
+          serviceBindings: { GATEWAY: "meshwork-gateway", ECHO: "echo" },
           d1Databases: { ...d1("users"), ...d1("products") },
           durableObjects: { COUNTER: { className: "Counter", useSQLite: true } },
           bindings: {
             USERS_MIGRATIONS: await readD1Migrations(join(root, "src/services/users/migrations")),
             PRODUCTS_MIGRATIONS: await readD1Migrations(join(root, "src/services/products/migrations"))
           },
-          workers: mesh
+          workers: [...mesh, echo]
         }
       }
     })

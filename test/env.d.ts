@@ -4,6 +4,7 @@ declare global {
   namespace Cloudflare {
     interface Env {
       readonly GATEWAY: Fetcher
+      readonly ECHO: Fetcher
       readonly USERS_DB: D1Database
       readonly PRODUCTS_DB: D1Database
       readonly USERS_MIGRATIONS: Array<D1Migration>

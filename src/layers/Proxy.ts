@@ -5,6 +5,7 @@
  * path and query reach the upstream exactly as they were routed.
  */
 import { Effect } from "effect"
+import { readLimited } from "../runtime/Http.ts"
 import * as Problem from "../runtime/Problem.ts"
 
 const hopByHop = new Set([
@@ -55,10 +56,28 @@ export const checkPath = (pathname: string): Effect.Effect<void, Problem.BadRequ
     ? Effect.fail(new Problem.BadRequest({ detail: "The path has empty, dot or encoded-separator segments" }))
     : Effect.void
 
-/** The request to send upstream: same URL, method and body, hop-by-hop headers dropped. */
-export const upstreamRequest = (request: Request): Request => {
+/** Largest request body a proxy forwards (1 MiB); services set their own, smaller, limits. */
+export const defaultMaxBodyBytes = 1024 * 1024
+
+/**
+ * The request to send upstream: same URL and method, hop-by-hop headers
+ * dropped, the body read first (at most `maxBodyBytes`, else 413). Buffering
+ * matters on Workers: an upstream may answer before reading a streamed body,
+ * and a stream still being pumped after our response is sent fails.
+ */
+export const upstreamRequest = (
+  request: Request,
+  maxBodyBytes: number = defaultMaxBodyBytes
+): Effect.Effect<Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
   const headers = stripHopByHop(request.headers)
-  return headers === request.headers ? request : new Request(request, { headers })
+  if (request.body === null) {
+    return Effect.succeed(headers === request.headers ? request : new Request(request, { headers }))
+  }
+  const declared = request.headers.get("content-length")
+  if (declared !== null && Number(declared) > maxBodyBytes) {
+    return Effect.fail(new Problem.PayloadTooLarge({ limit: maxBodyBytes }))
+  }
+  return Effect.map(readLimited(request.body, maxBodyBytes), (body) => new Request(request, { headers, body }))
 }
 
 /** The response to send downstream, hop-by-hop headers dropped. */
@@ -73,11 +92,16 @@ export const downstreamResponse = (response: Response): Response => {
  * Sends `request` to `upstream` (a service binding) and returns its response.
  * A thrown fetch (the upstream is missing or crashed) is a 502 naming the service.
  */
-export const forward = (service: string, upstream: Fetcher, request: Request): Effect.Effect<Response, Problem.BadGateway> =>
-  Effect.map(
-    Effect.tryPromise({
-      try: (signal) => upstream.fetch(upstreamRequest(request), { signal }),
-      catch: () => new Problem.BadGateway({ service, detail: `The ${service} service could not be reached` })
-    }),
-    downstreamResponse
-  )
+export const forward = (
+  service: string,
+  upstream: Fetcher,
+  request: Request
+): Effect.Effect<Response, Problem.BadGateway | Problem.PayloadTooLarge | Problem.BadRequest> =>
+  Effect.flatMap(upstreamRequest(request), (outgoing) =>
+    Effect.map(
+      Effect.tryPromise({
+        try: (signal) => upstream.fetch(outgoing, { signal }),
+        catch: () => new Problem.BadGateway({ service, detail: `The ${service} service could not be reached` })
+      }),
+      downstreamResponse
+    ))

@@ -83,12 +83,12 @@ export const proxy = (service: string) =>
   request: Request
 ): Effect.Effect<
   Response,
-  Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway,
+  Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.PayloadTooLarge,
   RoutingTable
 > =>
   RoutingTable.use((table): Effect.Effect<
     Response,
-    Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway
+    Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.PayloadTooLarge
   > => {
     const path = new URL(request.url).pathname
     if (path === "/health") {
@@ -96,7 +96,7 @@ export const proxy = (service: string) =>
         ? Effect.map(Health.report(service, table.upstreams), Health.toResponse)
         : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
     }
-    return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, Problem.NotFound | Problem.BadGateway> => {
+    return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, Problem.NotFound | Problem.BadGateway | Problem.PayloadTooLarge | Problem.BadRequest> => {
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))

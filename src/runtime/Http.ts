@@ -52,16 +52,13 @@ export const layer = <A, E, R>(routes: Layer.Layer<A, E, R>, options?: Options) 
       }))
   ).pipe(Layer.provide(HttpServer.layerServices))
 
-const isJson = (contentType: string): boolean => {
-  const mediaType = contentType.split(";", 1)[0]!.trim().toLowerCase()
-  return mediaType === "application/json" || (mediaType.startsWith("application/") && mediaType.endsWith("+json"))
-}
+const isJson = (contentType: string): boolean => contentType.split(";", 1)[0]!.trim().toLowerCase() === "application/json"
 
 /**
  * Reads at most `limit` bytes of the body; fails with 413 past it. Workers
  * may stream a body without Content-Length, so the header alone is not enough.
  */
-const readLimited = (body: ReadableStream<Uint8Array>, limit: number) =>
+export const readLimited = (body: ReadableStream<Uint8Array>, limit: number) =>
   Effect.tryPromise({
     try: async () => {
       const reader = body.getReader()
@@ -100,14 +97,17 @@ export const guardBody = (
   request: Request,
   limit: number
 ): Effect.Effect<Request, Problem.UnsupportedMediaType | Problem.PayloadTooLarge | Problem.BadRequest> => {
-  if (request.body === null) return Effect.succeed(request)
+  const body = request.body
+  if (body === null) return Effect.succeed(request)
+  // A refused body is cancelled, so the Worker that streams it to us stops cleanly.
+  const refuse = <E>(error: E) => Effect.andThen(Effect.promise(() => body.cancel()), Effect.fail(error))
   const contentType = request.headers.get("content-type")
   if (contentType === null || !isJson(contentType)) {
-    return Effect.fail(new Problem.UnsupportedMediaType({ detail: "Request bodies must be application/json" }))
+    return refuse(new Problem.UnsupportedMediaType({ detail: "Request bodies must be application/json" }))
   }
   const declared = request.headers.get("content-length")
-  if (declared !== null && Number(declared) > limit) return Effect.fail(new Problem.PayloadTooLarge({ limit }))
-  return Effect.map(readLimited(request.body, limit), (body) => new Request(request, { body }))
+  if (declared !== null && Number(declared) > limit) return refuse(new Problem.PayloadTooLarge({ limit }))
+  return Effect.map(readLimited(body, limit), (bytes) => new Request(request, { body: bytes }))
 }
 
 const toProblem = (error: unknown) => {

@@ -125,8 +125,19 @@ const rethrow = (annotations: Record<string, string>) => (exit: Exit.Exit<void, 
   throw new Error(Cause.pretty(exit.cause))
 }
 
-const then = <A, B>(value: A | Promise<A>, f: (a: A) => B | Promise<B>): B | Promise<B> =>
-  value instanceof Promise ? value.then(f) : f(value)
+/** A Worker whose layer does not build answers 500 (the build failure is logged where it happens). */
+const unavailable = (): Response => Problem.fromError(new Problem.InternalError({ detail: "The service is misconfigured" }))
+
+/** `isolate.get(env)`, with a failed build turned into `onFailure()`. */
+const withServices = <S, B>(get: () => S | Promise<S>, f: (services: S) => B | Promise<B>, onFailure: () => B) => {
+  let services: S | Promise<S>
+  try {
+    services = get()
+  } catch {
+    return onFailure()
+  }
+  return services instanceof Promise ? services.then(f, onFailure) : f(services)
+}
 
 /**
  * Declares a Worker. The returned object is the module's default export.
@@ -143,20 +154,18 @@ export const make = <Provided, LE = never, FE = never, QE = never, SE = never, B
 
   if (fetch !== undefined) {
     handler.fetch = (request, env, ctx) =>
-      then(isolate.get(env), (services) => {
+      withServices(() => isolate.get(env), (services) => {
         const context = withInvocation(services, ctx)
         return runWith(context, Effect.suspend(() => fetch(request)), respond(context, annotations))
-      })
+      }, unavailable)
   }
   if (queue !== undefined) {
-    handler.queue = (batch, env, ctx) =>
-      then(isolate.get(env), (services) =>
-        runWith(withInvocation(services, ctx), Effect.suspend(() => queue(batch)), rethrow(annotations)))
+    handler.queue = async (batch, env, ctx) =>
+      runWith(withInvocation(await isolate.get(env), ctx), Effect.suspend(() => queue(batch)), rethrow(annotations))
   }
   if (scheduled !== undefined) {
-    handler.scheduled = (controller, env, ctx) =>
-      then(isolate.get(env), (services) =>
-        runWith(withInvocation(services, ctx), Effect.suspend(() => scheduled(controller)), rethrow(annotations)))
+    handler.scheduled = async (controller, env, ctx) =>
+      runWith(withInvocation(await isolate.get(env), ctx), Effect.suspend(() => scheduled(controller)), rethrow(annotations))
   }
   return handler
 }

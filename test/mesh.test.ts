@@ -1,0 +1,297 @@
+/**
+ * Black-box tests of the whole mesh: every request enters through the
+ * gateway's service binding, crosses the router, and reaches the services,
+ * all five running as separate Workers in workerd with D1.
+ */
+import { env } from "cloudflare:workers"
+import { describe, expect, it } from "vitest"
+
+const gateway = (path: string, init?: RequestInit) => env.GATEWAY.fetch(`http://mesh.test${path}`, init)
+
+const send = (method: string, path: string, body?: unknown) =>
+  gateway(path, {
+    method,
+    ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { "content-type": "application/json" } })
+  })
+
+const unique = () => crypto.randomUUID().slice(0, 8)
+
+const expectProblem = async (response: Response, status: number) => {
+  expect(response.status).toBe(status)
+  expect(response.headers.get("content-type")).toBe("application/problem+json")
+  const problem = await response.json() as Record<string, unknown>
+  expect(problem).toMatchObject({ status })
+  expect(typeof problem["type"]).toBe("string")
+  expect(typeof problem["title"]).toBe("string")
+  return problem
+}
+
+interface User {
+  readonly id: string
+  readonly email: string
+  readonly name: string
+  readonly role: string
+  readonly active: boolean
+}
+
+const createUser = async (overrides: Record<string, unknown> = {}) => {
+  const response = await send("POST", "/api/users", { email: `${unique()}@example.com`, name: "Ada", ...overrides })
+  expect(response.status).toBe(201)
+  return await response.json() as User
+}
+
+describe("routing at the edge", () => {
+  it("routes /api/users and everything below it to the users service", async () => {
+    expect((await gateway("/api/users")).status).toBe(200)
+    const user = await createUser()
+    expect((await gateway(`/api/users/${user.id}`)).status).toBe(200)
+  })
+
+  it.each(["/api/usersadmin", "/api/users-admin", "/api/nothing", "/api", "/", "/users", "/apix/users"])(
+    "answers %s with a 404 problem",
+    async (path) => {
+      await expectProblem(await gateway(path), 404)
+    }
+  )
+
+  it.each([
+    "/api//users",
+    "/api/users//x",
+    "/api/users%2Fadmin",
+    "/api/users/a%2fb",
+    "/api/users%5Cadmin",
+    "/api/users/a%5cb",
+    "/api/users/%00"
+  ])("refuses the ambiguous path %s with a 400 problem", async (path) => {
+    await expectProblem(await gateway(path), 400)
+  })
+
+  it("routes a dot-segment path where the URL parser resolves it, so router and upstream agree", async () => {
+    // Clients resolve `..` and `%2e%2e` before sending; what arrives is /api/products.
+    const response = await gateway("/api/users/%2e%2e/products")
+    expect(new URL(response.url).pathname).toBe("/api/products")
+    expect(response.status).toBe(200)
+    expect(await response.json()).toHaveProperty("items")
+  })
+
+  it("keeps the query string on its way to the service", async () => {
+    await createUser()
+    await createUser()
+    const page = await (await gateway("/api/users?limit=1")).json() as { items: Array<User> }
+    expect(page.items).toHaveLength(1)
+  })
+
+  it("reports every Worker of the mesh on GET /health", async () => {
+    const response = await gateway("/health")
+    expect(response.status).toBe(200)
+    expect(await response.json()).toMatchObject({
+      service: "gateway",
+      status: "ok",
+      upstreams: {
+        router: { status: "up" },
+        auth: { status: "up" },
+        users: { status: "up" },
+        products: { status: "up" }
+      }
+    })
+  })
+})
+
+describe("users", () => {
+  it("creates, reads, updates and deletes a user", async () => {
+    const created = await createUser({ name: "Grace", role: "admin" })
+    expect(created).toMatchObject({ name: "Grace", role: "admin", active: true })
+    expect(typeof created.id).toBe("string")
+
+    expect(await (await gateway(`/api/users/${created.id}`)).json()).toEqual(created)
+
+    const patched = await send("PATCH", `/api/users/${created.id}`, { name: "Grace Hopper", active: false })
+    expect(patched.status).toBe(200)
+    expect(await patched.json()).toMatchObject({ id: created.id, name: "Grace Hopper", active: false, role: "admin" })
+
+    expect((await send("DELETE", `/api/users/${created.id}`)).status).toBe(204)
+    const gone = await expectProblem(await gateway(`/api/users/${created.id}`), 404)
+    expect(gone).toMatchObject({ type: "urn:meshwork:problem:user-not-found", userId: created.id })
+    await expectProblem(await send("DELETE", `/api/users/${created.id}`), 404)
+    await expectProblem(await send("PATCH", `/api/users/${created.id}`, { name: "x" }), 404)
+  })
+
+  it("refuses a second user with the same email, whatever its case, with 409", async () => {
+    const email = `${unique()}@example.com`
+    await createUser({ email })
+    const conflict = await expectProblem(await send("POST", "/api/users", { email: email.toUpperCase(), name: "B" }), 409)
+    expect(conflict).toMatchObject({ type: "urn:meshwork:problem:email-taken" })
+    const other = await createUser()
+    await expectProblem(await send("PATCH", `/api/users/${other.id}`, { email }), 409)
+  })
+
+  it("pages through every user once, in id order", async () => {
+    const mine = await Promise.all(Array.from({ length: 5 }, () => createUser()))
+    const seen: Array<string> = []
+    let cursor: string | null = null
+    do {
+      const query: string = cursor === null ? "?limit=2" : `?limit=2&cursor=${cursor}`
+      const response = await gateway(`/api/users${query}`)
+      expect(response.status).toBe(200)
+      const page = await response.json() as { items: Array<User>; nextCursor: string | null }
+      expect(page.items.length).toBeLessThanOrEqual(2)
+      seen.push(...page.items.map((user) => user.id))
+      cursor = page.nextCursor
+    } while (cursor !== null)
+    expect(new Set(seen).size).toBe(seen.length)
+    expect(seen).toEqual([...seen].sort())
+    expect(seen).toEqual(expect.arrayContaining(mine.map((user) => user.id)))
+  })
+
+  it.each([
+    ["limit=0", "limit"],
+    ["limit=101", "limit"],
+    ["limit=ten", "limit"],
+    ["cursor=not%20a%20cursor", "cursor"]
+  ])("refuses ?%s with a 400 naming the parameter", async (query, field) => {
+    const problem = await expectProblem(await gateway(`/api/users?${query}`), 400)
+    expect(JSON.stringify(problem["errors"])).toContain(field)
+  })
+})
+
+describe("bad input never reaches a 500", () => {
+  it.each([
+    ["a missing field", { name: "Ada" }, "email"],
+    ["a wrong type", { email: "a@example.com", name: 5 }, "name"],
+    ["an invalid email", { email: "not-an-email", name: "Ada" }, "email"],
+    ["an unknown role", { email: "r@example.com", name: "Ada", role: "root" }, "role"],
+    ["a blank name", { email: "b@example.com", name: "" }, "name"]
+  ])("answers %s with a 400 problem naming the field", async (_, body, field) => {
+    const problem = await expectProblem(await send("POST", "/api/users", body), 400)
+    expect(problem["errors"]).toEqual(expect.arrayContaining([expect.objectContaining({ path: ["payload", field] })]))
+  })
+
+  it("answers an empty PATCH with 400", async () => {
+    const user = await createUser()
+    await expectProblem(await send("PATCH", `/api/users/${user.id}`, {}), 400)
+  })
+
+  it("answers an over-long id with a 400 naming the parameter", async () => {
+    const problem = await expectProblem(await gateway(`/api/users/${"x".repeat(65)}`), 400)
+    expect(problem["errors"]).toEqual([expect.objectContaining({ path: ["params", "id"] })])
+  })
+
+  it("answers a body that is not JSON with 400", async () => {
+    await expectProblem(
+      await gateway("/api/users", { method: "POST", body: "{not json", headers: { "content-type": "application/json" } }),
+      400
+    )
+  })
+
+  it.each([
+    ["text/plain", "text/plain"],
+    ["form data", "application/x-www-form-urlencoded"],
+    ["no content type", undefined]
+  ])("answers a %s body with 415", async (_, contentType) => {
+    const response = await gateway("/api/users", {
+      method: "POST",
+      body: JSON.stringify({ email: "x@example.com", name: "X" }),
+      ...(contentType === undefined ? {} : { headers: { "content-type": contentType } })
+    })
+    // A string body gets text/plain from fetch when no type is given; both are refused.
+    await expectProblem(response, 415)
+  })
+
+  it("answers an oversized body with 413", async () => {
+    const body = JSON.stringify({ email: "big@example.com", name: "x".repeat(70_000) })
+    const problem = await expectProblem(
+      await gateway("/api/users", { method: "POST", body, headers: { "content-type": "application/json" } }),
+      413
+    )
+    expect(problem).toMatchObject({ limit: 65_536 })
+  })
+
+  it("answers a body over the gateway's own 1 MiB limit with 413 at the edge", async () => {
+    const body = JSON.stringify({ email: "huge@example.com", name: "x".repeat(1_100_000) })
+    const problem = await expectProblem(
+      await gateway("/api/users", { method: "POST", body, headers: { "content-type": "application/json" } }),
+      413
+    )
+    expect(problem).toMatchObject({ limit: 1_048_576 })
+  })
+
+  it("answers an oversized streamed body without Content-Length with 413", async () => {
+    const chunk = new TextEncoder().encode("x".repeat(16_384))
+    let sent = 0
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent++ < 8) controller.enqueue(chunk)
+        else controller.close()
+      }
+    })
+    const response = await gateway("/api/users", { method: "POST", body, headers: { "content-type": "application/json" } })
+    await expectProblem(response, 413)
+  })
+})
+
+describe("products", () => {
+  const product = (sellerId: string, overrides: Record<string, unknown> = {}) => ({
+    sku: `SKU-${unique().toUpperCase()}`,
+    name: "Widget",
+    priceCents: 1999,
+    sellerId,
+    ...overrides
+  })
+
+  it("creates, reads, updates and deletes a product sold by an active user", async () => {
+    const seller = await createUser()
+    const created = await send("POST", "/api/products", product(seller.id, { stock: 3 }))
+    expect(created.status).toBe(201)
+    const item = await created.json() as { id: string; sku: string }
+    expect(item).toMatchObject({ name: "Widget", priceCents: 1999, currency: "USD", stock: 3, sellerId: seller.id })
+
+    expect(await (await gateway(`/api/products/${item.id}`)).json()).toEqual(item)
+    const patched = await send("PATCH", `/api/products/${item.id}`, { priceCents: 2499, stock: 0 })
+    expect(await patched.json()).toMatchObject({ priceCents: 2499, stock: 0, sku: item.sku })
+
+    expect((await send("DELETE", `/api/products/${item.id}`)).status).toBe(204)
+    const gone = await expectProblem(await gateway(`/api/products/${item.id}`), 404)
+    expect(gone).toMatchObject({ type: "urn:meshwork:problem:product-not-found" })
+  })
+
+  it("asks the users service, through its typed client, whether the seller exists and is active", async () => {
+    const unknownSeller = await expectProblem(await send("POST", "/api/products", product("no-such-user")), 422)
+    expect(unknownSeller).toMatchObject({ type: "urn:meshwork:problem:unknown-seller", sellerId: "no-such-user" })
+
+    const disabled = await createUser({ active: false })
+    await expectProblem(await send("POST", "/api/products", product(disabled.id)), 422)
+
+    const seller = await createUser()
+    const item = await (await send("POST", "/api/products", product(seller.id))).json() as { id: string }
+    await expectProblem(await send("PATCH", `/api/products/${item.id}`, { sellerId: disabled.id }), 422)
+  })
+
+  it("refuses a duplicate SKU with 409", async () => {
+    const seller = await createUser()
+    const first = product(seller.id)
+    expect((await send("POST", "/api/products", first)).status).toBe(201)
+    const conflict = await expectProblem(await send("POST", "/api/products", { ...first, name: "Other" }), 409)
+    expect(conflict).toMatchObject({ type: "urn:meshwork:problem:sku-taken", sku: first.sku })
+  })
+
+  it.each([
+    ["a negative price", { priceCents: -1 }, "priceCents"],
+    ["a fractional price", { priceCents: 1.5 }, "priceCents"],
+    ["a price given as a string", { priceCents: "19.99" }, "priceCents"],
+    ["a lower-case SKU", { sku: "abc" }, "sku"],
+    ["a bad currency", { currency: "dollars" }, "currency"]
+  ])("refuses %s with a 400 naming the field", async (_, overrides, field) => {
+    const problem = await expectProblem(await send("POST", "/api/products", product("any", overrides)), 400)
+    expect(problem["errors"]).toEqual(expect.arrayContaining([expect.objectContaining({ path: ["payload", field] })]))
+  })
+
+  it("pages through products with a cursor", async () => {
+    const seller = await createUser()
+    for (let i = 0; i < 3; i++) await send("POST", "/api/products", product(seller.id))
+    const first = await (await gateway("/api/products?limit=2")).json() as { items: Array<unknown>; nextCursor: string }
+    expect(first.items).toHaveLength(2)
+    expect(first.nextCursor).toEqual(expect.any(String))
+    const second = await gateway(`/api/products?limit=2&cursor=${first.nextCursor}`)
+    expect(second.status).toBe(200)
+  })
+})

@@ -1,0 +1,205 @@
+/**
+ * Routing and forwarding policies, over a real service binding (ECHO, a
+ * Worker that answers with what it received).
+ */
+import { env } from "cloudflare:workers"
+import { ConfigProvider, Effect, Exit, Layer } from "effect"
+import { describe, expect, it } from "vitest"
+import * as Proxy from "../src/layers/Proxy.ts"
+import { matchesPrefix, proxy, RoutingTable } from "../src/layers/Routing.ts"
+import * as Bindings from "../src/runtime/Bindings.ts"
+import * as Worker from "../src/runtime/Worker.ts"
+
+interface Echo {
+  readonly method: string
+  readonly url: string
+  readonly headers: ReadonlyArray<readonly [string, string]>
+  readonly body: string
+}
+
+const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
+
+describe("matchesPrefix", () => {
+  it.each([
+    ["/api/users", true],
+    ["/api/users/", true],
+    ["/api/users/7", true],
+    ["/api/users/7/orders", true],
+    ["/api/usersadmin", false],
+    ["/api/user", false],
+    ["/api", false],
+    ["/api/users-admin", false]
+  ])("/api/users vs %s: %s", (path, expected) => {
+    expect(matchesPrefix(path, "/api/users")).toBe(expected)
+  })
+
+  it("prefers the longest matching prefix", () => {
+    const fetcher = env.ECHO
+    const table = RoutingTable.make([
+      { service: "api", prefix: "/api", binding: "A", fetcher },
+      { service: "users", prefix: "/api/users", binding: "U", fetcher },
+      { service: "admin", prefix: "/api/users/admin", binding: "X", fetcher }
+    ])
+    expect(table.match("/api/users/admin/1")?.service).toBe("admin")
+    expect(table.match("/api/users/adminx")?.service).toBe("users")
+    expect(table.match("/api/products")?.service).toBe("api")
+    expect(table.match("/apix")).toBeUndefined()
+  })
+})
+
+describe("RoutingTable.layer", () => {
+  const build = (env: Record<string, unknown>) =>
+    Effect.runPromiseExit(
+      Effect.provide(
+        RoutingTable,
+        RoutingTable.layer.pipe(
+          Layer.provide(Bindings.WorkerEnv.layer(env)),
+          Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env)))
+        )
+      )
+    )
+
+  it("decodes the ROUTES var and resolves every binding", async () => {
+    const exit = await build({ ROUTES: [{ service: "users", prefix: "/api/users", binding: "USERS" }], USERS: env.ECHO })
+    expect(Exit.isSuccess(exit) && exit.value.upstreams.map((upstream) => upstream.service)).toEqual(["users"])
+  })
+
+  it.each([
+    ["a trailing slash", [{ service: "users", prefix: "/api/users/", binding: "USERS" }]],
+    ["a dot segment", [{ service: "users", prefix: "/api/../users", binding: "USERS" }]],
+    ["no leading slash", [{ service: "users", prefix: "api/users", binding: "USERS" }]],
+    ["a duplicate prefix", [
+      { service: "users", prefix: "/api/users", binding: "USERS" },
+      { service: "people", prefix: "/api/users", binding: "USERS" }
+    ]],
+    ["a missing field", [{ service: "users", prefix: "/api/users" }]]
+  ])("refuses a table with %s", async (_, routes) => {
+    const exit = await build({ ROUTES: routes, USERS: env.ECHO })
+    expect(Exit.isFailure(exit)).toBe(true)
+    expect(String(Exit.isFailure(exit) && exit.cause)).toContain("ConfigError")
+  })
+
+  it("refuses a route whose binding is missing, naming it", async () => {
+    const exit = await build({ ROUTES: [{ service: "users", prefix: "/api/users", binding: "USERS" }] })
+    expect(String(Exit.isFailure(exit) && exit.cause)).toContain("env.USERS is not a service binding")
+  })
+})
+
+describe("Proxy.checkPath", () => {
+  it.each([
+    "/api/users",
+    "/api/users/7",
+    "/api/users/a..b",
+    "/api/users/..b",
+    "/api/.well-known/jwks.json",
+    "/api/users/%20x",
+    "/api/users/",
+    "/"
+  ])("accepts %s", async (path) => {
+    await expect(run(Proxy.checkPath(path))).resolves.toBeUndefined()
+  })
+
+  it.each([
+    "/api//users",
+    "//api/users",
+    "/api/users/../admin",
+    "/api/users/..",
+    "/api/./users",
+    "/api/users/%2e%2e/admin",
+    "/api/users/%2E./admin",
+    "/api/users/.%2e",
+    "/api/users%2Fadmin",
+    "/api/users%2fadmin",
+    "/api/users%5Cadmin",
+    "/api/users%5cadmin",
+    "/api/users\\admin",
+    "/api/users/%00"
+  ])("refuses %s with a 400 problem", async (path) => {
+    const exit = await Effect.runPromiseExit(Proxy.checkPath(path))
+    expect(Exit.isFailure(exit) && String(exit.cause)).toContain("BadRequest")
+  })
+})
+
+describe("Proxy.forward over a service binding", () => {
+  const forward = (init: RequestInit & { readonly url: string }) =>
+    run(Effect.flatMap(Proxy.forward("echo", env.ECHO, new Request(init.url, init)), (response) =>
+      Effect.promise(async () => ({ response, echo: await response.json() as Echo }))))
+
+  it("delivers method, path, query and body exactly as received", async () => {
+    const url = "http://mesh/api/users/a%20b/%C3%A9?b=2&a=1&a=3&empty=&enc=%2F%3F"
+    const { echo } = await forward({ url, method: "POST", body: "payload", headers: { "content-type": "text/plain" } })
+    expect(echo.method).toBe("POST")
+    expect(echo.url).toBe(url)
+    expect(echo.body).toBe("payload")
+  })
+
+  it("drops hop-by-hop request headers and every header Connection names, keeping the rest", async () => {
+    const { echo } = await forward({
+      url: "http://mesh/api/users",
+      headers: {
+        connection: "keep-alive, X-Secret, x-other",
+        "keep-alive": "timeout=5",
+        "x-secret": "1",
+        "x-other": "2",
+        te: "trailers",
+        upgrade: "h2c",
+        "proxy-authorization": "Basic abc",
+        "x-kept": "yes",
+        accept: "application/json"
+      }
+    })
+    const names = echo.headers.map(([name]) => name)
+    for (const dropped of ["connection", "keep-alive", "x-secret", "x-other", "te", "upgrade", "proxy-authorization"]) {
+      expect(names).not.toContain(dropped)
+    }
+    expect(names).toEqual(expect.arrayContaining(["x-kept", "accept"]))
+  })
+
+  it("drops hop-by-hop response headers and those the upstream's Connection names", async () => {
+    const { response } = await forward({ url: "http://mesh/x" })
+    expect(response.headers.get("x-upstream-secret")).toBeNull()
+    expect(response.headers.get("keep-alive")).toBeNull()
+    expect(response.headers.get("connection")).toBeNull()
+    expect(response.headers.get("x-kept")).toBe("1")
+  })
+
+  it("answers 502 naming the service when the upstream cannot be reached", async () => {
+    // A binding whose fetch rejects, as a crashed or missing Worker's does.
+    const unreachable = { fetch: () => Promise.reject(new Error("connection refused")) } as unknown as Fetcher
+    const exit = await Effect.runPromiseExit(Proxy.forward("users", unreachable, new Request("http://mesh/api/users")))
+    expect(Exit.isFailure(exit) && String(exit.cause)).toContain("BadGateway")
+  })
+})
+
+describe("proxy handler", () => {
+  const worker = Worker.make({ name: "edge", layer: RoutingTable.layer, fetch: proxy("edge") })
+  const edgeEnv = { ROUTES: [{ service: "echo", prefix: "/api/echo", binding: "ECHO" }], ECHO: env.ECHO }
+  const call = async (path: string, init?: RequestInit) =>
+    worker.fetch!(
+      new Request(`http://mesh${path}`, init) as Request<unknown, IncomingRequestCfProperties>,
+      edgeEnv,
+      { waitUntil: () => {}, passThroughOnException: () => {}, props: {} } as unknown as ExecutionContext
+    )
+
+  it("routes on segment boundaries and keeps the query", async () => {
+    const hit = await call("/api/echo/7?x=1")
+    expect(hit.status).toBe(200)
+    expect((await hit.json() as Echo).url).toBe("http://mesh/api/echo/7?x=1")
+    const miss = await call("/api/echoadmin")
+    expect(miss.status).toBe(404)
+    expect(miss.headers.get("content-type")).toBe("application/problem+json")
+  })
+
+  it("refuses ambiguous paths before routing", async () => {
+    const response = await call("/api/echo%2F..%2Fadmin")
+    expect(response.status).toBe(400)
+    expect(await response.json()).toMatchObject({ status: 400, title: "Bad Request" })
+  })
+
+  it("answers GET /health with the upstreams' reachability, and 405 for other methods", async () => {
+    const health = await call("/health")
+    expect(health.status).toBe(503) // the echo Worker has no health endpoint: it is reported down
+    expect(await health.json()).toMatchObject({ service: "edge", status: "degraded", upstreams: { echo: { status: "down" } } })
+    expect((await call("/health", { method: "POST" })).status).toBe(405)
+  })
+})
