@@ -64,7 +64,7 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
       const handler = options.fetch
       if (handler === undefined) return new Response(null, { status: 501 })
       const services = this.services
-      return runWith(services, Effect.suspend(() => handler(request)), respond(services, annotations))
+      return runWith(services, () => handler(request), respond(services, annotations))
     }
 
     override alarm(info?: AlarmInvocationInfo): Promise<void> {

@@ -91,15 +91,26 @@ export class IsolateServices<Provided, LE> {
 }
 
 /**
- * Runs one invocation's effect on the isolate's services. Returns the value
- * itself when the effect completes synchronously (no promise allocated), which
- * keeps the common cached/static path as cheap as a bare handler.
+ * Runs one invocation's effect on the isolate's services.
+ *
+ * Two fast paths, found by profiling one-hop requests in workerd, where the
+ * fiber and its run loop were the adapter's whole cost: an effect that is
+ * already an Exit (`Effect.succeed(response)`, `Effect.fail(problem)`) needs
+ * no fiber at all, and a fiber that completes synchronously returns its value
+ * without allocating a promise.
  */
 export const runWith = <A, E, R>(
   services: Context.Context<R>,
-  effect: Effect.Effect<A, E, R>,
+  evaluate: () => Effect.Effect<A, E, R>,
   onExit: (exit: Exit.Exit<A, E>) => A
 ): A | Promise<A> => {
+  let effect: Effect.Effect<A, E, R>
+  try {
+    effect = evaluate()
+  } catch (defect) {
+    return onExit(Exit.die(defect))
+  }
+  if (Exit.isExit(effect)) return onExit(effect as Exit.Exit<A, E>)
   const fiber = Effect.runForkWith(services)(effect)
   const exit = fiber.pollUnsafe()
   if (exit !== undefined) return onExit(exit)
@@ -156,16 +167,16 @@ export const make = <Provided, LE = never, FE = never, QE = never, SE = never, B
     handler.fetch = (request, env, ctx) =>
       withServices(() => isolate.get(env), (services) => {
         const context = withInvocation(services, ctx)
-        return runWith(context, Effect.suspend(() => fetch(request)), respond(context, annotations))
+        return runWith(context, () => fetch(request), respond(context, annotations))
       }, unavailable)
   }
   if (queue !== undefined) {
     handler.queue = async (batch, env, ctx) =>
-      runWith(withInvocation(await isolate.get(env), ctx), Effect.suspend(() => queue(batch)), rethrow(annotations))
+      runWith(withInvocation(await isolate.get(env), ctx), () => queue(batch), rethrow(annotations))
   }
   if (scheduled !== undefined) {
     handler.scheduled = async (controller, env, ctx) =>
-      runWith(withInvocation(await isolate.get(env), ctx), Effect.suspend(() => scheduled(controller)), rethrow(annotations))
+      runWith(withInvocation(await isolate.get(env), ctx), () => scheduled(controller), rethrow(annotations))
   }
   return handler
 }

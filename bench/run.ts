@@ -1,0 +1,374 @@
+/**
+ * The benchmark harness: `npm run bench`.
+ *
+ * Bundles each variant (minified, as deployed), serves them all in one
+ * workerd through Miniflare's direct sockets (no `wrangler dev` proxy, no
+ * Miniflare entry Worker in the path), drives load from 127.0.0.1 with wrk,
+ * bounded in time and connections, and interleaves the variants round by
+ * round so that machine noise hits them alike. It prints req/s, p50 and p99
+ * per variant and the median of the per-round ratios, and writes everything
+ * to bench/results/<timestamp>.json with a description of the machine.
+ *
+ *   npm run bench -- --rounds 5 --duration 3 --connections 16 --only one-hop
+ *   npm run bench -- --profile chain-mesh     # CPU profile of one variant under load
+ *
+ * Compare ratios, never absolute numbers: machines here are shared and noisy.
+ */
+import { execFileSync, spawnSync } from "node:child_process"
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import os from "node:os"
+import { join } from "node:path"
+import { parseArgs } from "node:util"
+import { convertV4MiniflareOptions, Miniflare } from "miniflare"
+import { unstable_splitSqlQuery } from "wrangler"
+import { buildMesh, bundle, root } from "../scripts/mesh.ts"
+
+const { values: flags } = parseArgs({
+  options: {
+    rounds: { type: "string", default: "5" },
+    duration: { type: "string", default: "3" },
+    connections: { type: "string", default: "16" },
+    only: { type: "string" },
+    profile: { type: "string" }
+  }
+})
+const rounds = Number(flags.rounds)
+const duration = Number(flags.duration)
+const connections = Number(flags.connections)
+
+const compatibilityDate = "2026-11-01"
+const outdir = join(root, ".build/bench")
+
+interface Target {
+  readonly id: string
+  readonly group: "one-hop" | "chain" | "hops"
+  /** The Worker the load enters. */
+  readonly worker: string
+  readonly path: string
+  port: number
+}
+
+/** A seeded user, the same row in the mesh's and the hand-written chain's databases. */
+const seeded = {
+  id: "0195f3a0-0000-7000-8000-000000000042",
+  email: "bench@example.com",
+  name: "Bench User",
+  role: "user",
+  active: 1,
+  created_at: "2026-01-01T00:00:00.000Z",
+  updated_at: "2026-01-01T00:00:00.000Z"
+}
+
+const targets: Array<Target> = [
+  { id: "bare", group: "one-hop", worker: "bare", path: "/hello", port: 0 },
+  { id: "hono", group: "one-hop", worker: "hono", path: "/hello", port: 0 },
+  { id: "meshwork", group: "one-hop", worker: "meshwork", path: "/hello", port: 0 },
+  { id: "effect-stock", group: "one-hop", worker: "effect-stock", path: "/hello", port: 0 },
+  { id: "chain-bare", group: "chain", worker: "bare-gateway", path: `/api/users/${seeded.id}`, port: 0 },
+  { id: "chain-mesh", group: "chain", worker: "meshwork-gateway", path: `/api/users/${seeded.id}`, port: 0 },
+  { id: "users-bare", group: "hops", worker: "bare-users", path: `/api/users/${seeded.id}`, port: 0 },
+  { id: "users-mesh", group: "hops", worker: "meshwork-users", path: `/api/users/${seeded.id}`, port: 0 },
+  { id: "router-bare", group: "hops", worker: "bare-router", path: `/api/users/${seeded.id}`, port: 0 },
+  { id: "router-mesh", group: "hops", worker: "meshwork-router", path: `/api/users/${seeded.id}`, port: 0 }
+].filter((target) => flags.only === undefined || target.group === flags.only) as Array<Target>
+
+/** The ratios the issue tracks: [name, numerator target, denominator target]. */
+const ratios: ReadonlyArray<readonly [string, string, string]> = [
+  ["meshwork/bare", "meshwork", "bare"],
+  ["meshwork/hono", "meshwork", "hono"],
+  ["hono/bare", "hono", "bare"],
+  ["effect-stock/bare", "effect-stock", "bare"],
+  ["chain/bare-chain", "chain-mesh", "chain-bare"],
+  ["users hop/bare", "users-mesh", "users-bare"],
+  ["router+users/bare", "router-mesh", "router-bare"]
+]
+
+const freePort = (() => {
+  let next = 9300
+  return () => next++
+})()
+
+const variant = async (name: string) => bundle(join(root, "bench/workers", `${name}.ts`), join(outdir, `${name}.js`), { minify: true })
+
+const directSocket = (worker: string) => {
+  const target = targets.find((t) => t.worker === worker)
+  if (target === undefined) return {}
+  target.port = freePort()
+  return { unsafeDirectSockets: [{ host: "127.0.0.1", port: target.port }] }
+}
+
+const inspectorPort = 9229
+
+const startWorkerd = async () => {
+  const oneHop = await Promise.all(["bare", "hono", "meshwork", "effect-stock"].map(async (name) => ({
+    name,
+    modules: true,
+    scriptPath: await variant(name),
+    compatibilityDate,
+    ...directSocket(name)
+  })))
+  const bareChain = [
+    { name: "bare-gateway", serviceBindings: { ROUTER: "bare-router" } },
+    { name: "bare-router", serviceBindings: { USERS: "bare-users" } },
+    { name: "bare-users", d1Databases: { USERS_DB: "bench-bare-users" } }
+  ]
+  const chain = await Promise.all(bareChain.map(async (worker) => ({
+    ...worker,
+    modules: true,
+    scriptPath: await variant(worker.name),
+    compatibilityDate,
+    ...directSocket(worker.name)
+  })))
+  const mesh = (await buildMesh(join(outdir, "mesh"), { minify: true })).map((options) => ({
+    ...options,
+    ...directSocket(String(options.name))
+  }))
+  const workers = [...oneHop, ...chain, ...mesh].map((worker) =>
+    flags.profile === undefined ? worker : { ...worker, unsafeInspectorProxy: true }
+  )
+  const mf = new Miniflare(convertV4MiniflareOptions({
+    workers: workers as never,
+    ...(flags.profile === undefined ? {} : { inspectorPort })
+  }))
+  await mf.ready
+  const migration = readFileSync(join(root, "src/services/users/migrations/0001_create_users.sql"), "utf8")
+  for (const db of [await mf.getD1Database("USERS_DB", "meshwork-users"), await mf.getD1Database("USERS_DB", "bare-users")]) {
+    for (const statement of unstable_splitSqlQuery(migration)) await db.prepare(statement).run()
+    await db.prepare(
+      "INSERT INTO users (id, email, name, role, active, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    ).bind(...Object.values(seeded)).run()
+  }
+  return mf
+}
+
+/** CPU time (µs) used so far by the workerd processes Miniflare started. */
+const workerdCpuMicros = (): number => {
+  const pids = execFileSync("pgrep", ["-P", String(process.pid), "workerd"], { encoding: "utf8" }).trim().split("\n")
+  const ticks = pids.filter(Boolean).reduce((sum, pid) => {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return sum + Number(fields[11]) + Number(fields[12])
+  }, 0)
+  return (ticks * 1e6) / 100 // CLK_TCK is 100 on Linux
+}
+
+const toMillis = (value: string): number => {
+  const match = /^([\d.]+)(us|ms|s)$/.exec(value)
+  if (match === null) throw new Error(`unparsable wrk latency ${value}`)
+  const scale = { us: 0.001, ms: 1, s: 1000 }[match[2] as "us" | "ms" | "s"]
+  return Number(match[1]) * scale
+}
+
+interface Sample {
+  readonly rps: number
+  readonly p50: number
+  readonly p99: number
+  readonly requests: number
+  readonly errors: number
+  readonly cpuMicrosPerRequest: number
+}
+
+const load = (target: Target, seconds: number): Sample => {
+  const cpuBefore = workerdCpuMicros()
+  const out = execFileSync("wrk", [
+    "-t1",
+    `-c${connections}`,
+    `-d${seconds}s`,
+    "--latency",
+    `http://127.0.0.1:${target.port}${target.path}`
+  ], { encoding: "utf8" })
+  const cpu = workerdCpuMicros() - cpuBefore
+  const number = (re: RegExp) => {
+    const match = re.exec(out)
+    if (match === null) throw new Error(`unexpected wrk output:\n${out}`)
+    return match[1]!
+  }
+  const requests = Number(number(/(\d+) requests in/))
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out)
+  const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+  return {
+    rps: Number(number(/Requests\/sec:\s+([\d.]+)/)),
+    p50: toMillis(number(/^\s+50%\s+(\S+)$/m)),
+    p99: toMillis(number(/^\s+99%\s+(\S+)$/m)),
+    requests,
+    errors: Number(non2xx?.[1] ?? 0) + (socketErrors === null ? 0 : socketErrors.slice(1).reduce((a, b) => a + Number(b), 0)),
+    cpuMicrosPerRequest: cpu / requests
+  }
+}
+
+const median = (values: ReadonlyArray<number>): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+const machine = () => ({
+  cpus: os.cpus().length,
+  cpuModel: os.cpus()[0]?.model ?? "unknown",
+  memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+  os: `${os.type()} ${os.release()}`,
+  node: process.version,
+  workerd: JSON.parse(readFileSync(join(root, "node_modules/workerd/package.json"), "utf8")).version as string,
+  wrk: spawnSync("wrk", ["-v"], { encoding: "utf8" }).stdout.split("\n")[0]?.trim() ?? "unknown",
+  loadAverage: os.loadavg().map((load) => Number(load.toFixed(2)))
+})
+
+interface ProfileNode {
+  readonly id: number
+  readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number }
+}
+
+/**
+ * Profiles every Worker of `target` through workerd's inspector while wrk
+ * loads it, and prints the functions with the most self time.
+ */
+const profile = async (target: Target) => {
+  const listed = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json() as Array<{
+    readonly title: string
+    readonly webSocketDebuggerUrl: string
+  }>
+  const sessions = await Promise.all(listed.map((entry) =>
+    new Promise<{ title: string; send: (method: string, params?: object) => Promise<any> }>((resolve, reject) => {
+      const socket = new WebSocket(entry.webSocketDebuggerUrl)
+      let id = 0
+      const pending = new Map<number, (result: unknown) => void>()
+      socket.onmessage = (event) => {
+        const message = JSON.parse(String(event.data)) as { id?: number; result?: unknown }
+        if (message.id !== undefined) pending.get(message.id)?.(message.result)
+      }
+      socket.onerror = reject
+      socket.onopen = () =>
+        resolve({
+          title: entry.title,
+          send: (method, params = {}) =>
+            new Promise((done) => {
+              pending.set(++id, done)
+              socket.send(JSON.stringify({ id, method, params }))
+            })
+        })
+    })
+  ))
+  for (const session of sessions) {
+    await session.send("Profiler.enable")
+    await session.send("Profiler.setSamplingInterval", { interval: 100 })
+    await session.send("Profiler.start")
+  }
+  const sample = load(target, duration * 2)
+  mkdirSync(join(root, "bench/results"), { recursive: true })
+  for (const session of sessions) {
+    const { profile } = await session.send("Profiler.stop") as {
+      profile: { nodes: Array<ProfileNode>; samples: Array<number>; timeDeltas: Array<number> }
+    }
+    const self = new Map<string, number>()
+    let total = 0
+    profile.samples.forEach((nodeId, i) => {
+      const node = profile.nodes.find((n) => n.id === nodeId)!
+      const frame = node.callFrame
+      const key = `${frame.functionName || "(anonymous)"} ${frame.url.split("/").at(-1)}:${frame.lineNumber + 1}`
+      const delta = profile.timeDeltas[i] ?? 0
+      self.set(key, (self.get(key) ?? 0) + delta)
+      total += delta
+    })
+    if (total === 0) continue
+    const file = join(root, "bench/results", `${target.id}-${session.title.replace(/\W+/g, "_")}.cpuprofile`)
+    writeFileSync(file, JSON.stringify(profile))
+    console.log(`\n${session.title}: ${(total / 1000).toFixed(0)} ms sampled, ${file}`)
+    for (const [key, micros] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 15)) {
+      console.log(`  ${((100 * micros) / total).toFixed(1).padStart(5)}%  ${key}`)
+    }
+  }
+  console.log(`\n${target.id}: ${Math.round(sample.rps)} req/s under the profiler`)
+}
+
+const main = async () => {
+  if (spawnSync("wrk", ["-v"]).error !== undefined) throw new Error("wrk is not installed: apt-get install -y wrk")
+  console.log(`Building and starting ${targets.length} variants in workerd...`)
+  const mf = await startWorkerd()
+  try {
+    for (const target of targets) {
+      const check = await fetch(`http://127.0.0.1:${target.port}${target.path}`)
+      if (!check.ok) throw new Error(`${target.id} answered ${check.status}: ${await check.text()}`)
+      load(target, 1) // warm-up: JIT, layer build, D1 connection
+    }
+    if (flags.profile !== undefined) {
+      const target = targets.find((t) => t.id === flags.profile)
+      if (target === undefined) throw new Error(`no variant ${flags.profile}: ${targets.map((t) => t.id).join(", ")}`)
+      return await profile(target)
+    }
+    const samples = new Map<string, Array<Sample>>(targets.map((target) => [target.id, []]))
+    for (let round = 1; round <= rounds; round++) {
+      // Rotate the order each round so no variant always runs first or last.
+      const order = targets.map((_, i) => targets[(i + round) % targets.length]!)
+      for (const target of order) samples.get(target.id)!.push(load(target, duration))
+      console.log(`round ${round}/${rounds}: ${order.map((t) => `${t.id} ${Math.round(samples.get(t.id)!.at(-1)!.rps)}`).join(", ")}`)
+    }
+
+    const summary = targets.map((target) => {
+      const runs = samples.get(target.id)!
+      return {
+        id: target.id,
+        group: target.group,
+        rps: Math.round(median(runs.map((s) => s.rps))),
+        p50Ms: Number(median(runs.map((s) => s.p50)).toFixed(3)),
+        p99Ms: Number(median(runs.map((s) => s.p99)).toFixed(3)),
+        cpuMicrosPerRequest: Number(median(runs.map((s) => s.cpuMicrosPerRequest)).toFixed(1)),
+        errors: runs.reduce((sum, s) => sum + s.errors, 0)
+      }
+    })
+    const ratioRows = ratios
+      .filter(([, a, b]) => samples.has(a) && samples.has(b))
+      .map(([name, a, b]) => {
+        const perRound = samples.get(a)!.map((sample, i) => sample.rps / samples.get(b)![i]!.rps)
+        const cpu = samples.get(b)!.map((sample, i) => sample.cpuMicrosPerRequest / samples.get(a)![i]!.cpuMicrosPerRequest)
+        return {
+          name,
+          throughput: Number(median(perRound).toFixed(3)),
+          perRound: perRound.map((r) => Number(r.toFixed(3))),
+          cpuEfficiency: Number(median(cpu).toFixed(3))
+        }
+      })
+
+    console.log("\nvariant            req/s     p50 ms   p99 ms   workerd CPU µs/req   errors")
+    for (const row of summary) {
+      console.log(
+        `${row.id.padEnd(16)} ${String(row.rps).padStart(7)}   ${row.p50Ms.toFixed(2).padStart(6)}   ${
+          row.p99Ms.toFixed(2).padStart(6)
+        }   ${row.cpuMicrosPerRequest.toFixed(1).padStart(18)}   ${row.errors}`
+      )
+    }
+    console.log("\nratio (median of per-round ratios)   req/s    CPU (inverse µs/req)   rounds")
+    for (const row of ratioRows) {
+      console.log(
+        `${row.name.padEnd(36)} ${row.throughput.toFixed(3).padStart(6)}   ${row.cpuEfficiency.toFixed(3).padStart(20)}   ${
+          row.perRound.join(" ")
+        }`
+      )
+    }
+
+    const stamp = new Date().toISOString().replaceAll(":", "-").replace(/\..*/, "")
+    const file = join(root, "bench/results", `${stamp}.json`)
+    mkdirSync(join(root, "bench/results"), { recursive: true })
+    const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: root, encoding: "utf8" }).trim()
+    writeFileSync(
+      file,
+      JSON.stringify(
+        {
+          date: new Date().toISOString(),
+          commit,
+          machine: machine(),
+          settings: { rounds, durationSeconds: duration, connections, threads: 1 },
+          summary,
+          ratios: ratioRows,
+          samples: Object.fromEntries(samples)
+        },
+        null,
+        2
+      ) + "\n"
+    )
+    console.log(`\nwrote ${file}`)
+    if (summary.some((row) => row.errors > 0)) throw new Error("some requests failed: the numbers above are not comparable")
+  } finally {
+    await mf.dispose()
+  }
+}
+
+await main()
