@@ -88,7 +88,10 @@ const freePort = (() => {
   return () => next++
 })()
 
-const variant = async (name: string) => bundle(join(root, "bench/workers", `${name}.ts`), join(outdir, `${name}.js`), { minify: true })
+/** Minified as deployed; a profile keeps names readable instead. */
+const minify = flags.profile === undefined
+
+const variant = async (name: string) => bundle(join(root, "bench/workers", `${name}.ts`), join(outdir, `${name}.js`), { minify })
 
 const directSocket = (worker: string) => {
   const target = targets.find((t) => t.worker === worker)
@@ -119,15 +122,12 @@ const startWorkerd = async () => {
     compatibilityDate,
     ...directSocket(worker.name)
   })))
-  const mesh = (await buildMesh(join(outdir, "mesh"), { minify: true })).map((options) => ({
+  const mesh = (await buildMesh(join(outdir, "mesh"), { minify })).map((options) => ({
     ...options,
     ...directSocket(String(options.name))
   }))
-  const workers = [...oneHop, ...chain, ...mesh].map((worker) =>
-    flags.profile === undefined ? worker : { ...worker, unsafeInspectorProxy: true }
-  )
   const mf = new Miniflare(convertV4MiniflareOptions({
-    workers: workers as never,
+    workers: [...oneHop, ...chain, ...mesh] as never,
     ...(flags.profile === undefined ? {} : { inspectorPort })
   }))
   await mf.ready
@@ -187,8 +187,8 @@ const load = (target: Target, seconds: number): Sample => {
   const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
   return {
     rps: Number(number(/Requests\/sec:\s+([\d.]+)/)),
-    p50: toMillis(number(/^\s+50%\s+(\S+)$/m)),
-    p99: toMillis(number(/^\s+99%\s+(\S+)$/m)),
+    p50: toMillis(number(/^\s+50%\s+(\S+)\s*$/m)),
+    p99: toMillis(number(/^\s+99%\s+(\S+)\s*$/m)),
     requests,
     errors: Number(non2xx?.[1] ?? 0) + (socketErrors === null ? 0 : socketErrors.slice(1).reduce((a, b) => a + Number(b), 0)),
     cpuMicrosPerRequest: cpu / requests
@@ -222,10 +222,10 @@ interface ProfileNode {
  * loads it, and prints the functions with the most self time.
  */
 const profile = async (target: Target) => {
-  const listed = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json() as Array<{
-    readonly title: string
+  const listed = (await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json() as Array<{
+    readonly id: string
     readonly webSocketDebuggerUrl: string
-  }>
+  }>).filter((entry) => entry.id.startsWith("core:user:"))
   const sessions = await Promise.all(listed.map((entry) =>
     new Promise<{ title: string; send: (method: string, params?: object) => Promise<any> }>((resolve, reject) => {
       const socket = new WebSocket(entry.webSocketDebuggerUrl)
@@ -233,12 +233,12 @@ const profile = async (target: Target) => {
       const pending = new Map<number, (result: unknown) => void>()
       socket.onmessage = (event) => {
         const message = JSON.parse(String(event.data)) as { id?: number; result?: unknown }
-        if (message.id !== undefined) pending.get(message.id)?.(message.result)
+        if (message.id !== undefined && message.result !== undefined) pending.get(message.id)?.(message.result)
       }
       socket.onerror = reject
       socket.onopen = () =>
         resolve({
-          title: entry.title,
+          title: entry.id.slice("core:user:".length),
           send: (method, params = {}) =>
             new Promise((done) => {
               pending.set(++id, done)
@@ -248,9 +248,10 @@ const profile = async (target: Target) => {
     })
   ))
   for (const session of sessions) {
-    await session.send("Profiler.enable")
-    await session.send("Profiler.setSamplingInterval", { interval: 100 })
-    await session.send("Profiler.start")
+    // workerd echoes these commands without a separate answer, so only Profiler.stop is awaited.
+    void session.send("Profiler.enable")
+    void session.send("Profiler.setSamplingInterval", { interval: 100 })
+    void session.send("Profiler.start")
   }
   const sample = load(target, duration * 2)
   mkdirSync(join(root, "bench/results"), { recursive: true })
@@ -268,7 +269,8 @@ const profile = async (target: Target) => {
       self.set(key, (self.get(key) ?? 0) + delta)
       total += delta
     })
-    if (total === 0) continue
+    const busy = total - (self.get("(idle) :0") ?? 0)
+    if (busy < total * 0.05) continue
     const file = join(root, "bench/results", `${target.id}-${session.title.replace(/\W+/g, "_")}.cpuprofile`)
     writeFileSync(file, JSON.stringify(profile))
     console.log(`\n${session.title}: ${(total / 1000).toFixed(0)} ms sampled, ${file}`)
