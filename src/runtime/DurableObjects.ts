@@ -19,6 +19,7 @@
 import { DurableObject } from "cloudflare:workers"
 import { Cause, Context, Effect, Exit, Layer } from "effect"
 import { Invocation, type WorkerEnv } from "./Bindings.ts"
+import * as Problem from "./Problem.ts"
 import { type Ambient, type Handler, IsolateServices, respond, runWith } from "./Worker.ts"
 
 /** The running object's state: storage, id, alarms, `blockConcurrencyWhile`. */
@@ -62,7 +63,7 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
 
     override fetch(request: Request): Response | Promise<Response> {
       const handler = options.fetch
-      if (handler === undefined) return new Response(null, { status: 501 })
+      if (handler === undefined) return Problem.fromError(new Problem.MethodNotAllowed({ detail: `${options.name} has no fetch handler` }))
       const services = this.services
       return runWith(services, () => handler(request), respond(services, annotations))
     }

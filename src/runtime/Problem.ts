@@ -94,7 +94,7 @@ export const fromError = (error: unknown): Response => {
  */
 export const isUnexpected = <E>(cause: Cause.Cause<E>): boolean => {
   const error = Cause.findErrorOption(cause)
-  if (error._tag === "None") return !Cause.hasInterruptsOnly(cause) || cause.reasons.length === 0
+  if (error._tag === "None") return Cause.hasDies(cause)
   return !HttpServerRespondable.isRespondable(error.value) || statusOf(error.value) >= 500
 }
 

@@ -6,7 +6,7 @@
  * export default Worker.make({
  *   name: "hello",
  *   layer: Greeter.layer,
- *   fetch: (request) => Effect.map(Greeter.asEffect(), (greeter) => Response.json(greeter.greet()))
+ *   fetch: (request) => Greeter.useSync((greeter) => Response.json(greeter.greet()))
  * })
  * ```
  *
@@ -129,10 +129,11 @@ export const respond = (services: Context.Context<never>, annotations: Record<st
   return Problem.fromCause(exit.cause)
 }
 
-/** Fails the invocation with an Error carrying the cause, so the platform retries or reports it. */
-const rethrow = (annotations: Record<string, string>) => (exit: Exit.Exit<void, unknown>): void => {
+/** Logs a failed invocation and throws, so the platform retries (queues) or reports (cron) it. */
+const rethrow = (services: Context.Context<never>, annotations: Record<string, string>) =>
+(exit: Exit.Exit<void, unknown>): void => {
   if (Exit.isSuccess(exit)) return
-  console.error(JSON.stringify({ level: "ERROR", message: "Invocation failed", ...annotations }))
+  Effect.runForkWith(services)(Effect.logError("Invocation failed", exit.cause).pipe(Effect.annotateLogs(annotations)))
   throw new Error(Cause.pretty(exit.cause))
 }
 
@@ -171,12 +172,16 @@ export const make = <Provided, LE = never, FE = never, QE = never, SE = never, B
       }, unavailable)
   }
   if (queue !== undefined) {
-    handler.queue = async (batch, env, ctx) =>
-      runWith(withInvocation(await isolate.get(env), ctx), () => queue(batch), rethrow(annotations))
+    handler.queue = async (batch, env, ctx) => {
+      const context = withInvocation(await isolate.get(env), ctx)
+      return runWith(context, () => queue(batch), rethrow(context, annotations))
+    }
   }
   if (scheduled !== undefined) {
-    handler.scheduled = async (controller, env, ctx) =>
-      runWith(withInvocation(await isolate.get(env), ctx), () => scheduled(controller), rethrow(annotations))
+    handler.scheduled = async (controller, env, ctx) => {
+      const context = withInvocation(await isolate.get(env), ctx)
+      return runWith(context, () => scheduled(controller), rethrow(context, annotations))
+    }
   }
   return handler
 }
