@@ -7,6 +7,7 @@
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin"
 import { join } from "node:path"
 import { defineConfig } from "vitest/config"
+import { generateIdentitySecret, generateKey } from "./scripts/keys.ts"
 import { buildMesh, root } from "./scripts/mesh.ts"
 
 /**
@@ -30,16 +31,37 @@ const echo = {
 export default defineConfig({
   plugins: [
     cloudflareTest(async () => {
-      const mesh = await buildMesh(join(root, ".build/test"))
+      // Fresh secrets for every run. The auth service publishes two keys (the
+      // second as if freshly rotated in) and signs with the first; the third
+      // is a retired key it no longer publishes. Tests get all three to forge with.
+      const [signing, rotatedIn, retired] = await Promise.all([generateKey(), generateKey(), generateKey()])
+      const identitySecret = generateIdentitySecret()
+      const mesh = await buildMesh(join(root, ".build/test"), {
+        secrets: (name) => ({
+          MESH_IDENTITY_SECRET: identitySecret,
+          ...(name === "auth"
+            ? {
+              AUTH_SIGNING_KEYS: JSON.stringify({ active: signing.kid, keys: [signing, rotatedIn] }),
+              // Fast hashing keeps the suite quick; production uses the 100,000 default.
+              PBKDF2_ITERATIONS: "1000"
+            }
+            : {}),
+          // A disabled user is refused at once, rather than within the production cache time.
+          ...(name === "gateway" ? { USER_STATUS_TTL_SECONDS: "0" } : {})
+        })
+      })
       const d1 = (name: string) => mesh.find((options) => options.name === `meshwork-${name}`)?.d1Databases ?? {}
       return {
         main: "test/fixtures/worker.ts",
         miniflare: {
           compatibilityDate: "2026-11-01",
-          serviceBindings: { GATEWAY: "meshwork-gateway", ECHO: "echo" },
-          d1Databases: { ...d1("users"), ...d1("products") },
+          serviceBindings: { GATEWAY: "meshwork-gateway", AUTH: "meshwork-auth", ECHO: "echo" },
+          d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth") },
           durableObjects: { COUNTER: { className: "Counter", useSQLite: true } },
           bindings: {
+            MESH_IDENTITY_SECRET: identitySecret,
+            TEST_SIGNING_KEYS: JSON.stringify({ signing, rotatedIn, retired }),
+            AUTH_MIGRATIONS: await readD1Migrations(join(root, "src/services/auth/migrations")),
             USERS_MIGRATIONS: await readD1Migrations(join(root, "src/services/users/migrations")),
             PRODUCTS_MIGRATIONS: await readD1Migrations(join(root, "src/services/products/migrations"))
           },

@@ -19,8 +19,8 @@ export interface MeshWorker {
 /** In deployment order: a Worker comes after every Worker it binds. */
 export const workers: ReadonlyArray<MeshWorker> = [
   { name: "users", config: "src/services/users/wrangler.toml" },
-  { name: "auth", config: "src/services/auth/wrangler.toml" },
   { name: "products", config: "src/services/products/wrangler.toml" },
+  { name: "auth", config: "src/services/auth/wrangler.toml" },
   { name: "router", config: "src/services/router/wrangler.toml" },
   { name: "gateway", config: "wrangler.toml" }
 ]
@@ -72,18 +72,31 @@ const devOnly = new Set(["rootPath", "modulesRules", "connectHandlers", "email"]
  * Miniflare options for one Worker, bindings taken from its wrangler config,
  * code from a bundle. Only the options the config actually sets are kept.
  */
-export const miniflareOptions = (worker: MeshWorker, scriptPath: string): LegacyWorkerOptions => {
+export const miniflareOptions = (
+  worker: MeshWorker,
+  scriptPath: string,
+  secrets: Record<string, string> = {}
+): LegacyWorkerOptions => {
   const { workerOptions } = unstable_getMiniflareWorkerOptions(join(root, worker.config))
   const options: Record<string, unknown> = {}
   for (const [key, value] of Object.entries(workerOptions)) {
     if (!devOnly.has(key) && !isEmpty(value)) options[key] = value
   }
-  return { ...options, name: scriptName(worker), modules: true, scriptPath } as LegacyWorkerOptions
+  const bindings = { ...(options["bindings"] as Record<string, unknown> | undefined), ...secrets }
+  return { ...options, bindings, name: scriptName(worker), modules: true, scriptPath } as LegacyWorkerOptions
 }
 
-/** Bundles every mesh Worker into `outdir/<name>.js` and returns their Miniflare options. */
-export const buildMesh = async (outdir: string, options: { readonly minify?: boolean } = {}) =>
+/**
+ * Bundles every mesh Worker into `outdir/<name>.js` and returns their Miniflare
+ * options. `secrets(name)` gives each Worker the secrets wrangler would read
+ * from .dev.vars (the identity secret, the auth signing keys), and any var to
+ * override.
+ */
+export const buildMesh = async (
+  outdir: string,
+  options: { readonly minify?: boolean; readonly secrets?: (name: string) => Record<string, string> } = {}
+) =>
   Promise.all(workers.map(async (worker) => {
-    const scriptPath = await bundle(entry(worker), join(outdir, `${worker.name}.js`), options)
-    return miniflareOptions(worker, scriptPath)
+    const scriptPath = await bundle(entry(worker), join(outdir, `${worker.name}.js`), { minify: options.minify ?? false })
+    return miniflareOptions(worker, scriptPath, options.secrets?.(worker.name))
   }))

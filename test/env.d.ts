@@ -5,6 +5,11 @@ declare global {
     interface Env {
       readonly GATEWAY: Fetcher
       readonly ECHO: Fetcher
+      readonly AUTH: Fetcher
+      readonly MESH_IDENTITY_SECRET: string
+      readonly TEST_SIGNING_KEYS: string
+      readonly AUTH_DB: D1Database
+      readonly AUTH_MIGRATIONS: Array<D1Migration>
       readonly USERS_DB: D1Database
       readonly PRODUCTS_DB: D1Database
       readonly USERS_MIGRATIONS: Array<D1Migration>

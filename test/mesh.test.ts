@@ -3,28 +3,19 @@
  * gateway's service binding, crosses the router, and reaches the services,
  * all five running as separate Workers in workerd with D1.
  */
-import { env } from "cloudflare:workers"
-import { describe, expect, it } from "vitest"
+import { beforeAll, describe, expect, it } from "vitest"
+import { expectProblem, gateway as rawGateway, send as rawSend, signedIn, unique } from "./helpers.ts"
 
-const gateway = (path: string, init?: RequestInit) => env.GATEWAY.fetch(`http://mesh.test${path}`, init)
+// Every request but the public auth routes needs a token: these tests act as an admin.
+let adminToken = ""
+beforeAll(async () => {
+  adminToken = (await signedIn("admin")).token
+})
 
-const send = (method: string, path: string, body?: unknown) =>
-  gateway(path, {
-    method,
-    ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { "content-type": "application/json" } })
-  })
+const gateway = (path: string, init: RequestInit = {}) =>
+  rawGateway(path, { ...init, headers: { authorization: `Bearer ${adminToken}`, ...init.headers } })
 
-const unique = () => crypto.randomUUID().slice(0, 8)
-
-const expectProblem = async (response: Response, status: number) => {
-  expect(response.status).toBe(status)
-  expect(response.headers.get("content-type")).toBe("application/problem+json")
-  const problem = await response.json() as Record<string, unknown>
-  expect(problem).toMatchObject({ status })
-  expect(typeof problem["type"]).toBe("string")
-  expect(typeof problem["title"]).toBe("string")
-  return problem
-}
+const send = (method: string, path: string, body?: unknown) => rawSend(method, path, body, adminToken)
 
 interface User {
   readonly id: string

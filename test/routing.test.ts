@@ -5,6 +5,7 @@
 import { env } from "cloudflare:workers"
 import { ConfigProvider, Effect, Exit, Layer } from "effect"
 import { describe, expect, it } from "vitest"
+import { IdentityKey } from "../src/layers/Identity.ts"
 import * as Proxy from "../src/layers/Proxy.ts"
 import { matchesPrefix, proxy, RoutingTable } from "../src/layers/Routing.ts"
 import * as Bindings from "../src/runtime/Bindings.ts"
@@ -172,8 +173,16 @@ describe("Proxy.forward over a service binding", () => {
 })
 
 describe("proxy handler", () => {
-  const worker = Worker.make({ name: "edge", layer: RoutingTable.layer, fetch: proxy("edge") })
-  const edgeEnv = { ROUTES: [{ service: "echo", prefix: "/api/echo", binding: "ECHO" }], ECHO: env.ECHO }
+  const worker = Worker.make({
+    name: "edge",
+    layer: Layer.merge(RoutingTable.layer, IdentityKey.layer),
+    fetch: proxy("edge")
+  })
+  const edgeEnv = {
+    ROUTES: [{ service: "echo", prefix: "/api/echo", binding: "ECHO" }],
+    ECHO: env.ECHO,
+    MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET
+  }
   const call = async (path: string, init?: RequestInit) =>
     worker.fetch!(
       new Request(`http://mesh${path}`, init) as Request<unknown, IncomingRequestCfProperties>,

@@ -5,3 +5,4 @@ import { env } from "cloudflare:workers"
 // their migrations are applied here, once per test file; applying is idempotent.
 await applyD1Migrations(env.USERS_DB, env.USERS_MIGRATIONS)
 await applyD1Migrations(env.PRODUCTS_DB, env.PRODUCTS_MIGRATIONS)
+await applyD1Migrations(env.AUTH_DB, env.AUTH_MIGRATIONS)

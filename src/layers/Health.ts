@@ -7,6 +7,7 @@
  * of the mesh. The report is 200 when every upstream is up, else 503.
  */
 import { Duration, Effect, Schema } from "effect"
+import * as Identity from "./Identity.ts"
 import type { Upstream } from "./Routing.ts"
 
 export const UpstreamHealth = Schema.Struct({
@@ -29,12 +30,23 @@ export const defaultProbeTimeout = Duration.seconds(2)
 
 const down = (detail: string): UpstreamHealth => ({ status: "down", detail })
 
-/** Probes one upstream; never fails: an unreachable upstream is a `down` entry. */
-export const probe = (upstream: Pick<Upstream, "service" | "fetcher">, timeout: Duration.Duration = defaultProbeTimeout) =>
+/**
+ * Probes one upstream as the service `from` (probes carry the mesh identity
+ * like any internal call); never fails: an unreachable upstream is `down`.
+ */
+export const probe = (
+  from: string,
+  upstream: Pick<Upstream, "service" | "fetcher">,
+  timeout: Duration.Duration = defaultProbeTimeout
+) =>
   Effect.gen(function*() {
+    const assertion = yield* Identity.sign({ kind: "service", sub: from })
     const started = Date.now()
     const response = yield* Effect.tryPromise((signal) =>
-      upstream.fetcher.fetch(`http://${upstream.service}.internal/health`, { signal })
+      upstream.fetcher.fetch(`http://${upstream.service}.internal/health`, {
+        signal,
+        headers: { [Identity.header]: assertion }
+      })
     )
     const latencyMs = Date.now() - started
     const report = yield* Effect.flatMap(Effect.promise(() => response.text()), decodeReport)
@@ -53,7 +65,7 @@ export const probe = (upstream: Pick<Upstream, "service" | "fetcher">, timeout: 
 /** The health report of `service`, probing all of `upstreams`. */
 export const report = (service: string, upstreams: ReadonlyArray<Pick<Upstream, "service" | "fetcher">>) =>
   Effect.map(
-    Effect.forEach(upstreams, (upstream) => probe(upstream), { concurrency: "unbounded" }),
+    Effect.forEach(upstreams, (upstream) => probe(service, upstream), { concurrency: "unbounded" }),
     (entries): HealthReport => {
       const merged: Record<string, UpstreamHealth> = Object.assign({}, ...entries)
       const ok = Object.values(merged).every((entry) => entry.status === "up")

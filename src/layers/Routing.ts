@@ -18,6 +18,7 @@ import { Config, Context, Effect, Layer, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
 import * as Problem from "../runtime/Problem.ts"
 import * as Health from "./Health.ts"
+import type * as Identity from "./Identity.ts"
 import * as Proxy from "./Proxy.ts"
 
 /** `/segment(/segment)*`: no trailing slash, no empty or dot segments. */
@@ -73,33 +74,30 @@ export class RoutingTable extends Context.Service<RoutingTable, {
   )
 }
 
+type ProxyError = Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.PayloadTooLarge
+
 /**
  * The fetch handler of a proxy Worker (the gateway, the router): refuse
  * ambiguous paths, answer `GET /health` with the upstreams' health, forward
- * everything else to the upstream whose prefix matches, 404 otherwise.
+ * everything else to the upstream whose prefix matches (after `prepare`, the
+ * Worker's own step: the gateway authenticates there), 404 otherwise.
  */
-export const proxy = (service: string) =>
-(
-  request: Request
-): Effect.Effect<
-  Response,
-  Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.PayloadTooLarge,
-  RoutingTable
-> =>
-  RoutingTable.use((table): Effect.Effect<
-    Response,
-    Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.PayloadTooLarge
-  > => {
+export const proxy = <E = never, R = never>(
+  service: string,
+  prepare: (request: Request) => Effect.Effect<Request, E, R> = Effect.succeed
+) =>
+(request: Request): Effect.Effect<Response, ProxyError | E, RoutingTable | Identity.IdentityKey | R> =>
+  RoutingTable.use((table): Effect.Effect<Response, ProxyError | E, Identity.IdentityKey | R> => {
     const path = new URL(request.url).pathname
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
         ? Effect.map(Health.report(service, table.upstreams), Health.toResponse)
         : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
     }
-    return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, Problem.NotFound | Problem.BadGateway | Problem.PayloadTooLarge | Problem.BadRequest> => {
+    return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, ProxyError | E, R> => {
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-        : Proxy.forward(upstream.service, upstream.fetcher, request)
+        : Effect.flatMap(prepare(request), (prepared) => Proxy.forward(upstream.service, upstream.fetcher, prepared))
     })
   })

@@ -25,6 +25,24 @@ export class BadRequest extends HttpApiError.Problem<BadRequest>()("BadRequest",
   errors: Schema.optionalKey(Schema.Array(Issue))
 }) {}
 
+/**
+ * 401. `challenge` is sent as the `WWW-Authenticate` header (RFC 6750 for
+ * Bearer tokens), not in the body.
+ */
+export class Unauthorized extends HttpApiError.Problem<Unauthorized>()("Unauthorized", {
+  type: ProblemDetails.blankType,
+  status: 401,
+  title: "Unauthorized"
+}, {
+  challenge: Schema.optionalKey(Schema.String)
+}) {}
+
+export class Forbidden extends HttpApiError.Problem<Forbidden>()("Forbidden", {
+  type: ProblemDetails.blankType,
+  status: 403,
+  title: "Forbidden"
+}) {}
+
 export class NotFound extends HttpApiError.Problem<NotFound>()("NotFound", {
   type: ProblemDetails.blankType,
   status: 404,
@@ -83,10 +101,17 @@ const internalErrorResponse = (): Response => new Response(internalErrorBody, { 
  * render themselves; anything else is a 500 with no detail.
  */
 export const fromError = (error: unknown): Response => {
+  if (error instanceof Unauthorized && error.challenge !== undefined) return unauthorized(error.challenge, error.detail)
   if (!HttpServerRespondable.isRespondable(error)) return internalErrorResponse()
   const exit = Effect.runSyncExit(HttpServerRespondable.toResponse(error))
   return Exit.isSuccess(exit) ? HttpServerResponse.toWeb(exit.value) : internalErrorResponse()
 }
+
+const unauthorized = (challenge: string, detail: string | undefined): Response =>
+  new Response(
+    JSON.stringify({ type: ProblemDetails.blankType, status: 401, title: "Unauthorized", ...(detail === undefined ? {} : { detail }) }),
+    { status: 401, headers: { ...problemHeaders, "www-authenticate": challenge } }
+  )
 
 /**
  * Whether rendering this cause hides something that must be logged: a defect,

@@ -1,8 +1,82 @@
-/** The auth service's HTTP contract. Its token endpoints live under `/api/auth`. */
-import { HttpApi, HttpApiMiddleware } from "effect/http-api"
+/**
+ * The auth service's HTTP contract: login, refresh and logout (public
+ * through the gateway), the JWKS, and setting a password.
+ */
+import { Schema } from "effect"
+import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { MeshIdentity } from "../../layers/Identity.ts"
+import { BadGateway, Forbidden } from "../../runtime/Problem.ts"
 import { HealthGroup } from "../shared/Health.ts"
+import { Email, UserId } from "../users/api.ts"
+
+export const Password = Schema.String.check(Schema.isMinLength(12), Schema.isMaxLength(256))
+
+export const Login = Schema.Struct({ email: Email, password: Schema.String.check(Schema.isMaxLength(256)) })
+export const Refresh = Schema.Struct({ refresh_token: Schema.String.check(Schema.isMaxLength(256)) })
+export const SetPassword = Schema.Struct({ password: Password })
+
+/** RFC 6749 section 5.1 token response. */
+export const TokenResponse = Schema.Struct({
+  access_token: Schema.String,
+  token_type: Schema.Literal("Bearer"),
+  expires_in: Schema.Int,
+  refresh_token: Schema.String
+})
+export type TokenResponse = typeof TokenResponse.Type
+
+/** Public ES256 keys, RFC 7517. */
+export const PublicJwk = Schema.Struct({
+  kty: Schema.Literal("EC"),
+  crv: Schema.Literal("P-256"),
+  x: Schema.String,
+  y: Schema.String,
+  kid: Schema.String,
+  alg: Schema.Literal("ES256"),
+  use: Schema.Literal("sig")
+})
+export const Jwks = Schema.Struct({ keys: Schema.Array(PublicJwk) })
+export type Jwks = typeof Jwks.Type
+
+/** The same answer for an unknown email, a wrong password and a disabled account. */
+export class InvalidCredentials extends HttpApiError.Problem<InvalidCredentials>()("InvalidCredentials", {
+  type: "urn:meshwork:problem:invalid-credentials",
+  status: 401,
+  title: "Invalid email or password"
+}) {}
+
+export class InvalidRefreshToken extends HttpApiError.Problem<InvalidRefreshToken>()("InvalidRefreshToken", {
+  type: "urn:meshwork:problem:invalid-refresh-token",
+  status: 401,
+  title: "Invalid refresh token"
+}) {}
+
+export class AuthGroup extends HttpApiGroup.make("auth")
+  .add(
+    HttpApiEndpoint.post("login", "/login", {
+      payload: Login,
+      success: TokenResponse,
+      error: [InvalidCredentials, BadGateway]
+    }),
+    HttpApiEndpoint.post("refresh", "/refresh", {
+      payload: Refresh,
+      success: TokenResponse,
+      error: [InvalidRefreshToken, BadGateway]
+    }),
+    HttpApiEndpoint.post("logout", "/logout", { payload: Refresh, success: HttpApiSchema.NoContent }),
+    HttpApiEndpoint.get("jwks", "/.well-known/jwks.json", { success: Jwks }),
+    HttpApiEndpoint.put("setPassword", "/users/:id/password", {
+      params: { id: UserId },
+      payload: SetPassword,
+      success: HttpApiSchema.NoContent,
+      error: Forbidden
+    })
+  )
+  .prefix("/api/auth")
+{}
 
 export class AuthApi extends HttpApi.make("auth")
+  .add(AuthGroup)
   .add(HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)
+  .middleware(MeshIdentity)
 {}

@@ -1,10 +1,16 @@
-/** The auth Worker: internal, reached through the router. */
+/** The auth Worker: internal, reached through the router; asks users who has an email. */
+import { Layer } from "effect"
 import * as Http from "../../runtime/Http.ts"
 import * as Worker from "../../runtime/Worker.ts"
+import { Accounts } from "./Accounts.ts"
 import { AuthRoutes } from "./http.ts"
+import { Credentials } from "./Passwords.ts"
+import { AccessTokens, RefreshTokens } from "./Tokens.ts"
 
 export default Worker.make({
   name: "auth",
-  layer: Http.layer(AuthRoutes),
+  layer: Http.layer(AuthRoutes).pipe(
+    Layer.provide([Accounts.layer, Credentials.layer, AccessTokens.layer, RefreshTokens.layer])
+  ),
   fetch: Http.serve
 })

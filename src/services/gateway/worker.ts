@@ -1,13 +1,18 @@
 /**
  * The API gateway: the mesh's only public Worker. It refuses ambiguous
- * paths, serves `/health` for the whole mesh, and forwards `/api/*` to the
- * router (its `ROUTES` table has that one entry).
+ * paths, serves `/health` for the whole mesh, authenticates every `/api`
+ * request but the public ones (login, refresh, JWKS), replaces whatever
+ * identity the client claimed with the mesh's signed assertion, and forwards
+ * to the router (its `ROUTES` table has that one entry).
  */
-import { RoutingTable, proxy } from "../../layers/Routing.ts"
+import { Layer } from "effect"
+import { authenticateRequest, Authenticator, PublicRoutes } from "../../layers/Authentication.ts"
+import { IdentityKey } from "../../layers/Identity.ts"
+import { proxy, RoutingTable } from "../../layers/Routing.ts"
 import * as Worker from "../../runtime/Worker.ts"
 
 export default Worker.make({
   name: "gateway",
-  layer: RoutingTable.layer,
-  fetch: proxy("gateway")
+  layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Authenticator.layer("ROUTER"), PublicRoutes.layer),
+  fetch: proxy("gateway", authenticateRequest)
 })

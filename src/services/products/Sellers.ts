@@ -4,6 +4,7 @@
  * binding, typed end to end.
  */
 import { Context, Effect, Layer } from "effect"
+import { MeshIdentity } from "../../layers/Identity.ts"
 import { BadGateway } from "../../runtime/Problem.ts"
 import { UsersClient } from "../users/client.ts"
 import { UnknownSeller } from "./api.ts"
@@ -25,10 +26,12 @@ export class Sellers extends Context.Service<Sellers, {
               HttpClientError: () => Effect.fail(new BadGateway({ service: "users" })),
               SchemaError: () => Effect.fail(new BadGateway({ service: "users", detail: "Unexpected answer" })),
               BadRequestProblem: () => Effect.fail(new BadGateway({ service: "users", detail: "Request refused" })),
-              InternalServerErrorProblem: () => Effect.fail(new BadGateway({ service: "users", detail: "Users failed" }))
+              InternalServerErrorProblem: () => Effect.fail(new BadGateway({ service: "users", detail: "Users failed" })),
+              Unauthorized: () => Effect.fail(new BadGateway({ service: "users", detail: "Users refused our identity" })),
+              Forbidden: () => Effect.fail(new BadGateway({ service: "users", detail: "Users refused our identity" }))
             }),
             Effect.withSpan("Sellers.requireActive")
           )
       }))
-  ).pipe(Layer.provide(UsersClient.layer))
+  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(MeshIdentity.layerClient("products")))
 }

@@ -4,7 +4,8 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { BadGateway } from "../../runtime/Problem.ts"
+import { MeshIdentity } from "../../layers/Identity.ts"
+import { BadGateway, Forbidden } from "../../runtime/Problem.ts"
 import { HealthGroup } from "../shared/Health.ts"
 import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
 import { UserId } from "../users/api.ts"
@@ -83,26 +84,32 @@ const byId = { id: ProductId }
 
 export class ProductsGroup extends HttpApiGroup.make("products")
   .add(
-    HttpApiEndpoint.get("list", "/", { query: PageQuery, success: ProductPage, error: InvalidCursor }),
+    HttpApiEndpoint.get("list", "/", { query: PageQuery, success: ProductPage, error: [InvalidCursor, Forbidden] }),
     HttpApiEndpoint.post("create", "/", {
       payload: CreateProduct,
       success: Product.pipe(HttpApiSchema.status(201)),
-      error: [SkuTaken, UnknownSeller, BadGateway]
+      error: [SkuTaken, UnknownSeller, BadGateway, Forbidden]
     }),
-    HttpApiEndpoint.get("get", "/:id", { params: byId, success: Product, error: ProductNotFound }),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: Product, error: [ProductNotFound, Forbidden] }),
     HttpApiEndpoint.patch("update", "/:id", {
       params: byId,
       payload: UpdateProduct,
       success: Product,
-      error: [ProductNotFound, SkuTaken, UnknownSeller, BadGateway]
+      error: [ProductNotFound, SkuTaken, UnknownSeller, BadGateway, Forbidden]
     }),
-    HttpApiEndpoint.delete("remove", "/:id", { params: byId, success: HttpApiSchema.NoContent, error: ProductNotFound })
+    HttpApiEndpoint.delete("remove", "/:id", {
+      params: byId,
+      success: HttpApiSchema.NoContent,
+      error: [ProductNotFound, Forbidden]
+    })
   )
   .prefix("/api/products")
 {}
 
+/** Reads need any identity; writes need an admin (http.ts). */
 export class ProductsApi extends HttpApi.make("products")
   .add(ProductsGroup)
   .add(HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)
+  .middleware(MeshIdentity)
 {}

@@ -1,12 +1,15 @@
 /**
- * The service router: internal, reached only from the gateway. It routes by
- * the `ROUTES` table of its wrangler config to the services' bindings.
+ * The service router: internal, reached only from the gateway. It refuses
+ * any request without the mesh's identity assertion, and routes by the
+ * `ROUTES` table of its wrangler config to the services' bindings.
  */
-import { RoutingTable, proxy } from "../../layers/Routing.ts"
+import { Layer } from "effect"
+import { IdentityKey, requireIdentity } from "../../layers/Identity.ts"
+import { proxy, RoutingTable } from "../../layers/Routing.ts"
 import * as Worker from "../../runtime/Worker.ts"
 
 export default Worker.make({
   name: "router",
-  layer: RoutingTable.layer,
-  fetch: proxy("router")
+  layer: Layer.merge(RoutingTable.layer, IdentityKey.layer),
+  fetch: requireIdentity(proxy("router"))
 })

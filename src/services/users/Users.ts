@@ -34,7 +34,9 @@ const emailTaken = (email: string) => (error: SqlError.SqlError) =>
   error.reason._tag === "UniqueViolation" ? Effect.fail(new EmailTaken({ email })) : Effect.die(error)
 
 export class Users extends Context.Service<Users, {
-  readonly list: (page: { readonly limit: number; readonly afterId: string | undefined }) => Effect.Effect<ReadonlyArray<User>>
+  readonly list: (
+    page: { readonly limit: number; readonly afterId: string | undefined; readonly email?: string | undefined }
+  ) => Effect.Effect<ReadonlyArray<User>>
   readonly get: (id: string) => Effect.Effect<User, UserNotFound>
   readonly create: (input: CreateUser) => Effect.Effect<User, EmailTaken>
   readonly update: (id: string, patch: UpdateUser) => Effect.Effect<User, UserNotFound | EmailTaken>
@@ -47,8 +49,11 @@ export class Users extends Context.Service<Users, {
       const notFound = (id: string) => () => new UserNotFound({ userId: id })
 
       return Users.of({
-        list: ({ limit, afterId }) =>
-          users(sql`SELECT * FROM users WHERE id > ${afterId ?? ""} ORDER BY id LIMIT ${limit}`).pipe(
+        list: ({ limit, afterId, email }) =>
+          users(sql`
+            SELECT * FROM users
+            WHERE id > ${afterId ?? ""} ${email === undefined ? sql`` : sql`AND email = ${email.toLowerCase()}`}
+            ORDER BY id LIMIT ${limit}`).pipe(
             Effect.orDie,
             Effect.withSpan("Users.list")
           ),

@@ -4,6 +4,8 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { MeshIdentity } from "../../layers/Identity.ts"
+import { Forbidden } from "../../runtime/Problem.ts"
 import { HealthGroup } from "../shared/Health.ts"
 import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
 
@@ -60,28 +62,40 @@ export class EmailTaken extends HttpApiError.Problem<EmailTaken>()("EmailTaken",
 
 const byId = { id: UserId }
 
+/** List query: a page, optionally only the user with this email. */
+export const UserQuery = { ...PageQuery, email: Schema.optional(Email) }
+
 export class UsersGroup extends HttpApiGroup.make("users")
   .add(
-    HttpApiEndpoint.get("list", "/", { query: PageQuery, success: UserPage, error: InvalidCursor }),
+    HttpApiEndpoint.get("list", "/", { query: UserQuery, success: UserPage, error: [InvalidCursor, Forbidden] }),
     HttpApiEndpoint.post("create", "/", {
       payload: CreateUser,
       success: User.pipe(HttpApiSchema.status(201)),
-      error: EmailTaken
+      error: [EmailTaken, Forbidden]
     }),
-    HttpApiEndpoint.get("get", "/:id", { params: byId, success: User, error: UserNotFound }),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: User, error: [UserNotFound, Forbidden] }),
     HttpApiEndpoint.patch("update", "/:id", {
       params: byId,
       payload: UpdateUser,
       success: User,
-      error: [UserNotFound, EmailTaken]
+      error: [UserNotFound, EmailTaken, Forbidden]
     }),
-    HttpApiEndpoint.delete("remove", "/:id", { params: byId, success: HttpApiSchema.NoContent, error: UserNotFound })
+    HttpApiEndpoint.delete("remove", "/:id", {
+      params: byId,
+      success: HttpApiSchema.NoContent,
+      error: [UserNotFound, Forbidden]
+    })
   )
   .prefix("/api/users")
 {}
 
+/**
+ * Every endpoint, health included, needs the mesh's identity assertion
+ * (MeshIdentity); who may do what is decided in the handlers (http.ts).
+ */
 export class UsersApi extends HttpApi.make("users")
   .add(UsersGroup)
   .add(HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)
+  .middleware(MeshIdentity)
 {}

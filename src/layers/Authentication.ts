@@ -1,0 +1,252 @@
+/**
+ * Authentication at the gateway: Bearer access tokens, verified against the
+ * auth service's JWKS, for a user who still exists and is active.
+ *
+ * - The `Authorization` header must be exactly `Bearer <token>` (one token,
+ *   at most 4 KiB). Anything else is 401.
+ * - Tokens are verified with jose: ES256 only, the configured issuer and
+ *   audience, `typ: at+jwt`, `exp`/`nbf` with `CLOCK_TOLERANCE_SECONDS` (30),
+ *   and refused once older than `TOKEN_MAX_AGE_SECONDS` (300) from `iat`.
+ *   Unknown `crit` headers are refused; `jku`, `x5u` and embedded keys are
+ *   never used: keys come only from the JWKS, found by `kid`.
+ * - The JWKS is fetched from the auth service (through the router) and kept
+ *   in the isolate. A token with an unknown `kid` triggers a refresh at most
+ *   once per `JWKS_COOLDOWN_SECONDS` (30), so random kids cannot make the
+ *   gateway hammer the auth service.
+ * - The token's user is looked up in the users service and cached in the
+ *   isolate for `USER_STATUS_TTL_SECONDS` (30): a user disabled or demoted is
+ *   refused (403) or loses the role at most that long after the change. The
+ *   identity passed on carries the role the users service holds now.
+ *
+ * Failures are 401 with `WWW-Authenticate: Bearer ... error="invalid_token"`
+ * (RFC 6750), or 403 for a disabled account, both problem+json.
+ */
+import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
+import { decodeProtectedHeader, importJWK, type JWK, jwtVerify } from "jose"
+import * as Bindings from "../runtime/Bindings.ts"
+import * as Problem from "../runtime/Problem.ts"
+import * as Identity from "./Identity.ts"
+import * as Proxy from "./Proxy.ts"
+
+export const realm = "meshwork"
+
+export const AuthenticationSettings = Config.all({
+  issuer: Config.String("AUTH_ISSUER").pipe(Config.withDefault("meshwork-auth")),
+  audience: Config.String("AUTH_AUDIENCE").pipe(Config.withDefault("meshwork-api")),
+  maxTokenAgeSeconds: Config.Int("TOKEN_MAX_AGE_SECONDS").pipe(Config.withDefault(300)),
+  clockToleranceSeconds: Config.Int("CLOCK_TOLERANCE_SECONDS").pipe(Config.withDefault(30)),
+  jwksCooldownSeconds: Config.Int("JWKS_COOLDOWN_SECONDS").pipe(Config.withDefault(30)),
+  userStatusTtlSeconds: Config.Int("USER_STATUS_TTL_SECONDS").pipe(Config.withDefault(30))
+})
+
+/** A request the gateway lets through without a token, matched exactly. */
+export const PublicRoute = Schema.Struct({
+  method: Schema.Literals(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+  path: Schema.String
+})
+export type PublicRoute = typeof PublicRoute.Type
+
+export const defaultPublicRoutes: ReadonlyArray<PublicRoute> = [
+  { method: "POST", path: "/api/auth/login" },
+  { method: "POST", path: "/api/auth/refresh" },
+  { method: "GET", path: "/api/auth/.well-known/jwks.json" }
+]
+
+const challenge = (error?: string) =>
+  error === undefined ? `Bearer realm="${realm}"` : `Bearer realm="${realm}", error="${error}"`
+
+export const missingToken = () =>
+  new Problem.Unauthorized({ detail: "A bearer token is required", challenge: challenge() })
+
+export const invalidToken = (detail: string) =>
+  new Problem.Unauthorized({ detail, challenge: challenge("invalid_token") })
+
+const bearer = /^Bearer +([A-Za-z0-9\-._~+/]+=*)$/i
+
+/** The token of an `Authorization: Bearer <token>` header; any other shape is refused. */
+export const parseBearer = (header: string | null): Effect.Effect<string, Problem.Unauthorized> => {
+  if (header === null || header.trim() === "") return Effect.fail(missingToken())
+  if (!/^bearer\s/i.test(header)) return Effect.fail(missingToken())
+  if (header.length > 4096) return Effect.fail(invalidToken("The Authorization header is too long"))
+  const match = bearer.exec(header)
+  return match === null
+    ? Effect.fail(invalidToken("The Authorization header must be exactly one Bearer token"))
+    : Effect.succeed(match[1]!)
+}
+
+const Jwks = Schema.Struct({ keys: Schema.Array(Schema.Record(Schema.String, Schema.Unknown)) })
+const decodeJwks = Schema.decodeUnknownEffect(Schema.fromJsonString(Jwks))
+
+const UserRecord = Schema.Struct({ id: Schema.String, role: Schema.String, active: Schema.Boolean })
+const decodeUser = Schema.decodeUnknownEffect(Schema.fromJsonString(UserRecord))
+
+const Claims = Schema.Struct({ sub: Schema.String, roles: Schema.Array(Schema.String) })
+const decodeClaims = Schema.decodeUnknownEffect(Claims)
+
+interface UserStatus {
+  readonly exists: boolean
+  readonly active: boolean
+  readonly role: string
+  readonly until: number
+}
+
+/** The identity provider as the gateway sees it: keys, token verification, user status. */
+export class Authenticator extends Context.Service<Authenticator, {
+  /** Verifies a token and returns the identity to pass on inside the mesh. */
+  readonly authenticate: (token: string) => Effect.Effect<Identity.Identity, Problem.Unauthorized | Problem.Forbidden | Problem.BadGateway>
+  /** How many times the JWKS has been fetched by this isolate (for tests and monitoring). */
+  readonly jwksFetches: () => number
+}>()("meshwork/layers/Authentication/Authenticator") {
+  /** Reaches the auth and users services through the Fetcher bound as `binding` (the router). */
+  static readonly layer = (binding = "ROUTER") =>
+    Layer.effect(
+      Authenticator,
+      Effect.gen(function*() {
+        const settings = yield* AuthenticationSettings
+        const upstream = yield* Bindings.fetcher(binding)
+        const key = yield* Identity.IdentityKey
+
+        // Internal calls carry the gateway's own identity, like any other Worker's.
+        const internal = (path: string) =>
+          Effect.gen(function*() {
+            const assertion = yield* Identity.sign({ kind: "service", sub: "gateway" })
+            const response = yield* Effect.tryPromise({
+              try: () => upstream.fetch(`http://router.internal${path}`, { headers: { [Identity.header]: assertion } }),
+              catch: () => new Problem.BadGateway({ service: "router" })
+            })
+            const body = yield* Effect.promise(() => response.text())
+            return { status: response.status, body }
+          }).pipe(Effect.provideService(Identity.IdentityKey, key))
+
+        // Key ring: replaced wholesale on refresh; never shared I/O, only parsed keys.
+        let keys = new Map<string, CryptoKey>()
+        let lastRefresh = Number.NEGATIVE_INFINITY
+        let fetches = 0
+        const refresh = Effect.gen(function*() {
+          lastRefresh = yield* Clock.currentTimeMillis
+          fetches++
+          const { status, body } = yield* internal("/api/auth/.well-known/jwks.json")
+          if (status !== 200) return yield* new Problem.BadGateway({ service: "auth", detail: "The JWKS is unavailable" })
+          const jwks = yield* Effect.mapError(decodeJwks(body), () => new Problem.BadGateway({ service: "auth" }))
+          const next = new Map<string, CryptoKey>()
+          for (const jwk of jwks.keys) {
+            if (typeof jwk["kid"] !== "string" || jwk["alg"] !== "ES256") continue
+            const imported = yield* Effect.option(Effect.tryPromise(() => importJWK(jwk as JWK, "ES256")))
+            if (imported._tag === "Some" && imported.value instanceof CryptoKey) next.set(jwk["kid"], imported.value)
+          }
+          keys = next
+        })
+        const keyFor = (kid: string) =>
+          Effect.gen(function*() {
+            const known = keys.get(kid)
+            if (known !== undefined) return known
+            const now = yield* Clock.currentTimeMillis
+            if (now - lastRefresh < settings.jwksCooldownSeconds * 1000) {
+              return yield* invalidToken("The token is signed by an unknown key")
+            }
+            yield* refresh
+            const fresh = keys.get(kid)
+            if (fresh === undefined) return yield* invalidToken("The token is signed by an unknown key")
+            return fresh
+          })
+
+        const verify = (token: string) =>
+          Effect.gen(function*() {
+            const header = yield* Effect.try({
+              try: () => decodeProtectedHeader(token),
+              catch: () => invalidToken("The token is malformed")
+            })
+            if (header.alg !== "ES256") return yield* invalidToken("The token's algorithm is not allowed")
+            if (typeof header.kid !== "string") return yield* invalidToken("The token has no key id")
+            const key = yield* keyFor(header.kid)
+            const now = yield* Clock.currentTimeMillis
+            const { payload } = yield* Effect.tryPromise({
+              try: () =>
+                jwtVerify(token, key, {
+                  algorithms: ["ES256"],
+                  issuer: settings.issuer,
+                  audience: settings.audience,
+                  typ: "at+jwt",
+                  clockTolerance: settings.clockToleranceSeconds,
+                  maxTokenAge: settings.maxTokenAgeSeconds,
+                  requiredClaims: ["iss", "aud", "sub", "iat", "exp", "jti"],
+                  currentDate: new Date(now)
+                }),
+              catch: (error) =>
+                invalidToken(error instanceof Error && "code" in error ? `The token was refused (${String(error.code)})` : "The token was refused")
+            })
+            return yield* Effect.mapError(decodeClaims(payload), () => invalidToken("The token's claims are malformed"))
+          })
+
+        // User status, per isolate: settled answers only, never a shared in-flight lookup.
+        const users = new Map<string, UserStatus>()
+        const userStatus = (id: string) =>
+          Effect.gen(function*() {
+            const now = yield* Clock.currentTimeMillis
+            const cached = users.get(id)
+            if (cached !== undefined && cached.until > now) return cached
+            const { status, body } = yield* internal(`/api/users/${encodeURIComponent(id)}`)
+            let found: UserStatus
+            if (status === 404) {
+              found = { exists: false, active: false, role: "", until: now + settings.userStatusTtlSeconds * 1000 }
+            } else if (status === 200) {
+              const user = yield* Effect.mapError(decodeUser(body), () => new Problem.BadGateway({ service: "users" }))
+              found = { exists: true, active: user.active, role: user.role, until: now + settings.userStatusTtlSeconds * 1000 }
+            } else {
+              return yield* new Problem.BadGateway({ service: "users", detail: `The user lookup answered ${status}` })
+            }
+            if (users.size >= 10_000) users.clear()
+            users.set(id, found)
+            return found
+          })
+
+        return Authenticator.of({
+          jwksFetches: () => fetches,
+          authenticate: (token) =>
+            Effect.gen(function*() {
+              const claims = yield* verify(token)
+              const user = yield* userStatus(claims.sub)
+              if (!user.exists) return yield* invalidToken("The token's user no longer exists")
+              if (!user.active) return yield* new Problem.Forbidden({ detail: "The account is disabled" })
+              return { kind: "user" as const, sub: claims.sub, roles: [user.role] }
+            })
+        })
+      })
+    ).pipe(Layer.provide(Identity.IdentityKey.layer))
+}
+
+/** The gateway's public routes, from `PUBLIC_ROUTES` (default: login, refresh, JWKS). */
+export class PublicRoutes extends Context.Service<PublicRoutes, {
+  readonly isPublic: (method: string, path: string) => boolean
+}>()("meshwork/layers/Authentication/PublicRoutes") {
+  static readonly layer = Layer.effect(
+    PublicRoutes,
+    Effect.map(
+      Config.schema(Schema.Array(PublicRoute), "PUBLIC_ROUTES").pipe(Config.withDefault(defaultPublicRoutes)),
+      (routes) => {
+        const keys = new Set(routes.map((route) => `${route.method} ${route.path}`))
+        return PublicRoutes.of({ isPublic: (method, path) => keys.has(`${method} ${path}`) })
+      }
+    )
+  )
+}
+
+/**
+ * The gateway's step before forwarding: drop every identity header the client
+ * sent, then attach the mesh's signed assertion of who is calling, anonymous
+ * on public routes, the token's user everywhere else.
+ */
+export const authenticateRequest = (request: Request) =>
+  Effect.gen(function*() {
+    const routes = yield* PublicRoutes
+    const path = new URL(request.url).pathname
+    const identity: Identity.Identity = routes.isPublic(request.method, path)
+      ? { kind: "anonymous" }
+      : yield* Effect.flatMap(parseBearer(request.headers.get("authorization")), (token) =>
+        Authenticator.use((authenticator) => authenticator.authenticate(token)))
+    // Hop-by-hop headers go first: a client's `Connection: x-meshwork-identity`
+    // then has nothing left to name when a later hop strips what Connection lists.
+    const headers = Identity.stripSpoofable(Proxy.stripHopByHop(request.headers))
+    headers.set(Identity.header, yield* Identity.sign(identity))
+    return new Request(request, { headers })
+  })

@@ -1,0 +1,42 @@
+/**
+ * The auth service's view of users, through the users service's typed client:
+ * who has an email, and whether they are still active. Any failure to ask is
+ * a 502 naming the users service, never a silent pass.
+ */
+import { Context, Effect, Layer, Option } from "effect"
+import { MeshIdentity } from "../../layers/Identity.ts"
+import { BadGateway } from "../../runtime/Problem.ts"
+import type { User } from "../users/api.ts"
+import { UsersClient } from "../users/client.ts"
+
+export class Accounts extends Context.Service<Accounts, {
+  readonly byEmail: (email: string) => Effect.Effect<Option.Option<User>, BadGateway>
+  readonly byId: (id: string) => Effect.Effect<Option.Option<User>, BadGateway>
+}>()("meshwork/services/auth/Accounts") {
+  static readonly layer = Layer.effect(
+    Accounts,
+    UsersClient.useSync((client) => {
+      const unavailable = () => Effect.fail(new BadGateway({ service: "users" }))
+      const failures = {
+        HttpClientError: unavailable,
+        SchemaError: unavailable,
+        BadRequestProblem: unavailable,
+        InternalServerErrorProblem: unavailable,
+        Unauthorized: unavailable,
+        Forbidden: unavailable
+      } as const
+      return Accounts.of({
+        byEmail: (email) =>
+          client.users.list({ query: { email, limit: 1 } }).pipe(
+            Effect.map((page) => Option.fromNullishOr(page.items[0])),
+            Effect.catchTags({ ...failures, InvalidCursor: unavailable })
+          ),
+        byId: (id) =>
+          client.users.get({ params: { id } }).pipe(
+            Effect.map(Option.some),
+            Effect.catchTags({ ...failures, UserNotFound: () => Effect.succeedNone })
+          )
+      })
+    })
+  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(MeshIdentity.layerClient("auth")))
+}

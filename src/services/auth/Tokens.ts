@@ -1,0 +1,185 @@
+/**
+ * Tokens: short-lived ES256 access tokens (RFC 9068 `at+jwt`) and rotating,
+ * opaque refresh tokens.
+ *
+ * Signing keys come from the secret `AUTH_SIGNING_KEYS`, a key set
+ * `{ "active": kid, "keys": [private ES256 JWKs] }` managed with
+ * `npm run keys`: the active key signs, every key in the set is published in
+ * the JWKS and so still verifies; retiring a key removes it from the set.
+ */
+import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
+import { SqlClient } from "effect/sql"
+import { importJWK, SignJWT } from "jose"
+import { uuidv7 } from "../shared/Ids.ts"
+import type { Jwks } from "./api.ts"
+import { InvalidRefreshToken } from "./api.ts"
+import { AuthDb } from "./db.ts"
+
+export const PrivateJwk = Schema.Struct({
+  kty: Schema.Literal("EC"),
+  crv: Schema.Literal("P-256"),
+  x: Schema.String,
+  y: Schema.String,
+  d: Schema.String,
+  kid: Schema.String.check(Schema.isPattern(/^[A-Za-z0-9_-]{1,64}$/)),
+  alg: Schema.Literal("ES256")
+})
+export type PrivateJwk = typeof PrivateJwk.Type
+
+export const KeySet = Schema.Struct({
+  active: Schema.String,
+  keys: Schema.NonEmptyArray(PrivateJwk)
+}).check(Schema.makeFilter((set) => set.keys.some((key) => key.kid === set.active), {
+  expected: "a key set whose active kid is one of its keys"
+}))
+export type KeySet = typeof KeySet.Type
+
+/** The issuer and audience every access token carries, and its lifetime. */
+export const TokenSettings = Config.all({
+  issuer: Config.String("AUTH_ISSUER").pipe(Config.withDefault("meshwork-auth")),
+  audience: Config.String("AUTH_AUDIENCE").pipe(Config.withDefault("meshwork-api")),
+  accessTtlSeconds: Config.Int("ACCESS_TOKEN_TTL_SECONDS").pipe(Config.withDefault(300)),
+  refreshTtlSeconds: Config.Int("REFRESH_TOKEN_TTL_SECONDS").pipe(Config.withDefault(14 * 24 * 3600))
+})
+
+export interface TokenSubject {
+  readonly id: string
+  readonly role: string
+}
+
+/** Signs access tokens with the active key; publishes the public half of every key. */
+export class AccessTokens extends Context.Service<AccessTokens, {
+  readonly ttlSeconds: number
+  readonly activeKid: string
+  readonly jwks: Jwks
+  readonly issue: (subject: TokenSubject) => Effect.Effect<string>
+}>()("meshwork/services/auth/AccessTokens") {
+  static readonly layer = Layer.effect(
+    AccessTokens,
+    Effect.gen(function*() {
+      const settings = yield* TokenSettings
+      const keySet = yield* Config.schema(Schema.fromJsonString(KeySet), "AUTH_SIGNING_KEYS")
+      const active = keySet.keys.find((key) => key.kid === keySet.active)!
+      const privateKey = yield* Effect.promise(() => importJWK(active, "ES256"))
+      const jwks: Jwks = {
+        keys: keySet.keys.map(({ kty, crv, x, y, kid, alg }) => ({ kty, crv, x, y, kid, alg, use: "sig" as const }))
+      }
+      return AccessTokens.of({
+        ttlSeconds: settings.accessTtlSeconds,
+        activeKid: active.kid,
+        jwks,
+        issue: Effect.fn("AccessTokens.issue")(function*(subject) {
+          const now = Math.floor((yield* Clock.currentTimeMillis) / 1000)
+          const jti = yield* uuidv7
+          return yield* Effect.promise(() =>
+            new SignJWT({ roles: [subject.role] })
+              .setProtectedHeader({ alg: "ES256", kid: active.kid, typ: "at+jwt" })
+              .setIssuer(settings.issuer)
+              .setAudience(settings.audience)
+              .setSubject(subject.id)
+              .setIssuedAt(now)
+              .setExpirationTime(now + settings.accessTtlSeconds)
+              .setJti(jti)
+              .sign(privateKey)
+          )
+        })
+      })
+    })
+  )
+}
+
+const sha256 = (text: string) =>
+  Effect.promise(async () => {
+    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text))
+    return Array.from(new Uint8Array(digest), (byte) => byte.toString(16).padStart(2, "0")).join("")
+  })
+
+const randomToken = (): string =>
+  btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))))
+    .replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
+
+const TokenRow = Schema.Struct({
+  family_id: Schema.String,
+  user_id: Schema.String,
+  expires_at: Schema.Number,
+  used_at: Schema.NullOr(Schema.Number),
+  revoked_at: Schema.NullOr(Schema.Number)
+})
+const decodeRows = Schema.decodeUnknownEffect(Schema.Array(TokenRow))
+
+/**
+ * Refresh tokens, stored only as SHA-256 hashes. A login starts a family; a
+ * refresh uses its token (exactly once, even under concurrency) and issues
+ * the next in the family. Presenting a used token again is taken as theft:
+ * the whole family is revoked, the thief's copy and the owner's alike.
+ */
+export class RefreshTokens extends Context.Service<RefreshTokens, {
+  /** A new token for `userId`, in `familyId` or a new family. */
+  readonly issue: (userId: string, familyId?: string) => Effect.Effect<string>
+  /** Uses `token`: its owner and family, or InvalidRefreshToken (revoking the family on reuse). */
+  readonly use: (token: string) => Effect.Effect<{ readonly userId: string; readonly familyId: string }, InvalidRefreshToken>
+  /** Revokes the family `token` belongs to; unknown tokens are ignored. */
+  readonly revokeFamily: (token: string) => Effect.Effect<void>
+  readonly revokeFamilyById: (familyId: string) => Effect.Effect<void>
+}>()("meshwork/services/auth/RefreshTokens") {
+  static readonly layerNoDeps = Layer.effect(
+    RefreshTokens,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const settings = yield* TokenSettings
+      const find = (id: string) =>
+        sql`SELECT family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE id = ${id}`.pipe(
+          Effect.flatMap(decodeRows),
+          Effect.map((rows) => rows[0]),
+          Effect.orDie
+        )
+      const revokeFamilyById = (familyId: string) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.orDie(sql`
+            UPDATE refresh_tokens SET revoked_at = ${now}
+            WHERE family_id = ${familyId} AND revoked_at IS NULL`)).pipe(Effect.asVoid)
+      const invalid = (detail: string) => new InvalidRefreshToken({ detail })
+
+      return RefreshTokens.of({
+        issue: Effect.fn("RefreshTokens.issue")(function*(userId, familyId) {
+          const token = randomToken()
+          const id = yield* sha256(token)
+          const now = yield* Clock.currentTimeMillis
+          const family = familyId ?? (yield* uuidv7)
+          yield* Effect.orDie(sql`
+            INSERT INTO refresh_tokens (id, family_id, user_id, created_at, expires_at)
+            VALUES (${id}, ${family}, ${userId}, ${now}, ${now + settings.refreshTtlSeconds * 1000})`)
+          return token
+        }),
+        use: Effect.fn("RefreshTokens.use")(function*(token) {
+          const id = yield* sha256(token)
+          const row = yield* find(id)
+          if (row === undefined) return yield* invalid("Unknown refresh token")
+          if (row.used_at !== null || row.revoked_at !== null) {
+            yield* revokeFamilyById(row.family_id)
+            return yield* invalid("The refresh token was already used; its family is revoked")
+          }
+          const now = yield* Clock.currentTimeMillis
+          if (row.expires_at <= now) return yield* invalid("The refresh token has expired")
+          // Compare-and-set: of two concurrent refreshes with one token, exactly one wins.
+          const claimed = yield* Effect.orDie(sql`
+            UPDATE refresh_tokens SET used_at = ${now}
+            WHERE id = ${id} AND used_at IS NULL AND revoked_at IS NULL
+            RETURNING id`)
+          if (claimed.length === 0) {
+            yield* revokeFamilyById(row.family_id)
+            return yield* invalid("The refresh token was already used; its family is revoked")
+          }
+          return { userId: row.user_id, familyId: row.family_id }
+        }),
+        revokeFamily: Effect.fn("RefreshTokens.revokeFamily")(function*(token) {
+          const row = yield* find(yield* sha256(token))
+          if (row !== undefined) yield* revokeFamilyById(row.family_id)
+        }),
+        revokeFamilyById
+      })
+    })
+  )
+
+  static readonly layer = RefreshTokens.layerNoDeps.pipe(Layer.provide(AuthDb))
+}
