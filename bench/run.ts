@@ -21,6 +21,8 @@ import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { convertV4MiniflareOptions, Miniflare } from "miniflare"
 import { unstable_splitSqlQuery } from "wrangler"
+import { importJWK, SignJWT } from "jose"
+import { generateIdentitySecret, generateKey } from "../scripts/keys.ts"
 import { buildMesh, bundle, root } from "../scripts/mesh.ts"
 
 const { values: flags } = parseArgs({
@@ -45,6 +47,11 @@ interface Target {
   /** The Worker the load enters. */
   readonly worker: string
   readonly path: string
+  /**
+   * Headers for one load run, made just before it: a Bearer token at the
+   * gateway, the mesh's identity assertion (valid one minute) at internal Workers.
+   */
+  readonly credentials?: "bearer" | "identity"
   port: number
 }
 
@@ -65,11 +72,32 @@ const targets: Array<Target> = [
   { id: "meshwork", group: "one-hop", worker: "meshwork", path: "/hello", port: 0 },
   { id: "effect-stock", group: "one-hop", worker: "effect-stock", path: "/hello", port: 0 },
   { id: "chain-bare", group: "chain", worker: "bare-gateway", path: `/api/users/${seeded.id}`, port: 0 },
-  { id: "chain-mesh", group: "chain", worker: "meshwork-gateway", path: `/api/users/${seeded.id}`, port: 0 },
+  {
+    id: "chain-mesh",
+    group: "chain",
+    worker: "meshwork-gateway",
+    path: `/api/users/${seeded.id}`,
+    credentials: "bearer",
+    port: 0
+  },
   { id: "users-bare", group: "hops", worker: "bare-users", path: `/api/users/${seeded.id}`, port: 0 },
-  { id: "users-mesh", group: "hops", worker: "meshwork-users", path: `/api/users/${seeded.id}`, port: 0 },
+  {
+    id: "users-mesh",
+    group: "hops",
+    worker: "meshwork-users",
+    path: `/api/users/${seeded.id}`,
+    credentials: "identity",
+    port: 0
+  },
   { id: "router-bare", group: "hops", worker: "bare-router", path: `/api/users/${seeded.id}`, port: 0 },
-  { id: "router-mesh", group: "hops", worker: "meshwork-router", path: `/api/users/${seeded.id}`, port: 0 }
+  {
+    id: "router-mesh",
+    group: "hops",
+    worker: "meshwork-router",
+    path: `/api/users/${seeded.id}`,
+    credentials: "identity",
+    port: 0
+  }
 ].filter((target) => flags.only === undefined || target.group === flags.only) as Array<Target>
 
 /** The ratios the issue tracks: [name, numerator target, denominator target]. */
@@ -102,6 +130,44 @@ const directSocket = (worker: string) => {
 
 const inspectorPort = 9229
 
+/** This run's secrets: the mesh's identity secret and one signing key. */
+const secrets = await (async () => {
+  const key = await generateKey()
+  return { key, identitySecret: generateIdentitySecret() }
+})()
+
+const base64url = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64url")
+
+/** The headers a load run of `target` sends: credentials for the seeded user, fresh. */
+const credentialHeaders = async (target: Target): Promise<Record<string, string>> => {
+  if (target.credentials === "bearer") {
+    const token = await new SignJWT({ roles: [seeded.role] })
+      .setProtectedHeader({ alg: "ES256", kid: secrets.key.kid, typ: "at+jwt" })
+      .setIssuer("meshwork-auth")
+      .setAudience("meshwork-api")
+      .setSubject(seeded.id)
+      .setIssuedAt()
+      .setExpirationTime("10m")
+      .setJti(crypto.randomUUID())
+      .sign(await importJWK(secrets.key, "ES256"))
+    return { authorization: `Bearer ${token}` }
+  }
+  if (target.credentials === "identity") {
+    const payload = { identity: { kind: "user", sub: seeded.id, roles: [seeded.role] }, iat: Date.now(), exp: Date.now() + 60_000 }
+    const signed = `v1.${base64url(new TextEncoder().encode(JSON.stringify(payload)))}`
+    const key = await crypto.subtle.importKey(
+      "raw",
+      new TextEncoder().encode(secrets.identitySecret),
+      { name: "HMAC", hash: "SHA-256" },
+      false,
+      ["sign"]
+    )
+    const signature = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(signed)))
+    return { "x-meshwork-identity": `${signed}.${base64url(signature)}` }
+  }
+  return {}
+}
+
 const startWorkerd = async () => {
   const oneHop = await Promise.all(["bare", "hono", "meshwork", "effect-stock"].map(async (name) => ({
     name,
@@ -122,7 +188,13 @@ const startWorkerd = async () => {
     compatibilityDate,
     ...directSocket(worker.name)
   })))
-  const mesh = (await buildMesh(join(outdir, "mesh"), { minify })).map((options) => ({
+  const mesh = (await buildMesh(join(outdir, "mesh"), {
+    minify,
+    secrets: (name) => ({
+      MESH_IDENTITY_SECRET: secrets.identitySecret,
+      ...(name === "auth" ? { AUTH_SIGNING_KEYS: JSON.stringify({ active: secrets.key.kid, keys: [secrets.key] }) } : {})
+    })
+  })).map((options) => ({
     ...options,
     ...directSocket(String(options.name))
   }))
@@ -167,13 +239,15 @@ interface Sample {
   readonly cpuMicrosPerRequest: number
 }
 
-const load = (target: Target, seconds: number): Sample => {
+const load = async (target: Target, seconds: number): Promise<Sample> => {
+  const headers = Object.entries(await credentialHeaders(target)).flatMap(([name, value]) => ["-H", `${name}: ${value}`])
   const cpuBefore = workerdCpuMicros()
   const out = execFileSync("wrk", [
     "-t1",
     `-c${connections}`,
     `-d${seconds}s`,
     "--latency",
+    ...headers,
     `http://127.0.0.1:${target.port}${target.path}`
   ], { encoding: "utf8" })
   const cpu = workerdCpuMicros() - cpuBefore
@@ -253,7 +327,7 @@ const profile = async (target: Target) => {
     void session.send("Profiler.setSamplingInterval", { interval: 100 })
     void session.send("Profiler.start")
   }
-  const sample = load(target, duration * 2)
+  const sample = await load(target, duration * 2)
   mkdirSync(join(root, "bench/results"), { recursive: true })
   for (const session of sessions) {
     const { profile } = await session.send("Profiler.stop") as {
@@ -287,9 +361,9 @@ const main = async () => {
   const mf = await startWorkerd()
   try {
     for (const target of targets) {
-      const check = await fetch(`http://127.0.0.1:${target.port}${target.path}`)
+      const check = await fetch(`http://127.0.0.1:${target.port}${target.path}`, { headers: await credentialHeaders(target) })
       if (!check.ok) throw new Error(`${target.id} answered ${check.status}: ${await check.text()}`)
-      load(target, 1) // warm-up: JIT, layer build, D1 connection
+      await load(target, 1) // warm-up: JIT, layer build, D1 connection
     }
     if (flags.profile !== undefined) {
       const target = targets.find((t) => t.id === flags.profile)
@@ -300,7 +374,7 @@ const main = async () => {
     for (let round = 1; round <= rounds; round++) {
       // Rotate the order each round so no variant always runs first or last.
       const order = targets.map((_, i) => targets[(i + round) % targets.length]!)
-      for (const target of order) samples.get(target.id)!.push(load(target, duration))
+      for (const target of order) samples.get(target.id)!.push(await load(target, duration))
       console.log(`round ${round}/${rounds}: ${order.map((t) => `${t.id} ${Math.round(samples.get(t.id)!.at(-1)!.rps)}`).join(", ")}`)
     }
 

@@ -1,7 +1,8 @@
 /**
- * `npm start`: the whole mesh locally. Applies every Worker's D1 migrations
- * to the local state in .wrangler/state, loads the demo data (seed.sql, fixed
- * ids, so a second start changes nothing), then runs all five Workers in one
+ * `npm start`: the whole mesh locally. Creates local secrets if there are
+ * none (`npm run keys -- init`), applies every Worker's D1 migrations to the
+ * local state in .wrangler/state, loads the demo data (seed.sql, fixed ids, so
+ * a second start changes nothing), then runs all five Workers in one
  * `wrangler dev`, the gateway first, on http://127.0.0.1:8787.
  *
  *   npm start                 # the mesh with demo data
@@ -11,12 +12,16 @@ import { execFileSync, spawn } from "node:child_process"
 import { existsSync, rmSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { unstable_readConfig } from "wrangler"
+import { ensureLocalSecrets } from "./keys.ts"
 import { root, workers } from "./mesh.ts"
 
 const persistTo = join(root, ".wrangler/state")
 const wrangler = join(root, "node_modules/.bin/wrangler")
 
 if (process.argv.includes("--fresh")) rmSync(persistTo, { recursive: true, force: true })
+
+// Local secrets (.dev.vars next to each config): the identity secret and a signing key.
+if (await ensureLocalSecrets()) console.log("created local secrets (npm run keys -- show)")
 
 const run = (args: ReadonlyArray<string>) =>
   execFileSync(wrangler, args, { cwd: root, stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, CI: "true" } })

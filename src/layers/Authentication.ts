@@ -10,9 +10,14 @@
  *   Unknown `crit` headers are refused; `jku`, `x5u` and embedded keys are
  *   never used: keys come only from the JWKS, found by `kid`.
  * - The JWKS is fetched from the auth service (through the router) and kept
- *   in the isolate. A token with an unknown `kid` triggers a refresh at most
- *   once per `JWKS_COOLDOWN_SECONDS` (30), so random kids cannot make the
- *   gateway hammer the auth service.
+ *   in the isolate for `JWKS_MAX_AGE_SECONDS` (300), so a retired key stops
+ *   verifying within that time. A token with an unknown `kid` triggers a
+ *   refresh at most once per `JWKS_COOLDOWN_SECONDS` (30), so random kids
+ *   cannot make the gateway hammer the auth service.
+ * - A verified token is remembered in the isolate until it expires (or its
+ *   key leaves the JWKS): a client's next requests with the same token skip
+ *   the ES256 check, the gateway's largest cost per request. Expiry and
+ *   maximum age are still checked on every use.
  * - The token's user is looked up in the users service and cached in the
  *   isolate for `USER_STATUS_TTL_SECONDS` (30): a user disabled or demoted is
  *   refused (403) or loses the role at most that long after the change. The
@@ -36,6 +41,7 @@ export const AuthenticationSettings = Config.all({
   maxTokenAgeSeconds: Config.Int("TOKEN_MAX_AGE_SECONDS").pipe(Config.withDefault(300)),
   clockToleranceSeconds: Config.Int("CLOCK_TOLERANCE_SECONDS").pipe(Config.withDefault(30)),
   jwksCooldownSeconds: Config.Int("JWKS_COOLDOWN_SECONDS").pipe(Config.withDefault(30)),
+  jwksMaxAgeSeconds: Config.Int("JWKS_MAX_AGE_SECONDS").pipe(Config.withDefault(300)),
   userStatusTtlSeconds: Config.Int("USER_STATUS_TTL_SECONDS").pipe(Config.withDefault(30))
 })
 
@@ -83,6 +89,12 @@ const decodeUser = Schema.decodeUnknownEffect(Schema.fromJsonString(UserRecord))
 const Claims = Schema.Struct({ sub: Schema.String, roles: Schema.Array(Schema.String) })
 const decodeClaims = Schema.decodeUnknownEffect(Claims)
 
+interface VerifiedToken {
+  readonly claims: typeof Claims.Type
+  readonly kid: string
+  readonly validUntil: number
+}
+
 interface UserStatus {
   readonly exists: boolean
   readonly active: boolean
@@ -120,6 +132,8 @@ export class Authenticator extends Context.Service<Authenticator, {
 
         // Key ring: replaced wholesale on refresh; never shared I/O, only parsed keys.
         let keys = new Map<string, CryptoKey>()
+        // Tokens already verified, until their validity ends (bounded; cleared when full).
+        const verified = new Map<string, VerifiedToken>()
         let lastRefresh = Number.NEGATIVE_INFINITY
         let fetches = 0
         const refresh = Effect.gen(function*() {
@@ -135,12 +149,17 @@ export class Authenticator extends Context.Service<Authenticator, {
             if (imported._tag === "Some" && imported.value instanceof CryptoKey) next.set(jwk["kid"], imported.value)
           }
           keys = next
+          for (const [token, entry] of verified) if (!next.has(entry.kid)) verified.delete(token)
         })
         const keyFor = (kid: string) =>
           Effect.gen(function*() {
+            const now = yield* Clock.currentTimeMillis
+            if (now - lastRefresh >= settings.jwksMaxAgeSeconds * 1000) {
+              // Stale: refresh, keeping the old keys if the auth service cannot answer.
+              yield* refresh.pipe(Effect.catch((error) => Effect.logWarning("JWKS refresh failed", error)))
+            }
             const known = keys.get(kid)
             if (known !== undefined) return known
-            const now = yield* Clock.currentTimeMillis
             if (now - lastRefresh < settings.jwksCooldownSeconds * 1000) {
               return yield* invalidToken("The token is signed by an unknown key")
             }
@@ -150,8 +169,15 @@ export class Authenticator extends Context.Service<Authenticator, {
             return fresh
           })
 
+        const tolerance = settings.clockToleranceSeconds * 1000
         const verify = (token: string) =>
           Effect.gen(function*() {
+            const remembered = verified.get(token)
+            if (remembered !== undefined) {
+              const now = yield* Clock.currentTimeMillis
+              if (now <= remembered.validUntil) return remembered.claims
+              verified.delete(token)
+            }
             const header = yield* Effect.try({
               try: () => decodeProtectedHeader(token),
               catch: () => invalidToken("The token is malformed")
@@ -175,7 +201,12 @@ export class Authenticator extends Context.Service<Authenticator, {
               catch: (error) =>
                 invalidToken(error instanceof Error && "code" in error ? `The token was refused (${String(error.code)})` : "The token was refused")
             })
-            return yield* Effect.mapError(decodeClaims(payload), () => invalidToken("The token's claims are malformed"))
+            const claims = yield* Effect.mapError(decodeClaims(payload), () => invalidToken("The token's claims are malformed"))
+            // Valid until the earlier of expiry and maximum age, each with the tolerance jose allowed.
+            const validUntil = Math.min(payload.exp! * 1000, (payload.iat! + settings.maxTokenAgeSeconds) * 1000) + tolerance
+            if (verified.size >= 10_000) verified.clear()
+            verified.set(token, { claims, kid: header.kid, validUntil })
+            return claims
           })
 
         // User status, per isolate: settled answers only, never a shared in-flight lookup.

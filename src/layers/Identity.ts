@@ -65,8 +65,36 @@ export const stripSpoofable = (headers: Headers): Headers => {
   return copy
 }
 
-/** The mesh's shared HMAC key, imported once per isolate from `MESH_IDENTITY_SECRET`. */
-export class IdentityKey extends Context.Service<IdentityKey, CryptoKey>()("meshwork/layers/Identity/IdentityKey") {
+// Stateless codecs, shared by every request of the isolate.
+const encoder = new TextEncoder()
+const decoder = new TextDecoder()
+
+/** How long a signer reuses one assertion for the same identity (well inside its lifetime). */
+const reuseMillis = 10_000
+
+interface Signed {
+  readonly value: string
+  readonly reuseUntil: number
+}
+
+interface Verified {
+  readonly identity: Identity
+  readonly iat: number
+  readonly exp: number
+}
+
+/**
+ * The mesh's shared HMAC key, imported once per isolate from
+ * `MESH_IDENTITY_SECRET`, with the isolate's memory of assertions: those it
+ * signed (reused for the same identity for 10 s) and those it verified (until
+ * they expire), so a busy caller does not pay an HMAC and a JSON parse per
+ * request. Both maps hold strings and parsed values only, never I/O.
+ */
+export class IdentityKey extends Context.Service<IdentityKey, {
+  readonly key: CryptoKey
+  readonly signed: Map<string, Signed>
+  readonly verified: Map<string, Verified>
+}>()("meshwork/layers/Identity/IdentityKey") {
   static readonly layer = Layer.effect(
     IdentityKey,
     Effect.gen(function*() {
@@ -74,61 +102,83 @@ export class IdentityKey extends Context.Service<IdentityKey, CryptoKey>()("mesh
         Schema.Redacted(Schema.String.check(Schema.isMinLength(32))),
         "MESH_IDENTITY_SECRET"
       )
-      return yield* Effect.promise(() =>
+      const key = yield* Effect.promise(() =>
         crypto.subtle.importKey(
           "raw",
-          new TextEncoder().encode(Redacted.value(secret)),
+          encoder.encode(Redacted.value(secret)),
           { name: "HMAC", hash: "SHA-256" },
           false,
           ["sign", "verify"]
         )
       )
+      return { key, signed: new Map<string, Signed>(), verified: new Map<string, Verified>() }
     })
   )
+}
+
+const remember = <V>(map: Map<string, V>, key: string, value: V) => {
+  if (map.size >= 10_000) map.clear()
+  map.set(key, value)
 }
 
 const base64url = (bytes: Uint8Array): string =>
   btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
 
 const fromBase64url = (text: string): Uint8Array | undefined => {
+  let binary: string
   try {
-    return Uint8Array.from(atob(text.replaceAll("-", "+").replaceAll("_", "/")), (c) => c.charCodeAt(0))
+    binary = atob(text.replaceAll("-", "+").replaceAll("_", "/"))
   } catch {
     return undefined
   }
+  const bytes = new Uint8Array(binary.length)
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i)
+  return bytes
 }
 
 /** Signs `identity` as an assertion header value, valid for `lifetimeMillis`. */
 export const sign = (identity: Identity) =>
   Effect.gen(function*() {
-    const key = yield* IdentityKey
+    const { key, signed } = yield* IdentityKey
     const now = yield* Clock.currentTimeMillis
-    const payload = base64url(new TextEncoder().encode(JSON.stringify({ identity, iat: now, exp: now + lifetimeMillis })))
-    const signed = `v1.${payload}`
-    const signature = yield* Effect.promise(() => crypto.subtle.sign("HMAC", key, new TextEncoder().encode(signed)))
-    return `${signed}.${base64url(new Uint8Array(signature))}`
+    const cacheKey = JSON.stringify(identity)
+    const reusable = signed.get(cacheKey)
+    if (reusable !== undefined && now < reusable.reuseUntil) return reusable.value
+    const payload = base64url(encoder.encode(JSON.stringify({ identity, iat: now, exp: now + lifetimeMillis })))
+    const body = `v1.${payload}`
+    const signature = yield* Effect.promise(() => crypto.subtle.sign("HMAC", key, encoder.encode(body)))
+    const value = `${body}.${base64url(new Uint8Array(signature))}`
+    remember(signed, cacheKey, { value, reuseUntil: now + reuseMillis })
+    return value
   })
 
 const refused = (detail: string) => new Problem.Unauthorized({ detail })
+
+const checkTimes = (assertion: { readonly iat: number; readonly exp: number }, now: number) =>
+  assertion.exp >= now && assertion.iat <= now + skewMillis && assertion.exp - assertion.iat <= lifetimeMillis
 
 /** Verifies an assertion header value; anything but a valid, unexpired assertion is refused. */
 export const verify = (value: string | null | undefined) =>
   Effect.gen(function*() {
     if (value === null || value === undefined || value.length > 4096) return yield* refused("A mesh identity is required")
+    const { key, verified } = yield* IdentityKey
+    const now = yield* Clock.currentTimeMillis
+    const known = verified.get(value)
+    if (known !== undefined) {
+      if (checkTimes(known, now)) return known.identity
+      return yield* refused("The mesh identity has expired")
+    }
     const parts = value.split(".")
     const signature = parts.length === 3 && parts[0] === "v1" ? fromBase64url(parts[2]!) : undefined
     if (signature === undefined) return yield* refused("The mesh identity is malformed")
-    const key = yield* IdentityKey
     const valid = yield* Effect.promise(() =>
-      crypto.subtle.verify("HMAC", key, signature, new TextEncoder().encode(`${parts[0]}.${parts[1]}`))
+      crypto.subtle.verify("HMAC", key, signature, encoder.encode(`${parts[0]}.${parts[1]}`))
     )
     if (!valid) return yield* refused("The mesh identity is not signed by this mesh")
-    const json = new TextDecoder().decode(fromBase64url(parts[1]!) ?? new Uint8Array())
+    const json = decoder.decode(fromBase64url(parts[1]!) ?? new Uint8Array())
     const assertion = yield* Effect.mapError(decodeAssertion(json), () => refused("The mesh identity is malformed"))
-    const now = yield* Clock.currentTimeMillis
-    if (assertion.exp < now || assertion.iat > now + skewMillis || assertion.exp - assertion.iat > lifetimeMillis) {
-      return yield* refused("The mesh identity has expired")
-    }
+    if (!checkTimes(assertion, now)) return yield* refused("The mesh identity has expired")
+    remember(verified, value, assertion)
     return assertion.identity
   })
 

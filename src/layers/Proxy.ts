@@ -20,15 +20,20 @@ const hopByHop = new Set([
   "upgrade"
 ])
 
-/** Header names to drop: the fixed hop-by-hop set plus those the `Connection` header lists. */
+/**
+ * Header names to drop: the fixed hop-by-hop set plus those the `Connection`
+ * header lists. One pass over the names present: requests carry few headers,
+ * and each `has` is a call into the runtime.
+ */
 const droppedHeaders = (headers: Headers): ReadonlyArray<string> => {
   const dropped: Array<string> = []
-  for (const name of hopByHop) if (headers.has(name)) dropped.push(name)
-  const connection = headers.get("connection")
-  if (connection !== null) {
-    for (const token of connection.split(",")) {
-      const name = token.trim().toLowerCase()
-      if (name !== "") dropped.push(name)
+  for (const name of headers.keys()) {
+    if (!hopByHop.has(name)) continue
+    dropped.push(name)
+    if (name !== "connection") continue
+    for (const token of headers.get("connection")!.split(",")) {
+      const listed = token.trim().toLowerCase()
+      if (listed !== "") dropped.push(listed)
     }
   }
   return dropped
