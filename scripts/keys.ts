@@ -7,7 +7,8 @@
  *   npm run keys -- retire <kid>         # remove a key: tokens it signed stop verifying
  *   npm run keys -- rotate               # add + activate in one step (local development)
  *   npm run keys -- show                 # the key ids, and which one signs
- *   ... --remote                         # also `wrangler secret put` the result to Cloudflare
+ *   npm run keys -- push                 # `wrangler secret put` both secrets to every deployed Worker
+ *   ... --remote                         # after add/activate/retire/rotate: push the signing keys
  *
  * The signing key set lives in .keys/auth-signing-keys.json (git-ignored; keep it
  * somewhere safe for production, Cloudflare never gives a secret back). Rotate in
@@ -80,13 +81,17 @@ const writeLocal = (set: KeySet) => {
   }
 }
 
-const pushRemote = (set: KeySet) => {
-  execFileSync(join(root, "node_modules/.bin/wrangler"), ["secret", "put", "AUTH_SIGNING_KEYS", "-c", "src/services/auth/wrangler.toml"], {
+const putSecret = (name: string, value: string, config: string) =>
+  execFileSync(join(root, "node_modules/.bin/wrangler"), ["secret", "put", name, "-c", config], {
     cwd: root,
-    input: JSON.stringify(set),
+    input: value,
     stdio: ["pipe", "inherit", "inherit"]
   })
-}
+
+const pushRemote = (set: KeySet) => putSecret("AUTH_SIGNING_KEYS", JSON.stringify(set), "src/services/auth/wrangler.toml")
+
+/** The wrangler config of each Worker, beside the .dev.vars that holds its local secrets. */
+const configs = devVarsFiles.map(({ file, auth }) => ({ config: join(dirname(file), "wrangler.toml"), auth }))
 
 /** Creates the local secrets if they are missing; returns whether it created them. */
 export const ensureLocalSecrets = async (): Promise<boolean> => {
@@ -108,6 +113,14 @@ const main = async (args: ReadonlyArray<string>) => {
     case "init":
       console.log((await ensureLocalSecrets()) ? "created local secrets" : "local secrets already exist")
       return
+    case "push": {
+      const identity = readFileSync(identityFile, "utf8").trim()
+      for (const { config, auth } of configs) {
+        putSecret("MESH_IDENTITY_SECRET", identity, config)
+        if (auth) pushRemote(readKeySet())
+      }
+      return
+    }
     case "show":
       set = readKeySet()
       for (const key of set.keys) console.log(`${key.kid}${key.kid === set.active ? "  (signing)" : ""}`)
@@ -135,7 +148,7 @@ const main = async (args: ReadonlyArray<string>) => {
       break
     }
     default:
-      throw new Error("usage: npm run keys -- init | show | add | activate <kid> | retire <kid> | rotate [--remote]")
+      throw new Error("usage: npm run keys -- init | show | push | add | activate <kid> | retire <kid> | rotate [--remote]")
   }
   writeLocal(set)
   if (remote) pushRemote(set)
