@@ -55,7 +55,13 @@ export default defineConfig({
         main: "test/fixtures/worker.ts",
         miniflare: {
           compatibilityDate: "2026-11-01",
-          serviceBindings: { GATEWAY: "meshwork-gateway", ROUTER: "meshwork-router", AUTH: "meshwork-auth", ECHO: "echo" },
+          serviceBindings: {
+            GATEWAY: "meshwork-gateway",
+            ROUTER: "meshwork-router",
+            AUTH: "meshwork-auth",
+            USERS: "meshwork-users",
+            ECHO: "echo"
+          },
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth") },
           durableObjects: { COUNTER: { className: "Counter", useSQLite: true } },
           bindings: {

@@ -12,9 +12,9 @@
  *
  * The signing key set lives in .keys/auth-signing-keys.json (git-ignored; keep it
  * somewhere safe for production, Cloudflare never gives a secret back). Rotate in
- * production in two steps: `add`, wait longer than the gateway's JWKS cooldown
- * (30 s) so every gateway can learn the new key, then `activate`; `retire` the old
- * key after the longest token lifetime (5 minutes) has passed.
+ * production in steps: `add`, wait longer than the gateways' JWKS max age (5 min)
+ * so every gateway holds the new key, then `activate`; `retire` the old key once
+ * the longest token lifetime (5 minutes) has passed.
  */
 import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"

@@ -10,7 +10,7 @@ import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { Authenticator } from "../src/layers/Authentication.ts"
 import { envLayer } from "../src/runtime/Worker.ts"
-import { mint, seedUser } from "./helpers.ts"
+import { mint, seedUser, testKeys } from "./helpers.ts"
 
 const countingRouter = () => {
   const calls: Array<string> = []
@@ -96,4 +96,47 @@ it.effect("refuses a remembered token once it expires, whatever was verified bef
     const refused = yield* Effect.flip(authenticator.authenticate(token))
     expect(refused._tag).toBe("Unauthorized")
   }).pipe(Effect.provide(authenticatorWith(router.fetcher)))
+})
+
+/**
+ * The router, with the JWKS it returns passed through `keep`: the auth
+ * service as it is before a key is added, or after one is retired.
+ */
+const rotatingRouter = (keep: (kid: string) => boolean) => ({
+  fetch: async (input: RequestInfo | URL, init?: RequestInit) => {
+    const response = await env.ROUTER.fetch(input, init)
+    const url = new URL(input instanceof Request ? input.url : String(input))
+    if (!url.pathname.endsWith("/jwks.json")) return response
+    const jwks = await response.json() as { keys: Array<{ kid: string }> }
+    return Response.json({ keys: jwks.keys.filter((key) => keep(key.kid)) })
+  }
+})
+
+// Virtual time stays within the 5 s skew the router allows the gateway's identity assertions.
+it.effect("accepts a newly added key once a token shows it, and stops accepting a retired key within the JWKS max age", () => {
+  let published = new Set([testKeys.signing["kid"]!])
+  return Effect.gen(function*() {
+    yield* TestClock.setTime(Date.now())
+    const authenticator = yield* Authenticator
+    const user = yield* Effect.promise(() => seedUser())
+    const withKey = (key: "signing" | "rotatedIn") => Effect.promise(() => mint(user.id, { key }))
+    const accepted = (token: string) => Effect.map(Effect.exit(authenticator.authenticate(token)), Exit.isSuccess)
+
+    const old = yield* withKey("signing")
+    expect(yield* accepted(old)).toBe(true)
+    // `keys add` then `keys activate`: the auth service publishes the new key and signs with it.
+    published = new Set([testKeys.signing["kid"]!, testKeys.rotatedIn["kid"]!])
+    yield* TestClock.adjust("1500 millis") // past the 1 s cooldown
+    expect(yield* accepted(yield* withKey("rotatedIn"))).toBe(true)
+
+    // `keys retire` of the old key: remembered verifications of it end with the key ring's max age.
+    published = new Set([testKeys.rotatedIn["kid"]!])
+    expect(yield* accepted(old)).toBe(true)
+    yield* TestClock.adjust("2500 millis") // past the 2 s max age since the last refresh
+    expect(yield* accepted(old)).toBe(false)
+    expect(yield* accepted(yield* withKey("rotatedIn"))).toBe(true)
+  }).pipe(Effect.provide(authenticatorWith(
+    rotatingRouter((kid) => published.has(kid)),
+    { JWKS_COOLDOWN_SECONDS: "1", JWKS_MAX_AGE_SECONDS: "2" }
+  )))
 })

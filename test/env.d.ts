@@ -7,6 +7,7 @@ declare global {
       readonly ECHO: Fetcher
       readonly AUTH: Fetcher
       readonly ROUTER: Fetcher
+      readonly USERS: Fetcher
       readonly MESH_IDENTITY_SECRET: string
       readonly TEST_SIGNING_KEYS: string
       readonly AUTH_DB: D1Database

@@ -118,3 +118,37 @@ export const mint = async (
     .setProtectedHeader({ alg: "ES256", kid: jwk["kid"]!, typ: "at+jwt", ...options.header } as never)
     .sign(await importJWK(jwk, "ES256"))
 }
+
+/** A body of `chunks` chunks of `size` bytes, streamed, with no length announced. */
+export const stream = (chunks: number, size: number) => {
+  const chunk = new TextEncoder().encode("x".repeat(size))
+  let sent = 0
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent++ < chunks) controller.enqueue(chunk)
+      else controller.close()
+    }
+  })
+}
+
+const base64url = (bytes: Uint8Array) =>
+  btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
+
+/** A mesh identity assertion, signed with the run's secret, as the gateway would sign it. */
+export const meshIdentity = async (
+  identity: unknown = { kind: "service", sub: "test" },
+  times: { readonly iat?: number; readonly exp?: number } = {}
+) => {
+  const iat = times.iat ?? Date.now()
+  const payload = { identity, iat, exp: times.exp ?? iat + 60_000 }
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(env.MESH_IDENTITY_SECRET),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"]
+  )
+  const body = `v1.${base64url(new TextEncoder().encode(JSON.stringify(payload)))}`
+  const signature = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(body)))
+  return `${body}.${base64url(signature)}`
+}

@@ -151,13 +151,17 @@ export class Authenticator extends Context.Service<Authenticator, {
           keys = next
           for (const [token, entry] of verified) if (!next.has(entry.kid)) verified.delete(token)
         })
+        // A stale key ring is refreshed before any verification, remembered ones
+        // included, so a retired key stops verifying within the max age. If the
+        // auth service cannot answer, the old keys stay (and the failure is logged).
+        const freshen = Effect.gen(function*() {
+          const now = yield* Clock.currentTimeMillis
+          if (now - lastRefresh < settings.jwksMaxAgeSeconds * 1000) return
+          yield* refresh.pipe(Effect.catch((error) => Effect.logWarning("JWKS refresh failed", error)))
+        })
         const keyFor = (kid: string) =>
           Effect.gen(function*() {
             const now = yield* Clock.currentTimeMillis
-            if (now - lastRefresh >= settings.jwksMaxAgeSeconds * 1000) {
-              // Stale: refresh, keeping the old keys if the auth service cannot answer.
-              yield* refresh.pipe(Effect.catch((error) => Effect.logWarning("JWKS refresh failed", error)))
-            }
             const known = keys.get(kid)
             if (known !== undefined) return known
             if (now - lastRefresh < settings.jwksCooldownSeconds * 1000) {
@@ -172,6 +176,7 @@ export class Authenticator extends Context.Service<Authenticator, {
         const tolerance = settings.clockToleranceSeconds * 1000
         const verify = (token: string) =>
           Effect.gen(function*() {
+            yield* freshen
             const remembered = verified.get(token)
             if (remembered !== undefined) {
               const now = yield* Clock.currentTimeMillis

@@ -4,7 +4,8 @@
  * Each upstream's own `/health` is probed in parallel, each with a timeout.
  * A proxy upstream (the router) reports its upstreams in turn; those entries
  * are merged into this report, so the gateway's `/health` lists every Worker
- * of the mesh. The report is 200 when every upstream is up, else 503.
+ * of the mesh. The report is 200 when every upstream is up, else 503. A
+ * proxy reuses its report for 5 s.
  */
 import { Duration, Effect, Schema } from "effect"
 import * as Identity from "./Identity.ts"
@@ -27,6 +28,9 @@ export type HealthReport = typeof HealthReport.Type
 const decodeReport = Schema.decodeUnknownEffect(Schema.fromJsonString(HealthReport))
 
 export const defaultProbeTimeout = Duration.seconds(2)
+
+/** How long a proxy reuses its last report: /health is public, probing the mesh is not free. */
+export const cacheMillis = 5_000
 
 const down = (detail: string): UpstreamHealth => ({ status: "down", detail })
 

@@ -14,7 +14,7 @@
  * Matching is on path-segment boundaries: `/api/users` matches `/api/users`
  * and `/api/users/7`, never `/api/usersadmin`. The longest prefix wins.
  */
-import { Config, Context, Effect, Layer, Schema } from "effect"
+import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
 import * as Problem from "../runtime/Problem.ts"
 import * as Health from "./Health.ts"
@@ -85,13 +85,20 @@ type ProxyError = Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllow
 export const proxy = <E = never, R = never>(
   service: string,
   prepare: (request: Request) => Effect.Effect<Request, E, R> = Effect.succeed
-) =>
-(request: Request): Effect.Effect<Response, ProxyError | E, RoutingTable | Identity.IdentityKey | R> =>
+) => {
+  // The gateway's /health is public: one probe of the mesh per 5 s per isolate, however often it is asked.
+  let cached: { readonly report: Health.HealthReport; readonly at: number } | undefined
+  const health = (upstreams: ReadonlyArray<Upstream>) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      cached !== undefined && now - cached.at < Health.cacheMillis
+        ? Effect.succeed(cached.report)
+        : Effect.tap(Health.report(service, upstreams), (report) => Effect.sync(() => (cached = { report, at: now }))))
+  return (request: Request): Effect.Effect<Response, ProxyError | E, RoutingTable | Identity.IdentityKey | R> =>
   RoutingTable.use((table): Effect.Effect<Response, ProxyError | E, Identity.IdentityKey | R> => {
     const path = new URL(request.url).pathname
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
-        ? Effect.map(Health.report(service, table.upstreams), Health.toResponse)
+        ? Effect.map(health(table.upstreams), Health.toResponse)
         : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
     }
     return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, ProxyError | E, R> => {
@@ -101,3 +108,4 @@ export const proxy = <E = never, R = never>(
         : Effect.flatMap(prepare(request), (prepared) => Proxy.forward(upstream.service, upstream.fetcher, prepared))
     })
   })
+}

@@ -60,8 +60,10 @@ export class Credentials extends Context.Service<Credentials, {
   readonly get: (userId: string) => Effect.Effect<Option.Option<StoredPassword>>
   readonly set: (userId: string, password: string) => Effect.Effect<void>
   /**
-   * Checks `password` for `userId`. A user without credentials costs the same
-   * work as one with them, so timing does not reveal which emails exist.
+   * Checks `password` for `userId`. An unknown user costs the same work as a
+   * known one (the same query, a hash of a decoy at the current work factor),
+   * so timing does not tell which emails exist. A match on a hash made at an
+   * older work factor is rehashed at the current one.
    */
   readonly check: (userId: string | undefined, password: string) => Effect.Effect<boolean>
 }>()("meshwork/services/auth/Credentials") {
@@ -77,22 +79,25 @@ export class Credentials extends Context.Service<Credentials, {
           Effect.map((rows) => Option.fromNullishOr(rows[0])),
           Effect.orDie
         )
+      const set = Effect.fn("Credentials.set")(function*(userId: string, password: string) {
+        const stored = yield* hash(password, iterations)
+        const at = yield* nowIso
+        yield* Effect.orDie(sql`
+          INSERT INTO credentials (user_id, hash, salt, iterations, updated_at)
+          VALUES (${userId}, ${stored.hash}, ${stored.salt}, ${stored.iterations}, ${at})
+          ON CONFLICT (user_id) DO UPDATE SET
+            hash = excluded.hash, salt = excluded.salt, iterations = excluded.iterations, updated_at = excluded.updated_at`)
+      })
       return Credentials.of({
         iterations,
         get,
-        set: Effect.fn("Credentials.set")(function*(userId, password) {
-          const stored = yield* hash(password, iterations)
-          const at = yield* nowIso
-          yield* Effect.orDie(sql`
-            INSERT INTO credentials (user_id, hash, salt, iterations, updated_at)
-            VALUES (${userId}, ${stored.hash}, ${stored.salt}, ${stored.iterations}, ${at})
-            ON CONFLICT (user_id) DO UPDATE SET
-              hash = excluded.hash, salt = excluded.salt, iterations = excluded.iterations, updated_at = excluded.updated_at`)
-        }),
+        set,
         check: Effect.fn("Credentials.check")(function*(userId, password) {
-          const stored = userId === undefined ? Option.none() : yield* get(userId)
+          const stored = yield* get(userId ?? "")
           const matches = yield* verify(password, Option.getOrElse(stored, () => decoy))
-          return Option.isSome(stored) && matches
+          if (userId === undefined || Option.isNone(stored) || !matches) return false
+          if (stored.value.iterations !== iterations) yield* set(userId, password)
+          return true
         })
       })
     })

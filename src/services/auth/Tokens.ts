@@ -7,7 +7,7 @@
  * `npm run keys`: the active key signs, every key in the set is published in
  * the JWKS and so still verifies; retiring a key removes it from the set.
  */
-import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
+import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import { importJWK, SignJWT } from "jose"
 import { uuidv7 } from "../shared/Ids.ts"
@@ -111,16 +111,27 @@ const decodeRows = Schema.decodeUnknownEffect(Schema.Array(TokenRow))
  * Refresh tokens, stored only as SHA-256 hashes. A login starts a family; a
  * refresh uses its token (exactly once, even under concurrency) and issues
  * the next in the family. Presenting a used token again is taken as theft:
- * the whole family is revoked, the thief's copy and the owner's alike.
+ * the whole family is revoked, the thief's copy and the owner's alike. A
+ * family with any revoked token is dead: no token of it is claimed and no new
+ * one is issued into it, whatever the order of concurrent requests.
  */
 export class RefreshTokens extends Context.Service<RefreshTokens, {
-  /** A new token for `userId`, in `familyId` or a new family. */
-  readonly issue: (userId: string, familyId?: string) => Effect.Effect<string>
-  /** Uses `token`: its owner and family, or InvalidRefreshToken (revoking the family on reuse). */
-  readonly use: (token: string) => Effect.Effect<{ readonly userId: string; readonly familyId: string }, InvalidRefreshToken>
+  /** A new token for `userId`, in a new family, or in `familyId` unless that family is revoked. */
+  readonly issue: (userId: string, familyId?: string) => Effect.Effect<string, InvalidRefreshToken>
+  /**
+   * Uses `token`. `owner` looks up the token's user first (the account, if it
+   * is still active), before anything is claimed, so a failure there leaves
+   * the token usable for a retry. Answers the owner and the family, or
+   * InvalidRefreshToken (revoking the family on reuse or an inactive owner).
+   */
+  readonly use: <A, E>(
+    token: string,
+    owner: (userId: string) => Effect.Effect<Option.Option<A>, E>
+  ) => Effect.Effect<{ readonly owner: A; readonly familyId: string }, InvalidRefreshToken | E>
   /** Revokes the family `token` belongs to; unknown tokens are ignored. */
   readonly revokeFamily: (token: string) => Effect.Effect<void>
-  readonly revokeFamilyById: (familyId: string) => Effect.Effect<void>
+  /** Revokes every family of `userId` (after a password change). */
+  readonly revokeUser: (userId: string) => Effect.Effect<void>
 }>()("meshwork/services/auth/RefreshTokens") {
   static readonly layerNoDeps = Layer.effect(
     RefreshTokens,
@@ -133,12 +144,16 @@ export class RefreshTokens extends Context.Service<RefreshTokens, {
           Effect.map((rows) => rows[0]),
           Effect.orDie
         )
-      const revokeFamilyById = (familyId: string) =>
+      const revoke = (column: "family_id" | "user_id", value: string) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.orDie(sql`
             UPDATE refresh_tokens SET revoked_at = ${now}
-            WHERE family_id = ${familyId} AND revoked_at IS NULL`)).pipe(Effect.asVoid)
+            WHERE ${sql(column)} = ${value} AND revoked_at IS NULL`)).pipe(Effect.asVoid)
       const invalid = (detail: string) => new InvalidRefreshToken({ detail })
+      const reused = (familyId: string) =>
+        Effect.andThen(revoke("family_id", familyId), invalid("The refresh token was already used; its family is revoked"))
+      const familyAlive = (familyId: string) => sql`
+        NOT EXISTS (SELECT 1 FROM refresh_tokens f WHERE f.family_id = ${familyId} AND f.revoked_at IS NOT NULL)`
 
       return RefreshTokens.of({
         issue: Effect.fn("RefreshTokens.issue")(function*(userId, familyId) {
@@ -146,37 +161,42 @@ export class RefreshTokens extends Context.Service<RefreshTokens, {
           const id = yield* sha256(token)
           const now = yield* Clock.currentTimeMillis
           const family = familyId ?? (yield* uuidv7)
-          yield* Effect.orDie(sql`
+          // Into an existing family only while none of its tokens is revoked.
+          const inserted = yield* Effect.orDie(sql`
             INSERT INTO refresh_tokens (id, family_id, user_id, created_at, expires_at)
-            VALUES (${id}, ${family}, ${userId}, ${now}, ${now + settings.refreshTtlSeconds * 1000})`)
+            SELECT ${id}, ${family}, ${userId}, ${now}, ${now + settings.refreshTtlSeconds * 1000}
+            WHERE ${familyAlive(family)}
+            RETURNING id`)
+          if (inserted.length === 0) return yield* invalid("The refresh token's family was revoked")
           return token
         }),
-        use: Effect.fn("RefreshTokens.use")(function*(token) {
-          const id = yield* sha256(token)
-          const row = yield* find(id)
-          if (row === undefined) return yield* invalid("Unknown refresh token")
-          if (row.used_at !== null || row.revoked_at !== null) {
-            yield* revokeFamilyById(row.family_id)
-            return yield* invalid("The refresh token was already used; its family is revoked")
-          }
-          const now = yield* Clock.currentTimeMillis
-          if (row.expires_at <= now) return yield* invalid("The refresh token has expired")
-          // Compare-and-set: of two concurrent refreshes with one token, exactly one wins.
-          const claimed = yield* Effect.orDie(sql`
-            UPDATE refresh_tokens SET used_at = ${now}
-            WHERE id = ${id} AND used_at IS NULL AND revoked_at IS NULL
-            RETURNING id`)
-          if (claimed.length === 0) {
-            yield* revokeFamilyById(row.family_id)
-            return yield* invalid("The refresh token was already used; its family is revoked")
-          }
-          return { userId: row.user_id, familyId: row.family_id }
-        }),
+        use: (token, owner) =>
+          Effect.gen(function*() {
+            const id = yield* sha256(token)
+            const row = yield* find(id)
+            if (row === undefined) return yield* invalid("Unknown refresh token")
+            if (row.used_at !== null || row.revoked_at !== null) return yield* reused(row.family_id)
+            if (row.expires_at <= (yield* Clock.currentTimeMillis)) return yield* invalid("The refresh token has expired")
+            const account = yield* owner(row.user_id)
+            if (Option.isNone(account)) {
+              yield* revoke("family_id", row.family_id)
+              return yield* invalid("The account is no longer active")
+            }
+            // Compare-and-set, last: of two concurrent refreshes with one token,
+            // at most one wins, and none once the family is revoked.
+            const now = yield* Clock.currentTimeMillis
+            const claimed = yield* Effect.orDie(sql`
+              UPDATE refresh_tokens SET used_at = ${now}
+              WHERE id = ${id} AND used_at IS NULL AND revoked_at IS NULL AND ${familyAlive(row.family_id)}
+              RETURNING id`)
+            if (claimed.length === 0) return yield* reused(row.family_id)
+            return { owner: account.value, familyId: row.family_id }
+          }).pipe(Effect.withSpan("RefreshTokens.use")),
         revokeFamily: Effect.fn("RefreshTokens.revokeFamily")(function*(token) {
           const row = yield* find(yield* sha256(token))
-          if (row !== undefined) yield* revokeFamilyById(row.family_id)
+          if (row !== undefined) yield* revoke("family_id", row.family_id)
         }),
-        revokeFamilyById
+        revokeUser: (userId) => revoke("user_id", userId).pipe(Effect.withSpan("RefreshTokens.revokeUser"))
       })
     })
   )

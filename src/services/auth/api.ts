@@ -13,7 +13,11 @@ export const Password = Schema.String.check(Schema.isMinLength(12), Schema.isMax
 
 export const Login = Schema.Struct({ email: Email, password: Schema.String.check(Schema.isMaxLength(256)) })
 export const Refresh = Schema.Struct({ refresh_token: Schema.String.check(Schema.isMaxLength(256)) })
-export const SetPassword = Schema.Struct({ password: Password })
+/** A user changing its own password proves it knows the current one; an admin setting another's does not. */
+export const SetPassword = Schema.Struct({
+  password: Password,
+  current_password: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(256)))
+})
 
 /** RFC 6749 section 5.1 token response. */
 export const TokenResponse = Schema.Struct({
@@ -68,7 +72,7 @@ export class AuthGroup extends HttpApiGroup.make("auth")
       params: { id: UserId },
       payload: SetPassword,
       success: HttpApiSchema.NoContent,
-      error: Forbidden
+      error: [Forbidden, InvalidCredentials]
     })
   )
   .prefix("/api/auth")

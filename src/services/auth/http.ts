@@ -4,7 +4,7 @@ import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
 import { authorize, hasRole, isUser, MeshIdentity } from "../../layers/Identity.ts"
 import { healthy } from "../shared/Health.ts"
 import { Accounts } from "./Accounts.ts"
-import { AuthApi, InvalidCredentials, InvalidRefreshToken } from "./api.ts"
+import { AuthApi, InvalidCredentials } from "./api.ts"
 import type { TokenResponse } from "./api.ts"
 import { Credentials } from "./Passwords.ts"
 import { AccessTokens, RefreshTokens } from "./Tokens.ts"
@@ -30,27 +30,31 @@ const AuthHandlers = HttpApiBuilder.group(
         // The password is checked even for an unknown email, so both take the same time.
         const matches = yield* credentials.check(user?.id, payload.password)
         if (user === undefined || !matches || !user.active) return yield* new InvalidCredentials()
-        return yield* tokens(user)
+        // A new family cannot have been revoked.
+        return yield* Effect.orDie(tokens(user))
       }))
       .handle("refresh", Effect.fnUntraced(function*({ payload }) {
-        const { userId, familyId } = yield* refresh.use(payload.refresh_token)
-        const user = Option.getOrUndefined(yield* accounts.byId(userId))
-        if (user === undefined || !user.active) {
-          yield* refresh.revokeFamilyById(familyId)
-          return yield* new InvalidRefreshToken({ detail: "The account is no longer active" })
-        }
-        return yield* tokens(user, familyId)
+        const { owner, familyId } = yield* refresh.use(payload.refresh_token, (id) =>
+          Effect.map(accounts.byId(id), Option.filter((user) => user.active)))
+        return yield* tokens(owner, familyId)
       }))
       .handle("logout", ({ payload }) => refresh.revokeFamily(payload.refresh_token))
       .handle("jwks", () => Effect.succeed(access.jwks))
-      .handle("setPassword", ({ params, payload }) =>
-        Effect.andThen(
-          authorize(
-            (identity) => hasRole(identity, "admin") || isUser(identity, params.id),
-            "A user may only set its own password"
-          ),
-          credentials.set(params.id, payload.password)
-        ))
+      .handle("setPassword", Effect.fnUntraced(function*({ params, payload }) {
+        const identity = yield* authorize(
+          (identity) => hasRole(identity, "admin") || isUser(identity, params.id),
+          "A user may only set its own password"
+        )
+        if (isUser(identity, params.id)) {
+          const current = payload.current_password
+          if (current === undefined || !(yield* credentials.check(params.id, current))) {
+            return yield* new InvalidCredentials({ detail: "The current password is required and must match" })
+          }
+        }
+        yield* credentials.set(params.id, payload.password)
+        // Sessions started with the old password end with it.
+        yield* refresh.revokeUser(params.id)
+      }))
   })
 )
 
