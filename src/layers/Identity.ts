@@ -18,7 +18,8 @@
  * fetch: requireIdentity(handler)
  * ```
  */
-import { Clock, Config, Context, Effect, Layer, Redacted, Schema } from "effect"
+import { Clock, Config, Context, Effect, Layer, Redacted, Result, Schema } from "effect"
+import { Base64Url } from "effect/encoding"
 import { HttpApiMiddleware, HttpApiSecurity } from "effect/http-api"
 import { HttpClientRequest } from "effect/http"
 import * as Problem from "../runtime/Problem.ts"
@@ -121,20 +122,7 @@ const remember = <V>(map: Map<string, V>, key: string, value: V) => {
   map.set(key, value)
 }
 
-const base64url = (bytes: Uint8Array): string =>
-  btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
-
-const fromBase64url = (text: string): Uint8Array | undefined => {
-  let binary: string
-  try {
-    binary = atob(text.replaceAll("-", "+").replaceAll("_", "/"))
-  } catch {
-    return undefined
-  }
-  const bytes = new Uint8Array(binary.length)
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i)
-  return bytes
-}
+const fromBase64url = (text: string): Uint8Array | undefined => Result.getOrUndefined(Base64Url.decode(text))
 
 /** Signs `identity` as an assertion header value, valid for `lifetimeMillis`. */
 export const sign = (identity: Identity) =>
@@ -144,10 +132,10 @@ export const sign = (identity: Identity) =>
     const cacheKey = JSON.stringify(identity)
     const reusable = signed.get(cacheKey)
     if (reusable !== undefined && now < reusable.reuseUntil) return reusable.value
-    const payload = base64url(encoder.encode(JSON.stringify({ identity, iat: now, exp: now + lifetimeMillis })))
+    const payload = Base64Url.encode(JSON.stringify({ identity, iat: now, exp: now + lifetimeMillis }))
     const body = `v1.${payload}`
     const signature = yield* Effect.promise(() => crypto.subtle.sign("HMAC", key, encoder.encode(body)))
-    const value = `${body}.${base64url(new Uint8Array(signature))}`
+    const value = `${body}.${Base64Url.encode(new Uint8Array(signature))}`
     remember(signed, cacheKey, { value, reuseUntil: now + reuseMillis })
     return value
   })

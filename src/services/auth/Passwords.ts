@@ -10,7 +10,8 @@
  * login at this setting can be cut off: lower the var there and accept the
  * weaker hash, or stay on the paid plan.
  */
-import { Config, Context, Effect, Layer, Option, Schema } from "effect"
+import { Config, Context, Effect, Layer, Option, Result, Schema } from "effect"
+import { Base64 } from "effect/encoding"
 import { SqlClient } from "effect/sql"
 import { AuthDb } from "./db.ts"
 import { nowIso } from "../shared/Rows.ts"
@@ -21,8 +22,6 @@ export interface StoredPassword {
   readonly iterations: number
 }
 
-const toBase64 = (bytes: Uint8Array): string => btoa(String.fromCharCode(...bytes))
-const fromBase64 = (text: string): Uint8Array => Uint8Array.from(atob(text), (c) => c.charCodeAt(0))
 
 const derive = (password: string, salt: Uint8Array, iterations: number) =>
   Effect.promise(async () => {
@@ -37,13 +36,13 @@ export const hash = (password: string, iterations: number) =>
   Effect.gen(function*() {
     const salt = crypto.getRandomValues(new Uint8Array(16))
     const derived = yield* derive(password, salt, iterations)
-    return { hash: toBase64(derived), salt: toBase64(salt), iterations } satisfies StoredPassword
+    return { hash: Base64.encode(derived), salt: Base64.encode(salt), iterations } satisfies StoredPassword
   })
 
 /** Whether `password` matches `stored`, compared in constant time. */
 export const verify = (password: string, stored: StoredPassword) =>
-  Effect.map(derive(password, fromBase64(stored.salt), stored.iterations), (derived) => {
-    const expected = fromBase64(stored.hash)
+  Effect.map(derive(password, Result.getOrThrow(Base64.decode(stored.salt)), stored.iterations), (derived) => {
+    const expected = Result.getOrThrow(Base64.decode(stored.hash))
     return derived.byteLength === expected.byteLength && crypto.subtle.timingSafeEqual(derived, expected)
   })
 

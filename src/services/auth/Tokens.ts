@@ -8,6 +8,7 @@
  * the JWKS and so still verifies; retiring a key removes it from the set.
  */
 import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
+import { Base64Url, Hex } from "effect/encoding"
 import { SqlClient } from "effect/sql"
 import { importJWK, SignJWT } from "jose"
 import { uuidv7 } from "../shared/Ids.ts"
@@ -89,14 +90,9 @@ export class AccessTokens extends Context.Service<AccessTokens, {
 }
 
 const sha256 = (text: string) =>
-  Effect.promise(async () => {
-    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text))
-    return Array.from(new Uint8Array(digest), (byte) => byte.toString(16).padStart(2, "0")).join("")
-  })
+  Effect.promise(async () => Hex.encode(new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)))))
 
-const randomToken = (): string =>
-  btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))))
-    .replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
+const randomToken = (): string => Base64Url.encode(crypto.getRandomValues(new Uint8Array(32)))
 
 const TokenRow = Schema.Struct({
   family_id: Schema.String,

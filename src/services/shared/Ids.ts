@@ -4,8 +4,7 @@
  * clock through Effect's `Clock`, so tests control them with `TestClock`.
  */
 import { Clock, Effect } from "effect"
-
-const hex = (bytes: Uint8Array): string => Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("")
+import { Hex } from "effect/encoding"
 
 export const uuidv7: Effect.Effect<string> = Effect.map(Clock.currentTimeMillis, (millis) => {
   const bytes = crypto.getRandomValues(new Uint8Array(16))
@@ -16,6 +15,6 @@ export const uuidv7: Effect.Effect<string> = Effect.map(Clock.currentTimeMillis,
   }
   bytes[6] = (bytes[6]! & 0x0f) | 0x70
   bytes[8] = (bytes[8]! & 0x3f) | 0x80
-  const h = hex(bytes)
+  const h = Hex.encode(bytes)
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
 })

@@ -3,7 +3,8 @@
  * `{ items, nextCursor }` out. The cursor is opaque to clients (base64url of
  * the last id returned); `nextCursor: null` means there is nothing more.
  */
-import { Schema } from "effect"
+import { Result, Schema } from "effect"
+import { Base64Url } from "effect/encoding"
 import { HttpApiError } from "effect/http-api"
 
 export const defaultLimit = 20
@@ -20,16 +21,10 @@ export const Page = <S extends Schema.Top>(item: S) =>
     nextCursor: Schema.NullOr(Schema.String)
   })
 
-export const encodeCursor = (id: string): string => btoa(id).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
+export const encodeCursor = (id: string): string => Base64Url.encode(id)
 
 /** The id a cursor stands for; `undefined` for a cursor that is not one of ours. */
-export const decodeCursor = (cursor: string): string | undefined => {
-  try {
-    return atob(cursor.replaceAll("-", "+").replaceAll("_", "/"))
-  } catch {
-    return undefined
-  }
-}
+export const decodeCursor = (cursor: string): string | undefined => Result.getOrUndefined(Base64Url.decodeString(cursor))
 
 /**
  * Given rows fetched with `limit + 1`, the page to return: the extra row only
