@@ -28,6 +28,42 @@ const echo = {
   }`
 }
 
+/**
+ * An upstream that fails on request, for the resilience policies: it answers
+ * `/status/<code>` with that status (and `?retryAfter=`), hangs on `/hang`
+ * until the caller aborts, and reports per `?key=` how often it was called
+ * and whether a hung call was aborted (`/count`).
+ */
+const flaky = {
+  name: "flaky",
+  modules: true,
+  compatibilityDate: "2026-11-01",
+  compatibilityFlags: ["enable_request_signal"],
+  script: `
+    const calls = new Map()
+    const aborted = new Set()
+    export default {
+      async fetch(request) {
+        const url = new URL(request.url)
+        const key = url.searchParams.get("key") ?? ""
+        if (url.pathname === "/count") return Response.json({ calls: calls.get(key) ?? 0, aborted: aborted.has(key) })
+        calls.set(key, (calls.get(key) ?? 0) + 1)
+        if (url.pathname === "/hang") {
+          request.signal.addEventListener("abort", () => aborted.add(key))
+          await new Promise((resolve) => setTimeout(resolve, 30000))
+          return new Response("too late")
+        }
+        const status = Number(url.pathname.split("/")[2] ?? 200)
+        const retryAfter = url.searchParams.get("retryAfter")
+        return new Response(request.method + " " + status, {
+          status,
+          headers: retryAfter === null ? {} : { "retry-after": retryAfter }
+        })
+      }
+    }
+  `
+}
+
 export default defineConfig({
   plugins: [
     cloudflareTest(async () => {
@@ -60,7 +96,8 @@ export default defineConfig({
             ROUTER: "meshwork-router",
             AUTH: "meshwork-auth",
             USERS: "meshwork-users",
-            ECHO: "echo"
+            ECHO: "echo",
+            FLAKY: "flaky"
           },
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth") },
           durableObjects: { COUNTER: { className: "Counter", useSQLite: true } },
@@ -71,7 +108,7 @@ export default defineConfig({
             USERS_MIGRATIONS: await readD1Migrations(join(root, "src/services/users/migrations")),
             PRODUCTS_MIGRATIONS: await readD1Migrations(join(root, "src/services/products/migrations"))
           },
-          workers: [...mesh, echo]
+          workers: [...mesh, echo, flaky]
         }
       }
     })

@@ -5,6 +5,7 @@ declare global {
     interface Env {
       readonly GATEWAY: Fetcher
       readonly ECHO: Fetcher
+      readonly FLAKY: Fetcher
       readonly AUTH: Fetcher
       readonly ROUTER: Fetcher
       readonly USERS: Fetcher

@@ -123,7 +123,7 @@ describe("Proxy.checkPath", () => {
 
 describe("Proxy.forward over a service binding", () => {
   const forward = (init: RequestInit & { readonly url: string }) =>
-    run(Effect.flatMap(Proxy.forward("echo", env.ECHO, new Request(init.url, init)), (response) =>
+    run(Effect.flatMap(Proxy.forward({ service: "echo", fetcher: env.ECHO }, new Request(init.url, init)), (response) =>
       Effect.promise(async () => ({ response, echo: await response.json() as Echo }))))
 
   it("delivers method, path, query and body exactly as received", async () => {
@@ -167,7 +167,7 @@ describe("Proxy.forward over a service binding", () => {
   it("answers 502 naming the service when the upstream cannot be reached", async () => {
     // A binding whose fetch rejects, as a crashed or missing Worker's does.
     const unreachable = { fetch: () => Promise.reject(new Error("connection refused")) } as unknown as Fetcher
-    const exit = await Effect.runPromiseExit(Proxy.forward("users", unreachable, new Request("http://mesh/api/users")))
+    const exit = await Effect.runPromiseExit(Proxy.forward({ service: "users", fetcher: unreachable }, new Request("http://mesh/api/users")))
     expect(Exit.isFailure(exit) && String(exit.cause)).toContain("BadGateway")
   })
 })

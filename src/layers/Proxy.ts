@@ -7,6 +7,7 @@
 import { Effect } from "effect"
 import { readLimited } from "../runtime/Http.ts"
 import * as Problem from "../runtime/Problem.ts"
+import * as Retry from "./Retry.ts"
 
 const hopByHop = new Set([
   "connection",
@@ -65,24 +66,27 @@ export const checkPath = (pathname: string): Effect.Effect<void, Problem.BadRequ
 export const defaultMaxBodyBytes = 1024 * 1024
 
 /**
- * The request to send upstream: same URL and method, hop-by-hop headers
- * dropped, the body read first (at most `maxBodyBytes`, else 413). Buffering
- * matters on Workers: an upstream may answer before reading a streamed body,
- * and a stream still being pumped after our response is sent fails.
+ * The request to send upstream, as a function that makes it (once per
+ * attempt, so a retry can send it again): same URL and method, hop-by-hop
+ * headers dropped, the body read first (at most `maxBodyBytes`, else 413).
+ * Buffering matters on Workers: an upstream may answer before reading a
+ * streamed body, and a stream still being pumped after our response is sent
+ * fails.
  */
 export const upstreamRequest = (
   request: Request,
   maxBodyBytes: number = defaultMaxBodyBytes
-): Effect.Effect<Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
+): Effect.Effect<() => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
   const headers = stripHopByHop(request.headers)
   if (request.body === null) {
-    return Effect.succeed(headers === request.headers ? request : new Request(request, { headers }))
+    const outgoing = headers === request.headers ? request : new Request(request, { headers })
+    return Effect.succeed(() => outgoing)
   }
   const declared = request.headers.get("content-length")
   if (declared !== null && Number(declared) > maxBodyBytes) {
     return Effect.fail(new Problem.PayloadTooLarge({ limit: maxBodyBytes }))
   }
-  return Effect.map(readLimited(request.body, maxBodyBytes), (body) => new Request(request, { headers, body }))
+  return Effect.map(readLimited(request.body, maxBodyBytes), (body) => () => new Request(request, { headers, body }))
 }
 
 /** The response to send downstream, hop-by-hop headers dropped. */
@@ -93,20 +97,41 @@ export const downstreamResponse = (response: Response): Response => {
     : new Response(response.body, { status: response.status, statusText: response.statusText, headers })
 }
 
+/** Where a request is forwarded, and the route's resilience settings. */
+export interface Target {
+  readonly service: string
+  readonly fetcher: Fetcher
+  readonly timeoutMs?: number | undefined
+  readonly retry?: Retry.RetrySettings | undefined
+}
+
 /**
- * Sends `request` to `upstream` (a service binding) and returns its response.
- * A thrown fetch (the upstream is missing or crashed) is a 502 naming the service.
+ * Sends `request` to `target` (a service binding) and returns its response,
+ * within the route's timeout and retry policy. A thrown fetch (the upstream is
+ * missing or crashed) is a 502 naming the service.
  */
 export const forward = (
-  service: string,
-  upstream: Fetcher,
+  target: Target,
   request: Request
-): Effect.Effect<Response, Problem.BadGateway | Problem.PayloadTooLarge | Problem.BadRequest> =>
+): Effect.Effect<
+  Response,
+  Problem.BadGateway | Problem.GatewayTimeout | Problem.PayloadTooLarge | Problem.BadRequest
+> =>
   Effect.flatMap(upstreamRequest(request), (outgoing) =>
-    Effect.map(
-      Effect.tryPromise({
-        try: (signal) => upstream.fetch(outgoing, { signal }),
-        catch: () => new Problem.BadGateway({ service, detail: `The ${service} service could not be reached` })
-      }),
-      downstreamResponse
-    ))
+    Retry.withRetries({
+      upstream: target.service,
+      method: request.method,
+      hasIdempotencyKey: request.headers.has("idempotency-key"),
+      timeoutMs: target.timeoutMs,
+      retry: target.retry,
+      answer: Retry.webResponse,
+      unreachable: (error) => error instanceof Problem.BadGateway,
+      attempt: Effect.map(
+        Effect.tryPromise({
+          try: (signal) => target.fetcher.fetch(outgoing(), { signal }),
+          catch: () =>
+            new Problem.BadGateway({ service: target.service, detail: `The ${target.service} service could not be reached` })
+        }),
+        downstreamResponse
+      )
+    }))

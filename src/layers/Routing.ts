@@ -20,6 +20,7 @@ import * as Problem from "../runtime/Problem.ts"
 import * as Health from "./Health.ts"
 import type * as Identity from "./Identity.ts"
 import * as Proxy from "./Proxy.ts"
+import { RetrySettings } from "./Retry.ts"
 
 /** `/segment(/segment)*`: no trailing slash, no empty or dot segments. */
 export const PathPrefix = Schema.String.check(
@@ -29,7 +30,11 @@ export const PathPrefix = Schema.String.check(
 export const Route = Schema.Struct({
   service: Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]*$/)),
   prefix: PathPrefix,
-  binding: Schema.String.check(Schema.isPattern(/^[A-Z][A-Z0-9_]*$/))
+  binding: Schema.String.check(Schema.isPattern(/^[A-Z][A-Z0-9_]*$/)),
+  /** Each attempt's timeout, in ms; the fetch is aborted when it passes. */
+  timeoutMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))),
+  /** Retry settings, used when the Worker's layer has `Retries`. */
+  retry: Schema.optionalKey(RetrySettings)
 })
 export type Route = typeof Route.Type
 
@@ -74,7 +79,13 @@ export class RoutingTable extends Context.Service<RoutingTable, {
   )
 }
 
-type ProxyError = Problem.BadRequest | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.PayloadTooLarge
+type ProxyError =
+  | Problem.BadRequest
+  | Problem.NotFound
+  | Problem.MethodNotAllowed
+  | Problem.BadGateway
+  | Problem.GatewayTimeout
+  | Problem.PayloadTooLarge
 
 /**
  * The fetch handler of a proxy Worker (the gateway, the router): refuse
@@ -105,7 +116,7 @@ export const proxy = <E = never, R = never>(
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-        : Effect.flatMap(prepare(request), (prepared) => Proxy.forward(upstream.service, upstream.fetcher, prepared))
+        : Effect.flatMap(prepare(request), (prepared) => Proxy.forward(upstream, prepared))
     })
   })
 }

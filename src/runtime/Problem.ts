@@ -83,6 +83,12 @@ export class BadGateway extends HttpApiError.Problem<BadGateway>()("BadGateway",
   service: Schema.String
 }) {}
 
+export class GatewayTimeout extends HttpApiError.Problem<GatewayTimeout>()("GatewayTimeout", {
+  type: ProblemDetails.blankType,
+  status: 504,
+  title: "Gateway Timeout"
+}) {}
+
 export class ServiceUnavailable extends HttpApiError.Problem<ServiceUnavailable>()("ServiceUnavailable", {
   type: ProblemDetails.blankType,
   status: 503,

@@ -1,5 +1,6 @@
 /** The auth Worker: internal, reached through the router; asks users who has an email. */
 import { Layer } from "effect"
+import { Retries } from "../../layers/Retry.ts"
 import * as Http from "../../runtime/Http.ts"
 import * as Worker from "../../runtime/Worker.ts"
 import { Accounts } from "./Accounts.ts"
@@ -10,7 +11,8 @@ import { AccessTokens, RefreshTokens } from "./Tokens.ts"
 export default Worker.make({
   name: "auth",
   layer: Http.layer(AuthRoutes).pipe(
-    Layer.provide([Accounts.layer, Credentials.layer, AccessTokens.layer, RefreshTokens.layer])
+    Layer.provide([Accounts.layer, Credentials.layer, AccessTokens.layer, RefreshTokens.layer]),
+    Layer.provideMerge(Retries.layer)
   ),
   fetch: Http.serve
 })

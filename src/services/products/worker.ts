@@ -1,5 +1,6 @@
 /** The products Worker: internal, reached through the router; calls users over its own binding. */
 import { Layer } from "effect"
+import { Retries } from "../../layers/Retry.ts"
 import * as Http from "../../runtime/Http.ts"
 import * as Worker from "../../runtime/Worker.ts"
 import { ProductsRoutes } from "./http.ts"
@@ -8,6 +9,6 @@ import { Sellers } from "./Sellers.ts"
 
 export default Worker.make({
   name: "products",
-  layer: Http.layer(ProductsRoutes).pipe(Layer.provide([Products.layer, Sellers.layer])),
+  layer: Http.layer(ProductsRoutes).pipe(Layer.provide([Products.layer, Sellers.layer]), Layer.provideMerge(Retries.layer)),
   fetch: Http.serve
 })

@@ -5,11 +5,12 @@
  */
 import { Layer } from "effect"
 import { IdentityKey, requireIdentity } from "../../layers/Identity.ts"
+import { Retries } from "../../layers/Retry.ts"
 import { proxy, RoutingTable } from "../../layers/Routing.ts"
 import * as Worker from "../../runtime/Worker.ts"
 
 export default Worker.make({
   name: "router",
-  layer: Layer.merge(RoutingTable.layer, IdentityKey.layer),
+  layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Retries.layer),
   fetch: requireIdentity(proxy("router"))
 })

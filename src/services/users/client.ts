@@ -7,5 +7,9 @@ import { UsersApi } from "./api.ts"
 export class UsersClient extends Context.Service<UsersClient, HttpApiClient.ForApi<typeof UsersApi>>()(
   "meshwork/services/users/UsersClient"
 ) {
-  static readonly layer = Layer.effect(UsersClient, ServiceClient.make(UsersApi, "USERS"))
+  /** Calls time out after 3 s; idempotent ones are retried when the caller's layer has `Retries`. */
+  static readonly layer = Layer.effect(
+    UsersClient,
+    ServiceClient.make(UsersApi, "USERS", { timeoutMs: 3_000, retry: { attempts: 3, deadlineMs: 5_000 } })
+  )
 }

@@ -1,0 +1,175 @@
+/**
+ * Retries and timeouts on upstream calls, against a real upstream Worker
+ * (FLAKY) on virtual time: the backoff sleeps on TestClock while the calls
+ * themselves are real service-binding requests.
+ */
+import { expect, it } from "@effect/vitest"
+import { env } from "cloudflare:workers"
+import { Clock, Effect, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import * as Proxy from "../src/layers/Proxy.ts"
+import { Retries, RetryBudget, type RetrySettings } from "../src/layers/Retry.ts"
+import * as ServiceClient from "../src/runtime/ServiceClient.ts"
+import { envLayer } from "../src/runtime/Worker.ts"
+
+const key = () => crypto.randomUUID()
+
+const calls = (k: string) =>
+  Effect.promise(async () => (await (await env.FLAKY.fetch(`http://flaky/count?key=${k}`)).json()) as { calls: number; aborted: boolean })
+
+/** Runs `effect` while advancing virtual time in `stepMs` steps, letting real I/O progress in between. */
+const drive = <A, E>(effect: Effect.Effect<A, E>, stepMs = 5) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.forkChild(effect)
+    for (let i = 0; i < 20_000 && fiber.pollUnsafe() === undefined; i++) {
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 0)))
+      yield* TestClock.adjust(stepMs)
+    }
+    return yield* Fiber.join(fiber)
+  })
+
+const call = (
+  path: string,
+  options: { method?: string; headers?: Record<string, string>; retry?: RetrySettings; timeoutMs?: number; service?: string } = {}
+) =>
+  Effect.flatMap(
+    Proxy.forward(
+      { service: options.service ?? "flaky", fetcher: env.FLAKY, retry: options.retry, timeoutMs: options.timeoutMs },
+      new Request(`http://flaky${path}`, { method: options.method ?? "GET", headers: options.headers ?? {} })
+    ),
+    (response) => Effect.promise(async () => ({ status: response.status, body: await response.text() }))
+  )
+
+it.effect("retries an idempotent request on 503 up to its attempts, then answers the last 503", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const answer = yield* drive(call(`/status/503?key=${k}`, { retry: { attempts: 3 } }))
+    expect(answer.status).toBe(503)
+    expect((yield* calls(k)).calls).toBe(3)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect.each([["GET"], ["HEAD"], ["OPTIONS"], ["PUT"], ["DELETE"]])("retries %s", ([method]) =>
+  Effect.gen(function*() {
+    const k = key()
+    yield* drive(call(`/status/502?key=${k}`, { method: method!, retry: { attempts: 2 } }))
+    expect((yield* calls(k)).calls).toBe(2)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("never retries a POST without an Idempotency-Key, and retries one with it", () =>
+  Effect.gen(function*() {
+    const bare = key()
+    expect((yield* drive(call(`/status/503?key=${bare}`, { method: "POST", retry: { attempts: 3 } }))).status).toBe(503)
+    expect((yield* calls(bare)).calls).toBe(1)
+    const keyed = key()
+    yield* drive(call(`/status/503?key=${keyed}`, {
+      method: "POST",
+      headers: { "idempotency-key": "order-42" },
+      retry: { attempts: 3 }
+    }))
+    expect((yield* calls(keyed)).calls).toBe(3)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect.each([[500], [501], [429], [404], [400]])("never retries a %s", ([status]) =>
+  Effect.gen(function*() {
+    const k = key()
+    expect((yield* drive(call(`/status/${status}?key=${k}`, { retry: { attempts: 3 } }))).status).toBe(status)
+    expect((yield* calls(k)).calls).toBe(1)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("waits at least what Retry-After asks", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const started = yield* Clock.currentTimeMillis
+    yield* drive(call(`/status/503?retryAfter=2&key=${k}`, { retry: { attempts: 3, baseDelayMs: 10, deadlineMs: 10_000 } }), 50)
+    expect((yield* calls(k)).calls).toBe(3)
+    expect((yield* Clock.currentTimeMillis) - started).toBeGreaterThanOrEqual(4_000)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("keeps every retry inside the deadline", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const started = yield* Clock.currentTimeMillis
+    const answer = yield* drive(
+      call(`/status/503?key=${k}`, { retry: { attempts: 10, baseDelayMs: 300, maxDelayMs: 300, deadlineMs: 1_000 } })
+    )
+    expect((yield* Clock.currentTimeMillis) - started).toBeLessThanOrEqual(1_000 + 5)
+    expect(answer.status).toBe(503)
+    const made = (yield* calls(k)).calls
+    expect(made).toBeGreaterThan(1)
+    expect(made).toBeLessThan(10)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("cancels a hung attempt at the deadline, aborting its fetch", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const refused = yield* Effect.flip(drive(call(`/hang?key=${k}`, { retry: { attempts: 3, deadlineMs: 500 } })))
+    expect(refused._tag).toBe("GatewayTimeout")
+    yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+    expect(yield* calls(k)).toEqual({ calls: 1, aborted: true })
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("a route timeout cancels the upstream call, with or without retries", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const refused = yield* Effect.flip(drive(call(`/hang?key=${k}`, { timeoutMs: 100 })))
+    expect(refused._tag).toBe("GatewayTimeout")
+    yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+    expect(yield* calls(k)).toEqual({ calls: 1, aborted: true })
+  }))
+
+it.effect("under a 100%-failing upstream the budget caps retries at 20% of requests (at least 10/s)", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const requests = 600
+    yield* drive(
+      Effect.forEach(
+        Array.from({ length: requests }),
+        () => call(`/status/503?key=${k}`, { service: "budgeted", retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 1 } }),
+        { concurrency: 20, discard: true }
+      ),
+      1
+    )
+    // Without a budget: 1,200 retries. With it, never more than 20% of the 600
+    // requests (120, more than 10/s over the 10 s window); fewer while the
+    // requests are still arriving.
+    const retries = (yield* calls(k)).calls - requests
+    expect(retries).toBeGreaterThan(0)
+    expect(retries).toBeLessThanOrEqual(120)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("without Retries in the layer, a 503 is answered as is", () =>
+  Effect.gen(function*() {
+    const k = key()
+    expect((yield* drive(call(`/status/503?key=${k}`, { retry: { attempts: 3 } }))).status).toBe(503)
+    expect((yield* calls(k)).calls).toBe(1)
+  }))
+
+it.effect("typed clients retry with the same policy (503, then the final answer)", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const client = yield* ServiceClient.httpClient("FLAKY", { retry: { attempts: 3 } })
+    const response = yield* drive(client.get(`http://flaky/status/503?key=${k}`))
+    expect(response.status).toBe(503)
+    expect((yield* calls(k)).calls).toBe(3)
+    const post = key()
+    yield* drive(client.post(`http://flaky/status/503?key=${post}`))
+    expect((yield* calls(post)).calls).toBe(1)
+  }).pipe(Effect.provide(Retries.layer), Effect.provide(envLayer(env))))
+
+it("counts the budget exactly: 20% of requests, at least 10 per second, over a sliding 10 s", () => {
+  const budget = new RetryBudget()
+  for (let i = 0; i < 600; i++) budget.request(1_000)
+  let granted = 0
+  for (let i = 0; i < 500; i++) if (budget.tryRetry(1_000)) granted++
+  expect(granted).toBe(120)
+
+  const quiet = new RetryBudget()
+  for (let i = 0; i < 10; i++) quiet.request(1_000)
+  let floor = 0
+  for (let i = 0; i < 500; i++) if (quiet.tryRetry(1_000)) floor++
+  expect(floor).toBe(100)
+  // Ten seconds on, the window has moved past all of it.
+  let later = 0
+  for (let i = 0; i < 500; i++) if (quiet.tryRetry(11_500)) later++
+  expect(later).toBe(100)
+})
