@@ -8,13 +8,16 @@
  * proxy reuses its report for 5 s.
  */
 import { Duration, Effect, Schema } from "effect"
+import { CircuitBreakers } from "./CircuitBreakers.ts"
 import * as Identity from "./Identity.ts"
 import type { Upstream } from "./Routing.ts"
 
 export const UpstreamHealth = Schema.Struct({
   status: Schema.Literals(["up", "down"]),
   latencyMs: Schema.optionalKey(Schema.Number),
-  detail: Schema.optionalKey(Schema.String)
+  detail: Schema.optionalKey(Schema.String),
+  /** The state of the caller's circuit breaker for this upstream, if it has one. */
+  breaker: Schema.optionalKey(Schema.Literals(["Closed", "Open", "HalfOpen"]))
 })
 export type UpstreamHealth = typeof UpstreamHealth.Type
 
@@ -66,15 +69,32 @@ export const probe = (
     Effect.catch(() => Effect.succeed({ [upstream.service]: down("unreachable or not a health report") }))
   )
 
+/** `entries` with the caller's breaker state added to its direct upstreams. */
+const withBreakers = (upstreams: ReadonlyArray<Pick<Upstream, "service">>, entries: Record<string, UpstreamHealth>) =>
+  Effect.flatMap(Effect.serviceOption(CircuitBreakers), (breakers) =>
+    breakers._tag === "None"
+      ? Effect.succeed(entries)
+      : Effect.map(
+        Effect.forEach(upstreams, (upstream) => Effect.map(breakers.value.state(upstream.service), (state) => [upstream.service, state] as const)),
+        (states) => {
+          const next = { ...entries }
+          for (const [name, state] of states) {
+            const entry = next[name]
+            if (state !== undefined && entry !== undefined) next[name] = { ...entry, breaker: state }
+          }
+          return next
+        }
+      ))
+
 /** The health report of `service`, probing all of `upstreams`. */
 export const report = (service: string, upstreams: ReadonlyArray<Pick<Upstream, "service" | "fetcher">>) =>
-  Effect.map(
+  Effect.flatMap(
     Effect.forEach(upstreams, (upstream) => probe(service, upstream), { concurrency: "unbounded" }),
-    (entries): HealthReport => {
-      const merged: Record<string, UpstreamHealth> = Object.assign({}, ...entries)
-      const ok = Object.values(merged).every((entry) => entry.status === "up")
-      return { service, status: ok ? "ok" : "degraded", upstreams: merged }
-    }
+    (entries) =>
+      Effect.map(withBreakers(upstreams, Object.assign({}, ...entries)), (merged): HealthReport => {
+        const ok = Object.values(merged).every((entry) => entry.status === "up")
+        return { service, status: ok ? "ok" : "degraded", upstreams: merged }
+      })
   )
 
 export const toResponse = (report: HealthReport): Response =>

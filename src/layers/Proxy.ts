@@ -7,6 +7,7 @@
 import { Effect } from "effect"
 import { readLimited } from "../runtime/Http.ts"
 import * as Problem from "../runtime/Problem.ts"
+import { type BreakerSettings, CircuitBreakers } from "./CircuitBreakers.ts"
 import * as Retry from "./Retry.ts"
 
 const hopByHop = new Set([
@@ -103,22 +104,28 @@ export interface Target {
   readonly fetcher: Fetcher
   readonly timeoutMs?: number | undefined
   readonly retry?: Retry.RetrySettings | undefined
+  readonly breaker?: BreakerSettings | undefined
 }
 
 /**
  * Sends `request` to `target` (a service binding) and returns its response,
- * within the route's timeout and retry policy. A thrown fetch (the upstream is
- * missing or crashed) is a 502 naming the service.
+ * through the route's circuit breaker, within its timeout and retry policy
+ * (each only when its Layer is in the Worker's layer). A thrown fetch (the
+ * upstream is missing or crashed) is a 502 naming the service.
  */
 export const forward = (
   target: Target,
   request: Request
 ): Effect.Effect<
   Response,
-  Problem.BadGateway | Problem.GatewayTimeout | Problem.PayloadTooLarge | Problem.BadRequest
+  | Problem.BadGateway
+  | Problem.GatewayTimeout
+  | Problem.PayloadTooLarge
+  | Problem.BadRequest
+  | Problem.ServiceUnavailable
 > =>
-  Effect.flatMap(upstreamRequest(request), (outgoing) =>
-    Retry.withRetries({
+  Effect.flatMap(upstreamRequest(request), (outgoing) => {
+    const call = Retry.withRetries<Response, Problem.BadGateway, never>({
       upstream: target.service,
       method: request.method,
       hasIdempotencyKey: request.headers.has("idempotency-key"),
@@ -134,4 +141,10 @@ export const forward = (
         }),
         downstreamResponse
       )
-    }))
+    })
+    return Effect.flatMap(
+      Effect.serviceOption(CircuitBreakers),
+      (breakers): Effect.Effect<Response, Problem.BadGateway | Problem.GatewayTimeout | Problem.ServiceUnavailable> =>
+        breakers._tag === "Some" ? breakers.value.guard(target, call) : call
+    )
+  })

@@ -20,6 +20,7 @@ import * as Problem from "../runtime/Problem.ts"
 import * as Health from "./Health.ts"
 import type * as Identity from "./Identity.ts"
 import * as Proxy from "./Proxy.ts"
+import { BreakerSettings } from "./CircuitBreakers.ts"
 import { RetrySettings } from "./Retry.ts"
 
 /** `/segment(/segment)*`: no trailing slash, no empty or dot segments. */
@@ -34,7 +35,9 @@ export const Route = Schema.Struct({
   /** Each attempt's timeout, in ms; the fetch is aborted when it passes. */
   timeoutMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))),
   /** Retry settings, used when the Worker's layer has `Retries`. */
-  retry: Schema.optionalKey(RetrySettings)
+  retry: Schema.optionalKey(RetrySettings),
+  /** Circuit breaker settings, used when the Worker's layer has `CircuitBreakers`. */
+  breaker: Schema.optionalKey(BreakerSettings)
 })
 export type Route = typeof Route.Type
 
@@ -85,6 +88,7 @@ type ProxyError =
   | Problem.MethodNotAllowed
   | Problem.BadGateway
   | Problem.GatewayTimeout
+  | Problem.ServiceUnavailable
   | Problem.PayloadTooLarge
 
 /**

@@ -89,10 +89,22 @@ export class GatewayTimeout extends HttpApiError.Problem<GatewayTimeout>()("Gate
   title: "Gateway Timeout"
 }) {}
 
+/** 503. `retryAfterSeconds` is also sent as the `Retry-After` header. */
 export class ServiceUnavailable extends HttpApiError.Problem<ServiceUnavailable>()("ServiceUnavailable", {
   type: ProblemDetails.blankType,
   status: 503,
   title: "Service Unavailable"
+}, {
+  retryAfterSeconds: Schema.optionalKey(Schema.Int)
+}) {}
+
+/** 429. `retryAfterSeconds` is also sent as the `Retry-After` header. */
+export class TooManyRequests extends HttpApiError.Problem<TooManyRequests>()("TooManyRequests", {
+  type: ProblemDetails.blankType,
+  status: 429,
+  title: "Too Many Requests"
+}, {
+  retryAfterSeconds: Schema.optionalKey(Schema.Int)
 }) {}
 
 const problemHeaders = { "content-type": ProblemDetails.contentType }
@@ -110,7 +122,12 @@ export const fromError = (error: unknown): Response => {
   if (error instanceof Unauthorized && error.challenge !== undefined) return unauthorized(error.challenge, error.detail)
   if (!HttpServerRespondable.isRespondable(error)) return internalErrorResponse()
   const exit = Effect.runSyncExit(HttpServerRespondable.toResponse(error))
-  return Exit.isSuccess(exit) ? HttpServerResponse.toWeb(exit.value) : internalErrorResponse()
+  if (Exit.isFailure(exit)) return internalErrorResponse()
+  const response = HttpServerResponse.toWeb(exit.value)
+  if ((error instanceof ServiceUnavailable || error instanceof TooManyRequests) && error.retryAfterSeconds !== undefined) {
+    response.headers.set("retry-after", String(error.retryAfterSeconds))
+  }
+  return response
 }
 
 const unauthorized = (challenge: string, detail: string | undefined): Response =>

@@ -4,6 +4,7 @@
  * `ROUTES` table of its wrangler config to the services' bindings.
  */
 import { Layer } from "effect"
+import { CircuitBreakers } from "../../layers/CircuitBreakers.ts"
 import { IdentityKey, requireIdentity } from "../../layers/Identity.ts"
 import { Retries } from "../../layers/Retry.ts"
 import { proxy, RoutingTable } from "../../layers/Routing.ts"
@@ -11,6 +12,6 @@ import * as Worker from "../../runtime/Worker.ts"
 
 export default Worker.make({
   name: "router",
-  layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Retries.layer),
+  layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Retries.layer, CircuitBreakers.layer),
   fetch: requireIdentity(proxy("router"))
 })

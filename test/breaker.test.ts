@@ -1,0 +1,152 @@
+/**
+ * Circuit breakers on virtual time. The policy mechanics use calls that are
+ * plain effects (counted, failing or slow on TestClock); the end-to-end test
+ * goes through a proxy Worker to a real failing upstream (FLAKY).
+ */
+import { expect, it } from "@effect/vitest"
+import { createExecutionContext } from "cloudflare:test"
+import { env } from "cloudflare:workers"
+import { Effect, Exit, Fiber, Layer } from "effect"
+import { TestClock } from "effect/testing"
+import { type BreakerSettings, CircuitBreakers } from "../src/layers/CircuitBreakers.ts"
+import { IdentityKey } from "../src/layers/Identity.ts"
+import { proxy, RoutingTable } from "../src/layers/Routing.ts"
+import * as Worker from "../src/runtime/Worker.ts"
+import { meshIdentity } from "./helpers.ts"
+
+const counter = () => {
+  let calls = 0
+  return {
+    calls: () => calls,
+    answer: (status: number, delayMs = 0) =>
+      Effect.andThen(Effect.sleep(delayMs), Effect.sync(() => {
+        calls++
+        return new Response(null, { status })
+      }))
+  }
+}
+
+const run = (breakers: CircuitBreakers["Service"], upstream: { service: string; breaker: BreakerSettings }) =>
+  <E>(call: Effect.Effect<Response, E>) => Effect.exit(breakers.guard(upstream, call))
+
+const statusOf = (exit: Exit.Exit<Response, unknown>) =>
+  Exit.isSuccess(exit) ? exit.value.status : (exit.cause.reasons[0] as { error?: { status?: number } }).error?.status
+
+it.effect("opens at its threshold of consecutive failures and refuses at once, without calling the upstream", () =>
+  Effect.gen(function*() {
+    const breakers = yield* CircuitBreakers
+    const upstream = counter()
+    const call = run(breakers, { service: "a", breaker: { consecutiveFailures: 3, openMs: 1_000 } })
+    for (let i = 0; i < 2; i++) expect(statusOf(yield* call(upstream.answer(503)))).toBe(503)
+    expect(yield* breakers.state("a")).toBe("Closed")
+    expect(statusOf(yield* call(upstream.answer(503)))).toBe(503)
+    expect(yield* breakers.state("a")).toBe("Open")
+
+    const refused = yield* call(upstream.answer(200))
+    expect(upstream.calls()).toBe(3)
+    const error = Exit.isFailure(refused) ? (refused.cause.reasons[0] as { error: { _tag: string; retryAfterSeconds: number } }).error : undefined
+    expect(error).toMatchObject({ _tag: "ServiceUnavailable", retryAfterSeconds: 1 })
+  }).pipe(Effect.provide(CircuitBreakers.layer)))
+
+it.effect("counts 4xx answers as the client's, not failures; a success resets the streak", () =>
+  Effect.gen(function*() {
+    const breakers = yield* CircuitBreakers
+    const upstream = counter()
+    const call = run(breakers, { service: "b", breaker: { consecutiveFailures: 2 } })
+    for (const status of [503, 404, 503, 400, 429, 503]) yield* call(upstream.answer(status))
+    expect(yield* breakers.state("b")).toBe("Closed")
+    yield* call(upstream.answer(500))
+    expect(yield* breakers.state("b")).toBe("Open")
+  }).pipe(Effect.provide(CircuitBreakers.layer)))
+
+it.effect("trips on a failure rate only once the minimum number of calls is seen", () =>
+  Effect.gen(function*() {
+    const breakers = yield* CircuitBreakers
+    const upstream = counter()
+    const call = run(breakers, { service: "c", breaker: { failureRate: 0.5, minimumCalls: 10, window: 10 } })
+    for (const status of [503, 503, 503, 503, 503, 200, 200, 200, 200]) yield* call(upstream.answer(status))
+    expect(yield* breakers.state("c")).toBe("Closed") // 5 of 9 failed, but 9 < 10 calls
+    yield* call(upstream.answer(200))
+    expect(yield* breakers.state("c")).toBe("Open") // 5 of 10
+  }).pipe(Effect.provide(CircuitBreakers.layer)))
+
+it.effect("counts slow calls as failures", () =>
+  Effect.gen(function*() {
+    const breakers = yield* CircuitBreakers
+    const upstream = counter()
+    const call = run(breakers, { service: "d", breaker: { consecutiveFailures: 2, slowCallMs: 100 } })
+    for (let i = 0; i < 2; i++) {
+      const fiber = yield* Effect.forkChild(call(upstream.answer(200, 150)))
+      yield* TestClock.adjust("150 millis")
+      expect(statusOf(yield* Fiber.join(fiber))).toBe(200)
+    }
+    expect(yield* breakers.state("d")).toBe("Open")
+  }).pipe(Effect.provide(CircuitBreakers.layer)))
+
+it.effect("half-open admits exactly K of 50 concurrent calls, closes when they succeed, reopens on a failure", () =>
+  Effect.gen(function*() {
+    const breakers = yield* CircuitBreakers
+    const upstream = counter()
+    const settings = { consecutiveFailures: 1, openMs: 1_000, maxOpenMs: 3_000, probes: 3 }
+    const call = run(breakers, { service: "e", breaker: settings })
+    yield* call(upstream.answer(503))
+    expect(yield* breakers.state("e")).toBe("Open")
+    yield* TestClock.adjust("1 second")
+
+    // Forked one after another, all running at once: each sleeps 100 ms (virtual) inside the breaker.
+    const fibers = yield* Effect.forEach(Array.from({ length: 50 }), () => Effect.forkChild(call(upstream.answer(200, 100))))
+    yield* TestClock.adjust("100 millis")
+    const exits = yield* Effect.forEach(fibers, Fiber.join)
+    expect(exits.filter(Exit.isSuccess)).toHaveLength(3)
+    expect(exits.filter((exit) => statusOf(exit) === 503)).toHaveLength(47)
+    expect(upstream.calls()).toBe(1 + 3)
+    expect(yield* breakers.state("e")).toBe("Closed")
+
+    // Open again at once: the second consecutive opening lasts twice as long (2 s)...
+    yield* call(upstream.answer(503))
+    yield* TestClock.adjust("1 second")
+    expect(yield* breakers.state("e")).toBe("Open")
+    yield* TestClock.adjust("1 second")
+    expect(yield* breakers.state("e")).toBe("HalfOpen")
+    // ...a failed probe reopens it, and the third opening (4 s) is capped at maxOpenMs (3 s).
+    yield* call(upstream.answer(503))
+    expect(yield* breakers.state("e")).toBe("Open")
+    yield* TestClock.adjust("2900 millis")
+    expect(yield* breakers.state("e")).toBe("Open")
+    yield* TestClock.adjust("200 millis")
+    expect(yield* breakers.state("e")).toBe("HalfOpen")
+  }).pipe(Effect.provide(CircuitBreakers.layer)))
+
+it.effect("answers 503 with Retry-After at the edge while open, and /health shows the state", () =>
+  Effect.gen(function*() {
+    const worker = Worker.make({
+      name: "edge",
+      layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, CircuitBreakers.layer),
+      fetch: proxy("edge")
+    })
+    const key = crypto.randomUUID()
+    const edgeEnv = {
+      ROUTES: [{ service: "flaky", prefix: "/status", binding: "FLAKY", breaker: { consecutiveFailures: 2, openMs: 30_000 } }],
+      FLAKY: env.FLAKY,
+      MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET
+    }
+    const get = (path: string) =>
+      Effect.promise(async () =>
+        worker.fetch!(
+          new Request(`http://edge${path}`, { headers: { "x-meshwork-identity": await meshIdentity() } }) as never,
+          edgeEnv,
+          createExecutionContext()
+        )
+      )
+    expect((yield* get(`/status/503?key=${key}`)).status).toBe(503)
+    expect((yield* get(`/status/503?key=${key}`)).status).toBe(503)
+    const refused = yield* get(`/status/200?key=${key}`)
+    expect(refused.status).toBe(503)
+    expect(refused.headers.get("retry-after")).toBe("30")
+    expect(refused.headers.get("content-type")).toBe("application/problem+json")
+    const count = yield* Effect.promise(async () => (await env.FLAKY.fetch(`http://flaky/count?key=${key}`)).json())
+    expect(count).toMatchObject({ calls: 2 })
+    const healthResponse = yield* get("/health")
+    const health = yield* Effect.promise(() => healthResponse.json())
+    expect(health).toMatchObject({ upstreams: { flaky: { breaker: "Open" } } })
+  }))
