@@ -8,6 +8,8 @@ import { Effect } from "effect"
 import { readLimited } from "../runtime/Http.ts"
 import * as Problem from "../runtime/Problem.ts"
 import { type BreakerSettings, CircuitBreakers } from "./CircuitBreakers.ts"
+import * as Faults from "./Faults.ts"
+import type { FaultSettings } from "./Faults.ts"
 import * as Retry from "./Retry.ts"
 
 const hopByHop = new Set([
@@ -105,6 +107,7 @@ export interface Target {
   readonly timeoutMs?: number | undefined
   readonly retry?: Retry.RetrySettings | undefined
   readonly breaker?: BreakerSettings | undefined
+  readonly faults?: FaultSettings | undefined
 }
 
 /**
@@ -133,13 +136,17 @@ export const forward = (
       retry: target.retry,
       answer: Retry.webResponse,
       unreachable: (error) => error instanceof Problem.BadGateway,
-      attempt: Effect.map(
-        Effect.tryPromise({
-          try: (signal) => target.fetcher.fetch(outgoing(), { signal }),
-          catch: () =>
-            new Problem.BadGateway({ service: target.service, detail: `The ${target.service} service could not be reached` })
-        }),
-        downstreamResponse
+      attempt: Faults.inject(
+        target.service,
+        target.faults,
+        Effect.map(
+          Effect.tryPromise({
+            try: (signal) => target.fetcher.fetch(outgoing(), { signal }),
+            catch: () =>
+              new Problem.BadGateway({ service: target.service, detail: `The ${target.service} service could not be reached` })
+          }),
+          downstreamResponse
+        )
       )
     })
     return Effect.flatMap(

@@ -21,6 +21,7 @@ import * as Health from "./Health.ts"
 import type * as Identity from "./Identity.ts"
 import * as Proxy from "./Proxy.ts"
 import { BreakerSettings } from "./CircuitBreakers.ts"
+import { FaultSettings } from "./Faults.ts"
 import { RetrySettings } from "./Retry.ts"
 
 /** `/segment(/segment)*`: no trailing slash, no empty or dot segments. */
@@ -37,7 +38,9 @@ export const Route = Schema.Struct({
   /** Retry settings, used when the Worker's layer has `Retries`. */
   retry: Schema.optionalKey(RetrySettings),
   /** Circuit breaker settings, used when the Worker's layer has `CircuitBreakers`. */
-  breaker: Schema.optionalKey(BreakerSettings)
+  breaker: Schema.optionalKey(BreakerSettings),
+  /** Injected faults, used only when the Worker's layer has `FaultInjection`. */
+  faults: Schema.optionalKey(FaultSettings)
 })
 export type Route = typeof Route.Type
 

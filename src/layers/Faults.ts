@@ -1,0 +1,58 @@
+/**
+ * Fault injection, to exercise retries, timeouts and breakers locally.
+ *
+ * A route of the `ROUTES` table may carry `faults`:
+ *
+ * ```toml
+ * faults = { delayPercent = 10, delayMs = 1500, abortPercent = 5, abortStatus = 503 }
+ * ```
+ *
+ * Each attempt to reach that upstream is then, at random, delayed by `delayMs`
+ * before it is sent, or answered with `abortStatus` without being sent. Faults
+ * come from configuration only, never from anything a client sends, and only
+ * in a Worker whose layer has `FaultInjection.layer`: keep it out of
+ * production layers and the settings do nothing.
+ */
+import { Context, Duration, Effect, Layer, Random, Schema } from "effect"
+
+const Percent = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 }))
+
+export const FaultSettings = Schema.Struct({
+  delayPercent: Schema.optionalKey(Percent),
+  delayMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 600_000 }))),
+  abortPercent: Schema.optionalKey(Percent),
+  abortStatus: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 400, maximum: 599 })))
+})
+export type FaultSettings = typeof FaultSettings.Type
+
+/** Present in a Worker's layer: route `faults` settings take effect. */
+export class FaultInjection extends Context.Service<FaultInjection, true>()("meshwork/layers/Faults/FaultInjection") {
+  static readonly layer = Layer.succeed(FaultInjection, true)
+}
+
+const aborted = (service: string, status: number) =>
+  new Response(
+    JSON.stringify({ type: "about:blank", status, title: "Injected fault", detail: `Fault injected for ${service}` }),
+    { status, headers: { "content-type": "application/problem+json" } }
+  )
+
+/** `attempt`, with the route's faults injected when `FaultInjection` is on. */
+export const inject = <E, R>(
+  service: string,
+  settings: FaultSettings | undefined,
+  attempt: Effect.Effect<Response, E, R>
+): Effect.Effect<Response, E, R> =>
+  settings === undefined
+    ? attempt
+    : Effect.flatMap(Effect.serviceOption(FaultInjection), (on) =>
+      on._tag === "None"
+        ? attempt
+        : Effect.gen(function*() {
+          if ((yield* Random.next) * 100 < (settings.abortPercent ?? 0)) {
+            return aborted(service, settings.abortStatus ?? 503)
+          }
+          if ((yield* Random.next) * 100 < (settings.delayPercent ?? 0)) {
+            yield* Effect.sleep(Duration.millis(settings.delayMs ?? 1_000))
+          }
+          return yield* attempt
+        }))
