@@ -1,10 +1,14 @@
 /** Fault injection from route configuration, on virtual time, against a real upstream (FLAKY). */
 import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
-import { Effect, Fiber, Random } from "effect"
+import { Effect, Fiber, Layer, Random } from "effect"
 import { TestClock } from "effect/testing"
 import { FaultInjection, type FaultSettings } from "../src/layers/Faults.ts"
 import * as Proxy from "../src/layers/Proxy.ts"
+import { envLayer } from "../src/runtime/Worker.ts"
+
+const FaultsOn = FaultInjection.layer.pipe(Layer.provide(envLayer({ FAULT_INJECTION: "true" })))
+const FaultsOff = FaultInjection.layer.pipe(Layer.provide(envLayer({})))
 
 const calls = (key: string) =>
   Effect.promise(async () => ((await (await env.FLAKY.fetch(`http://flaky/count?key=${key}`)).json()) as { calls: number }).calls)
@@ -24,7 +28,7 @@ it.effect("aborts the configured share of calls without reaching the upstream", 
     expect(aborted).toBeGreaterThan(80)
     expect(aborted).toBeLessThan(120)
     expect(yield* calls(key)).toBe(400 - aborted)
-  }).pipe(Random.withSeed("faults"), Effect.provide(FaultInjection.layer)))
+  }).pipe(Random.withSeed("faults"), Effect.provide(FaultsOn)))
 
 it.effect("delays the configured share of calls by delayMs, on the clock", () =>
   Effect.gen(function*() {
@@ -36,13 +40,15 @@ it.effect("delays the configured share of calls by delayMs, on the clock", () =>
     yield* TestClock.adjust("1 millis")
     expect(yield* Fiber.join(fiber)).toBe(200)
     expect(yield* calls(key)).toBe(1)
-  }).pipe(Effect.provide(FaultInjection.layer)))
+  }).pipe(Effect.provide(FaultsOn)))
 
-it.effect("does nothing without FaultInjection in the layer, whatever the settings or a client's headers say", () =>
+it.effect.each([["without FaultInjection in the layer", Layer.empty], ["with FAULT_INJECTION unset", FaultsOff]] as const)(
+  "does nothing %s, whatever the settings or a client's headers say",
+  ([, layer]) =>
   Effect.gen(function*() {
     const key = crypto.randomUUID()
     const statuses = yield* Effect.forEach(Array.from({ length: 20 }), () =>
       call(key, { abortPercent: 100 }, { "x-fault-abort": "100", "x-meshwork-faults": "abort" }))
     expect(statuses.every((status) => status === 200)).toBe(true)
     expect(yield* calls(key)).toBe(20)
-  }))
+  }).pipe(Effect.provide(layer)))

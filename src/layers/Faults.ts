@@ -10,10 +10,11 @@
  * Each attempt to reach that upstream is then, at random, delayed by `delayMs`
  * before it is sent, or answered with `abortStatus` without being sent. Faults
  * come from configuration only, never from anything a client sends, and only
- * in a Worker whose layer has `FaultInjection.layer`: keep it out of
- * production layers and the settings do nothing.
+ * in a Worker whose layer has `FaultInjection.layer` and whose var
+ * `FAULT_INJECTION` is `true` (the router has the layer; the var is off unless
+ * set, for example in a local `.dev.vars`).
  */
-import { Context, Duration, Effect, Layer, Random, Schema } from "effect"
+import { Config, Context, Duration, Effect, Layer, Random, Schema } from "effect"
 
 const Percent = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 }))
 
@@ -25,9 +26,15 @@ export const FaultSettings = Schema.Struct({
 })
 export type FaultSettings = typeof FaultSettings.Type
 
-/** Present in a Worker's layer: route `faults` settings take effect. */
-export class FaultInjection extends Context.Service<FaultInjection, true>()("meshwork/layers/Faults/FaultInjection") {
-  static readonly layer = Layer.succeed(FaultInjection, true)
+/** Whether route `faults` settings take effect in this Worker. */
+export class FaultInjection extends Context.Service<FaultInjection, { readonly enabled: boolean }>()(
+  "meshwork/layers/Faults/FaultInjection"
+) {
+  /** On when the var `FAULT_INJECTION` is `true`; off by default. */
+  static readonly layer = Layer.effect(
+    FaultInjection,
+    Effect.map(Config.Boolean("FAULT_INJECTION").pipe(Config.withDefault(false)), (enabled) => ({ enabled }))
+  )
 }
 
 const aborted = (service: string, status: number) =>
@@ -45,7 +52,7 @@ export const inject = <E, R>(
   settings === undefined
     ? attempt
     : Effect.flatMap(Effect.serviceOption(FaultInjection), (on) =>
-      on._tag === "None"
+      on._tag === "None" || !on.value.enabled
         ? attempt
         : Effect.gen(function*() {
           if ((yield* Random.next) * 100 < (settings.abortPercent ?? 0)) {

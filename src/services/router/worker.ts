@@ -5,6 +5,7 @@
  */
 import { Layer } from "effect"
 import { CircuitBreakers } from "../../layers/CircuitBreakers.ts"
+import { FaultInjection } from "../../layers/Faults.ts"
 import { IdentityKey, requireIdentity } from "../../layers/Identity.ts"
 import { Retries } from "../../layers/Retry.ts"
 import { proxy, RoutingTable } from "../../layers/Routing.ts"
@@ -12,6 +13,6 @@ import * as Worker from "../../runtime/Worker.ts"
 
 export default Worker.make({
   name: "router",
-  layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Retries.layer, CircuitBreakers.layer),
+  layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Retries.layer, CircuitBreakers.layer, FaultInjection.layer),
   fetch: requireIdentity(proxy("router"))
 })
