@@ -82,8 +82,17 @@ export default defineConfig({
               PBKDF2_ITERATIONS: "1000"
             }
             : {}),
-          // A disabled user is refused at once, rather than within the production cache time.
-          ...(name === "gateway" ? { USER_STATUS_TTL_SECONDS: "0" } : {})
+          ...(name === "gateway"
+            ? {
+              // A disabled user is refused at once, rather than within the production cache time.
+              USER_STATUS_TTL_SECONDS: "0",
+              // Limits the suite cannot hit by accident, and a tight one for the rate limit tests.
+              RATE_LIMITS: [
+                { name: "tight", prefix: "/api/products", methods: ["HEAD"], limit: 3, windowSeconds: 3600, store: "durable-object" },
+                { name: "api", prefix: "/api", limit: 100000, windowSeconds: 60 }
+              ]
+            }
+            : {})
         })
       })
       const d1 = (name: string) => mesh.find((options) => options.name === `meshwork-${name}`)?.d1Databases ?? {}
@@ -100,7 +109,11 @@ export default defineConfig({
             FLAKY: "flaky"
           },
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth") },
-          durableObjects: { COUNTER: { className: "Counter", useSQLite: true } },
+          durableObjects: {
+            COUNTER: { className: "Counter", useSQLite: true },
+            RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true }
+          },
+          ratelimits: { RATE_LIMIT: { namespace_id: "1001", simple: { limit: 10, period: 60 } } },
           bindings: {
             MESH_IDENTITY_SECRET: identitySecret,
             TEST_SIGNING_KEYS: JSON.stringify({ signing, rotatedIn, retired }),

@@ -75,7 +75,7 @@ const devOnly = new Set(["rootPath", "modulesRules", "connectHandlers", "email"]
 export const miniflareOptions = (
   worker: MeshWorker,
   scriptPath: string,
-  secrets: Record<string, string> = {}
+  secrets: Record<string, unknown> = {}
 ): LegacyWorkerOptions => {
   const { workerOptions } = unstable_getMiniflareWorkerOptions(join(root, worker.config))
   const options: Record<string, unknown> = {}
@@ -94,7 +94,7 @@ export const miniflareOptions = (
  */
 export const buildMesh = async (
   outdir: string,
-  options: { readonly minify?: boolean; readonly secrets?: (name: string) => Record<string, string> } = {}
+  options: { readonly minify?: boolean; readonly secrets?: (name: string) => Record<string, unknown> } = {}
 ) =>
   Promise.all(workers.map(async (worker) => {
     const scriptPath = await bundle(entry(worker), join(outdir, `${worker.name}.js`), { minify: options.minify ?? false })

@@ -9,6 +9,8 @@ declare global {
       readonly AUTH: Fetcher
       readonly ROUTER: Fetcher
       readonly USERS: Fetcher
+      readonly RATE_LIMITER: DurableObjectNamespace
+      readonly RATE_LIMIT: RateLimit
       readonly MESH_IDENTITY_SECRET: string
       readonly TEST_SIGNING_KEYS: string
       readonly AUTH_DB: D1Database

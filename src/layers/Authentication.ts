@@ -267,22 +267,27 @@ export class PublicRoutes extends Context.Service<PublicRoutes, {
   )
 }
 
-/**
- * The gateway's step before forwarding: drop every identity header the client
- * sent, then attach the mesh's signed assertion of who is calling, anonymous
- * on public routes, the token's user everywhere else.
- */
-export const authenticateRequest = (request: Request) =>
+/** Who is calling: anonymous on public routes, the token's verified user everywhere else. */
+export const authenticate = (request: Request) =>
   Effect.gen(function*() {
     const routes = yield* PublicRoutes
     const path = new URL(request.url).pathname
-    const identity: Identity.Identity = routes.isPublic(request.method, path)
-      ? { kind: "anonymous" }
-      : yield* Effect.flatMap(parseBearer(request.headers.get("authorization")), (token) =>
-        Authenticator.use((authenticator) => authenticator.authenticate(token)))
+    if (routes.isPublic(request.method, path)) return { kind: "anonymous" } as Identity.Identity
+    const token = yield* parseBearer(request.headers.get("authorization"))
+    return yield* Authenticator.use((authenticator): Effect.Effect<Identity.Identity, Problem.Unauthorized | Problem.Forbidden | Problem.BadGateway> =>
+      authenticator.authenticate(token)
+    )
+  })
+
+/**
+ * The request to pass on: every identity header the client sent dropped, the
+ * mesh's signed assertion of `identity` attached.
+ */
+export const withIdentity = (request: Request, identity: Identity.Identity) =>
+  Effect.map(Identity.sign(identity), (assertion) => {
     // Hop-by-hop headers go first: a client's `Connection: x-meshwork-identity`
     // then has nothing left to name when a later hop strips what Connection lists.
     const headers = Identity.stripSpoofable(Proxy.stripHopByHop(request.headers))
-    headers.set(Identity.header, yield* Identity.sign(identity))
+    headers.set(Identity.header, assertion)
     return new Request(request, { headers })
   })

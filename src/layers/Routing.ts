@@ -94,15 +94,20 @@ type ProxyError =
   | Problem.ServiceUnavailable
   | Problem.PayloadTooLarge
 
+/** Forwards a request to its upstream; what a proxy's own step wraps. */
+export type Forward = (request: Request) => Effect.Effect<Response, ProxyError>
+
 /**
  * The fetch handler of a proxy Worker (the gateway, the router): refuse
  * ambiguous paths, answer `GET /health` with the upstreams' health, forward
- * everything else to the upstream whose prefix matches (after `prepare`, the
- * Worker's own step: the gateway authenticates there), 404 otherwise.
+ * everything else to the upstream whose prefix matches, through `around`, the
+ * Worker's own step (the gateway authenticates and rate limits there), 404
+ * otherwise.
  */
 export const proxy = <E = never, R = never>(
   service: string,
-  prepare: (request: Request) => Effect.Effect<Request, E, R> = Effect.succeed
+  around: (request: Request, forward: Forward) => Effect.Effect<Response, E | ProxyError, R> = (request, forward) =>
+    forward(request)
 ) => {
   // The gateway's /health is public: one probe of the mesh per 5 s per isolate, however often it is asked.
   let cached: { readonly report: Health.HealthReport; readonly at: number } | undefined
@@ -123,7 +128,7 @@ export const proxy = <E = never, R = never>(
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-        : Effect.flatMap(prepare(request), (prepared) => Proxy.forward(upstream, prepared))
+        : around(request, (prepared) => Proxy.forward(upstream, prepared))
     })
   })
 }

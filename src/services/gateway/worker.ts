@@ -1,18 +1,30 @@
 /**
  * The API gateway: the mesh's only public Worker. It refuses ambiguous
  * paths, serves `/health` for the whole mesh, authenticates every `/api`
- * request but the public ones (login, refresh, JWKS), replaces whatever
- * identity the client claimed with the mesh's signed assertion, and forwards
- * to the router (its `ROUTES` table has that one entry).
+ * request but the public ones (login, refresh, JWKS), rate limits per client
+ * and route, replaces whatever identity the client claimed with the mesh's
+ * signed assertion, and forwards to the router (its `ROUTES` table has that
+ * one entry).
  */
 import { Layer } from "effect"
-import { authenticateRequest, Authenticator, PublicRoutes } from "../../layers/Authentication.ts"
+import { Authenticator, PublicRoutes } from "../../layers/Authentication.ts"
 import { IdentityKey } from "../../layers/Identity.ts"
+import { RateLimits } from "../../layers/RateLimits.ts"
 import { proxy, RoutingTable } from "../../layers/Routing.ts"
 import * as Worker from "../../runtime/Worker.ts"
+import { edge } from "./edge.ts"
+
+/** The Durable Object behind the `durable-object` rate limit store, bound as RATE_LIMITER. */
+export { RateLimiterObject } from "../../layers/RateLimits.ts"
 
 export default Worker.make({
   name: "gateway",
-  layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Authenticator.layer("ROUTER"), PublicRoutes.layer),
-  fetch: proxy("gateway", authenticateRequest)
+  layer: Layer.mergeAll(
+    RoutingTable.layer,
+    IdentityKey.layer,
+    Authenticator.layer("ROUTER"),
+    PublicRoutes.layer,
+    RateLimits.layer
+  ),
+  fetch: proxy("gateway", edge)
 })

@@ -1,0 +1,321 @@
+/**
+ * Rate limiting at the gateway, per client and per route, on Effect's
+ * `RateLimiter` (`effect/persistence`).
+ *
+ * Policies are the gateway's `RATE_LIMITS` var; the first whose prefix (and
+ * methods, if given) matches a request applies:
+ *
+ * ```toml
+ * RATE_LIMITS = [
+ *   { name = "login", prefix = "/api/auth/login", methods = ["POST"], limit = 10, windowSeconds = 60, store = "durable-object", onStoreError = "closed" },
+ *   { name = "api", prefix = "/api", limit = 600, windowSeconds = 60 },
+ * ]
+ * ```
+ *
+ * - The client is the verified user (`user:<id>`), else the caller's address
+ *   (`ip:<CF-Connecting-IP>`).
+ * - `algorithm`: `token-bucket` (default: `limit` tokens refilled evenly over
+ *   the window, so no burst doubles at a window boundary) or `fixed-window`
+ *   (the window starts at a client's first request; a client can spend
+ *   `limit` at the end of one window and `limit` again at the start of the
+ *   next).
+ * - `store`: `memory` (per isolate; Workers run many isolates, so the limit
+ *   holds per isolate), `durable-object` (one object per client and policy:
+ *   exact across isolates and locations; counters live in the object's
+ *   memory), `redis` (`REDIS_URL`; atomic Lua scripts on Redis's own clock),
+ *   or `cloudflare` (a `ratelimits` binding named by `binding`: Cloudflare's
+ *   own limiter, per location and approximate, which gives no remaining
+ *   count; its limit and period are set on the binding).
+ * - `onStoreError`: `open` (default: let the request through) or `closed`
+ *   (refuse it with 503) when the store cannot answer.
+ *
+ * Responses under a policy carry `RateLimit-Policy` and `RateLimit` (IETF
+ * draft-ietf-httpapi-ratelimit-headers); a refused request gets 429
+ * problem+json with `Retry-After`.
+ */
+import { Config, Context, Duration, Effect, Layer, Schema } from "effect"
+import { RateLimiter } from "effect/persistence"
+import * as Bindings from "../runtime/Bindings.ts"
+import * as DurableObjects from "../runtime/DurableObjects.ts"
+import * as Problem from "../runtime/Problem.ts"
+import { Redis } from "../runtime/Redis.ts"
+import type * as Identity from "./Identity.ts"
+import { matchesPrefix, PathPrefix } from "./Routing.ts"
+
+export const RateLimitPolicy = Schema.Struct({
+  name: Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,31}$/)),
+  prefix: PathPrefix,
+  methods: Schema.optionalKey(Schema.Array(Schema.Literals(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))),
+  limit: Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 })),
+  windowSeconds: Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 86_400 })),
+  algorithm: Schema.optionalKey(Schema.Literals(["token-bucket", "fixed-window"])),
+  store: Schema.optionalKey(Schema.Literals(["memory", "durable-object", "redis", "cloudflare"])),
+  /** The binding a store needs: a `ratelimits` binding, or the Durable Object namespace (default RATE_LIMITER). */
+  binding: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[A-Z][A-Z0-9_]*$/))),
+  onStoreError: Schema.optionalKey(Schema.Literals(["open", "closed"]))
+})
+export type RateLimitPolicy = typeof RateLimitPolicy.Type
+
+/** What a limited request learned: for the `RateLimit` headers. */
+export interface Decision {
+  readonly policy: RateLimitPolicy
+  /** Requests left in the window; unknown with the `cloudflare` store. */
+  readonly remaining: number | undefined
+  readonly resetSeconds: number
+}
+
+/** `RateLimit-Policy` and `RateLimit` header values (draft-ietf-httpapi-ratelimit-headers). */
+export const headers = (decision: Decision): Record<string, string> => ({
+  "ratelimit-policy": `"${decision.policy.name}";q=${decision.policy.limit};w=${decision.policy.windowSeconds}`,
+  ratelimit: decision.remaining === undefined
+    ? `"${decision.policy.name}";t=${decision.resetSeconds}`
+    : `"${decision.policy.name}";r=${Math.max(0, Math.floor(decision.remaining))};t=${decision.resetSeconds}`
+})
+
+/** The client a request is counted for: its verified user, else its address. */
+export const clientKey = (identity: Identity.Identity, request: Request): string =>
+  identity.kind === "user" ? `user:${identity.sub}` : `ip:${request.headers.get("cf-connecting-ip") ?? "unknown"}`
+
+// ---------------------------------------------------------------------------
+// Stores beyond Effect's in-memory one
+// ---------------------------------------------------------------------------
+
+const storeError = (message: string, cause?: unknown) =>
+  new RateLimiter.RateLimiterError({ reason: new RateLimiter.RateLimitStoreError({ message, cause }) })
+
+/** Adaptive limiting (learning limits from responses) is not offered by these stores. */
+const noAdaptive = {
+  adaptiveConsume: () => Effect.succeed({ delay: Duration.zero, epoch: 0, phase: "inactive" as const }),
+  adaptiveFeedback: () => Effect.void
+}
+
+/**
+ * A Durable Object holding Effect's in-memory store for the keys routed to
+ * it. The gateway exports it and binds it as RATE_LIMITER.
+ */
+export class RateLimiterObject extends DurableObjects.make({
+  name: "RateLimiterObject",
+  layer: RateLimiter.layerStoreMemory
+}) {
+  fixedWindow(key: string, tokens: number, refillMillis: number, limit: number | undefined) {
+    return this.run(RateLimiter.RateLimiterStore.use((store) =>
+      store.fixedWindow({ key, tokens, refillRate: Duration.millis(refillMillis), limit })
+    ))
+  }
+  tokenBucket(key: string, tokens: number, refillMillis: number, limit: number, allowOverflow: boolean) {
+    return this.run(RateLimiter.RateLimiterStore.use((store) =>
+      store.tokenBucket({ key, tokens, refillRate: Duration.millis(refillMillis), limit, allowOverflow })
+    ))
+  }
+}
+
+type RateLimiterStub = Pick<RateLimiterObject, "fixedWindow" | "tokenBucket">
+
+/** A store whose keys each live in their own Durable Object: exact across every isolate. */
+export const durableObjectStore = (namespace: DurableObjectNamespace): RateLimiter.RateLimiterStore["Service"] => {
+  const stub = (key: string) => namespace.get(namespace.idFromName(key)) as unknown as RateLimiterStub
+  const call = <A>(f: () => Promise<A>) =>
+    Effect.tryPromise({ try: f, catch: (cause) => storeError("The rate limit object did not answer", cause) })
+  return RateLimiter.RateLimiterStore.of({
+    fixedWindow: (o) =>
+      call(() => stub(o.key).fixedWindow(o.key, o.tokens, Duration.toMillis(o.refillRate), o.limit)),
+    tokenBucket: (o) =>
+      call(() => stub(o.key).tokenBucket(o.key, o.tokens, Duration.toMillis(o.refillRate), o.limit, o.allowOverflow)),
+    ...noAdaptive
+  })
+}
+
+/**
+ * Fixed window on Redis, as Effect's own Redis store does it: the counter's
+ * time to live grows by the refill time per token, so expiry is Redis's clock.
+ */
+const fixedWindowLua = `
+local current = tonumber(redis.call("GET", KEYS[1]))
+local tokens = tonumber(ARGV[1])
+local refill = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+if not current then
+  local ttl = math.max(1, math.ceil(refill * tokens))
+  redis.call("SET", KEYS[1], tokens, "PX", ttl)
+  return { tostring(tokens), ttl }
+end
+local ttl = tonumber(redis.call("PTTL", KEYS[1]))
+if ttl < 0 then ttl = 0 end
+local next = current + tokens
+if limit and next > limit then return { tostring(next), ttl } end
+ttl = math.max(1, math.ceil(ttl + refill * tokens))
+redis.call("SET", KEYS[1], next, "PX", ttl)
+return { tostring(next), ttl }
+`
+
+/**
+ * Token bucket on Redis, read and written in one script, timed by Redis's own
+ * clock (TIME), never the Workers' (Effect's Redis store takes the caller's).
+ */
+const tokenBucketLua = `
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local tokens = tonumber(ARGV[1])
+local refill = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local overflow = ARGV[4] == "1"
+local current = tonumber(redis.call("GET", KEYS[1])) or limit
+local last = tonumber(redis.call("GET", KEYS[2])) or now
+local added = math.floor((now - last) / refill)
+if added > 0 then
+  current = math.min(limit, current + added)
+  last = last + added * refill
+end
+if current >= limit then last = now end
+local next = current - tokens
+local stored = current
+if next >= 0 or overflow then stored = next end
+local ttl = math.max(1, math.ceil(math.ceil(limit - stored) * refill - (now - last)) + refill)
+redis.call("SET", KEYS[1], stored, "PX", ttl)
+redis.call("SET", KEYS[2], last, "PX", ttl)
+return { tostring(next), math.max(0, now - last) }
+`
+
+const pair = (reply: unknown): readonly [number, number] => {
+  if (!Array.isArray(reply) || reply.length !== 2) throw new Error(`Unexpected script reply ${JSON.stringify(reply)}`)
+  return [Number(reply[0]), Number(reply[1])]
+}
+
+/** A store in Redis: one atomic script per decision, so a parallel burst cannot slip between a read and a write. */
+export const redisStore = (redis: Redis["Service"], prefix = "meshwork:ratelimit:"): RateLimiter.RateLimiterStore["Service"] => {
+  const run = (script: string, keys: ReadonlyArray<string>, args: ReadonlyArray<string>) =>
+    redis.eval(script, keys, args).pipe(
+      Effect.flatMap((reply) => Effect.try({ try: () => pair(reply), catch: (cause) => storeError("Unexpected Redis reply", cause) })),
+      Effect.catchTag("RedisError", (error) => Effect.fail(storeError(`Redis: ${error.message}`, error)))
+    )
+  return RateLimiter.RateLimiterStore.of({
+    fixedWindow: (o) =>
+      run(fixedWindowLua, [`${prefix}${o.key}`], [
+        String(o.tokens),
+        String(Duration.toMillis(o.refillRate)),
+        ...(o.limit === undefined ? [] : [String(o.limit)])
+      ]),
+    tokenBucket: (o) =>
+      run(tokenBucketLua, [`${prefix}${o.key}`, `${prefix}${o.key}:refill`], [
+        String(o.tokens),
+        String(Duration.toMillis(o.refillRate)),
+        String(o.limit),
+        o.allowOverflow ? "1" : "0"
+      ]),
+    ...noAdaptive
+  })
+}
+
+// ---------------------------------------------------------------------------
+// The gateway's limiter
+// ---------------------------------------------------------------------------
+
+type Limiter = (policy: RateLimitPolicy, key: string) => Effect.Effect<Decision, RateLimiter.RateLimiterError>
+
+const effectLimiter = (store: RateLimiter.RateLimiterStore["Service"]): Effect.Effect<Limiter> =>
+  Effect.map(Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, store), (limiter) =>
+    (policy, key) =>
+      Effect.map(
+        limiter.consume({
+          key: `${policy.name}:${key}`,
+          limit: policy.limit,
+          window: Duration.seconds(policy.windowSeconds),
+          algorithm: policy.algorithm ?? "token-bucket",
+          onExceeded: "fail"
+        }),
+        (result): Decision => ({
+          policy,
+          remaining: result.remaining,
+          resetSeconds: Math.ceil(Duration.toSeconds(result.resetAfter))
+        })
+      ))
+
+/** Cloudflare's `ratelimits` binding: allowed or not, nothing more. */
+const cloudflareLimiter = (binding: RateLimit): Limiter => (policy, key) =>
+  Effect.tryPromise({
+    try: () => binding.limit({ key: `${policy.name}:${key}` }),
+    catch: (cause) => storeError("The ratelimits binding did not answer", cause)
+  }).pipe(
+    Effect.flatMap(({ success }) =>
+      success
+        ? Effect.succeed<Decision>({ policy, remaining: undefined, resetSeconds: policy.windowSeconds })
+        : Effect.fail(
+          new RateLimiter.RateLimiterError({
+            reason: new RateLimiter.RateLimitExceeded({
+              key,
+              retryAfter: Duration.seconds(policy.windowSeconds),
+              limit: policy.limit,
+              remaining: 0
+            })
+          })
+        )
+    )
+  )
+
+const isRateLimit = (u: unknown): u is RateLimit =>
+  typeof u === "object" && u !== null && typeof (u as { limit?: unknown }).limit === "function"
+
+export class RateLimits extends Context.Service<RateLimits, {
+  /** The policy for a request, if any applies. */
+  readonly policyFor: (request: Request) => RateLimitPolicy | undefined
+  /** Counts one request of `key` under `policy`: the decision, or 429 (or 503 for a closed store). */
+  readonly consume: (
+    policy: RateLimitPolicy,
+    key: string
+  ) => Effect.Effect<Decision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable>
+}>()("meshwork/layers/RateLimits") {
+  /** Policies from `RATE_LIMITS`; each store is set up, and its binding checked, only if a policy uses it. */
+  static readonly layer = Layer.effect(
+    RateLimits,
+    Effect.gen(function*() {
+      const policies = yield* Config.schema(Schema.Array(RateLimitPolicy), "RATE_LIMITS").pipe(Config.withDefault([]))
+      const limiters = new Map<RateLimitPolicy, Limiter>()
+      const memory = yield* effectLimiter(yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory))
+      for (const policy of policies) {
+        switch (policy.store ?? "memory") {
+          case "memory":
+            limiters.set(policy, memory)
+            break
+          case "durable-object":
+            limiters.set(policy, yield* effectLimiter(durableObjectStore(yield* Bindings.durableObject(policy.binding ?? "RATE_LIMITER"))))
+            break
+          case "redis":
+            limiters.set(policy, yield* effectLimiter(redisStore(yield* Effect.provide(Redis, Redis.layer))))
+            break
+          case "cloudflare": {
+            const name = policy.binding ?? "RATE_LIMIT"
+            const binding = yield* Bindings.WorkerEnv.useSync((env) => env[name])
+            if (!isRateLimit(binding)) return yield* new Bindings.MissingBinding({ binding: name, expected: "ratelimits" })
+            limiters.set(policy, cloudflareLimiter(binding))
+          }
+        }
+      }
+      return RateLimits.of({
+        policyFor: (request) => {
+          const path = new URL(request.url).pathname
+          return policies.find((policy) =>
+            matchesPrefix(path, policy.prefix) &&
+            (policy.methods === undefined || policy.methods.includes(request.method as never))
+          )
+        },
+        consume: (policy, key) =>
+          limiters.get(policy)!(policy, key).pipe(
+            Effect.catch((error): Effect.Effect<Decision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable> => {
+              const reason = error.reason
+              if (reason._tag === "RateLimitExceeded") {
+                return Effect.fail(
+                  new Problem.TooManyRequests({
+                    detail: `Rate limit "${policy.name}": ${policy.limit} requests per ${policy.windowSeconds} s`,
+                    retryAfterSeconds: Math.max(1, Math.ceil(Duration.toSeconds(reason.retryAfter)))
+                  })
+                )
+              }
+              return (policy.onStoreError ?? "open") === "open"
+                ? Effect.as(Effect.logWarning("rate limit store unavailable, letting the request through", reason), undefined)
+                : Effect.fail(new Problem.ServiceUnavailable({ detail: "The rate limiter is unavailable", retryAfterSeconds: 1 }))
+            })
+          )
+      })
+    })
+  )
+}

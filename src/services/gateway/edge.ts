@@ -1,0 +1,37 @@
+/**
+ * The gateway's step around forwarding: authenticate, rate limit (when the
+ * layer has `RateLimits`), replace the client's claimed identity with the
+ * mesh's signed one, forward, and put the `RateLimit` headers on the answer.
+ */
+import { Effect } from "effect"
+import { authenticate, withIdentity } from "../../layers/Authentication.ts"
+import { clientKey, type Decision, headers, RateLimits } from "../../layers/RateLimits.ts"
+import type { Forward } from "../../layers/Routing.ts"
+import * as Problem from "../../runtime/Problem.ts"
+
+const withHeaders = (response: Response, values: Record<string, string>): Response => {
+  const copy = new Response(response.body, response)
+  for (const [name, value] of Object.entries(values)) copy.headers.set(name, value)
+  return copy
+}
+
+export const edge = (request: Request, forward: Forward) =>
+  Effect.gen(function*() {
+    const identity = yield* authenticate(request)
+    const limits = yield* Effect.serviceOption(RateLimits)
+    const policy = limits._tag === "Some" ? limits.value.policyFor(request) : undefined
+    let decision: Decision | undefined
+    if (limits._tag === "Some" && policy !== undefined) {
+      const counted = yield* limits.value.consume(policy, clientKey(identity, request)).pipe(
+        Effect.catchTag("TooManyRequests", (refused) =>
+          Effect.succeed(withHeaders(
+            Problem.fromError(refused),
+            headers({ policy, remaining: 0, resetSeconds: refused.retryAfterSeconds ?? policy.windowSeconds })
+          )))
+      )
+      if (counted instanceof Response) return counted
+      decision = counted
+    }
+    const response = yield* forward(yield* withIdentity(request, identity))
+    return decision === undefined ? response : withHeaders(response, headers(decision))
+  })

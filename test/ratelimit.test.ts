@@ -1,0 +1,144 @@
+/**
+ * Rate limiting: every store against its real backend in workerd (memory, a
+ * Durable Object, a real redis-server, Cloudflare's ratelimits binding), the
+ * algorithms on virtual time, and the gateway's headers end to end.
+ */
+import { expect, it } from "@effect/vitest"
+import { env } from "cloudflare:workers"
+import { Effect, Exit, Layer } from "effect"
+import { TestClock } from "effect/testing"
+import { clientKey, type RateLimitPolicy, RateLimits } from "../src/layers/RateLimits.ts"
+import { Redis } from "../src/runtime/Redis.ts"
+import { envLayer } from "../src/runtime/Worker.ts"
+import { expectProblem, gateway, signedIn } from "./helpers.ts"
+
+const limitsWith = (policies: ReadonlyArray<RateLimitPolicy>, vars: Record<string, unknown> = {}) =>
+  RateLimits.layer.pipe(
+    Layer.provide(envLayer({
+      RATE_LIMITS: policies,
+      RATE_LIMITER: env.RATE_LIMITER,
+      RATE_LIMIT: env.RATE_LIMIT,
+      REDIS_URL: "redis://127.0.0.1:6379",
+      ...vars
+    }))
+  )
+
+const policy = (store: NonNullable<RateLimitPolicy["store"]>, overrides: Partial<RateLimitPolicy> = {}): RateLimitPolicy => ({
+  name: "burst",
+  prefix: "/api",
+  limit: 10,
+  windowSeconds: 60,
+  store,
+  ...overrides
+})
+
+const burst = (count: number, key: string) =>
+  Effect.gen(function*() {
+    const limits = yield* RateLimits
+    const request = new Request("http://gw/api/things")
+    const chosen = limits.policyFor(request)!
+    const exits = yield* Effect.forEach(
+      Array.from({ length: count }),
+      () => Effect.exit(limits.consume(chosen, key)),
+      { concurrency: "unbounded" }
+    )
+    return {
+      admitted: exits.filter(Exit.isSuccess).length,
+      refused: exits.filter((exit) => Exit.isFailure(exit) && String(exit.cause).includes("TooManyRequests")).length
+    }
+  })
+
+it.effect.each([["memory"], ["durable-object"], ["redis"], ["cloudflare"]] as const)(
+  "admits exactly N of 2N concurrent requests in a window (%s store)",
+  ([store]) =>
+    Effect.gen(function*() {
+      // All 20 arrive in the same millisecond (virtual time does not move): all are counted.
+      const result = yield* burst(20, `client-${crypto.randomUUID()}`)
+      expect(result).toEqual({ admitted: 10, refused: 10 })
+    }).pipe(Effect.provide(limitsWith([policy(store)])))
+)
+
+it.effect("a token bucket allows no double burst across a window boundary", () =>
+  Effect.gen(function*() {
+    const limits = yield* RateLimits
+    const chosen = limits.policyFor(new Request("http://gw/api/x"))!
+    const key = "edge-of-window"
+    const spend = (n: number) =>
+      Effect.map(
+        Effect.forEach(Array.from({ length: n }), () => Effect.exit(limits.consume(chosen, key))),
+        (exits) => exits.filter(Exit.isSuccess).length
+      )
+    yield* TestClock.adjust("59900 millis")
+    expect(yield* spend(10)).toBe(10) // the whole limit, at the end of a minute
+    yield* TestClock.adjust("200 millis")
+    expect(yield* spend(10)).toBe(0) // just past where a fixed window would reset
+    yield* TestClock.adjust("6 seconds")
+    expect(yield* spend(10)).toBe(1) // one token back per 6 s (10 per minute)
+  }).pipe(Effect.provide(limitsWith([policy("memory", { algorithm: "token-bucket" })]))))
+
+it.effect("a fixed window resets after its window: the documented double burst", () =>
+  Effect.gen(function*() {
+    const limits = yield* RateLimits
+    const chosen = limits.policyFor(new Request("http://gw/api/x"))!
+    const spend = (n: number) =>
+      Effect.map(
+        Effect.forEach(Array.from({ length: n }), () => Effect.exit(limits.consume(chosen, "fixed"))),
+        (exits) => exits.filter(Exit.isSuccess).length
+      )
+    expect(yield* spend(10)).toBe(10)
+    expect(yield* spend(1)).toBe(0)
+    yield* TestClock.adjust("60 seconds")
+    expect(yield* spend(10)).toBe(10)
+  }).pipe(Effect.provide(limitsWith([policy("memory", { algorithm: "fixed-window" })]))))
+
+it.effect("the Redis store counts on Redis's clock and in one script: its keys expire there", () =>
+  Effect.gen(function*() {
+    const key = `redis-${crypto.randomUUID()}`
+    const result = yield* burst(15, key)
+    expect(result.admitted).toBe(10)
+    const redis = Redis.make("redis://127.0.0.1:6379")
+    const ttl = Number(yield* redis.send("PTTL", `meshwork:ratelimit:burst:${key}`))
+    expect(ttl).toBeGreaterThan(0)
+    expect(ttl).toBeLessThanOrEqual(60_000 + 6_000)
+  }).pipe(Effect.provide(limitsWith([policy("redis")]))))
+
+it.effect.each([
+  ["open", "lets the request through"],
+  ["closed", "refuses it with 503"]
+] as const)("when the store is down and the policy fails %s, it %s", ([mode]) =>
+  Effect.gen(function*() {
+    const limits = yield* RateLimits
+    const chosen = limits.policyFor(new Request("http://gw/api/x"))!
+    const exit = yield* Effect.exit(limits.consume(chosen, "anyone"))
+    if (mode === "open") expect(Exit.isSuccess(exit)).toBe(true)
+    else expect(String(Exit.isFailure(exit) && exit.cause)).toContain("ServiceUnavailable")
+  }).pipe(Effect.provide(limitsWith([policy("redis", { onStoreError: mode })], { REDIS_URL: "redis://127.0.0.1:1" }))))
+
+it("counts a signed-in client by user, anyone else by address", () => {
+  const request = new Request("http://gw/api/x", { headers: { "cf-connecting-ip": "203.0.113.7" } })
+  expect(clientKey({ kind: "user", sub: "u1", roles: [] }, request)).toBe("user:u1")
+  expect(clientKey({ kind: "anonymous" }, request)).toBe("ip:203.0.113.7")
+})
+
+it("puts RateLimit-Policy and RateLimit on every limited response, and answers 429 with Retry-After past the limit", async () => {
+  const user = await signedIn()
+  const head = () => gateway("/api/products", { method: "HEAD", headers: { authorization: `Bearer ${user.token}` } })
+  for (const remaining of [2, 1, 0]) {
+    const response = await head()
+    expect(response.status).toBe(200)
+    expect(response.headers.get("ratelimit-policy")).toBe('"tight";q=3;w=3600')
+    expect(response.headers.get("ratelimit")).toMatch(new RegExp(`^"tight";r=${remaining};t=\\d+$`))
+  }
+  const refused = await gateway("/api/products", { headers: { authorization: `Bearer ${user.token}` }, method: "HEAD" })
+  expect(refused.status).toBe(429)
+  expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(0)
+  expect(refused.headers.get("ratelimit")).toMatch(/^"tight";r=0;t=\d+$/)
+  // Another client is counted on its own.
+  const other = await signedIn()
+  expect((await gateway("/api/products", { method: "HEAD", headers: { authorization: `Bearer ${other.token}` } })).status).toBe(200)
+  // GET is under the "api" policy, not "tight".
+  const get = await gateway("/api/products", { headers: { authorization: `Bearer ${user.token}` } })
+  expect(get.headers.get("ratelimit-policy")).toBe('"api";q=100000;w=60')
+  await get.text()
+  await expectProblem(await gateway("/api/products", { method: "POST", headers: { authorization: "Bearer nope" } }), 401)
+})
