@@ -80,6 +80,14 @@ const targets: Array<Target> = [
     credentials: "bearer",
     port: 0
   },
+  {
+    id: "chain-no-policies",
+    group: "chain",
+    worker: "no-policies-gateway",
+    path: `/api/users/${seeded.id}`,
+    credentials: "bearer",
+    port: 0
+  },
   { id: "users-bare", group: "hops", worker: "bare-users", path: `/api/users/${seeded.id}`, port: 0 },
   {
     id: "users-mesh",
@@ -107,6 +115,7 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["hono/bare", "hono", "bare"],
   ["effect-stock/bare", "effect-stock", "bare"],
   ["chain/bare-chain", "chain-mesh", "chain-bare"],
+  ["policies on/off", "chain-mesh", "chain-no-policies"],
   ["users hop/bare", "users-mesh", "users-bare"],
   ["router+users/bare", "router-mesh", "router-bare"]
 ]
@@ -188,13 +197,37 @@ const startWorkerd = async () => {
     compatibilityDate,
     ...directSocket(worker.name)
   })))
-  const mesh = (await buildMesh(join(outdir, "mesh"), {
+  const built = (await buildMesh(join(outdir, "mesh"), {
     minify,
     secrets: (name) => ({
       MESH_IDENTITY_SECRET: secrets.identitySecret,
-      ...(name === "auth" ? { AUTH_SIGNING_KEYS: JSON.stringify({ active: secrets.key.kid, keys: [secrets.key] }) } : {})
+      ...(name === "auth" ? { AUTH_SIGNING_KEYS: JSON.stringify({ active: secrets.key.kid, keys: [secrets.key] }) } : {}),
+      // Every request is counted, none refused: the benchmark measures the policy's cost, not its 429s.
+      ...(name === "gateway" ? { RATE_LIMITS: [{ name: "api", prefix: "/api", limit: 1_000_000, windowSeconds: 60 }] } : {})
     })
-  })).map((options) => ({
+  }))
+  // The same gateway and router with every resilience policy off by configuration:
+  // routes without timeout, retry or breaker settings, and no rate limit policies.
+  const gateway = built.find((options) => options.name === "meshwork-gateway")!
+  const router = built.find((options) => options.name === "meshwork-router")!
+  const routes = (router.bindings as unknown as { ROUTES: ReadonlyArray<Record<string, unknown>> }).ROUTES
+  const withoutPolicies = [
+    {
+      ...gateway,
+      name: "no-policies-gateway",
+      bindings: { ...gateway.bindings, RATE_LIMITS: [] },
+      serviceBindings: { ...gateway.serviceBindings, ROUTER: "no-policies-router" }
+    },
+    {
+      ...router,
+      name: "no-policies-router",
+      bindings: {
+        ...router.bindings,
+        ROUTES: routes.map(({ service, prefix, binding }) => ({ service, prefix, binding }))
+      }
+    }
+  ]
+  const mesh = [...built, ...withoutPolicies].map((options) => ({
     ...options,
     ...directSocket(String(options.name))
   }))
