@@ -111,7 +111,8 @@ export default defineConfig({
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth") },
           durableObjects: {
             COUNTER: { className: "Counter", useSQLite: true },
-            RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true }
+            RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },
+            BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true }
           },
           ratelimits: { RATE_LIMIT: { namespace_id: "1001", simple: { limit: 10, period: 60 } } },
           bindings: {

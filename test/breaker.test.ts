@@ -14,6 +14,8 @@ import { proxy, RoutingTable } from "../src/layers/Routing.ts"
 import * as Worker from "../src/runtime/Worker.ts"
 import { meshIdentity } from "./helpers.ts"
 
+const Breakers = CircuitBreakers.layer.pipe(Layer.provide(Worker.envLayer({})))
+
 const counter = () => {
   let calls = 0
   return {
@@ -46,7 +48,7 @@ it.effect("opens at its threshold of consecutive failures and refuses at once, w
     expect(upstream.calls()).toBe(3)
     const error = Exit.isFailure(refused) ? (refused.cause.reasons[0] as { error: { _tag: string; retryAfterSeconds: number } }).error : undefined
     expect(error).toMatchObject({ _tag: "ServiceUnavailable", retryAfterSeconds: 1 })
-  }).pipe(Effect.provide(CircuitBreakers.layer)))
+  }).pipe(Effect.provide(Breakers)))
 
 it.effect("counts 4xx answers as the client's, not failures; a success resets the streak", () =>
   Effect.gen(function*() {
@@ -57,7 +59,7 @@ it.effect("counts 4xx answers as the client's, not failures; a success resets th
     expect(yield* breakers.state("b")).toBe("Closed")
     yield* call(upstream.answer(500))
     expect(yield* breakers.state("b")).toBe("Open")
-  }).pipe(Effect.provide(CircuitBreakers.layer)))
+  }).pipe(Effect.provide(Breakers)))
 
 it.effect("trips on a failure rate only once the minimum number of calls is seen", () =>
   Effect.gen(function*() {
@@ -68,7 +70,7 @@ it.effect("trips on a failure rate only once the minimum number of calls is seen
     expect(yield* breakers.state("c")).toBe("Closed") // 5 of 9 failed, but 9 < 10 calls
     yield* call(upstream.answer(200))
     expect(yield* breakers.state("c")).toBe("Open") // 5 of 10
-  }).pipe(Effect.provide(CircuitBreakers.layer)))
+  }).pipe(Effect.provide(Breakers)))
 
 it.effect("counts slow calls as failures", () =>
   Effect.gen(function*() {
@@ -81,7 +83,7 @@ it.effect("counts slow calls as failures", () =>
       expect(statusOf(yield* Fiber.join(fiber))).toBe(200)
     }
     expect(yield* breakers.state("d")).toBe("Open")
-  }).pipe(Effect.provide(CircuitBreakers.layer)))
+  }).pipe(Effect.provide(Breakers)))
 
 it.effect("half-open admits exactly K of 50 concurrent calls, closes when they succeed, reopens on a failure", () =>
   Effect.gen(function*() {
@@ -115,7 +117,7 @@ it.effect("half-open admits exactly K of 50 concurrent calls, closes when they s
     expect(yield* breakers.state("e")).toBe("Open")
     yield* TestClock.adjust("200 millis")
     expect(yield* breakers.state("e")).toBe("HalfOpen")
-  }).pipe(Effect.provide(CircuitBreakers.layer)))
+  }).pipe(Effect.provide(Breakers)))
 
 it.effect("answers 503 with Retry-After at the edge while open, and /health shows the state", () =>
   Effect.gen(function*() {
@@ -149,4 +151,20 @@ it.effect("answers 503 with Retry-After at the edge while open, and /health show
     const healthResponse = yield* get("/health")
     const health = yield* Effect.promise(() => healthResponse.json())
     expect(health).toMatchObject({ upstreams: { flaky: { breaker: "Open" } } })
+  }))
+
+it.effect("a Durable Object store shares one breaker between isolates", () =>
+  Effect.gen(function*() {
+    const shared = { BREAKER_STORE: "durable-object", BREAKERS: env.BREAKERS }
+    // Two layers built apart: two isolates' worth of breakers over one store.
+    const first = yield* Effect.provide(CircuitBreakers, CircuitBreakers.layer.pipe(Layer.provide(Worker.envLayer(shared))))
+    const second = yield* Effect.provide(CircuitBreakers, CircuitBreakers.layer.pipe(Layer.provide(Worker.envLayer(shared))))
+    const upstream = counter()
+    const settings = { service: `shared-${crypto.randomUUID()}`, breaker: { consecutiveFailures: 2, openMs: 60_000 } }
+    yield* run(first, settings)(upstream.answer(503))
+    yield* run(second, settings)(upstream.answer(503)) // the second failure, seen through the other isolate
+    expect(yield* first.state(settings.service)).toBe("Open")
+    const refused = yield* run(second, settings)(upstream.answer(200))
+    expect(statusOf(refused)).toBe(503)
+    expect(upstream.calls()).toBe(2)
   }))

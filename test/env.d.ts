@@ -10,6 +10,7 @@ declare global {
       readonly ROUTER: Fetcher
       readonly USERS: Fetcher
       readonly RATE_LIMITER: DurableObjectNamespace
+      readonly BREAKERS: DurableObjectNamespace
       readonly RATE_LIMIT: RateLimit
       readonly MESH_IDENTITY_SECRET: string
       readonly TEST_SIGNING_KEYS: string

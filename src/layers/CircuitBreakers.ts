@@ -18,13 +18,16 @@
  *   `Retry-After`, without reaching the upstream.
  * - Half-open admits exactly `probes` calls, however many arrive at once; it
  *   closes when all of them succeed and reopens on any failure.
- * - State is per isolate (a memory store); every transition is logged, and
- *   `/health` reports each breaker's state.
+ * - State is per isolate by default (a memory store); with `BREAKER_STORE =
+ *   "durable-object"` one Durable Object holds it for every isolate. Every
+ *   transition is logged, and `/health` reports each breaker's state.
  *
  * Add `CircuitBreakers.layer` to a proxy Worker's layer to turn them on.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Layer, Schedule, Schema, Scope } from "effect"
+import { Cause, Clock, Config, Context, Duration, Effect, Exit, Layer, Schedule, Schema, Scope } from "effect"
 import { CircuitBreaker } from "effect/persistence"
+import * as Bindings from "../runtime/Bindings.ts"
+import * as DurableObjects from "../runtime/DurableObjects.ts"
 import * as Problem from "../runtime/Problem.ts"
 
 export const BreakerSettings = Schema.Struct({
@@ -214,6 +217,128 @@ export const makeStore = (probes: (key: string) => number): CircuitBreaker.Circu
   })
 }
 
+/**
+ * A Durable Object holding one shared breaker store, for breakers whose state
+ * must be the same in every isolate (`BREAKER_STORE = "durable-object"`). The
+ * router exports it and binds it as BREAKERS; every key lives in one object
+ * (`idFromName("breakers")`), so admissions are serialized exactly as in one
+ * isolate. Durations cross the RPC boundary as milliseconds.
+ */
+export class CircuitBreakerObject extends DurableObjects.make({
+  name: "CircuitBreakerObject",
+  layer: Layer.empty
+}) {
+  readonly #probes = new Map<string, number>()
+  readonly #store = makeStore((key) => this.#probes.get(key) ?? 1)
+
+  admit(key: string, probes: number): Promise<RemoteAdmission> {
+    this.#probes.set(key, probes)
+    return this.run(
+      this.#store.admit(key).pipe(
+        Effect.scoped,
+        Effect.map((admission): RemoteAdmission => ({ _tag: "Admitted", ...admission, transition: toRemote(admission.transition) })),
+        Effect.catch((error) =>
+          Effect.succeed<RemoteAdmission>(
+            error.reason._tag === "CircuitOpen"
+              ? { _tag: "Open", retryAfterMillis: Duration.toMillis(error.reason.retryAfter) }
+              : { _tag: "HalfOpen" }
+          )
+        )
+      )
+    )
+  }
+
+  record(options: {
+    readonly key: string
+    readonly generation: number
+    readonly outcome: "Success" | "Failure" | "Ignored"
+    readonly tripPolicy: CircuitBreaker.TripPolicy
+    readonly openForMillis: number
+  }): Promise<RemoteTransition | undefined> {
+    return this.run(
+      Effect.map(
+        Effect.orDie(this.#store.record({ ...options, openFor: Duration.millis(options.openForMillis) })),
+        toRemote
+      )
+    )
+  }
+
+  state(key: string): Promise<RemoteState> {
+    return this.run(
+      Effect.map(Effect.orDie(this.#store.state(key)), (state): RemoteState =>
+        state._tag === "Open"
+          ? { ...state, retryAfter: undefined, retryAfterMillis: Duration.toMillis(state.retryAfter) }
+          : state)
+    )
+  }
+}
+
+type RemoteTransition = Omit<CircuitBreaker.Transition, "retryAfter"> & { readonly retryAfterMillis?: number }
+type RemoteState = (Omit<CircuitBreaker.State, "retryAfter"> & { readonly retryAfterMillis?: number; readonly retryAfter?: undefined })
+type RemoteAdmission =
+  | (Omit<CircuitBreaker.Admission, "transition"> & { readonly _tag: "Admitted"; readonly transition: RemoteTransition | undefined })
+  | { readonly _tag: "Open"; readonly retryAfterMillis: number }
+  | { readonly _tag: "HalfOpen" }
+
+const toRemote = (transition: CircuitBreaker.Transition | undefined): RemoteTransition | undefined =>
+  transition === undefined
+    ? undefined
+    : "retryAfter" in transition
+    ? { ...transition, retryAfter: undefined, retryAfterMillis: Duration.toMillis(transition.retryAfter) } as RemoteTransition
+    : transition
+
+const fromRemote = (transition: RemoteTransition | undefined): CircuitBreaker.Transition | undefined =>
+  transition === undefined
+    ? undefined
+    : transition.to === "Open"
+    ? { ...transition, to: "Open", retryAfter: Duration.millis(transition.retryAfterMillis ?? 0) } as CircuitBreaker.Transition
+    : transition as CircuitBreaker.Transition
+
+/** A breaker store that is the shared `CircuitBreakerObject`, reached over RPC. */
+export const durableObjectStore = (
+  namespace: DurableObjectNamespace,
+  probes: (key: string) => number
+): CircuitBreaker.CircuitBreakerStore["Service"] => {
+  const object = () => namespace.get(namespace.idFromName("breakers")) as unknown as Pick<
+    CircuitBreakerObject,
+    "admit" | "record" | "state"
+  >
+  const storeError = (cause: unknown) =>
+    new CircuitBreaker.CircuitBreakerError({
+      reason: new CircuitBreaker.CircuitBreakerStoreError({ message: "The breaker object did not answer", cause })
+    })
+  const call = <A>(f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: storeError })
+  return CircuitBreaker.CircuitBreakerStore.of({
+    admit: (key) =>
+      Effect.flatMap(call(() => object().admit(key, probes(key))), (answer) => {
+        switch (answer._tag) {
+          case "Admitted":
+            return Effect.succeed({ ...answer, transition: fromRemote(answer.transition) })
+          case "Open":
+            return Effect.fail(
+              new CircuitBreaker.CircuitBreakerError({
+                reason: new CircuitBreaker.CircuitOpen({ key, retryAfter: Duration.millis(answer.retryAfterMillis) })
+              })
+            )
+          case "HalfOpen":
+            return Effect.fail(new CircuitBreaker.CircuitBreakerError({ reason: new CircuitBreaker.CircuitHalfOpen({ key }) }))
+        }
+      }),
+    record: ({ openFor, ...options }) =>
+      Effect.map(call(() => object().record({ ...options, openForMillis: Duration.toMillis(openFor) })), fromRemote),
+    state: (key) =>
+      Effect.map(call(() => object().state(key)), (state): CircuitBreaker.State =>
+        state._tag === "Open"
+          ? {
+            _tag: "Open",
+            key: state.key,
+            retryAfter: Duration.millis(state.retryAfterMillis ?? 0),
+            consecutiveOpenings: (state as unknown as { consecutiveOpenings: number }).consecutiveOpenings
+          }
+          : state as CircuitBreaker.State)
+  })
+}
+
 /** What a call to an upstream returned, as a breaker sees it. */
 const classify = (startedAt: number, slowCallMs: number | undefined) => (exit: Exit.Exit<Response, unknown>) =>
   Effect.map(Clock.currentTimeMillis, (now) => {
@@ -234,12 +359,18 @@ export class CircuitBreakers extends Context.Service<CircuitBreakers, {
   ) => Effect.Effect<Response, E | Problem.ServiceUnavailable, R>
   readonly state: (service: string) => Effect.Effect<CircuitBreaker.State["_tag"] | undefined>
 }>()("meshwork/layers/CircuitBreakers") {
+  /**
+   * Breakers over `BREAKER_STORE`: `memory` (default, per isolate) or
+   * `durable-object` (shared by every isolate: the BREAKERS binding).
+   */
   static readonly layer = Layer.effect(
     CircuitBreakers,
     Effect.gen(function*() {
       const scope = yield* Effect.scope
       const settingsOf = new Map<string, BreakerSettings>()
-      const store = makeStore((key) => settingsOf.get(key)?.probes ?? 1)
+      const probes = (key: string) => settingsOf.get(key)?.probes ?? 1
+      const kind = yield* Config.Literals(["memory", "durable-object"], "BREAKER_STORE").pipe(Config.withDefault("memory"))
+      const store = kind === "memory" ? makeStore(probes) : durableObjectStore(yield* Bindings.durableObject("BREAKERS"), probes)
       // Built on first use (routes are known only to the caller), never torn down but with the isolate.
       const breakers = new Map<string, CircuitBreaker.CircuitBreaker>()
       const breakerFor = (service: string, settings: BreakerSettings) =>

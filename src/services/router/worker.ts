@@ -11,6 +11,9 @@ import { Retries } from "../../layers/Retry.ts"
 import { proxy, RoutingTable } from "../../layers/Routing.ts"
 import * as Worker from "../../runtime/Worker.ts"
 
+/** The Durable Object behind BREAKER_STORE = "durable-object", bound as BREAKERS. */
+export { CircuitBreakerObject } from "../../layers/CircuitBreakers.ts"
+
 export default Worker.make({
   name: "router",
   layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Retries.layer, CircuitBreakers.layer, FaultInjection.layer),
