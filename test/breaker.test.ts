@@ -6,9 +6,10 @@
 import { expect, it } from "@effect/vitest"
 import { createExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers"
-import { Effect, Exit, Fiber, Layer } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer } from "effect"
+import { CircuitBreaker } from "effect/persistence"
 import { TestClock } from "effect/testing"
-import { type BreakerSettings, CircuitBreakers } from "../src/layers/CircuitBreakers.ts"
+import { type BreakerSettings, CircuitBreakers, makeStore, probeLeaseMillis } from "../src/layers/CircuitBreakers.ts"
 import { IdentityKey } from "../src/layers/Identity.ts"
 import { proxy, RoutingTable } from "../src/layers/Routing.ts"
 import * as Worker from "../src/runtime/Worker.ts"
@@ -167,4 +168,17 @@ it.effect("a Durable Object store shares one breaker between isolates", () =>
     const refused = yield* run(second, settings)(upstream.answer(200))
     expect(statusOf(refused)).toBe(503)
     expect(upstream.calls()).toBe(2)
+  }))
+
+it.effect("frees a half-open probe slot whose outcome never comes back, after the lease", () =>
+  Effect.gen(function*() {
+    const store = makeStore(() => 1)
+    const trip = { key: "lost", tripPolicy: CircuitBreaker.consecutive(1), openFor: Duration.seconds(1) }
+    const closed = yield* Effect.scoped(store.admit("lost"))
+    yield* store.record({ ...trip, generation: closed.generation, outcome: "Failure" })
+    yield* TestClock.adjust("1 second")
+    yield* Effect.scoped(store.admit("lost")) // the probe, whose outcome is lost
+    expect((yield* Effect.flip(Effect.scoped(store.admit("lost")))).reason._tag).toBe("CircuitHalfOpen")
+    yield* TestClock.adjust(probeLeaseMillis)
+    expect((yield* Effect.scoped(store.admit("lost"))).probe).toBe(true)
   }))

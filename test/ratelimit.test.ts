@@ -58,6 +58,9 @@ it.effect.each([["memory"], ["durable-object"], ["redis"], ["cloudflare"]] as co
     }).pipe(Effect.provide(limitsWith([policy(store)])))
 )
 
+// A fixed window that resets at 60 s lets a client spend its limit just before and again
+// just after the reset. A token bucket refills evenly: right after spending the whole
+// limit at 59.9 s, the reset instant brings nothing back.
 it.effect("a token bucket allows no double burst across a window boundary", () =>
   Effect.gen(function*() {
     const limits = yield* RateLimits
@@ -91,7 +94,16 @@ it.effect("a fixed window resets after its window: the documented double burst",
     expect(yield* spend(10)).toBe(10)
   }).pipe(Effect.provide(limitsWith([policy("memory", { algorithm: "fixed-window" })]))))
 
-it.effect("the Redis store counts on Redis's clock and in one script: its keys expire there", () =>
+it.effect.each([["fixed-window"], ["token-bucket"]] as const)(
+  "the Redis store admits exactly N of 2N with a refill time that is not whole milliseconds (%s)",
+  ([algorithm]) =>
+    Effect.gen(function*() {
+      // 3 per 10 s: one token every 3333.33 ms.
+      expect(yield* burst(6, `fractional-${crypto.randomUUID()}`)).toEqual({ admitted: 3, refused: 3 })
+    }).pipe(Effect.provide(limitsWith([policy("redis", { algorithm, limit: 3, windowSeconds: 10 })])))
+)
+
+it.effect("the Redis store keeps its counters in Redis, expiring on Redis's clock", () =>
   Effect.gen(function*() {
     const key = `redis-${crypto.randomUUID()}`
     const result = yield* burst(15, key)

@@ -76,20 +76,26 @@ interface Entry {
   consecutiveOpenings: number
   lastOpenFor: number
   resetAt: number
-  /** Generations of the probes admitted in this half-open period, not yet recorded. */
-  probesInFlight: Set<number>
+  /** The probes admitted in this half-open period and not yet recorded: generation -> admitted at. */
+  probesInFlight: Map<number, number>
   probesSucceeded: number
 }
+
+/** How long a half-open probe holds its slot if its outcome never comes back (a lost RPC, a dead isolate). */
+export const probeLeaseMillis = 30_000
 
 /**
  * An in-memory `CircuitBreakerStore` whose half-open state admits `probes(key)`
  * calls (Effect's own memory store admits one). `admit` and `record` run
  * without yielding, so concurrent callers in one isolate never see a state
- * between them: exactly `probes` are admitted. Transitions are logged.
+ * between them: exactly `probes` are admitted. A probe whose outcome is not
+ * recorded within `probeLeaseMillis` frees its slot. Transitions are logged.
+ * Generations start at a random offset, so a store that restarted (an evicted
+ * Durable Object) cannot take an old outcome for a new call.
  */
 export const makeStore = (probes: (key: string) => number): CircuitBreaker.CircuitBreakerStore["Service"] => {
   const entries = new Map<string, Entry>()
-  let nextGeneration = 0
+  let nextGeneration = crypto.getRandomValues(new Uint32Array(1))[0]! * 1024
   const entry = (key: string): Entry => {
     let found = entries.get(key)
     if (found === undefined) {
@@ -103,7 +109,7 @@ export const makeStore = (probes: (key: string) => number): CircuitBreaker.Circu
         consecutiveOpenings: 0,
         lastOpenFor: 0,
         resetAt: 0,
-        probesInFlight: new Set(),
+        probesInFlight: new Map(),
         probesSucceeded: 0
       }
       entries.set(key, found)
@@ -156,11 +162,14 @@ export const makeStore = (probes: (key: string) => number): CircuitBreaker.Circu
           e.probesSucceeded = 0
           transition = { key, from: "Open", to: "HalfOpen" }
         }
+        for (const [generation, admittedAt] of e.probesInFlight) {
+          if (now - admittedAt >= probeLeaseMillis) e.probesInFlight.delete(generation)
+        }
         if (e.probesInFlight.size + e.probesSucceeded >= probes(key)) {
           return Effect.fail(new CircuitBreaker.CircuitBreakerError({ reason: new CircuitBreaker.CircuitHalfOpen({ key }) }))
         }
         const generation = nextGeneration++
-        e.probesInFlight.add(generation)
+        e.probesInFlight.set(generation, now)
         return Effect.as(log(transition), {
           generation,
           probe: true,
@@ -411,7 +420,11 @@ export class CircuitBreakers extends Context.Service<CircuitBreakers, {
           })
         },
         state: (service) =>
-          Effect.map(Effect.orDie(store.state(service)), (state) => breakers.has(service) ? state._tag : undefined)
+          store.state(service).pipe(
+            Effect.map((state) => state._tag),
+            // A store that cannot answer leaves the state unknown; /health still answers.
+            Effect.catch(() => Effect.succeed(undefined))
+          )
       })
     })
   )

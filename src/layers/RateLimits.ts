@@ -27,7 +27,10 @@
  *   own limiter, per location and approximate, which gives no remaining
  *   count; its limit and period are set on the binding).
  * - `onStoreError`: `open` (default: let the request through) or `closed`
- *   (refuse it with 503) when the store cannot answer.
+ *   (refuse it with 503) when the store fails or does not answer within
+ *   500 ms.
+ * - A request that fails authentication is still counted, against its
+ *   address: bad tokens cannot bypass the limit.
  *
  * Responses under a policy carry `RateLimit-Policy` and `RateLimit` (IETF
  * draft-ietf-httpapi-ratelimit-headers); a refused request gets 429
@@ -170,7 +173,7 @@ if current >= limit then last = now end
 local next = current - tokens
 local stored = current
 if next >= 0 or overflow then stored = next end
-local ttl = math.max(1, math.ceil(math.ceil(limit - stored) * refill - (now - last)) + refill)
+local ttl = math.max(1, math.ceil(math.ceil(limit - stored) * refill - (now - last) + refill))
 redis.call("SET", KEYS[1], stored, "PX", ttl)
 redis.call("SET", KEYS[2], last, "PX", ttl)
 return { tostring(next), math.max(0, now - last) }
@@ -211,6 +214,36 @@ export const redisStore = (redis: Redis["Service"], prefix = "meshwork:ratelimit
 // ---------------------------------------------------------------------------
 
 type Limiter = (policy: RateLimitPolicy, key: string) => Effect.Effect<Decision, RateLimiter.RateLimiterError>
+
+/** How long a store may take to decide before the policy's `onStoreError` applies. */
+export const storeTimeoutMillis = 500
+
+/**
+ * Effect's in-memory store, bounded: it keeps counters for at most `maxKeys`
+ * clients (Effect's never forgets one), then starts afresh. A public gateway
+ * sees unbounded distinct addresses; the limit it keeps is per isolate anyway.
+ */
+export const boundedMemoryStore = (maxKeys = 50_000): Effect.Effect<RateLimiter.RateLimiterStore["Service"]> =>
+  Effect.gen(function*() {
+    const fresh = Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
+    let store = yield* fresh
+    const keys = new Set<string>()
+    const using = <A, E>(key: string, f: (store: RateLimiter.RateLimiterStore["Service"]) => Effect.Effect<A, E>) =>
+      Effect.suspend(() => {
+        if (keys.has(key) || keys.size < maxKeys) {
+          keys.add(key)
+          return f(store)
+        }
+        keys.clear()
+        keys.add(key)
+        return Effect.flatMap(fresh, (next) => f(store = next))
+      })
+    return RateLimiter.RateLimiterStore.of({
+      fixedWindow: (o) => using(o.key, (s) => s.fixedWindow(o)),
+      tokenBucket: (o) => using(o.key, (s) => s.tokenBucket(o)),
+      ...noAdaptive
+    })
+  })
 
 const effectLimiter = (store: RateLimiter.RateLimiterStore["Service"]): Effect.Effect<Limiter> =>
   Effect.map(Effect.provideService(RateLimiter.make, RateLimiter.RateLimiterStore, store), (limiter) =>
@@ -270,7 +303,7 @@ export class RateLimits extends Context.Service<RateLimits, {
     Effect.gen(function*() {
       const policies = yield* Config.schema(Schema.Array(RateLimitPolicy), "RATE_LIMITS").pipe(Config.withDefault([]))
       const limiters = new Map<RateLimitPolicy, Limiter>()
-      const memory = yield* effectLimiter(yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory))
+      const memory = yield* effectLimiter(yield* boundedMemoryStore())
       for (const policy of policies) {
         switch (policy.store ?? "memory") {
           case "memory":
@@ -300,6 +333,10 @@ export class RateLimits extends Context.Service<RateLimits, {
         },
         consume: (policy, key) =>
           limiters.get(policy)!(policy, key).pipe(
+            Effect.timeoutOrElse({
+              duration: Duration.millis(storeTimeoutMillis),
+              orElse: () => Effect.fail(storeError(`The ${policy.store ?? "memory"} store did not answer in time`))
+            }),
             Effect.catch((error): Effect.Effect<Decision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable> => {
               const reason = error.reason
               if (reason._tag === "RateLimitExceeded") {

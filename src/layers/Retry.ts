@@ -5,10 +5,12 @@
  *   any request carrying an `Idempotency-Key`), and only when the upstream
  *   answered 502, 503 or 504, could not be reached, or did not answer within
  *   the route's timeout. Any other answer, 4xx or 5xx, is final.
- * - Delays grow exponentially with full jitter (an Effect `Schedule`), capped,
- *   at least what a `Retry-After` asks for, and every attempt stays inside the
- *   overall deadline: a retry whose delay would end past it is not made, and
- *   the attempt running at the deadline is cancelled.
+ * - Delays grow exponentially with full jitter, capped, at least what a
+ *   `Retry-After` asks for: an Effect `Schedule` (`Schedule.fromStep`) that
+ *   `Effect.retry` follows.
+ *   Every attempt stays inside the overall deadline: a retry whose delay
+ *   would end past it is not made, and the attempt running at the deadline is
+ *   cancelled.
  * - A retry budget per upstream: over the last 10 s, retries may be at most
  *   20% of requests, or 10 per second, whichever allows more. A failing
  *   upstream then sees at most 1.2x its normal traffic, not 3x.
@@ -17,7 +19,7 @@
  * Settings come from each route of the `ROUTES` table (`timeoutMs`, `retry`);
  * add `Retries.layer` to a proxy Worker to turn retries on.
  */
-import { Clock, Context, Duration, Effect, Layer, Random, Schedule, Schema } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Layer, Random, Schedule, Schema } from "effect"
 import * as Problem from "../runtime/Problem.ts"
 
 const Millis = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))
@@ -56,7 +58,7 @@ export const parseRetryAfter = (value: string | null | undefined, now: number): 
 /** An upstream answer worth retrying, held as a failure so `Effect.retry` sees it. */
 class RetryableAnswer<A> {
   readonly _tag = "RetryableAnswer"
-  constructor(readonly answer: A, readonly retryAfter: Duration.Duration | undefined) {}
+  constructor(readonly answer: A, readonly retryAfter: string | null | undefined) {}
 }
 
 /**
@@ -120,17 +122,12 @@ export class Retries extends Context.Service<Retries, {
   })
 }
 
-/** Exponential backoff with full jitter: each delay is uniform in [0, min(max, base * 2^n)]. */
-const backoff = (settings: Required<RetrySettings>) =>
-  Schedule.exponential(Duration.millis(settings.baseDelayMs)).pipe(
-    Schedule.modifyDelay(({ duration, input }) =>
-      Effect.map(Random.next, (random) => {
-        const jittered = Duration.millis(random * Math.min(settings.maxDelayMs, Duration.toMillis(duration)))
-        const asked = input instanceof RetryableAnswer ? input.retryAfter : undefined
-        return asked === undefined ? jittered : Duration.max(jittered, asked)
-      })
-    )
-  )
+/**
+ * The delay before retry number `retry` (0 for the first): exponential from
+ * `baseDelayMs`, capped at `maxDelayMs`, with full jitter (uniform from 0).
+ */
+const jitteredDelay = (settings: Required<RetrySettings>, retry: number) =>
+  Effect.map(Random.next, (random) => random * Math.min(settings.maxDelayMs, settings.baseDelayMs * 2 ** retry))
 
 /** What an upstream answered, as far as retrying is concerned. */
 export interface Answer<A> {
@@ -180,25 +177,36 @@ export const withRetries = <A, E, R>(options: {
       const started = yield* Clock.currentTimeMillis
       budget.request(started)
       const deadline = started + settings.deadlineMs
-      // The latest retryable answer: what the caller gets if retrying runs out of time.
+      // The latest retryable answer: what the caller gets if retrying runs out.
       let latest: A | undefined
       const keep = (next: A) => {
         if (latest !== undefined && latest !== next) answer.release(latest)
         latest = next
       }
+      // The retry schedule decides each retry, and draws its delay, before it
+      // is made: none past the attempts, the budget or the deadline (its delay
+      // included), and only a retry that will run takes from the budget.
+      const schedule = Schedule.fromStep(Effect.sync(() => {
+        let retries = 0
+        return (now: number, error: unknown) => {
+          if (!retryable(error) || retries >= settings.attempts - 1) return Cause.done(retries)
+          return Effect.flatMap(jitteredDelay(settings, retries), (jittered) => {
+            const asked = error instanceof RetryableAnswer ? parseRetryAfter(error.retryAfter, now) : undefined
+            const delay = Math.max(jittered, asked === undefined ? 0 : Duration.toMillis(asked))
+            if (now + delay >= deadline || !budget.tryRetry(now)) return Cause.done(retries)
+            retries++
+            return Effect.succeed([retries, Duration.millis(delay)] as [number, Duration.Duration])
+          })
+        }
+      }))
       return yield* once.pipe(
         Effect.flatMap((value) =>
           retryableStatuses.has(answer.status(value))
-            ? Effect.fail(new RetryableAnswer(value, parseRetryAfter(answer.retryAfter(value), started)))
+            ? Effect.fail(new RetryableAnswer(value, answer.retryAfter(value)))
             : Effect.succeed(value)
         ),
         Effect.tapError((error) => Effect.sync(() => error instanceof RetryableAnswer && keep(error.answer as A))),
-        Effect.retry({
-          schedule: backoff(settings),
-          times: settings.attempts - 1,
-          while: (error) =>
-            Effect.map(Clock.currentTimeMillis, (now) => retryable(error) && now < deadline && budget.tryRetry(now))
-        }),
+        Effect.retry(schedule),
         Effect.catchIf(
           (error): error is RetryableAnswer<A> => error instanceof RetryableAnswer,
           (error) => Effect.succeed(error.answer)
@@ -209,7 +217,13 @@ export const withRetries = <A, E, R>(options: {
             latest !== undefined
               ? Effect.succeed(latest)
               : Effect.fail(new Problem.GatewayTimeout({ detail: `${upstream} did not answer within the deadline` }))
-        })
+        }),
+        // A kept answer that is not the one returned is dropped: release its body.
+        Effect.onExit((exit) =>
+          Effect.sync(() => {
+            if (latest !== undefined && !(exit._tag === "Success" && exit.value === latest)) answer.release(latest)
+          })
+        )
       )
     })
   })

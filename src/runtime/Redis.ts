@@ -6,8 +6,8 @@
  * forbid sharing it between requests; a Worker that needs a warm connection
  * holds it in a Durable Object. Commands are plain strings; replies are
  * decoded to strings, numbers, arrays and null. `REDIS_URL`
- * (`redis://[:password@]host:port[/db]`, default `redis://127.0.0.1:6379`)
- * says where.
+ * (`redis://[[user]:password@]host:port[/db]`, `rediss://` for TLS; default
+ * `redis://127.0.0.1:6379`) says where.
  */
 import { connect } from "cloudflare:sockets"
 import { Config, Context, Effect, Layer, Schema } from "effect"
@@ -65,6 +65,8 @@ const parse = (buffer: Uint8Array, offset: number): { reply: Reply | RedisError;
 interface Endpoint {
   readonly hostname: string
   readonly port: number
+  readonly tls: boolean
+  readonly username: string | undefined
   readonly password: string | undefined
   readonly database: number
 }
@@ -74,6 +76,8 @@ const parseUrl = (url: string): Endpoint => {
   return {
     hostname: parsed.hostname,
     port: Number(parsed.port || 6379),
+    tls: parsed.protocol === "rediss:",
+    username: parsed.username === "" ? undefined : decodeURIComponent(parsed.username),
     password: parsed.password === "" ? undefined : decodeURIComponent(parsed.password),
     database: Number(parsed.pathname.slice(1) || 0)
   }
@@ -81,7 +85,7 @@ const parseUrl = (url: string): Endpoint => {
 
 /** Sends `commands` on one new connection and returns the last reply. */
 const exchange = async (endpoint: Endpoint, commands: ReadonlyArray<ReadonlyArray<string>>): Promise<Reply> => {
-  const socket = connect({ hostname: endpoint.hostname, port: endpoint.port })
+  const socket = connect({ hostname: endpoint.hostname, port: endpoint.port }, { secureTransport: endpoint.tls ? "on" : "off", allowHalfOpen: false })
   try {
     const writer = socket.writable.getWriter()
     for (const command of commands) await writer.write(encode(command))
@@ -120,7 +124,9 @@ export class Redis extends Context.Service<Redis, {
   static readonly make = (url: string): Redis["Service"] => {
     const endpoint = parseUrl(url)
     const preamble: Array<Array<string>> = [
-      ...(endpoint.password === undefined ? [] : [["AUTH", endpoint.password]]),
+      ...(endpoint.password === undefined
+        ? []
+        : [endpoint.username === undefined ? ["AUTH", endpoint.password] : ["AUTH", endpoint.username, endpoint.password]]),
       ...(endpoint.database === 0 ? [] : [["SELECT", String(endpoint.database)]])
     ]
     const send = (...args: ReadonlyArray<string>) =>

@@ -17,7 +17,9 @@ const withHeaders = (response: Response, values: Record<string, string>): Respon
 
 export const edge = (request: Request, forward: Forward) =>
   Effect.gen(function*() {
-    const identity = yield* authenticate(request)
+    // A request that fails authentication is still counted, against its address.
+    const authenticated = yield* Effect.exit(authenticate(request))
+    const identity = authenticated._tag === "Success" ? authenticated.value : { kind: "anonymous" as const }
     const limits = yield* Effect.serviceOption(RateLimits)
     const policy = limits._tag === "Some" ? limits.value.policyFor(request) : undefined
     let decision: Decision | undefined
@@ -32,6 +34,7 @@ export const edge = (request: Request, forward: Forward) =>
       if (counted instanceof Response) return counted
       decision = counted
     }
+    if (authenticated._tag === "Failure") return yield* Effect.failCause(authenticated.cause)
     const response = yield* forward(yield* withIdentity(request, identity))
     return decision === undefined ? response : withHeaders(response, headers(decision))
   })
