@@ -111,6 +111,7 @@ export default defineConfig({
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth") },
           durableObjects: {
             COUNTER: { className: "Counter", useSQLite: true },
+            LOCKS: { className: "LockObject", useSQLite: true },
             RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },
             BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true }
           },

@@ -21,6 +21,7 @@ declare global {
       readonly USERS_MIGRATIONS: Array<D1Migration>
       readonly PRODUCTS_MIGRATIONS: Array<D1Migration>
       readonly COUNTER: DurableObjectNamespace
+      readonly LOCKS: DurableObjectNamespace
     }
   }
 }

@@ -1,6 +1,11 @@
 /**
  * The products store: D1 through `effect/sql`. SQL failures are defects; a
  * duplicate SKU is the typed `SkuTaken`.
+ *
+ * Updates are fenced: each carries the fencing token of the product's lock
+ * (src/layers/Locks.ts), the row keeps the highest token it has seen, and an
+ * update with a lower one is refused with `StaleFencingToken`, so a writer
+ * whose lock expired mid-update cannot overwrite its successor.
  */
 import { Context, Effect, Layer, Schema } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
@@ -8,7 +13,7 @@ import * as D1 from "../../runtime/D1.ts"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"
 import type { CreateProduct, Product, UpdateProduct } from "./api.ts"
-import { ProductNotFound, SkuTaken } from "./api.ts"
+import { ProductNotFound, SkuTaken, StaleFencingToken } from "./api.ts"
 
 const ProductRow = Schema.Struct({
   id: Schema.String,
@@ -43,7 +48,11 @@ export class Products extends Context.Service<Products, {
   readonly list: (page: { readonly limit: number; readonly afterId: string | undefined }) => Effect.Effect<ReadonlyArray<Product>>
   readonly get: (id: string) => Effect.Effect<Product, ProductNotFound>
   readonly create: (input: CreateProduct) => Effect.Effect<Product, SkuTaken>
-  readonly update: (id: string, patch: UpdateProduct) => Effect.Effect<Product, ProductNotFound | SkuTaken>
+  readonly update: (
+    id: string,
+    patch: UpdateProduct,
+    fencingToken: number
+  ) => Effect.Effect<Product, ProductNotFound | SkuTaken | StaleFencingToken>
   readonly remove: (id: string) => Effect.Effect<void, ProductNotFound>
 }>()("meshwork/services/products/Products") {
   static readonly layerNoDeps = Layer.effect(
@@ -74,7 +83,7 @@ export class Products extends Context.Service<Products, {
             RETURNING *`).pipe(Effect.catchTag("SqlError", skuTaken(input.sku)))
           return yield* Effect.orDie(first(notFound(id))(created))
         }),
-        update: Effect.fn("Products.update")(function*(id, patch) {
+        update: Effect.fn("Products.update")(function*(id, patch, fencingToken) {
           const at = yield* nowIso
           const updated = yield* products(sql`
             UPDATE products SET
@@ -85,10 +94,14 @@ export class Products extends Context.Service<Products, {
               currency = COALESCE(${patch.currency ?? null}, currency),
               stock = COALESCE(${patch.stock ?? null}, stock),
               seller_id = COALESCE(${patch.sellerId ?? null}, seller_id),
-              updated_at = ${at}
-            WHERE id = ${id}
+              updated_at = ${at},
+              fence = ${fencingToken}
+            WHERE id = ${id} AND fence <= ${fencingToken}
             RETURNING *`).pipe(Effect.catchTag("SqlError", skuTaken(patch.sku ?? "")))
-          return yield* first(notFound(id))(updated)
+          if (updated.length > 0) return updated[0]!
+          const fences = yield* Effect.orDie(sql<{ fence: number }>`SELECT fence FROM products WHERE id = ${id}`)
+          if (fences[0] === undefined) return yield* new ProductNotFound({ productId: id })
+          return yield* new StaleFencingToken({ productId: id, fencingToken, seen: fences[0].fence })
         }),
         remove: Effect.fn("Products.remove")(function*(id) {
           const removed = yield* Effect.orDie(sql`DELETE FROM products WHERE id = ${id} RETURNING id`)

@@ -5,7 +5,7 @@
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway, Forbidden } from "../../runtime/Problem.ts"
+import { BadGateway, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
 import { HealthGroup } from "../shared/Health.ts"
 import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
 import { UserId } from "../users/api.ts"
@@ -80,6 +80,27 @@ export class UnknownSeller extends HttpApiError.Problem<UnknownSeller>()("Unknow
   sellerId: Schema.String
 }) {}
 
+/** Another update of the product holds its lock; retry after `retryAfterMillis`. */
+export class ProductLocked extends HttpApiError.Problem<ProductLocked>()("ProductLocked", {
+  type: "urn:meshwork:problem:product-locked",
+  status: 409,
+  title: "Product is being updated"
+}, {
+  productId: Schema.String,
+  retryAfterMillis: Schema.Number
+}) {}
+
+/** The update's lock expired and a later holder has written: it was not applied. */
+export class StaleFencingToken extends HttpApiError.Problem<StaleFencingToken>()("StaleFencingToken", {
+  type: "urn:meshwork:problem:stale-fencing-token",
+  status: 409,
+  title: "Write under an expired lock"
+}, {
+  productId: Schema.String,
+  fencingToken: Schema.Number,
+  seen: Schema.Number
+}) {}
+
 const byId = { id: ProductId }
 
 export class ProductsGroup extends HttpApiGroup.make("products")
@@ -95,7 +116,7 @@ export class ProductsGroup extends HttpApiGroup.make("products")
       params: byId,
       payload: UpdateProduct,
       success: Product,
-      error: [ProductNotFound, SkuTaken, UnknownSeller, BadGateway, Forbidden]
+      error: [ProductNotFound, SkuTaken, UnknownSeller, ProductLocked, StaleFencingToken, BadGateway, ServiceUnavailable, Forbidden]
     }),
     HttpApiEndpoint.delete("remove", "/:id", {
       params: byId,

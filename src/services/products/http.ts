@@ -2,14 +2,23 @@
 import { Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
 import { authorize, hasRole, MeshIdentity } from "../../layers/Identity.ts"
+import { Locks } from "../../layers/Locks.ts"
+import { ServiceUnavailable } from "../../runtime/Problem.ts"
 import { healthy } from "../shared/Health.ts"
 import { decodeCursor, defaultLimit, InvalidCursor, toPage } from "../shared/Pagination.ts"
-import { ProductsApi } from "./api.ts"
+import { ProductLocked, ProductsApi } from "./api.ts"
 import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
 
 const admin = authorize((identity) => hasRole(identity, "admin"), "Product writes require the admin role")
 const anyone = authorize((identity) => identity.kind !== "anonymous", "Products need an authenticated caller")
+
+/**
+ * An update holds the product's lock while it checks the seller and writes,
+ * and its write is fenced with the lock's token. Concurrent updates of one
+ * product wait for each other up to `wait`.
+ */
+const updateLock = { ttl: "10 seconds", wait: "2 seconds" } as const
 
 /** Any authenticated user (or Worker) reads products; only admins write them. */
 const ProductsHandlers = HttpApiBuilder.group(
@@ -18,6 +27,7 @@ const ProductsHandlers = HttpApiBuilder.group(
   Effect.fn(function*(handlers) {
     const products = yield* Products
     const sellers = yield* Sellers
+    const locks = yield* Locks
     return handlers
       .handle("list", Effect.fnUntraced(function*({ query }) {
         yield* anyone
@@ -31,8 +41,21 @@ const ProductsHandlers = HttpApiBuilder.group(
       .handle("get", ({ params }) => Effect.andThen(anyone, products.get(params.id)))
       .handle("update", ({ params, payload }) =>
         admin.pipe(
-          Effect.andThen(payload.sellerId === undefined ? Effect.void : sellers.requireActive(payload.sellerId)),
-          Effect.andThen(products.update(params.id, payload))
+          Effect.andThen(locks.withLock(
+            `product:${params.id}`,
+            (lease) =>
+              Effect.andThen(
+                payload.sellerId === undefined ? Effect.void : sellers.requireActive(payload.sellerId),
+                products.update(params.id, payload, lease.fencingToken)
+              ),
+            updateLock
+          )),
+          Effect.catchTags({
+            LockHeld: (held) =>
+              Effect.fail(new ProductLocked({ productId: params.id, retryAfterMillis: held.retryAfterMillis })),
+            LockLost: () => Effect.fail(new ProductLocked({ productId: params.id, retryAfterMillis: 0 })),
+            LockUnavailable: () => Effect.fail(new ServiceUnavailable({ detail: "The product lock could not be reached" }))
+          })
         ))
       .handle("remove", ({ params }) => Effect.andThen(admin, products.remove(params.id)))
   })
