@@ -20,6 +20,7 @@ import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { workers } from "./mesh.ts"
 
 export interface PrivateJwk {
   readonly kty: "EC"
@@ -53,13 +54,7 @@ const keyFile = join(root, ".keys/auth-signing-keys.json")
 const identityFile = join(root, ".keys/mesh-identity-secret")
 
 /** Every Worker's config directory gets a .dev.vars; the auth Worker's also has the signing keys. */
-const devVarsFiles = [
-  { file: ".dev.vars", auth: false },
-  { file: "src/services/router/.dev.vars", auth: false },
-  { file: "src/services/users/.dev.vars", auth: false },
-  { file: "src/services/products/.dev.vars", auth: false },
-  { file: "src/services/auth/.dev.vars", auth: true }
-]
+const devVarsFiles = workers.map((worker) => ({ file: join(dirname(worker.config), ".dev.vars"), auth: worker.name === "auth" }))
 
 const readKeySet = (): KeySet => {
   if (!existsSync(keyFile)) throw new Error(`no key set at ${keyFile}: run \`npm run keys -- init\` first`)

@@ -21,6 +21,7 @@ export const workers: ReadonlyArray<MeshWorker> = [
   { name: "users", config: "src/services/users/wrangler.toml" },
   { name: "products", config: "src/services/products/wrangler.toml" },
   { name: "auth", config: "src/services/auth/wrangler.toml" },
+  { name: "sessions", config: "src/services/sessions/wrangler.toml" },
   { name: "router", config: "src/services/router/wrangler.toml" },
   { name: "gateway", config: "wrangler.toml" }
 ]

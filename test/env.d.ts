@@ -22,6 +22,7 @@ declare global {
       readonly PRODUCTS_MIGRATIONS: Array<D1Migration>
       readonly COUNTER: DurableObjectNamespace
       readonly LOCKS: DurableObjectNamespace
+      readonly SESSIONS: DurableObjectNamespace
     }
   }
 }

@@ -1,0 +1,91 @@
+/**
+ * A user's session: attributes, a cart and counters, kept by the state
+ * coordinator (src/layers/StateCoordinator.ts), one Durable Object per
+ * session. Changes are applied atomically, in order, inside the object.
+ */
+import { Context, Effect, Layer, Result, Schema } from "effect"
+import * as Bindings from "../../runtime/Bindings.ts"
+import * as StateCoordinator from "../../layers/StateCoordinator.ts"
+
+const Name = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+const ProductId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+export const AttributeValue = Schema.Union([Schema.String.check(Schema.isMaxLength(1000)), Schema.Finite, Schema.Boolean])
+const Quantity = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 999 }))
+const Count = Schema.Int.check(Schema.isBetween({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }))
+
+export const Session = Schema.Struct({
+  attributes: Schema.Record(Name, AttributeValue),
+  cart: Schema.Record(ProductId, Quantity),
+  counters: Schema.Record(Name, Count)
+})
+export type Session = typeof Session.Type
+
+export const SessionChange = Schema.Union([
+  /** Adds `by` (default 1) to a counter that starts at 0. */
+  Schema.TaggedStruct("Increment", {
+    counter: Name,
+    by: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: -1_000_000, maximum: 1_000_000 })))
+  }),
+  /** Sets a product's quantity in the cart; 0 takes it out. */
+  Schema.TaggedStruct("SetCartItem", {
+    productId: ProductId,
+    quantity: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 999 }))
+  }),
+  /** Sets an attribute; null removes it. */
+  Schema.TaggedStruct("SetAttribute", { name: Name, value: Schema.NullOr(AttributeValue) })
+])
+export type SessionChange = typeof SessionChange.Type
+
+/** A session holds at most this many cart lines, attributes and counters each. */
+export const maxEntries = 100
+
+const without = <V>(record: Readonly<Record<string, V>>, key: string): Record<string, V> => {
+  const { [key]: _, ...rest } = record
+  return rest
+}
+const within = (record: Readonly<Record<string, unknown>>, what: string) =>
+  Object.keys(record).length <= maxEntries
+    ? Result.succeed(undefined)
+    : Result.fail(`A session holds at most ${maxEntries} ${what}`)
+
+export const apply = (session: Session, change: SessionChange): Result.Result<Session, string> => {
+  switch (change._tag) {
+    case "Increment": {
+      const value = (session.counters[change.counter] ?? 0) + (change.by ?? 1)
+      if (!Number.isSafeInteger(value)) return Result.fail(`Counter ${change.counter} would overflow`)
+      const counters = { ...session.counters, [change.counter]: value }
+      return Result.map(within(counters, "counters"), () => ({ ...session, counters }))
+    }
+    case "SetCartItem": {
+      const cart = change.quantity === 0
+        ? without(session.cart, change.productId)
+        : { ...session.cart, [change.productId]: change.quantity }
+      return Result.map(within(cart, "cart lines"), () => ({ ...session, cart }))
+    }
+    case "SetAttribute": {
+      const attributes = change.value === null
+        ? without(session.attributes, change.name)
+        : { ...session.attributes, [change.name]: change.value }
+      return Result.map(within(attributes, "attributes"), () => ({ ...session, attributes }))
+    }
+  }
+}
+
+export const emptySession: Session = { attributes: {}, cart: {}, counters: {} }
+
+export const SessionState = StateCoordinator.define({
+  name: "session",
+  state: Session,
+  change: SessionChange,
+  initial: emptySession,
+  apply,
+  maxBytes: 64 * 1024,
+  idleTtl: "30 days"
+})
+
+/** Sessions kept by the `SessionObject` namespace bound as SESSIONS. */
+export class Sessions extends Context.Service<Sessions, StateCoordinator.Client<Session, SessionChange>>()(
+  "meshwork/services/sessions/Sessions"
+) {
+  static readonly layer = Layer.effect(Sessions, Effect.map(Bindings.durableObject("SESSIONS"), SessionState.client))
+}

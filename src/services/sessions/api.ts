@@ -1,0 +1,109 @@
+/**
+ * The sessions service's HTTP contract. Every read answers with the
+ * session's version as a strong ETag (`"<version>"`); a write may send
+ * `If-Match` and gets 412 when the session moved on. A PUT (a whole new
+ * state) must send `If-Match` (428 otherwise): replacing blind would drop
+ * changes the caller never saw.
+ */
+import { Schema } from "effect"
+import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { MeshIdentity } from "../../layers/Identity.ts"
+import { BadRequest, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
+import { HealthGroup } from "../shared/Health.ts"
+import { Session, SessionChange } from "./Sessions.ts"
+
+export const SessionId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+
+/** A session as the API shows it. */
+export const SessionView = Schema.Struct({ id: Schema.String, version: Schema.Number, ...Session.fields })
+export type SessionView = typeof SessionView.Type
+
+export const CreateSession = Schema.Struct({
+  attributes: Schema.optionalKey(Session.fields.attributes),
+  cart: Schema.optionalKey(Session.fields.cart),
+  counters: Schema.optionalKey(Session.fields.counters)
+})
+
+export const ChangeSession = Schema.Struct({
+  changes: Schema.Array(SessionChange).check(Schema.isMinLength(1), Schema.isMaxLength(100))
+})
+
+const ifMatch = { "if-match": Schema.optional(Schema.String) }
+const withETag = HttpApiSchema.WithHeaders(SessionView, { etag: Schema.String })
+
+export class SessionNotFound extends HttpApiError.Problem<SessionNotFound>()("SessionNotFound", {
+  type: "urn:meshwork:problem:session-not-found",
+  status: 404,
+  title: "Session not found"
+}, {
+  sessionId: Schema.String
+}) {}
+
+/** `If-Match` names none of the session's current version. */
+export class SessionPreconditionFailed extends HttpApiError.Problem<SessionPreconditionFailed>()("SessionPreconditionFailed", {
+  type: "urn:meshwork:problem:precondition-failed",
+  status: 412,
+  title: "The session has changed"
+}, {
+  sessionId: Schema.String,
+  currentVersion: Schema.Number
+}) {}
+
+export class SessionPreconditionRequired extends HttpApiError.Problem<SessionPreconditionRequired>()(
+  "SessionPreconditionRequired",
+  {
+    type: "urn:meshwork:problem:precondition-required",
+    status: 428,
+    title: "If-Match required"
+  },
+  { sessionId: Schema.String }
+) {}
+
+/** A change the session refuses (a limit reached, an overflow); nothing of the request was applied. */
+export class InvalidSessionChange extends HttpApiError.Problem<InvalidSessionChange>()("InvalidSessionChange", {
+  type: "urn:meshwork:problem:invalid-session-change",
+  status: 422,
+  title: "Change refused"
+}, {
+  sessionId: Schema.String,
+  reason: Schema.String
+}) {}
+
+const byId = { id: SessionId }
+const writeErrors = [SessionNotFound, SessionPreconditionFailed, InvalidSessionChange, BadRequest, ServiceUnavailable, Forbidden]
+
+export class SessionsGroup extends HttpApiGroup.make("sessions")
+  .add(
+    HttpApiEndpoint.post("create", "/", {
+      payload: CreateSession,
+      success: HttpApiSchema.WithHeaders(SessionView, { etag: Schema.String, location: Schema.String }).pipe(
+        HttpApiSchema.status(201)
+      ),
+      error: [InvalidSessionChange, ServiceUnavailable, Forbidden]
+    }),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: withETag, error: [SessionNotFound, ServiceUnavailable, Forbidden] }),
+    HttpApiEndpoint.patch("update", "/:id", { params: byId, headers: ifMatch, payload: ChangeSession, success: withETag, error: writeErrors }),
+    HttpApiEndpoint.put("replace", "/:id", {
+      params: byId,
+      headers: ifMatch,
+      payload: Session,
+      success: withETag,
+      error: [...writeErrors, SessionPreconditionRequired]
+    }),
+    HttpApiEndpoint.delete("remove", "/:id", {
+      params: byId,
+      headers: ifMatch,
+      success: HttpApiSchema.NoContent,
+      error: [SessionNotFound, SessionPreconditionFailed, BadRequest, ServiceUnavailable, Forbidden]
+    })
+  )
+  .prefix("/api/sessions")
+{}
+
+/** Every session belongs to the user who created it; nobody else sees it (http.ts). */
+export class SessionsApi extends HttpApi.make("sessions")
+  .add(SessionsGroup)
+  .add(HealthGroup)
+  .middleware(HttpApiMiddleware.ProblemDetails)
+  .middleware(MeshIdentity)
+{}

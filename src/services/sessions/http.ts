@@ -1,0 +1,110 @@
+/** The sessions API's handlers: a session is its creator's alone. */
+import { Effect, Layer } from "effect"
+import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { authorize, MeshIdentity } from "../../layers/Identity.ts"
+import * as StateCoordinator from "../../layers/StateCoordinator.ts"
+import { BadRequest, ServiceUnavailable } from "../../runtime/Problem.ts"
+import { uuidv7 } from "../shared/Ids.ts"
+import { healthy } from "../shared/Health.ts"
+import {
+  InvalidSessionChange,
+  SessionNotFound,
+  SessionPreconditionFailed,
+  SessionPreconditionRequired,
+  SessionsApi
+} from "./api.ts"
+import { emptySession, type Session, Sessions } from "./Sessions.ts"
+
+/** Only users have sessions; the owner is the user's id, so nobody else's calls find them. */
+const owner = Effect.map(
+  authorize((identity) => identity.kind === "user", "Sessions belong to users"),
+  (identity) => identity.kind === "user" ? identity.sub : ""
+)
+
+const view = (entry: StateCoordinator.Entry<Session>) =>
+  HttpApiSchema.withHeaders({
+    body: { id: entry.key, version: entry.version, ...entry.state },
+    headers: { etag: StateCoordinator.etag(entry.version) }
+  })
+
+const precondition = (header: string | undefined) =>
+  Effect.try({
+    try: () => StateCoordinator.parseIfMatch(header),
+    catch: (error) => new BadRequest({ detail: (error as Error).message })
+  })
+
+type CoordinatorError =
+  | StateCoordinator.StateNotFound
+  | StateCoordinator.StateExists
+  | StateCoordinator.VersionMismatch
+  | StateCoordinator.InvalidChange
+  | StateCoordinator.StateUnavailable
+type ProblemOf<E> = E extends StateCoordinator.StateNotFound ? SessionNotFound
+  : E extends StateCoordinator.VersionMismatch ? SessionPreconditionFailed
+  : E extends StateCoordinator.InvalidChange ? InvalidSessionChange
+  : ServiceUnavailable
+
+/** The coordinator's errors as this API's problems. */
+const asProblems = (sessionId: string) => <A, E extends CoordinatorError>(effect: Effect.Effect<A, E>) =>
+  effect.pipe(
+    Effect.tapError((error) =>
+      error._tag === "StateUnavailable" ? Effect.logWarning("Session object unavailable", error.cause) : Effect.void
+    ),
+    Effect.mapError((error): ProblemOf<E> => {
+      switch (error._tag) {
+        case "StateNotFound":
+          return new SessionNotFound({ sessionId }) as ProblemOf<E>
+        case "VersionMismatch":
+          return new SessionPreconditionFailed({ sessionId, currentVersion: error.currentVersion }) as ProblemOf<E>
+        case "InvalidChange":
+          return new InvalidSessionChange({ sessionId, reason: error.reason }) as ProblemOf<E>
+        case "StateExists":
+          return new ServiceUnavailable({ detail: "A fresh session id was already taken" }) as ProblemOf<E>
+        case "StateUnavailable":
+          return new ServiceUnavailable({ detail: "The session store could not be reached" }) as ProblemOf<E>
+      }
+    })
+  )
+
+const SessionsHandlers = HttpApiBuilder.group(
+  SessionsApi,
+  "sessions",
+  Effect.fn(function*(handlers) {
+    const sessions = yield* Sessions
+    return handlers
+      .handle("create", Effect.fnUntraced(function*({ payload }) {
+        const user = yield* owner
+        const id = yield* uuidv7
+        const entry = yield* asProblems(id)(sessions.create(id, user, { ...emptySession, ...payload }))
+        const { body, headers } = view(entry)
+        return HttpApiSchema.withHeaders({ body, headers: { ...headers, location: `/api/sessions/${id}` } })
+      }))
+      .handle("get", Effect.fnUntraced(function*({ params }) {
+        const user = yield* owner
+        return view(yield* asProblems(params.id)(sessions.get(params.id, user)))
+      }))
+      .handle("update", Effect.fnUntraced(function*({ params, headers, payload }) {
+        const user = yield* owner
+        const ifMatch = yield* precondition(headers["if-match"])
+        return view(yield* asProblems(params.id)(sessions.update(params.id, user, payload.changes, { ifMatch })))
+      }))
+      .handle("replace", Effect.fnUntraced(function*({ params, headers, payload }) {
+        const user = yield* owner
+        const ifMatch = yield* precondition(headers["if-match"])
+        if (ifMatch === undefined) return yield* new SessionPreconditionRequired({ sessionId: params.id })
+        return view(yield* asProblems(params.id)(sessions.replace(params.id, user, payload, ifMatch)))
+      }))
+      .handle("remove", Effect.fnUntraced(function*({ params, headers }) {
+        const user = yield* owner
+        const ifMatch = yield* precondition(headers["if-match"])
+        yield* asProblems(params.id)(sessions.remove(params.id, user, { ifMatch }))
+      }))
+  })
+)
+
+const HealthHandlers = HttpApiBuilder.group(SessionsApi, "health", (handlers) => handlers.handle("health", healthy("sessions")))
+
+export const SessionsRoutes = HttpApiBuilder.layer(SessionsApi).pipe(
+  Layer.provide([SessionsHandlers, HealthHandlers]),
+  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), MeshIdentity.layer])
+)

@@ -1,0 +1,15 @@
+/** The sessions Worker: internal, reached through the router; each session is a Durable Object. */
+import { Layer } from "effect"
+import * as Http from "../../runtime/Http.ts"
+import * as Worker from "../../runtime/Worker.ts"
+import { SessionsRoutes } from "./http.ts"
+import { Sessions, SessionState } from "./Sessions.ts"
+
+/** One object per session (src/layers/StateCoordinator.ts), bound as SESSIONS. */
+export class SessionObject extends SessionState.StateObject {}
+
+export default Worker.make({
+  name: "sessions",
+  layer: Http.layer(SessionsRoutes).pipe(Layer.provide(Sessions.layer)),
+  fetch: Http.serve
+})

@@ -1,0 +1,240 @@
+/**
+ * The state coordinator, through the gateway as the sessions API, and inside
+ * a real Durable Object for what needs virtual time (idle expiry).
+ */
+import { expect, it } from "@effect/vitest"
+import { runInDurableObject } from "cloudflare:test"
+import { env } from "cloudflare:workers"
+import { Effect, Result, Schema } from "effect"
+import { TestClock } from "effect/testing"
+import { describe } from "vitest"
+import * as StateCoordinator from "../src/layers/StateCoordinator.ts"
+import { SessionState } from "../src/services/sessions/Sessions.ts"
+import { expectProblem, gateway, signedIn } from "./helpers.ts"
+
+interface SessionView {
+  readonly id: string
+  readonly version: number
+  readonly attributes: Record<string, unknown>
+  readonly cart: Record<string, number>
+  readonly counters: Record<string, number>
+}
+
+const request = (method: string, path: string, token: string, body?: unknown, headers: Record<string, string> = {}) =>
+  gateway(path, {
+    method,
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { "content-type": "application/json" }),
+      ...headers
+    },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) })
+  })
+
+const createSession = async (token: string, body: unknown = {}) => {
+  const response = await request("POST", "/api/sessions", token, body)
+  expect(response.status).toBe(201)
+  return { response, session: await response.json() as SessionView }
+}
+
+const patch = (token: string, id: string, changes: ReadonlyArray<unknown>, ifMatch?: string) =>
+  request("PATCH", `/api/sessions/${id}`, token, { changes }, ifMatch === undefined ? {} : { "if-match": ifMatch })
+
+describe("sessions through the gateway", () => {
+  it("creates, reads, changes and deletes a session, with its version as the ETag", async () => {
+    const user = await signedIn()
+    const { response, session } = await createSession(user.token, { attributes: { theme: "dark" } })
+    expect(response.headers.get("etag")).toBe('"1"')
+    expect(response.headers.get("location")).toBe(`/api/sessions/${session.id}`)
+    expect(session).toEqual({ id: session.id, version: 1, attributes: { theme: "dark" }, cart: {}, counters: {} })
+
+    const read = await request("GET", `/api/sessions/${session.id}`, user.token)
+    expect(read.status).toBe(200)
+    expect(read.headers.get("etag")).toBe('"1"')
+
+    const changed = await patch(user.token, session.id, [
+      { _tag: "SetCartItem", productId: "p1", quantity: 2 },
+      { _tag: "SetCartItem", productId: "p2", quantity: 1 },
+      { _tag: "SetCartItem", productId: "p2", quantity: 0 },
+      { _tag: "Increment", counter: "views" },
+      { _tag: "Increment", counter: "views", by: 4 },
+      { _tag: "SetAttribute", name: "theme", value: null },
+      { _tag: "SetAttribute", name: "lang", value: "fr" }
+    ], '"1"')
+    expect(changed.status).toBe(200)
+    // One request is one atomic write: one version, however many changes it carries.
+    expect(changed.headers.get("etag")).toBe('"2"')
+    expect(await changed.json()).toEqual({
+      id: session.id,
+      version: 2,
+      attributes: { lang: "fr" },
+      cart: { p1: 2 },
+      counters: { views: 5 }
+    })
+
+    const removed = await request("DELETE", `/api/sessions/${session.id}`, user.token, undefined, { "if-match": '"2"' })
+    expect(removed.status).toBe(204)
+    await expectProblem(await request("GET", `/api/sessions/${session.id}`, user.token), 404)
+  })
+
+  it("shows a session to its owner only", async () => {
+    const [owner, other, admin] = await Promise.all([signedIn(), signedIn(), signedIn("admin")])
+    const { session } = await createSession(owner.token)
+    for (const intruder of [other, admin]) {
+      await expectProblem(await request("GET", `/api/sessions/${session.id}`, intruder.token), 404)
+      await expectProblem(await patch(intruder.token, session.id, [{ _tag: "Increment", counter: "x" }]), 404)
+      await expectProblem(await request("DELETE", `/api/sessions/${session.id}`, intruder.token), 404)
+    }
+    await expectProblem(await gateway(`/api/sessions/${session.id}`), 401)
+    // Nothing the others did touched it.
+    const read = await request("GET", `/api/sessions/${session.id}`, owner.token)
+    expect(await read.json()).toMatchObject({ version: 1, counters: {} })
+  })
+
+  it("serves concurrent increments from many requests without losing one", async () => {
+    const user = await signedIn()
+    const { session } = await createSession(user.token)
+    const responses = await Promise.all(
+      Array.from({ length: 100 }, () => patch(user.token, session.id, [{ _tag: "Increment", counter: "clicks" }]))
+    )
+    expect(responses.map((response) => response.status)).toEqual(Array.from({ length: 100 }, () => 200))
+    await Promise.all(responses.map((response) => response.body?.cancel()))
+    const final = await (await request("GET", `/api/sessions/${session.id}`, user.token)).json() as SessionView
+    expect(final.counters).toEqual({ clicks: 100 })
+    expect(final.version).toBe(101)
+  })
+
+  it("lets exactly one of the writes sent with the same If-Match succeed, version after version", async () => {
+    const user = await signedIn()
+    const { session } = await createSession(user.token)
+    for (let version = 1; version <= 5; version++) {
+      const responses = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          patch(user.token, session.id, [{ _tag: "SetAttribute", name: "writer", value: i }], `"${version}"`))
+      )
+      const ok = responses.filter((response) => response.status === 200)
+      expect(ok).toHaveLength(1)
+      expect(ok[0]!.headers.get("etag")).toBe(`"${version + 1}"`)
+      for (const response of responses.filter((response) => response.status !== 200)) {
+        const problem = await expectProblem(response, 412)
+        expect(problem).toMatchObject({ sessionId: session.id, currentVersion: version + 1 })
+      }
+      await Promise.all(ok.map((response) => response.body?.cancel()))
+    }
+    const final = await (await request("GET", `/api/sessions/${session.id}`, user.token)).json() as SessionView
+    expect(final.version).toBe(6)
+  })
+
+  it("takes If-Match as RFC 9110 has it: *, lists, weak tags never match, malformed is 400, nothing applied when refused", async () => {
+    const user = await signedIn()
+    const { session } = await createSession(user.token)
+    const increment = [{ _tag: "Increment", counter: "n" }]
+    expect((await patch(user.token, session.id, increment, "*")).status).toBe(200) // -> 2
+    expect((await patch(user.token, session.id, increment, '"7", "2"')).status).toBe(200) // -> 3
+    await expectProblem(await patch(user.token, session.id, increment, 'W/"3"'), 412)
+    await expectProblem(await patch(user.token, session.id, increment, "3"), 400)
+    const read = await request("GET", `/api/sessions/${session.id}`, user.token)
+    expect(await read.json()).toMatchObject({ version: 3, counters: { n: 2 } })
+  })
+
+  it("replaces a whole session only with If-Match (428 without, 412 when stale)", async () => {
+    const user = await signedIn()
+    const { session } = await createSession(user.token)
+    const state = { attributes: { a: 1 }, cart: { p: 3 }, counters: {} }
+    await expectProblem(await request("PUT", `/api/sessions/${session.id}`, user.token, state), 428)
+    await expectProblem(await request("PUT", `/api/sessions/${session.id}`, user.token, state, { "if-match": '"9"' }), 412)
+    const replaced = await request("PUT", `/api/sessions/${session.id}`, user.token, state, { "if-match": '"1"' })
+    expect(replaced.status).toBe(200)
+    expect(replaced.headers.get("etag")).toBe('"2"')
+    expect(await replaced.json()).toEqual({ id: session.id, version: 2, ...state })
+    await expectProblem(await request("DELETE", `/api/sessions/${session.id}`, user.token, undefined, { "if-match": '"1"' }), 412)
+  })
+
+  it("refuses a change it cannot apply, leaving the session untouched", async () => {
+    const user = await signedIn()
+    const { session } = await createSession(user.token)
+    // A batch whose last change breaks the cart limit: nothing of it is applied.
+    const lines = Array.from({ length: 100 }, (_, i) => ({ _tag: "SetCartItem", productId: `p${i}`, quantity: 1 }))
+    expect((await patch(user.token, session.id, lines)).status).toBe(200)
+    const refused = await expectProblem(
+      await patch(user.token, session.id, [{ _tag: "Increment", counter: "n" }, { _tag: "SetCartItem", productId: "one-more", quantity: 1 }]),
+      422
+    )
+    expect(refused).toMatchObject({ sessionId: session.id, reason: "A session holds at most 100 cart lines" })
+    // Changes that do not match the schema never reach the object.
+    await expectProblem(await patch(user.token, session.id, [{ _tag: "SetCartItem", productId: "p", quantity: -1 }]), 400)
+    await expectProblem(await patch(user.token, session.id, [{ _tag: "Explode" }]), 400)
+    await expectProblem(await patch(user.token, session.id, []), 400)
+    const read = await (await request("GET", `/api/sessions/${session.id}`, user.token)).json() as SessionView
+    expect(read.version).toBe(2)
+    expect(read.counters).toEqual({})
+    expect(Object.keys(read.cart)).toHaveLength(100)
+  })
+})
+
+it.effect("ends 1000 concurrent increments through the coordinator at exactly 1000", () =>
+  Effect.gen(function*() {
+    const sessions = SessionState.client(env.SESSIONS)
+    const id = crypto.randomUUID()
+    yield* sessions.create(id, "owner")
+    const increment = sessions.update(id, "owner", [{ _tag: "Increment", counter: "clicks" }])
+    const versions = yield* Effect.all(Array.from({ length: 1000 }, () => increment), { concurrency: "unbounded" })
+    // Each write saw its own version: none was lost or applied twice.
+    expect(new Set(versions.map((entry) => entry.version)).size).toBe(1000)
+    const final = yield* sessions.get(id, "owner")
+    expect(final).toEqual({ key: id, version: 1001, state: { attributes: {}, cart: {}, counters: { clicks: 1000 } } })
+  }))
+
+describe("If-Match parsing", () => {
+  it("reads *, strong tags, and skips weak ones", () => {
+    expect(StateCoordinator.parseIfMatch(undefined)).toBeUndefined()
+    expect(StateCoordinator.parseIfMatch(" * ")).toBe("*")
+    expect(StateCoordinator.parseIfMatch('"1"')).toEqual([1])
+    expect(StateCoordinator.parseIfMatch('"1", W/"2" ,"3", "x"')).toEqual([1, 3])
+    expect(StateCoordinator.parseIfMatch('W/"4"')).toEqual([])
+    expect(StateCoordinator.parseIfMatch('"1",,"2"')).toEqual([1, 2])
+    for (const bad of ["", "1", '"1" "2"', '"1', "*, \"1\""]) {
+      expect(() => StateCoordinator.parseIfMatch(bad)).toThrow(SyntaxError)
+    }
+  })
+})
+
+const Counter = StateCoordinator.define({
+  name: "counter",
+  state: Schema.Struct({ n: Schema.Int }),
+  change: Schema.Int,
+  initial: { n: 0 },
+  apply: (state, by) => Result.succeed({ n: state.n + by }),
+  idleTtl: "1 minute"
+})
+
+it.effect("deletes an entry once it has not been written for its idle ttl, by alarm, and never reuses its version", () =>
+  Effect.gen(function*() {
+    const stub = env.COUNTER.get(env.COUNTER.idFromName(`idle-${crypto.randomUUID()}`))
+    yield* Effect.promise(() =>
+      runInDurableObject(stub, (_, state) =>
+        Effect.runPromise(Effect.gen(function*() {
+          const start = Math.ceil(Date.now() / 1000) * 1000 + 3_600_000
+          yield* TestClock.setTime(start)
+          const table = StateCoordinator.makeTable(Counter.definition, state)
+          expect(yield* table.create("k", "me", { n: 0 })).toMatchObject({ _tag: "Ok", version: 1 })
+          expect(yield* Effect.promise(() => state.storage.getAlarm())).toBe(start + 60_000)
+
+          yield* TestClock.adjust("40 seconds")
+          expect(yield* table.update("k", "me", [1], undefined)).toMatchObject({ _tag: "Ok", version: 2 })
+          // Written again: its expiry moved on.
+          expect(yield* Effect.promise(() => state.storage.getAlarm())).toBe(start + 100_000)
+          yield* TestClock.adjust("40 seconds")
+          yield* table.expire
+          expect(yield* table.get("k", "me")).toMatchObject({ _tag: "Ok", state: { n: 1 } })
+
+          yield* TestClock.adjust("30 seconds")
+          yield* table.expire
+          expect(yield* table.get("k", "me")).toEqual({ _tag: "NotFound" })
+          expect(yield* Effect.promise(() => state.storage.getAlarm())).toBeNull()
+          // A new entry under the key counts on from the deleted one's version.
+          expect(yield* table.create("k", "me", undefined)).toMatchObject({ _tag: "Ok", version: 4, state: { n: 0 } })
+        }).pipe(Effect.provide(TestClock.layer())))
+      )
+    )
+  }))
