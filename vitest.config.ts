@@ -108,7 +108,13 @@ export default defineConfig({
             ECHO: "echo",
             FLAKY: "flaky"
           },
-          d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth") },
+          d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth"), QUEUE_TEST_DB: "queue-test" },
+          // A job queue the runner consumes (test/queues.test.ts), with its dead-letter queue.
+          queueProducers: { TEST_QUEUE: { queueName: "test-jobs" }, TEST_DLQ: { queueName: "test-jobs-dlq" } },
+          queueConsumers: {
+            "test-jobs": { maxBatchSize: 10, maxBatchTimeout: 1, maxRetries: 2, deadLetterQueue: "test-jobs-dlq" },
+            "test-jobs-dlq": { maxBatchSize: 10, maxBatchTimeout: 1, maxRetries: 2 }
+          },
           durableObjects: {
             COUNTER: { className: "Counter", useSQLite: true },
             LOCKS: { className: "LockObject", useSQLite: true },

@@ -23,6 +23,9 @@ declare global {
       readonly COUNTER: DurableObjectNamespace
       readonly LOCKS: DurableObjectNamespace
       readonly SESSIONS: DurableObjectNamespace
+      readonly QUEUE_TEST_DB: D1Database
+      readonly TEST_QUEUE: Queue
+      readonly TEST_DLQ: Queue
     }
   }
 }

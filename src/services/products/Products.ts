@@ -41,6 +41,12 @@ const products = decodeRows(ProductRow, (row): Product => ({
   updatedAt: row.updated_at
 }))
 
+/** The statement inserting a product, for `create` and for batches (imports). */
+export const insertProduct = (sql: SqlClient.SqlClient, id: string, input: CreateProduct, at: string) =>
+  sql`INSERT INTO products (id, sku, name, description, price_cents, currency, stock, seller_id, created_at, updated_at)
+      VALUES (${id}, ${input.sku}, ${input.name}, ${input.description ?? ""}, ${input.priceCents},
+              ${input.currency ?? "USD"}, ${input.stock ?? 0}, ${input.sellerId}, ${at}, ${at})`
+
 const skuTaken = (sku: string) => (error: SqlError.SqlError) =>
   error.reason._tag === "UniqueViolation" ? Effect.fail(new SkuTaken({ sku })) : Effect.die(error)
 
@@ -76,11 +82,9 @@ export class Products extends Context.Service<Products, {
         create: Effect.fn("Products.create")(function*(input) {
           const id = yield* uuidv7
           const at = yield* nowIso
-          const created = yield* products(sql`
-            INSERT INTO products (id, sku, name, description, price_cents, currency, stock, seller_id, created_at, updated_at)
-            VALUES (${id}, ${input.sku}, ${input.name}, ${input.description ?? ""}, ${input.priceCents},
-                    ${input.currency ?? "USD"}, ${input.stock ?? 0}, ${input.sellerId}, ${at}, ${at})
-            RETURNING *`).pipe(Effect.catchTag("SqlError", skuTaken(input.sku)))
+          const created = yield* products(sql`${insertProduct(sql, id, input, at)} RETURNING *`).pipe(
+            Effect.catchTag("SqlError", skuTaken(input.sku))
+          )
           return yield* Effect.orDie(first(notFound(id))(created))
         }),
         update: Effect.fn("Products.update")(function*(id, patch, fencingToken) {

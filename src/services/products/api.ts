@@ -101,6 +101,44 @@ export class StaleFencingToken extends HttpApiError.Problem<StaleFencingToken>()
   seen: Schema.Number
 }) {}
 
+/** An import: up to 1000 products, created asynchronously through a queue. */
+export const CreateImport = Schema.Struct({
+  products: Schema.Array(CreateProduct).check(Schema.isMinLength(1), Schema.isMaxLength(1000))
+})
+export type CreateImport = typeof CreateImport.Type
+
+export const ImportId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+
+export const ImportFailure = Schema.Struct({
+  /** The item's position in the import's `products`. */
+  item: Schema.Number,
+  outcome: Schema.Literals(["failed", "dead"]),
+  reason: Schema.String
+})
+
+/** Where an import stands. It is `done` once every item is imported, failed or dead. */
+export const ImportJob = Schema.Struct({
+  id: ImportId,
+  status: Schema.Literals(["running", "done"]),
+  total: Schema.Number,
+  imported: Schema.Number,
+  failed: Schema.Number,
+  dead: Schema.Number,
+  /** The first 100 items that did not import, by position. */
+  failures: Schema.Array(ImportFailure),
+  createdAt: Schema.String,
+  updatedAt: Schema.String
+})
+export type ImportJob = typeof ImportJob.Type
+
+export class ImportNotFound extends HttpApiError.Problem<ImportNotFound>()("ImportNotFound", {
+  type: "urn:meshwork:problem:import-not-found",
+  status: 404,
+  title: "Import not found"
+}, {
+  importId: Schema.String
+}) {}
+
 const byId = { id: ProductId }
 
 export class ProductsGroup extends HttpApiGroup.make("products")
@@ -127,8 +165,22 @@ export class ProductsGroup extends HttpApiGroup.make("products")
   .prefix("/api/products")
 {}
 
+/** Product imports: admins queue them, then follow them by id. */
+export class ImportsGroup extends HttpApiGroup.make("imports")
+  .add(
+    HttpApiEndpoint.post("create", "/", {
+      payload: CreateImport,
+      success: HttpApiSchema.WithHeaders(ImportJob, { location: Schema.String }).pipe(HttpApiSchema.status(202)),
+      error: [ServiceUnavailable, Forbidden]
+    }),
+    HttpApiEndpoint.get("get", "/:id", { params: { id: ImportId }, success: ImportJob, error: [ImportNotFound, Forbidden] })
+  )
+  .prefix("/api/products/imports")
+{}
+
 /** Reads need any identity; writes need an admin (http.ts). */
 export class ProductsApi extends HttpApi.make("products")
+  .add(ImportsGroup)
   .add(ProductsGroup)
   .add(HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)

@@ -1,12 +1,13 @@
 /** The products API's handlers, and the routes a Worker serves. */
 import { Effect, Layer } from "effect"
-import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
+import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { authorize, hasRole, MeshIdentity } from "../../layers/Identity.ts"
 import { Locks } from "../../layers/Locks.ts"
 import { ServiceUnavailable } from "../../runtime/Problem.ts"
 import { healthy } from "../shared/Health.ts"
 import { decodeCursor, defaultLimit, InvalidCursor, toPage } from "../shared/Pagination.ts"
 import { ProductLocked, ProductsApi } from "./api.ts"
+import { Imports } from "./Imports.ts"
 import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
 
@@ -61,6 +62,22 @@ const ProductsHandlers = HttpApiBuilder.group(
   })
 )
 
+/** Imports are admin work; the job answers 202 and is followed at its Location. */
+const ImportsHandlers = HttpApiBuilder.group(
+  ProductsApi,
+  "imports",
+  Effect.fn(function*(handlers) {
+    const imports = yield* Imports
+    return handlers
+      .handle("create", Effect.fnUntraced(function*({ payload }) {
+        const identity = yield* admin
+        const job = yield* imports.start(payload.products, identity.kind === "anonymous" ? "" : identity.sub)
+        return HttpApiSchema.withHeaders({ body: job, headers: { location: `/api/products/imports/${job.id}` } })
+      }))
+      .handle("get", ({ params }) => Effect.andThen(admin, imports.get(params.id)))
+  })
+)
+
 const HealthHandlers = HttpApiBuilder.group(
   ProductsApi,
   "health",
@@ -68,6 +85,6 @@ const HealthHandlers = HttpApiBuilder.group(
 )
 
 export const ProductsRoutes = HttpApiBuilder.layer(ProductsApi).pipe(
-  Layer.provide([ProductsHandlers, HealthHandlers]),
+  Layer.provide([ProductsHandlers, ImportsHandlers, HealthHandlers]),
   Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), MeshIdentity.layer])
 )

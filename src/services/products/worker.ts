@@ -1,18 +1,40 @@
-/** The products Worker: internal, reached through the router; calls users over its own binding. */
+/**
+ * The products Worker: internal, reached through the router; calls users
+ * over its own binding, and consumes the product import queue and its
+ * dead-letter queue.
+ */
 import { Layer } from "effect"
 import { Locks } from "../../layers/Locks.ts"
 import { Retries } from "../../layers/Retry.ts"
 import * as Http from "../../runtime/Http.ts"
+import * as Queues from "../../runtime/Queues.ts"
 import * as Worker from "../../runtime/Worker.ts"
 import { ProductsRoutes } from "./http.ts"
+import { ImportItem, Imports, importsDeadLetterQueue, importsQueue } from "./Imports.ts"
 import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
 
 /** Product locks (src/layers/Locks.ts), bound as LOCKS. */
 export { LockObject } from "../../layers/Locks.ts"
 
+const services = Layer.mergeAll(Products.layer, Imports.layer, Locks.layer()).pipe(Layer.provideMerge(Sellers.layer))
+
 export default Worker.make({
   name: "products",
-  layer: Http.layer(ProductsRoutes).pipe(Layer.provide([Products.layer, Sellers.layer, Locks.layer()]), Layer.provideMerge(Retries.layer)),
-  fetch: Http.serve
+  layer: Http.layer(ProductsRoutes).pipe(Layer.provideMerge(services), Layer.provideMerge(Retries.layer)),
+  fetch: Http.serve,
+  queue: Queues.route({
+    [importsQueue]: Queues.consumer({
+      name: importsQueue,
+      body: ImportItem,
+      handle: (item, delivery) => Imports.use((imports) => imports.importItem(item, delivery)),
+      deadLetter: "IMPORTS_DLQ"
+    }),
+    [importsDeadLetterQueue]: Queues.consumer({
+      name: importsDeadLetterQueue,
+      body: ImportItem,
+      handle: (item, delivery) => Imports.use((imports) => imports.markDead(item, delivery)),
+      onUndecodable: (message) => Imports.use((imports) => imports.keepDeadLetter(message))
+    })
+  })
 })
