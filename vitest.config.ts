@@ -118,6 +118,7 @@ export default defineConfig({
           durableObjects: {
             COUNTER: { className: "Counter", useSQLite: true },
             LOCKS: { className: "LockObject", useSQLite: true },
+            COUNTER_SHARDS: { className: "CounterShardObject", useSQLite: true },
             SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true },
             RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },
             BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true }

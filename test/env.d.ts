@@ -22,6 +22,7 @@ declare global {
       readonly PRODUCTS_MIGRATIONS: Array<D1Migration>
       readonly COUNTER: DurableObjectNamespace
       readonly LOCKS: DurableObjectNamespace
+      readonly COUNTER_SHARDS: DurableObjectNamespace
       readonly SESSIONS: DurableObjectNamespace
       readonly QUEUE_TEST_DB: D1Database
       readonly TEST_QUEUE: Queue

@@ -141,6 +141,18 @@ export class ImportNotFound extends HttpApiError.Problem<ImportNotFound>()("Impo
 
 const byId = { id: ProductId }
 
+export const ProductViewCount = Schema.Struct({ productId: ProductId, views: Schema.Number })
+export const ProductStats = Schema.Struct({
+  productId: ProductId,
+  views: Schema.Number,
+  /** The counter shard that holds the product (src/layers/Sharding.ts). */
+  shard: Schema.Number
+})
+export const PopularProducts = Schema.Struct({ items: Schema.Array(ProductViewCount) })
+export const PopularQuery = {
+  limit: Schema.optional(Schema.FiniteFromString.check(Schema.isInt(), Schema.isBetween({ minimum: 1, maximum: 100 })))
+}
+
 export class ProductsGroup extends HttpApiGroup.make("products")
   .add(
     HttpApiEndpoint.get("list", "/", { query: PageQuery, success: ProductPage, error: [InvalidCursor, Forbidden] }),
@@ -149,7 +161,14 @@ export class ProductsGroup extends HttpApiGroup.make("products")
       success: Product.pipe(HttpApiSchema.status(201)),
       error: [SkuTaken, UnknownSeller, BadGateway, Forbidden]
     }),
+    HttpApiEndpoint.get("popular", "/popular", { query: PopularQuery, success: PopularProducts, error: [ServiceUnavailable, Forbidden] }),
     HttpApiEndpoint.get("get", "/:id", { params: byId, success: Product, error: [ProductNotFound, Forbidden] }),
+    HttpApiEndpoint.post("view", "/:id/views", {
+      params: byId,
+      success: ProductViewCount,
+      error: [ProductNotFound, ServiceUnavailable, Forbidden]
+    }),
+    HttpApiEndpoint.get("stats", "/:id/stats", { params: byId, success: ProductStats, error: [ProductNotFound, ServiceUnavailable, Forbidden] }),
     HttpApiEndpoint.patch("update", "/:id", {
       params: byId,
       payload: UpdateProduct,

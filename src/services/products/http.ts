@@ -3,6 +3,7 @@ import { Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { authorize, hasRole, MeshIdentity } from "../../layers/Identity.ts"
 import { Locks } from "../../layers/Locks.ts"
+import type * as ShardedCounters from "../../layers/ShardedCounters.ts"
 import { ServiceUnavailable } from "../../runtime/Problem.ts"
 import { healthy } from "../shared/Health.ts"
 import { decodeCursor, defaultLimit, InvalidCursor, toPage } from "../shared/Pagination.ts"
@@ -10,6 +11,7 @@ import { ProductLocked, ProductsApi } from "./api.ts"
 import { Imports } from "./Imports.ts"
 import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
+import { ProductViews } from "./Views.ts"
 
 const admin = authorize((identity) => hasRole(identity, "admin"), "Product writes require the admin role")
 const anyone = authorize((identity) => identity.kind !== "anonymous", "Products need an authenticated caller")
@@ -29,6 +31,12 @@ const ProductsHandlers = HttpApiBuilder.group(
     const products = yield* Products
     const sellers = yield* Sellers
     const locks = yield* Locks
+    const views = yield* ProductViews
+    const countersDown = (error: ShardedCounters.CountersUnavailable) =>
+      Effect.andThen(
+        Effect.logWarning("View counters unavailable", error.cause),
+        Effect.fail(new ServiceUnavailable({ detail: "The view counters could not be reached" }))
+      )
     return handlers
       .handle("list", Effect.fnUntraced(function*({ query }) {
         yield* anyone
@@ -40,6 +48,26 @@ const ProductsHandlers = HttpApiBuilder.group(
       .handle("create", ({ payload }) =>
         admin.pipe(Effect.andThen(sellers.requireActive(payload.sellerId)), Effect.andThen(products.create(payload))))
       .handle("get", ({ params }) => Effect.andThen(anyone, products.get(params.id)))
+      .handle("view", ({ params }) =>
+        anyone.pipe(
+          Effect.andThen(products.get(params.id)),
+          Effect.andThen(views.add(params.id)),
+          Effect.map((count) => ({ productId: params.id, views: count })),
+          Effect.catchTag("CountersUnavailable", countersDown)
+        ))
+      .handle("stats", ({ params }) =>
+        anyone.pipe(
+          Effect.andThen(products.get(params.id)),
+          Effect.andThen(views.get(params.id)),
+          Effect.map((count) => ({ productId: params.id, views: count, shard: views.shardOf(params.id) })),
+          Effect.catchTag("CountersUnavailable", countersDown)
+        ))
+      .handle("popular", ({ query }) =>
+        anyone.pipe(
+          Effect.andThen(views.top(query.limit ?? 10)),
+          Effect.map((top) => ({ items: top.map(({ key, count }) => ({ productId: key, views: count })) })),
+          Effect.catchTag("CountersUnavailable", countersDown)
+        ))
       .handle("update", ({ params, payload }) =>
         admin.pipe(
           Effect.andThen(locks.withLock(

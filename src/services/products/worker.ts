@@ -13,11 +13,14 @@ import { ProductsRoutes } from "./http.ts"
 import { ImportItem, Imports, importsDeadLetterQueue, importsQueue } from "./Imports.ts"
 import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
+import { ProductViews } from "./Views.ts"
 
 /** Product locks (src/layers/Locks.ts), bound as LOCKS. */
 export { LockObject } from "../../layers/Locks.ts"
+/** View counter shards (src/layers/ShardedCounters.ts), bound as VIEW_COUNTERS. */
+export { CounterShardObject } from "../../layers/ShardedCounters.ts"
 
-const services = Layer.mergeAll(Products.layer, Imports.layer, Locks.layer()).pipe(Layer.provideMerge(Sellers.layer))
+const services = Layer.mergeAll(Products.layer, Imports.layer, Locks.layer(), ProductViews.layer).pipe(Layer.provideMerge(Sellers.layer))
 
 export default Worker.make({
   name: "products",

@@ -1,0 +1,21 @@
+/**
+ * Product view counts, sharded over `VIEW_SHARDS` counter objects (default
+ * 8) by product id (src/layers/ShardedCounters.ts).
+ */
+import { Config, Context, Effect, Layer } from "effect"
+import * as ShardedCounters from "../../layers/ShardedCounters.ts"
+import * as Sharding from "../../layers/Sharding.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
+
+export class ProductViews extends Context.Service<ProductViews, ShardedCounters.ShardedCounters>()(
+  "meshwork/services/products/ProductViews"
+) {
+  static readonly layer = Layer.effect(
+    ProductViews,
+    Effect.gen(function*() {
+      const count = yield* Config.Int("VIEW_SHARDS").pipe(Config.withDefault(8))
+      const namespace = yield* Bindings.durableObject("VIEW_COUNTERS")
+      return ShardedCounters.make(namespace, { prefix: "views", shards: Sharding.shards(count) })
+    })
+  )
+}
