@@ -182,6 +182,15 @@ describe("bad input never reaches a 500", () => {
     await expectProblem(response, 415)
   })
 
+  it("takes an empty body with no content type as no body", async () => {
+    const seller = await createUser()
+    const created = await send("POST", "/api/products", { sku: `EMPTY-${unique().toUpperCase()}`, name: "Empty", priceCents: 1, sellerId: seller.id })
+    const { id } = await created.json() as { id: string }
+    const response = await gateway(`/api/products/${id}/views`, { method: "POST", body: new Uint8Array(0) })
+    expect(response.status).toBe(200)
+    expect(await response.json()).toEqual({ productId: id, views: 1 })
+  })
+
   it("answers an oversized body with 413", async () => {
     const body = JSON.stringify({ email: "big@example.com", name: "x".repeat(70_000) })
     const problem = await expectProblem(

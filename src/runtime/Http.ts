@@ -99,6 +99,8 @@ export const guardBody = (
 ): Effect.Effect<Request, Problem.UnsupportedMediaType | Problem.PayloadTooLarge | Problem.BadRequest> => {
   const body = request.body
   if (body === null) return Effect.succeed(request)
+  // An empty body (a bodiless POST that went through a proxy) is no body, whatever its type.
+  if (request.headers.get("content-length") === "0") return Effect.succeed(new Request(request, { body: null }))
   // A refused body is cancelled, so the Worker that streams it to us stops cleanly.
   const refuse = <E>(error: E) => Effect.andThen(Effect.promise(() => body.cancel()), Effect.fail(error))
   const contentType = request.headers.get("content-type")
