@@ -214,6 +214,24 @@ describe("product imports through the gateway", () => {
     expect(created?.count).toBe(7) // the six imported and the one made before
   })
 
+  it("counts a dead-lettered item against its job even when its product no longer decodes", async () => {
+    const admin = await signedIn("admin")
+    const started = await send("POST", "/api/products/imports", {
+      products: [{ sku: `DEAD-${unique().toUpperCase()}`, name: "Dead", priceCents: 1, sellerId: admin.id }]
+    }, admin.token)
+    const job = await started.json() as ImportJob
+    // As if item 1 of the job had been sent with a product a later deploy cannot read.
+    await env.PRODUCTS_DB.prepare("UPDATE import_jobs SET total = 2 WHERE id = ?").bind(job.id).run()
+    await env.IMPORTS_DLQ.send({ id: `dead-${unique()}`, body: { jobId: job.id, item: 1, product: { sku: 42 } }, sentAt: Date.now() })
+    let status = job
+    await eventually(async () => {
+      status = await (await send("GET", `/api/products/imports/${job.id}`, undefined, admin.token)).json() as ImportJob
+      return status.status === "done"
+    })
+    expect(status).toMatchObject({ total: 2, imported: 1, failed: 0, dead: 1 })
+    expect(status.failures).toEqual([{ item: 1, outcome: "dead", reason: "The item could not be read" }])
+  }, 30_000)
+
   it("lets only admins import, checks the payload, and answers 404 for an unknown job", async () => {
     const user = await signedIn()
     const admin = await signedIn("admin")

@@ -148,6 +148,10 @@ describe("sessions through the gateway", () => {
     expect(replaced.headers.get("etag")).toBe('"2"')
     expect(await replaced.json()).toEqual({ id: session.id, version: 2, ...state })
     await expectProblem(await request("DELETE", `/api/sessions/${session.id}`, user.token, undefined, { "if-match": '"1"' }), 412)
+    // The limits hold for whole states too.
+    const tooBig = { ...state, cart: Object.fromEntries(Array.from({ length: 101 }, (_, i) => [`p${i}`, 1])) }
+    await expectProblem(await request("PUT", `/api/sessions/${session.id}`, user.token, tooBig, { "if-match": "*" }), 400)
+    await expectProblem(await request("POST", "/api/sessions", user.token, { cart: tooBig.cart }), 400)
   })
 
   it("refuses a change it cannot apply, leaving the session untouched", async () => {
@@ -229,6 +233,9 @@ it.effect("deletes an entry once it has not been written for its idle ttl, by al
           expect(yield* table.get("k", "me")).toMatchObject({ _tag: "Ok", state: { n: 1 } })
 
           yield* TestClock.adjust("30 seconds")
+          // Idle past its ttl: gone for reads and writes even before the alarm runs.
+          expect(yield* table.get("k", "me")).toEqual({ _tag: "NotFound" })
+          expect(yield* table.update("k", "me", [1], undefined)).toEqual({ _tag: "NotFound" })
           yield* table.expire
           expect(yield* table.get("k", "me")).toEqual({ _tag: "NotFound" })
           expect(yield* Effect.promise(() => state.storage.getAlarm())).toBeNull()

@@ -27,7 +27,7 @@
  * SQLite transaction, which the runtime's input gate already serialises: no
  * lock is needed to implement the lock.
  */
-import { Clock, Context, Duration, Effect, Layer, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
 import * as DurableObjects from "../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
@@ -211,7 +211,10 @@ export interface LockOptions {
   readonly ttl?: Duration.Input | undefined
   /** How long `withLock` waits for a held lock before failing with `LockHeld`. Default 0: it does not wait. */
   readonly wait?: Duration.Input | undefined
-  /** Who holds the lease, for diagnostics. Default: a fresh random id per acquisition. */
+  /**
+   * A label for who holds the lease, for diagnostics. Each acquisition also
+   * gets a random id, so two callers with one label never share a lock.
+   */
   readonly owner?: string | undefined
 }
 
@@ -249,7 +252,7 @@ export class Locks extends Context.Service<Locks, {
     }
 
     const acquire = (key: string, options?: LockOptions) => {
-      const owner = options?.owner ?? crypto.randomUUID()
+      const owner = `${options?.owner ?? "lock"}#${crypto.randomUUID()}`
       const ttl = ttlMillis(options?.ttl)
       return Effect.flatMap(call(key, (object) => object.acquire(key, owner, ttl)), (answer) =>
         answer._tag === "Acquired"
@@ -290,22 +293,31 @@ export class Locks extends Context.Service<Locks, {
         return attempt
       })
 
-    /** Renews every third of the ttl, forever; fails with `LockLost` once the lease cannot be kept. */
+    /**
+     * Renews every third of the ttl, forever; fails with `LockLost` once the
+     * lease cannot be kept. While the lock object is unreachable it tries
+     * again more often, and it never waits (nor lets a renewal hang) past the
+     * lease it has, less a margin: the work stops before its lease expires.
+     */
     const keepRenewed = (first: Lease, ttl: number): Effect.Effect<never, LockLost> => {
-      const loop = (lease: Lease): Effect.Effect<never, LockLost> =>
-        Effect.andThen(
-          Effect.sleep(Math.max(1, Math.floor(ttl / 3))),
-          renew(lease, ttl).pipe(
-            Effect.catchTag("LockUnavailable", () =>
-              // Unreachable for now: keep the old lease while it is still valid, and try again.
-              Effect.flatMap(Clock.currentTimeMillis, (now) =>
-                now < lease.expiresAt
-                  ? Effect.succeed(lease)
-                  : Effect.fail(new LockLost({ key: lease.key, fencingToken: lease.fencingToken })))),
-            Effect.flatMap(loop)
+      const margin = Math.min(Math.floor(ttl / 10), 1_000)
+      const lost = (lease: Lease) => new LockLost({ key: lease.key, fencingToken: lease.fencingToken })
+      const left = (lease: Lease) => Effect.map(Clock.currentTimeMillis, (now) => lease.expiresAt - margin - now)
+      const loop = (lease: Lease, pause: number): Effect.Effect<never, LockLost> =>
+        Effect.gen(function*() {
+          const before = yield* left(lease)
+          if (before <= 0) return yield* lost(lease)
+          yield* Effect.sleep(Math.max(1, Math.min(pause, before)))
+          const remaining = yield* left(lease)
+          if (remaining <= 0) return yield* lost(lease)
+          const renewed = yield* renew(lease, ttl).pipe(
+            Effect.timeoutOption(remaining),
+            Effect.catchTag("LockUnavailable", () => Effect.succeedNone)
           )
-        )
-      return loop(first)
+          // Renewed: the next renewal in a third of the ttl. Unreachable or too slow: try again soon.
+          return yield* Option.isSome(renewed) ? loop(renewed.value, Math.floor(ttl / 3)) : loop(lease, Math.floor(ttl / 10))
+        })
+      return loop(first, Math.floor(ttl / 3))
     }
 
     return Locks.of({

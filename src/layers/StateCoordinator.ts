@@ -32,8 +32,9 @@
  * must be guarded (a lock with a fencing token, or the `ifMatch` version
  * check here, which turns a lost race into a 412 for the caller to retry).
  *
- * Entries whose `idleTtl` has passed since their last write are deleted by
- * the object's alarm. Deleted entries keep their version as a tombstone, so
+ * Entries whose `idleTtl` has passed since their last write are gone (reads
+ * and writes no longer see them) and are deleted by the object's alarm; only
+ * writes keep an entry alive. Deleted entries keep their version as a tombstone, so
  * a key created again never repeats an ETag a client may still hold.
  */
 import { Clock, Context, Duration, Effect, Layer, Result, Schema } from "effect"
@@ -137,6 +138,7 @@ interface Row {
   readonly owner: string
   readonly version: number
   readonly value: string | null
+  readonly expires_at: number | null
   readonly [column: string]: SqlStorageValue
 }
 
@@ -171,12 +173,15 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
   const decodeChanges = Schema.decodeUnknownExit(Schema.Array(definition.change))
 
   const row = (key: string): Row | undefined =>
-    sql.exec<Row>("SELECT owner, version, value FROM entries WHERE key = ?", key).toArray()[0]
+    sql.exec<Row>("SELECT owner, version, value, expires_at FROM entries WHERE key = ?", key).toArray()[0]
+  /** Whether the row holds an entry now: not removed, and not idle past its expiry (the alarm may not have run yet). */
+  const isLive = (entry: Row | undefined, now: number): boolean =>
+    entry !== undefined && entry.value !== null && (entry.expires_at === null || entry.expires_at > now)
 
   /** The live entry of `owner`, or why there is none to write. */
-  const live = (key: string, owner: string, expected: Precondition | undefined): Answer | Row => {
+  const live = (key: string, owner: string, expected: Precondition | undefined, now: number): Answer | Row => {
     const entry = row(key)
-    if (entry === undefined || entry.value === null || entry.owner !== owner) return { _tag: "NotFound" }
+    if (entry === undefined || !isLive(entry, now) || entry.owner !== owner) return { _tag: "NotFound" }
     if (expected !== undefined && expected !== "*" && !expected.includes(entry.version)) {
       return { _tag: "Mismatch", currentVersion: entry.version }
     }
@@ -231,7 +236,7 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
     create: (key, owner, encoded) =>
       writing((now) => {
         const entry = row(key)
-        if (entry !== undefined && entry.value !== null) return { _tag: "Exists" }
+        if (isLive(entry, now)) return { _tag: "Exists" }
         let initial = definition.initial
         if (encoded !== undefined) {
           const decoded = decodeState(encoded)
@@ -241,13 +246,13 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
         return write(key, owner, (entry?.version ?? 0) + 1, initial, now)
       }),
     get: (key, owner) =>
-      transaction(() => {
-        const entry = live(key, owner, undefined)
+      transaction((now) => {
+        const entry = live(key, owner, undefined, now)
         return isAnswer(entry) ? entry : { _tag: "Ok", version: entry.version, state: JSON.parse(entry.value!) }
       }),
     update: (key, owner, encoded, expected) =>
       writing((now) => {
-        const entry = live(key, owner, expected)
+        const entry = live(key, owner, expected, now)
         if (isAnswer(entry)) return entry
         const changes = decodeChanges(encoded)
         if (changes._tag === "Failure") return { _tag: "Invalid", reason: String(changes.cause) }
@@ -261,15 +266,15 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
       }),
     replace: (key, owner, encoded, expected) =>
       writing((now) => {
-        const entry = live(key, owner, expected)
+        const entry = live(key, owner, expected, now)
         if (isAnswer(entry)) return entry
         const decoded = decodeState(encoded)
         if (decoded._tag === "Failure") return { _tag: "Invalid", reason: String(decoded.cause) }
         return write(key, owner, entry.version + 1, decoded.value, now)
       }),
     remove: (key, owner, expected) =>
-      writing(() => {
-        const entry = live(key, owner, expected)
+      writing((now) => {
+        const entry = live(key, owner, expected, now)
         if (isAnswer(entry)) return entry
         // The version stays behind, so a later entry under this key counts on from it.
         sql.exec("UPDATE entries SET value = NULL, expires_at = NULL, version = version + 1 WHERE key = ?", key)

@@ -44,6 +44,14 @@ const FailureRow = Schema.Struct({ item: Schema.Number, outcome: Schema.Literals
 const jobs = decodeRows(JobRow, (row) => row)
 const failures = decodeRows(FailureRow, (row) => row)
 
+/** What a dead letter must hold to be counted against its job. */
+const decodeNamed = (body: unknown) =>
+  Effect.flatMap(Schema.decodeUnknownEffect(Queues.Envelope)(body), (envelope) =>
+    Effect.map(
+      Schema.decodeUnknownEffect(Schema.Struct({ jobId: ImportId, item: Schema.Int }))(envelope.body),
+      (item) => ({ envelope, item })
+    ))
+
 /** How many failures a job's status shows. */
 const failuresShown = 100
 
@@ -90,7 +98,7 @@ export class Imports extends Context.Service<Imports, {
 
       /** Counts `item` once as `outcome` (with a reason unless imported), together with `writes`. */
       const settle = (
-        item: ImportItem,
+        item: Pick<ImportItem, "jobId" | "item">,
         delivery: Queues.Delivery,
         outcome: "imported" | "failed" | "dead",
         reason: string | undefined,
@@ -170,6 +178,19 @@ export class Imports extends Context.Service<Imports, {
           ),
         keepDeadLetter: (message) =>
           Effect.gen(function*() {
+            // A message whose product no longer decodes still names its job and item: count it as dead there.
+            const named = yield* Effect.option(decodeNamed(message.body))
+            if (named._tag === "Some") {
+              const { envelope, item } = named.value
+              const delivery = { id: envelope.id, queue: importsDeadLetterQueue, messageId: message.id, attempts: message.attempts, sentAt: envelope.sentAt }
+              return yield* settle(
+                item,
+                delivery,
+                "dead",
+                "The item could not be read",
+                []
+              ).pipe(Effect.orDie)
+            }
             const at = yield* nowIso
             let body: string
             try {

@@ -13,10 +13,13 @@ export const AttributeValue = Schema.Union([Schema.String.check(Schema.isMaxLeng
 const Quantity = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 999 }))
 const Count = Schema.Int.check(Schema.isBetween({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }))
 
+/** A session holds at most this many cart lines, attributes and counters each. */
+export const maxEntries = 100
+
 export const Session = Schema.Struct({
-  attributes: Schema.Record(Name, AttributeValue),
-  cart: Schema.Record(ProductId, Quantity),
-  counters: Schema.Record(Name, Count)
+  attributes: Schema.Record(Name, AttributeValue).check(Schema.isMaxProperties(maxEntries)),
+  cart: Schema.Record(ProductId, Quantity).check(Schema.isMaxProperties(maxEntries)),
+  counters: Schema.Record(Name, Count).check(Schema.isMaxProperties(maxEntries))
 })
 export type Session = typeof Session.Type
 
@@ -35,9 +38,6 @@ export const SessionChange = Schema.Union([
   Schema.TaggedStruct("SetAttribute", { name: Name, value: Schema.NullOr(AttributeValue) })
 ])
 export type SessionChange = typeof SessionChange.Type
-
-/** A session holds at most this many cart lines, attributes and counters each. */
-export const maxEntries = 100
 
 const without = <V>(record: Readonly<Record<string, V>>, key: string): Record<string, V> => {
   const { [key]: _, ...rest } = record
