@@ -53,6 +53,8 @@ const skuTaken = (sku: string) => (error: SqlError.SqlError) =>
 export class Products extends Context.Service<Products, {
   readonly list: (page: { readonly limit: number; readonly afterId: string | undefined }) => Effect.Effect<ReadonlyArray<Product>>
   readonly get: (id: string) => Effect.Effect<Product, ProductNotFound>
+  /** The products among `ids` that exist, in the order of `ids`. */
+  readonly getMany: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Product>>
   readonly create: (input: CreateProduct) => Effect.Effect<Product, SkuTaken>
   readonly update: (
     id: string,
@@ -78,6 +80,15 @@ export class Products extends Context.Service<Products, {
             Effect.orDie,
             Effect.flatMap(first(notFound(id))),
             Effect.withSpan("Products.get")
+          ),
+        getMany: (ids) =>
+          products(sql`SELECT * FROM products WHERE ${sql.in("id", ids)}`).pipe(
+            Effect.orDie,
+            Effect.map((found) => {
+              const byId = new Map(found.map((product) => [product.id, product]))
+              return [...new Set(ids)].flatMap((id) => byId.get(id) ?? [])
+            }),
+            Effect.withSpan("Products.getMany", { attributes: { "meshwork.batch.size": ids.length } })
           ),
         create: Effect.fn("Products.create")(function*(input) {
           const id = yield* uuidv7

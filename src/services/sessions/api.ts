@@ -8,7 +8,8 @@
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadRequest, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
+import { BadGateway, BadRequest, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
+import { Product } from "../products/api.ts"
 import { HealthGroup } from "../shared/Health.ts"
 import { Session, SessionChange } from "./Sessions.ts"
 
@@ -27,6 +28,10 @@ export const CreateSession = Schema.Struct({
 export const ChangeSession = Schema.Struct({
   changes: Schema.Array(SessionChange).check(Schema.isMinLength(1), Schema.isMaxLength(100))
 })
+
+/** A cart line with its product, or `null` when the product no longer exists. */
+export const CartLine = Schema.Struct({ productId: Schema.String, quantity: Schema.Number, product: Schema.NullOr(Product) })
+export const SessionCart = Schema.Struct({ sessionId: Schema.String, version: Schema.Number, lines: Schema.Array(CartLine) })
 
 const ifMatch = { "if-match": Schema.optional(Schema.String) }
 const withETag = HttpApiSchema.WithHeaders(SessionView, { etag: Schema.String })
@@ -82,6 +87,11 @@ export class SessionsGroup extends HttpApiGroup.make("sessions")
       error: [InvalidSessionChange, ServiceUnavailable, Forbidden]
     }),
     HttpApiEndpoint.get("get", "/:id", { params: byId, success: withETag, error: [SessionNotFound, ServiceUnavailable, Forbidden] }),
+    HttpApiEndpoint.get("cart", "/:id/cart", {
+      params: byId,
+      success: SessionCart,
+      error: [SessionNotFound, BadGateway, ServiceUnavailable, Forbidden]
+    }),
     HttpApiEndpoint.patch("update", "/:id", { params: byId, headers: ifMatch, payload: ChangeSession, success: withETag, error: writeErrors }),
     HttpApiEndpoint.put("replace", "/:id", {
       params: byId,

@@ -13,6 +13,7 @@ import {
   SessionPreconditionRequired,
   SessionsApi
 } from "./api.ts"
+import { productLookups } from "../products/client.ts"
 import { emptySession, type Session, Sessions } from "./Sessions.ts"
 
 /** Only users have sessions; the owner is the user's id, so nobody else's calls find them. */
@@ -82,6 +83,22 @@ const SessionsHandlers = HttpApiBuilder.group(
       .handle("get", Effect.fnUntraced(function*({ params }) {
         const user = yield* owner
         return view(yield* asProblems(params.id)(sessions.get(params.id, user)))
+      }))
+      .handle("cart", Effect.fnUntraced(function*({ params }) {
+        const user = yield* owner
+        const entry = yield* asProblems(params.id)(sessions.get(params.id, user))
+        // One batched lookup for the whole cart: its lines' products in calls of at most 10 ids.
+        const product = yield* productLookups({ window: 0 })
+        const lines = yield* Effect.forEach(
+          Object.entries(entry.state.cart),
+          ([productId, quantity]) =>
+            product(productId).pipe(
+              Effect.catchTag("ProductNotFound", () => Effect.succeed(null)),
+              Effect.map((found) => ({ productId, quantity, product: found }))
+            ),
+          { concurrency: "unbounded" }
+        )
+        return { sessionId: entry.key, version: entry.version, lines }
       }))
       .handle("update", Effect.fnUntraced(function*({ params, headers, payload }) {
         const user = yield* owner

@@ -1,7 +1,11 @@
-/** The sessions Worker: internal, reached through the router; each session is a Durable Object. */
+/**
+ * The sessions Worker: internal, reached through the router; each session is
+ * a Durable Object. It reads products over its PRODUCTS binding, in batches.
+ */
 import { Layer } from "effect"
 import * as Http from "../../runtime/Http.ts"
 import * as Worker from "../../runtime/Worker.ts"
+import { ProductsClient } from "../products/client.ts"
 import { SessionsRoutes } from "./http.ts"
 import { Sessions, SessionState } from "./Sessions.ts"
 
@@ -10,6 +14,6 @@ export class SessionObject extends SessionState.StateObject {}
 
 export default Worker.make({
   name: "sessions",
-  layer: Http.layer(SessionsRoutes).pipe(Layer.provide(Sessions.layer)),
+  layer: Http.layer(SessionsRoutes).pipe(Layer.provide([Sessions.layer, ProductsClient.layer("sessions")])),
   fetch: Http.serve
 })

@@ -1,0 +1,43 @@
+/**
+ * The typed client other Workers use to call the products service over their
+ * `PRODUCTS` binding, and batched product lookups on top of it.
+ */
+import { Context, Effect, Layer } from "effect"
+import type { HttpApiClient } from "effect/http-api"
+import * as Batching from "../../layers/Batching.ts"
+import { MeshIdentity } from "../../layers/Identity.ts"
+import { BadGateway } from "../../runtime/Problem.ts"
+import * as ServiceClient from "../../runtime/ServiceClient.ts"
+import { type Product, ProductNotFound, ProductsApi } from "./api.ts"
+
+export class ProductsClient extends Context.Service<ProductsClient, HttpApiClient.ForApi<typeof ProductsApi>>()(
+  "meshwork/services/products/ProductsClient"
+) {
+  /** Calls are signed as the service `caller`, time out after 3 s, and are retried when the caller's layer has `Retries`. */
+  static readonly layer = (caller: string) =>
+    Layer.effect(
+      ProductsClient,
+      ServiceClient.make(ProductsApi, "PRODUCTS", { timeoutMs: 3_000, retry: { attempts: 3, deadlineMs: 5_000 } })
+    ).pipe(Layer.provide(MeshIdentity.layerClient(caller)))
+}
+
+/**
+ * A product lookup for one request: concurrent lookups go out as
+ * `GET /api/products?ids=...` calls of at most `maxBatchSize` ids.
+ */
+export const productLookups = (options: Pick<Batching.Options<never, never, never, never>, "maxBatchSize" | "window"> = {}) =>
+  ProductsClient.use((client) =>
+    Batching.lookups({
+      ...options,
+      lookup: (ids) =>
+        client.products.list({ query: { ids: ids.join(",") } }).pipe(
+          Effect.map((page) => new Map<string, Product>(page.items.map((product) => [product.id, product]))),
+          Effect.catchCause((cause) =>
+            Effect.andThen(
+              Effect.logWarning("Product lookup failed", cause),
+              Effect.fail(new BadGateway({ service: "products", detail: "The product lookup failed" }))
+            )
+          )
+        ),
+      missing: (productId) => new ProductNotFound({ productId })
+    }))

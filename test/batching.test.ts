@@ -1,0 +1,147 @@
+/**
+ * Batched lookups (src/layers/Batching.ts): the resolver on its own, the
+ * products client against the real products Worker, and the sessions cart
+ * fan-out through the gateway.
+ */
+import { env } from "cloudflare:workers"
+import { Effect, Exit } from "effect"
+import { describe, expect, it } from "vitest"
+import * as Batching from "../src/layers/Batching.ts"
+import * as Worker from "../src/runtime/Worker.ts"
+import { ProductsClient, productLookups } from "../src/services/products/client.ts"
+import { expectProblem, send, signedIn, unique } from "./helpers.ts"
+
+class Missing {
+  readonly _tag = "Missing"
+  constructor(readonly key: string) {}
+}
+
+/** A lookup over a table of `known` keys that records every call it gets. */
+const upstream = (known: ReadonlySet<string>) => {
+  const calls: Array<ReadonlyArray<string>> = []
+  const lookup = (keys: ReadonlyArray<string>) =>
+    Effect.sync(() => {
+      calls.push(keys)
+      return new Map(keys.filter((key) => known.has(key)).map((key) => [key, `value of ${key}`]))
+    })
+  return { calls, lookup }
+}
+
+const keys = Array.from({ length: 30 }, (_, i) => `k${i}`)
+
+describe("batched lookups", () => {
+  it("sends 100 concurrent lookups of 30 distinct keys as ceil(30 / 10) calls, with the seed's defaults", async () => {
+    const { calls, lookup } = upstream(new Set(keys))
+    const results = await Effect.runPromise(Effect.gen(function*() {
+      const get = yield* Batching.lookups({ lookup, missing: (key) => new Missing(key) })
+      return yield* Effect.all(Array.from({ length: 100 }, (_, i) => get(keys[i % 30]!)), { concurrency: "unbounded" })
+    }))
+    expect(results).toEqual(Array.from({ length: 100 }, (_, i) => `value of k${i % 30}`))
+    expect(calls).toHaveLength(3)
+    for (const call of calls) {
+      expect(call.length).toBeLessThanOrEqual(10)
+      expect(new Set(call).size).toBe(call.length)
+    }
+    expect(new Set(calls.flat())).toEqual(new Set(keys))
+  })
+
+  it("fails only the lookup of a missing key, and only the batch of a failed call", async () => {
+    const { lookup } = upstream(new Set(["a", "b"]))
+    const exits = await Effect.runPromise(Effect.gen(function*() {
+      const get = yield* Batching.lookups({ lookup, missing: (key) => new Missing(key), window: 0 })
+      return yield* Effect.all(["a", "ghost", "b", "ghost"].map((key) => Effect.exit(get(key))), { concurrency: "unbounded" })
+    }))
+    expect(exits.map((exit) => Exit.isSuccess(exit) ? exit.value : "failed")).toEqual(["value of a", "failed", "value of b", "failed"])
+
+    let call = 0
+    const flaky = (batch: ReadonlyArray<string>) =>
+      call++ === 0 ? Effect.fail("down" as const) : Effect.succeed(new Map(batch.map((key) => [key, key])))
+    const outcome = await Effect.runPromise(Effect.gen(function*() {
+      const get = yield* Batching.lookups({ lookup: flaky, missing: (key) => new Missing(key), maxBatchSize: 2, window: 0 })
+      return yield* Effect.all(["x", "y", "z"].map((key) => Effect.exit(get(key))), { concurrency: "unbounded" })
+    }))
+    // The first call (x, y) failed; z went in the second.
+    expect(outcome.map((exit) => Exit.isSuccess(exit) ? exit.value : "failed")).toEqual(["failed", "failed", "z"])
+  })
+
+  it("looks up real products in batches of 10 over the products Worker's ?ids=", async () => {
+    const admin = await signedIn("admin")
+    const tag = unique().toUpperCase()
+    const ids: Array<string> = []
+    for (let n = 0; n < 25; n++) {
+      const response = await send("POST", "/api/products", { sku: `BATCH-${tag}-${n}`, name: `Batched ${n}`, priceCents: n, sellerId: admin.id }, admin.token)
+      ids.push((await response.json() as { id: string }).id)
+    }
+    const wanted = [...ids, ...Array.from({ length: 5 }, () => crypto.randomUUID())]
+    // The real products Worker, behind a binding that counts the calls it carries.
+    const requests: Array<string> = []
+    const counted = {
+      fetch: (input: RequestInfo, init?: RequestInit) => {
+        const request = new Request(input, init)
+        requests.push(new URL(request.url).search)
+        return env.PRODUCTS.fetch(request)
+      }
+    }
+    const worker = Worker.make({
+      name: "lookup-test",
+      layer: ProductsClient.layer("test"),
+      fetch: () =>
+        Effect.gen(function*() {
+          const product = yield* productLookups()
+          const exits = yield* Effect.all(Array.from({ length: 100 }, (_, i) => Effect.exit(product(wanted[i % 30]!))), { concurrency: "unbounded" })
+          return Response.json(exits.map((exit) => Exit.isSuccess(exit) ? exit.value.id : (exit.cause.reasons[0] as { error?: { _tag: string } }).error?._tag))
+        })
+    })
+    const response = await worker.fetch!(new Request("http://test/"), { PRODUCTS: counted, MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET }, { waitUntil: () => {}, passThroughOnException: () => {}, props: {} } as never)
+    const results = await response.json() as Array<string>
+    expect(results).toEqual(Array.from({ length: 100 }, (_, i) => i % 30 < 25 ? wanted[i % 30] : "ProductNotFound"))
+    expect(requests).toHaveLength(3)
+    expect(requests.every((search) => search.startsWith("?ids="))).toBe(true)
+  })
+})
+
+describe("fan-outs through the mesh", () => {
+  it("answers ?ids= with the products that exist, in the order asked", async () => {
+    const admin = await signedIn("admin")
+    const tag = unique().toUpperCase()
+    const ids: Array<string> = []
+    for (const n of [0, 1, 2]) {
+      const response = await send("POST", "/api/products", { sku: `IDS-${tag}-${n}`, name: `Ids ${n}`, priceCents: 1, sellerId: admin.id }, admin.token)
+      ids.push((await response.json() as { id: string }).id)
+    }
+    const ghost = crypto.randomUUID()
+    const page = await (await send("GET", `/api/products?ids=${ids[2]},${ghost},${ids[0]},${ids[2]}`, undefined, admin.token)).json() as {
+      items: Array<{ id: string }>
+      nextCursor: null
+    }
+    expect(page.items.map((product) => product.id)).toEqual([ids[2], ids[0]])
+    expect(page.nextCursor).toBeNull()
+    const tooMany = Array.from({ length: 101 }, (_, i) => `id${i}`).join(",")
+    await expectProblem(await send("GET", `/api/products?ids=${tooMany}`, undefined, admin.token), 400)
+    await expectProblem(await send("GET", "/api/products?ids=a,,b", undefined, admin.token), 400)
+  })
+
+  it("enriches a session's cart with its products, a product that is gone as null", async () => {
+    const admin = await signedIn("admin")
+    const tag = unique().toUpperCase()
+    const ids: Array<string> = []
+    for (let n = 0; n < 12; n++) {
+      const response = await send("POST", "/api/products", { sku: `CART-${tag}-${n}`, name: `Cart ${n}`, priceCents: 100 + n, sellerId: admin.id }, admin.token)
+      ids.push((await response.json() as { id: string }).id)
+    }
+    expect((await send("DELETE", `/api/products/${ids[11]}`, undefined, admin.token)).status).toBe(204)
+    const created = await send("POST", "/api/sessions", { cart: Object.fromEntries(ids.map((id, n) => [id, n + 1])) }, admin.token)
+    const session = await created.json() as { id: string }
+    const cart = await (await send("GET", `/api/sessions/${session.id}/cart`, undefined, admin.token)).json() as {
+      lines: Array<{ productId: string; quantity: number; product: { id: string; priceCents: number } | null }>
+    }
+    expect(cart.lines).toHaveLength(12)
+    for (const line of cart.lines) {
+      const n = ids.indexOf(line.productId)
+      expect(line.quantity).toBe(n + 1)
+      expect(line.product).toEqual(n === 11 ? null : expect.objectContaining({ id: line.productId, priceCents: 100 + n }))
+    }
+    const other = await signedIn()
+    await expectProblem(await send("GET", `/api/sessions/${session.id}/cart`, undefined, other.token), 404)
+  })
+})
