@@ -105,12 +105,18 @@ export default defineConfig({
             ROUTER: "meshwork-router",
             AUTH: "meshwork-auth",
             USERS: "meshwork-users",
+            PRODUCTS: "meshwork-products",
             ECHO: "echo",
             FLAKY: "flaky"
           },
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth"), QUEUE_TEST_DB: "queue-test" },
           // A job queue the runner consumes (test/queues.test.ts), with its dead-letter queue.
-          queueProducers: { TEST_QUEUE: { queueName: "test-jobs" }, TEST_DLQ: { queueName: "test-jobs-dlq" } },
+          queueProducers: {
+            TEST_QUEUE: { queueName: "test-jobs" },
+            TEST_DLQ: { queueName: "test-jobs-dlq" },
+            // The products Worker's dead-letter queue, to hand it messages no consumer could read.
+            IMPORTS_DLQ: { queueName: "meshwork-product-imports-dlq" }
+          },
           queueConsumers: {
             "test-jobs": { maxBatchSize: 10, maxBatchTimeout: 1, maxRetries: 2, deadLetterQueue: "test-jobs-dlq" },
             "test-jobs-dlq": { maxBatchSize: 10, maxBatchTimeout: 1, maxRetries: 2 }
@@ -119,6 +125,7 @@ export default defineConfig({
             COUNTER: { className: "Counter", useSQLite: true },
             LOCKS: { className: "LockObject", useSQLite: true },
             COUNTER_SHARDS: { className: "CounterShardObject", useSQLite: true },
+            CACHE_TAGS: { className: "CacheTagIndexObject", useSQLite: true },
             SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true },
             RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },
             BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true }

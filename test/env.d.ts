@@ -9,6 +9,7 @@ declare global {
       readonly AUTH: Fetcher
       readonly ROUTER: Fetcher
       readonly USERS: Fetcher
+      readonly PRODUCTS: Fetcher
       readonly RATE_LIMITER: DurableObjectNamespace
       readonly BREAKERS: DurableObjectNamespace
       readonly RATE_LIMIT: RateLimit
@@ -23,10 +24,12 @@ declare global {
       readonly COUNTER: DurableObjectNamespace
       readonly LOCKS: DurableObjectNamespace
       readonly COUNTER_SHARDS: DurableObjectNamespace
+      readonly CACHE_TAGS: DurableObjectNamespace
       readonly SESSIONS: DurableObjectNamespace
       readonly QUEUE_TEST_DB: D1Database
       readonly TEST_QUEUE: Queue
       readonly TEST_DLQ: Queue
+      readonly IMPORTS_DLQ: Queue
     }
   }
 }

@@ -4,10 +4,11 @@
  * request but the public ones (login, refresh, JWKS), rate limits per client
  * and route, replaces whatever identity the client claimed with the mesh's
  * signed assertion, and forwards to the router (its `ROUTES` table has that
- * one entry).
+ * one entry), through the edge cache for the routes in `CACHE_ROUTES`.
  */
 import { Layer } from "effect"
 import { Authenticator, PublicRoutes } from "../../layers/Authentication.ts"
+import { EdgeCache } from "../../layers/EdgeCache.ts"
 import { IdentityKey } from "../../layers/Identity.ts"
 import { RateLimits } from "../../layers/RateLimits.ts"
 import { proxy, RoutingTable } from "../../layers/Routing.ts"
@@ -16,6 +17,8 @@ import { edge } from "./edge.ts"
 
 /** The Durable Object behind the `durable-object` rate limit store, bound as RATE_LIMITER. */
 export { RateLimiterObject } from "../../layers/RateLimits.ts"
+/** The edge cache's tag index, bound as CACHE_TAGS. */
+export { CacheTagIndexObject } from "../../layers/EdgeCache.ts"
 
 export default Worker.make({
   name: "gateway",
@@ -24,7 +27,8 @@ export default Worker.make({
     IdentityKey.layer,
     Authenticator.layer("ROUTER"),
     PublicRoutes.layer,
-    RateLimits.layer
+    RateLimits.layer,
+    EdgeCache.layer
   ),
   fetch: proxy("gateway", edge)
 })

@@ -5,7 +5,7 @@
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
+import { BadGateway, BadRequest, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
 import { HealthGroup } from "../shared/Health.ts"
 import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
 import { UserId } from "../users/api.ts"
@@ -141,6 +141,18 @@ export class ImportNotFound extends HttpApiError.Problem<ImportNotFound>()("Impo
 
 const byId = { id: ProductId }
 
+/** Most ids one `?ids=` lookup takes. */
+export const maxIds = 100
+
+/**
+ * A page of products, or with `ids=a,b,c` (at most 100) those products that
+ * exist, in the order asked (a batch lookup: missing ids are left out).
+ */
+export const ProductQuery = {
+  ...PageQuery,
+  ids: Schema.optional(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(maxIds * 65)))
+}
+
 export const ProductViewCount = Schema.Struct({ productId: ProductId, views: Schema.Number })
 export const ProductStats = Schema.Struct({
   productId: ProductId,
@@ -155,14 +167,19 @@ export const PopularQuery = {
 
 export class ProductsGroup extends HttpApiGroup.make("products")
   .add(
-    HttpApiEndpoint.get("list", "/", { query: PageQuery, success: ProductPage, error: [InvalidCursor, Forbidden] }),
+    HttpApiEndpoint.get("list", "/", { query: ProductQuery, success: ProductPage, error: [InvalidCursor, BadRequest, Forbidden] }),
     HttpApiEndpoint.post("create", "/", {
       payload: CreateProduct,
       success: Product.pipe(HttpApiSchema.status(201)),
       error: [SkuTaken, UnknownSeller, BadGateway, Forbidden]
     }),
     HttpApiEndpoint.get("popular", "/popular", { query: PopularQuery, success: PopularProducts, error: [ServiceUnavailable, Forbidden] }),
-    HttpApiEndpoint.get("get", "/:id", { params: byId, success: Product, error: [ProductNotFound, Forbidden] }),
+    HttpApiEndpoint.get("get", "/:id", {
+      params: byId,
+      // Cacheable at the edge (src/layers/EdgeCache.ts), tagged for purges.
+      success: HttpApiSchema.WithHeaders(Product, { "cache-control": Schema.String, "cache-tag": Schema.String }),
+      error: [ProductNotFound, Forbidden]
+    }),
     HttpApiEndpoint.post("view", "/:id/views", {
       params: byId,
       success: ProductViewCount,

@@ -4,10 +4,10 @@ import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-ap
 import { authorize, hasRole, MeshIdentity } from "../../layers/Identity.ts"
 import { Locks } from "../../layers/Locks.ts"
 import type * as ShardedCounters from "../../layers/ShardedCounters.ts"
-import { ServiceUnavailable } from "../../runtime/Problem.ts"
+import { BadRequest, ServiceUnavailable } from "../../runtime/Problem.ts"
 import { healthy } from "../shared/Health.ts"
 import { decodeCursor, defaultLimit, InvalidCursor, toPage } from "../shared/Pagination.ts"
-import { ProductLocked, ProductsApi } from "./api.ts"
+import { maxIds, ProductLocked, ProductsApi } from "./api.ts"
 import { Imports } from "./Imports.ts"
 import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
@@ -22,6 +22,13 @@ const anyone = authorize((identity) => identity.kind !== "anonymous", "Products 
  * product wait for each other up to `wait`.
  */
 const updateLock = { ttl: "10 seconds", wait: "2 seconds" } as const
+
+/**
+ * How long the edge may keep a product: fresh for 30 s, then served stale
+ * while it revalidates for a minute more, and for 10 minutes when products
+ * fail. An update shows within 30 s unless its product is purged.
+ */
+const productCacheControl = "max-age=30, stale-while-revalidate=60, stale-if-error=600"
 
 /** Any authenticated user (or Worker) reads products; only admins write them. */
 const ProductsHandlers = HttpApiBuilder.group(
@@ -40,6 +47,13 @@ const ProductsHandlers = HttpApiBuilder.group(
     return handlers
       .handle("list", Effect.fnUntraced(function*({ query }) {
         yield* anyone
+        if (query.ids !== undefined) {
+          const ids = query.ids.split(",")
+          if (ids.length > maxIds || ids.some((id) => id.length === 0 || id.length > 64)) {
+            return yield* new BadRequest({ detail: `ids is a comma-separated list of 1 to ${maxIds} product ids` })
+          }
+          return { items: yield* products.getMany(ids), nextCursor: null }
+        }
         const afterId = query.cursor === undefined ? undefined : decodeCursor(query.cursor)
         if (query.cursor !== undefined && afterId === undefined) return yield* new InvalidCursor()
         const limit = query.limit ?? defaultLimit
@@ -47,7 +61,15 @@ const ProductsHandlers = HttpApiBuilder.group(
       }))
       .handle("create", ({ payload }) =>
         admin.pipe(Effect.andThen(sellers.requireActive(payload.sellerId)), Effect.andThen(products.create(payload))))
-      .handle("get", ({ params }) => Effect.andThen(anyone, products.get(params.id)))
+      .handle("get", ({ params }) =>
+        Effect.andThen(anyone, products.get(params.id)).pipe(
+          Effect.map((product) =>
+            HttpApiSchema.withHeaders({
+              body: product,
+              headers: { "cache-control": productCacheControl, "cache-tag": `products, product:${product.id}` }
+            })
+          )
+        ))
       .handle("view", ({ params }) =>
         anyone.pipe(
           Effect.andThen(products.get(params.id)),
@@ -82,7 +104,9 @@ const ProductsHandlers = HttpApiBuilder.group(
           Effect.catchTags({
             LockHeld: (held) =>
               Effect.fail(new ProductLocked({ productId: params.id, retryAfterMillis: held.retryAfterMillis })),
-            LockLost: () => Effect.fail(new ProductLocked({ productId: params.id, retryAfterMillis: 0 })),
+            // The update was cut off mid-way: its fenced write may or may not have landed.
+            LockLost: () =>
+              Effect.fail(new ServiceUnavailable({ detail: "The update lost its lock before it finished; it may or may not have been applied" })),
             LockUnavailable: () => Effect.fail(new ServiceUnavailable({ detail: "The product lock could not be reached" }))
           })
         ))

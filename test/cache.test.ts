@@ -1,0 +1,256 @@
+/**
+ * The edge cache (src/layers/EdgeCache.ts) over the real Cache API, on
+ * virtual time, with an upstream the tests control; then the gateway's
+ * cache of product reads, through the mesh.
+ */
+import { expect, it } from "@effect/vitest"
+import { env } from "cloudflare:workers"
+import { Context, Effect } from "effect"
+import { TestClock } from "effect/testing"
+import { describe } from "vitest"
+import { type CacheRoute, EdgeCache, freshness, normalisedUrl } from "../src/layers/EdgeCache.ts"
+import type { Identity } from "../src/layers/Identity.ts"
+import { Invocation } from "../src/runtime/Bindings.ts"
+import { expectProblem, gateway, send, signedIn, unique } from "./helpers.ts"
+
+const anonymous: Identity = { kind: "anonymous" }
+const ada: Identity = { kind: "user", sub: "ada", roles: ["user"] }
+const bob: Identity = { kind: "user", sub: "bob", roles: ["user"] }
+
+interface Upstream {
+  calls: number
+  /** What the next calls answer: a status and headers, or a failure. */
+  answer: { readonly status: number; readonly headers: Record<string, string> } | "unreachable"
+}
+
+const swr = "max-age=10, stale-while-revalidate=20, stale-if-error=60"
+
+/** A cache over a fresh Cache API cache, an upstream that counts its calls, and the background work to await. */
+const setup = (routes: ReadonlyArray<CacheRoute> = [{ prefix: "/p", keys: "per-user", dropParams: ["utm_source"] }]) =>
+  Effect.gen(function*() {
+    const cache = yield* Effect.promise(() => caches.open(`edge-${unique()}`))
+    const edge = EdgeCache.make({ routes, cache, tags: env.CACHE_TAGS })
+    const upstream: Upstream = { calls: 0, answer: { status: 200, headers: { "cache-control": swr } } }
+    const background: Array<Promise<unknown>> = []
+    const invocation = Context.make(Invocation, { waitUntil: (promise) => void background.push(promise) })
+    const fetch = Effect.suspend(() => {
+      upstream.calls++
+      const answer = upstream.answer
+      if (answer === "unreachable") return Effect.fail("unreachable" as const)
+      return Effect.succeed(new Response(`body ${upstream.calls}`, { status: answer.status, headers: answer.headers }))
+    })
+    /** One GET through the cache: its X-Cache and body. */
+    const get = (path: string, identity: Identity = ada, headers: Record<string, string> = {}) =>
+      Effect.gen(function*() {
+        const request = new Request(`https://mesh.test${path}`, { headers })
+        const route = edge.routeFor(request)!
+        const response = yield* edge.serve(request, route, identity, fetch).pipe(Effect.provideContext(invocation))
+        return { status: response.status, cache: response.headers.get("x-cache"), body: yield* Effect.promise(() => response.text()), response }
+      })
+    const settle = Effect.promise(async () => {
+      while (background.length > 0) await Promise.all(background.splice(0))
+    })
+    return { edge, upstream, get, settle, fetch, invocation }
+  })
+
+const at = (seconds: number) => TestClock.setTime(1_000_000_000_000 + seconds * 1000)
+
+describe("edge cache on controlled time", () => {
+  it.effect("serves fresh as HIT, stale at once with exactly one revalidation, then the new copy", () =>
+    Effect.gen(function*() {
+      const { upstream, get, settle } = yield* setup()
+      yield* at(0)
+      expect(yield* get("/p/1")).toMatchObject({ cache: "MISS", body: "body 1" })
+      yield* settle
+      yield* at(5)
+      const hit = yield* get("/p/1")
+      expect(hit).toMatchObject({ cache: "HIT", body: "body 1" })
+      expect(hit.response.headers.get("age")).toBe("5")
+      // The client sees the upstream's Cache-Control, not the cache's bookkeeping.
+      expect(hit.response.headers.get("cache-control")).toBe(swr)
+      expect([...hit.response.headers.keys()].filter((name) => name.startsWith("x-meshwork"))).toEqual([])
+      expect(upstream.calls).toBe(1)
+
+      yield* at(15)
+      expect(yield* get("/p/1")).toMatchObject({ cache: "STALE", body: "body 1" })
+      yield* settle
+      expect(upstream.calls).toBe(2)
+      expect(yield* get("/p/1")).toMatchObject({ cache: "HIT", body: "body 2" })
+      expect(upstream.calls).toBe(2)
+    }))
+
+  it.effect("revalidates once for 20 concurrent stale requests", () =>
+    Effect.gen(function*() {
+      const { upstream, get, settle } = yield* setup()
+      yield* at(0)
+      yield* get("/p/2")
+      yield* settle
+      yield* at(12)
+      const answers = yield* Effect.all(Array.from({ length: 20 }, () => get("/p/2")), { concurrency: "unbounded" })
+      expect(answers.every((answer) => answer.cache === "STALE" && answer.body === "body 1")).toBe(true)
+      yield* settle
+      expect(upstream.calls).toBe(2)
+    }))
+
+  it.effect("serves stale while the upstream fails, within stale-if-error, then the error", () =>
+    Effect.gen(function*() {
+      const { upstream, get, settle, edge, fetch, invocation } = yield* setup()
+      yield* at(0)
+      yield* get("/p/3")
+      yield* settle
+      // A failing revalidation in the background keeps the stale entry.
+      upstream.answer = { status: 503, headers: {} }
+      yield* at(20)
+      expect(yield* get("/p/3")).toMatchObject({ cache: "STALE", body: "body 1" })
+      yield* settle
+      // Past stale-while-revalidate: fetched at once; failing, the entry is served within stale-if-error.
+      yield* at(40)
+      expect(yield* get("/p/3")).toMatchObject({ cache: "STALE", body: "body 1" })
+      upstream.answer = "unreachable"
+      yield* at(69)
+      expect(yield* get("/p/3")).toMatchObject({ cache: "STALE", body: "body 1" })
+      // Past stale-if-error: the failure itself.
+      yield* at(71)
+      const request = new Request("https://mesh.test/p/3")
+      const failed = yield* Effect.flip(edge.serve(request, edge.routeFor(request)!, ada, fetch).pipe(Effect.provideContext(invocation)))
+      expect(failed).toBe("unreachable")
+      upstream.answer = { status: 503, headers: {} }
+      expect(yield* get("/p/3")).toMatchObject({ status: 503, cache: "REVALIDATED" })
+      // And once the upstream is back, a new copy.
+      upstream.answer = { status: 200, headers: { "cache-control": swr } }
+      expect(yield* get("/p/3")).toMatchObject({ cache: "REVALIDATED", status: 200 })
+      yield* settle
+      expect(yield* get("/p/3")).toMatchObject({ cache: "HIT" })
+    }))
+
+  it.effect("never keeps private, no-store, Set-Cookie, non-200 or Vary: Cookie answers", () =>
+    Effect.gen(function*() {
+      const { upstream, get, settle } = yield* setup()
+      yield* at(0)
+      const refused: Array<Record<string, string>> = [
+        { "cache-control": "private, max-age=60" },
+        { "cache-control": "no-store" },
+        { "cache-control": "max-age=60", "set-cookie": "session=1" },
+        { "cache-control": "max-age=60", vary: "Cookie" },
+        {}
+      ]
+      for (const [i, headers] of refused.entries()) {
+        upstream.answer = { status: 200, headers }
+        expect((yield* get(`/p/refused-${i}`)).cache).toBe("MISS")
+        yield* settle
+        expect((yield* get(`/p/refused-${i}`)).cache).toBe("MISS")
+      }
+      upstream.answer = { status: 404, headers: { "cache-control": "max-age=60" } }
+      yield* get("/p/missing")
+      yield* settle
+      expect((yield* get("/p/missing")).cache).toBe("MISS")
+      expect(upstream.calls).toBe(refused.length * 2 + 2)
+    }))
+
+  it.effect("caches an authenticated request only on a per-user route, one copy per user", () =>
+    Effect.gen(function*() {
+      const { upstream, get, settle } = yield* setup([{ prefix: "/shared" }, { prefix: "/mine", keys: "per-user" }])
+      yield* at(0)
+      expect((yield* get("/shared/x", ada)).cache).toBe("BYPASS")
+      expect((yield* get("/shared/x", ada)).cache).toBe("BYPASS")
+      expect((yield* get("/shared/x", anonymous)).cache).toBe("MISS")
+      yield* settle
+      expect((yield* get("/shared/x", anonymous)).cache).toBe("HIT")
+
+      expect((yield* get("/mine/x", ada)).cache).toBe("MISS")
+      yield* settle
+      expect(yield* get("/mine/x", ada)).toMatchObject({ cache: "HIT", body: "body 4" })
+      expect((yield* get("/mine/x", bob)).cache).toBe("MISS")
+      expect(upstream.calls).toBe(5)
+    }))
+
+  it.effect("normalises keys: sorted query, dropped parameters, one copy per accepted encoding", () =>
+    Effect.gen(function*() {
+      const { upstream, get, settle } = yield* setup()
+      upstream.answer = { status: 200, headers: { "cache-control": "max-age=60", vary: "Accept-Encoding" } }
+      yield* at(0)
+      expect((yield* get("/p/q?b=2&a=1", ada, { "accept-encoding": "gzip" })).cache).toBe("MISS")
+      yield* settle
+      expect((yield* get("/p/q?a=1&utm_source=mail&b=2", ada, { "accept-encoding": "gzip, deflate" })).cache).toBe("HIT")
+      expect((yield* get("/p/q?a=1&b=2", ada, { "accept-encoding": "br, gzip" })).cache).toBe("MISS")
+      expect((yield* get("/p/q?a=1&b=3", ada, { "accept-encoding": "gzip" })).cache).toBe("MISS")
+      expect(upstream.calls).toBe(3)
+      expect(normalisedUrl(new URL("https://x/p?z=1&a=2&a=1&utm_source=y"), ["utm_source"])).toBe("/p?a=1&a=2&z=1")
+    }))
+
+  it.effect("purges by URL (every user's copy) and by tag, and a successful write purges its URL", () =>
+    Effect.gen(function*() {
+      const { edge, upstream, get, settle, invocation } = yield* setup()
+      upstream.answer = { status: 200, headers: { "cache-control": "max-age=60", "cache-tag": "products, product:7" } }
+      yield* at(0)
+      yield* get("/p/7", ada)
+      yield* get("/p/7", bob)
+      yield* get("/p/8", ada)
+      yield* settle
+      expect(yield* edge.purge({ urls: ["/p/7"] })).toBe(2)
+      expect((yield* get("/p/7", ada)).cache).toBe("MISS")
+      expect((yield* get("/p/8", ada)).cache).toBe("HIT")
+      yield* settle
+      expect(yield* edge.purge({ tags: ["products"] })).toBe(2)
+      expect((yield* get("/p/8", ada)).cache).toBe("MISS")
+      yield* settle
+
+      const write = new Request("https://mesh.test/p/8", { method: "PATCH" })
+      yield* edge.serve(write, edge.routeFor(write)!, ada, Effect.succeed(new Response(null, { status: 204 }))).pipe(
+        Effect.provideContext(invocation)
+      )
+      expect((yield* get("/p/8", ada)).cache).toBe("MISS")
+    }))
+})
+
+describe("freshness", () => {
+  it("reads s-maxage over max-age, and the stale windows", () => {
+    const response = (cacheControl: string) => new Response("x", { headers: { "cache-control": cacheControl } })
+    expect(freshness(response("max-age=10, s-maxage=20, stale-while-revalidate=5"), undefined, 0)).toEqual({
+      storedAt: 0,
+      freshUntil: 20_000,
+      staleWhileRevalidateUntil: 25_000,
+      staleIfErrorUntil: 20_000
+    })
+    expect(freshness(response("max-age=0"), undefined, 0)).toBe("no freshness")
+    expect(freshness(response("no-cache, max-age=10"), undefined, 0)).toBe("no-cache")
+    expect(freshness(new Response("x"), "max-age=5", 0)).toMatchObject({ freshUntil: 5_000 })
+  })
+})
+
+describe("the gateway's cache of product reads", () => {
+  it("caches a product per user, purges it on update, and lets only admins purge", async () => {
+    const admin = await signedIn("admin")
+    const user = await signedIn()
+    const created = await send("POST", "/api/products", { sku: `CACHE-${unique().toUpperCase()}`, name: "Cached", priceCents: 1, sellerId: admin.id }, admin.token)
+    const { id } = await created.json() as { id: string }
+    const read = (token: string) => gateway(`/api/products/${id}`, { headers: { authorization: `Bearer ${token}` } })
+    const cacheOf = async (response: Response) => {
+      await response.body?.cancel()
+      return response.headers.get("x-cache")
+    }
+    expect(await cacheOf(await read(admin.token))).toBe("MISS")
+    // The copy is stored after the answer; give the gateway a moment.
+    let second = await read(admin.token)
+    for (let i = 0; i < 20 && second.headers.get("x-cache") !== "HIT"; i++) {
+      await second.body?.cancel()
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      second = await read(admin.token)
+    }
+    expect(await cacheOf(second)).toBe("HIT")
+    expect(await cacheOf(await read(user.token))).toBe("MISS")
+
+    // A write through the gateway purges the product for everyone, before it answers.
+    expect((await send("PATCH", `/api/products/${id}`, { name: "Renamed" }, admin.token)).status).toBe(200)
+    const after = await read(admin.token)
+    expect(after.headers.get("x-cache")).toBe("MISS")
+    expect(await after.json()).toMatchObject({ name: "Renamed" })
+
+    await expectProblem(await send("POST", "/api/admin/cache/purge", { tags: [`product:${id}`] }, user.token), 403)
+    await expectProblem(await send("POST", "/api/admin/cache/purge", { tags: "nope" }, admin.token), 400)
+    const purged = await send("POST", "/api/admin/cache/purge", { tags: [`product:${id}`] }, admin.token)
+    expect(purged.status).toBe(200)
+    expect(await purged.json()).toEqual({ purged: expect.any(Number) })
+    expect(await cacheOf(await read(admin.token))).toBe("MISS")
+  })
+})
