@@ -126,6 +126,7 @@ export default defineConfig({
             LOCKS: { className: "LockObject", useSQLite: true },
             COUNTER_SHARDS: { className: "CounterShardObject", useSQLite: true },
             CACHE_TAGS: { className: "CacheTagIndexObject", useSQLite: true },
+            REDIS_POOL: { className: "RedisPoolObject", useSQLite: true },
             SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true },
             RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },
             BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true }

@@ -25,6 +25,7 @@ declare global {
       readonly LOCKS: DurableObjectNamespace
       readonly COUNTER_SHARDS: DurableObjectNamespace
       readonly CACHE_TAGS: DurableObjectNamespace
+      readonly REDIS_POOL: DurableObjectNamespace
       readonly SESSIONS: DurableObjectNamespace
       readonly QUEUE_TEST_DB: D1Database
       readonly TEST_QUEUE: Queue

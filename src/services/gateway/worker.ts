@@ -19,6 +19,8 @@ import { edge } from "./edge.ts"
 export { RateLimiterObject } from "../../layers/RateLimits.ts"
 /** The edge cache's tag index, bound as CACHE_TAGS. */
 export { CacheTagIndexObject } from "../../layers/EdgeCache.ts"
+/** Warm Redis connections for the `redis` rate limit store, bound as REDIS_POOL. */
+export { RedisPoolObject } from "../../runtime/Redis.ts"
 
 export default Worker.make({
   name: "gateway",
