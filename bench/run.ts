@@ -43,10 +43,14 @@ const outdir = join(root, ".build/bench")
 
 interface Target {
   readonly id: string
-  readonly group: "one-hop" | "chain" | "hops"
+  readonly group: "one-hop" | "chain" | "hops" | "cache" | "fan-out"
   /** The Worker the load enters. */
   readonly worker: string
-  readonly path: string
+  path: string
+  /** For fan-out variants: the counting proxy between the Worker and products. */
+  readonly counter?: string
+  /** Connections for this variant, when not `--connections` (a fan-out request is 10 to 100 subrequests). */
+  readonly connections?: number
   /**
    * Headers for one load run, made just before it: a Bearer token at the
    * gateway, the mesh's identity assertion (valid one minute) at internal Workers.
@@ -105,8 +109,19 @@ const targets: Array<Target> = [
     path: `/api/users/${seeded.id}`,
     credentials: "identity",
     port: 0
-  }
-].filter((target) => flags.only === undefined || target.group === flags.only) as Array<Target>
+  },
+  // A product read through the whole mesh: the gateway's edge cache on (HITs) and off.
+  { id: "product-cached", group: "cache", worker: "meshwork-gateway", path: `/api/products/${seededProductId(0)}`, credentials: "bearer", port: 0 },
+  { id: "product-uncached", group: "cache", worker: "no-cache-gateway", path: `/api/products/${seededProductId(0)}`, credentials: "bearer", port: 0 },
+  // A 100-line cart enriched with its products: looked up 10 per call, and one call per id.
+  { id: "cart-batched", group: "fan-out", worker: "meshwork-sessions", path: "", counter: "count-batched", connections: 2, credentials: "identity", port: 0 },
+  { id: "cart-per-id", group: "fan-out", worker: "sessions-per-id", path: "", counter: "count-per-id", connections: 2, credentials: "identity", port: 0 }
+].filter((target) => flags.only === undefined || flags.only.split(",").includes(target.group)) as Array<Target>
+
+/** The products seeded for the cache and fan-out variants. */
+function seededProductId(n: number) {
+  return `0195f3a0-0000-7000-8000-${String(900_000_000_000 + n).padStart(12, "0")}`
+}
 
 /** The ratios the issue tracks: [name, numerator target, denominator target]. */
 const ratios: ReadonlyArray<readonly [string, string, string]> = [
@@ -117,7 +132,9 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["chain/bare-chain", "chain-mesh", "chain-bare"],
   ["policies on/off", "chain-mesh", "chain-no-policies"],
   ["users hop/bare", "users-mesh", "users-bare"],
-  ["router+users/bare", "router-mesh", "router-bare"]
+  ["router+users/bare", "router-mesh", "router-bare"],
+  ["cached/uncached product", "product-cached", "product-uncached"],
+  ["cart batched/per-id", "cart-batched", "cart-per-id"]
 ]
 
 const freePort = (() => {
@@ -227,7 +244,30 @@ const startWorkerd = async () => {
       }
     }
   ]
-  const mesh = [...built, ...withoutPolicies].map((options) => ({
+  // The same gateway without its edge cache, and a sessions Worker looking products up one per call,
+  // each fan-out variant behind its own counting proxy to products.
+  const sessions = built.find((options) => options.name === "meshwork-sessions")!
+  const withoutCache = { ...gateway, name: "no-cache-gateway", bindings: { ...gateway.bindings, CACHE_ROUTES: [] } }
+  const counting = await variant("counting-proxy")
+  const fanOut = [
+    { ...sessions, serviceBindings: { ...sessions.serviceBindings, PRODUCTS: "count-batched" } },
+    {
+      ...sessions,
+      name: "sessions-per-id",
+      bindings: { ...sessions.bindings, CART_LOOKUP_BATCH_SIZE: 1 },
+      serviceBindings: { ...sessions.serviceBindings, PRODUCTS: "count-per-id" },
+      durableObjects: { SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true } }
+    },
+    ...["count-batched", "count-per-id"].map((name) => ({
+      name,
+      modules: true,
+      scriptPath: counting,
+      compatibilityDate,
+      serviceBindings: { UPSTREAM: "meshwork-products" }
+    }))
+  ]
+  const fanOutNames = new Set(fanOut.map((options) => String(options.name)))
+  const mesh = [...built.filter((options) => !fanOutNames.has(String(options.name))), ...withoutPolicies, withoutCache, ...fanOut].map((options) => ({
     ...options,
     ...directSocket(String(options.name))
   }))
@@ -242,6 +282,28 @@ const startWorkerd = async () => {
     await db.prepare(
       "INSERT INTO users (id, email, name, role, active, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
     ).bind(...Object.values(seeded)).run()
+  }
+  const products = await mf.getD1Database("PRODUCTS_DB", "meshwork-products")
+  for (const file of ["0001_create_products.sql", "0002_fence_product_writes.sql", "0003_product_imports.sql"]) {
+    const sql = readFileSync(join(root, "src/services/products/migrations", file), "utf8")
+    for (const statement of unstable_splitSqlQuery(sql)) await products.prepare(statement).run()
+  }
+  await products.batch(Array.from({ length: 100 }, (_, n) =>
+    products.prepare(
+      `INSERT INTO products (id, sku, name, description, price_cents, currency, stock, seller_id, created_at, updated_at)
+       VALUES (?, ?, ?, '', ?, 'USD', 1, ?, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')`
+    ).bind(seededProductId(n), `BENCH-${n}`, `Bench ${n}`, 100 + n, seeded.id)))
+  // A session of the seeded user whose cart holds the 100 products, for the fan-out variants.
+  const sessionsTarget = targets.find((target) => target.worker === "meshwork-sessions")
+  if (sessionsTarget !== undefined) {
+    const created = await fetch(`http://127.0.0.1:${sessionsTarget.port}/api/sessions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...await credentialHeaders(sessionsTarget) },
+      body: JSON.stringify({ cart: Object.fromEntries(Array.from({ length: 100 }, (_, n) => [seededProductId(n), 1])) })
+    })
+    if (created.status !== 201) throw new Error(`creating the bench session: ${created.status} ${await created.text()}`)
+    const { id } = await created.json() as { id: string }
+    for (const target of targets) if (target.group === "fan-out") target.path = `/api/sessions/${id}/cart`
   }
   return mf
 }
@@ -277,8 +339,10 @@ const load = async (target: Target, seconds: number): Promise<Sample> => {
   const cpuBefore = workerdCpuMicros()
   const out = execFileSync("wrk", [
     "-t1",
-    `-c${connections}`,
+    `-c${target.connections ?? connections}`,
     `-d${seconds}s`,
+    "--timeout",
+    "10s",
     "--latency",
     ...headers,
     `http://127.0.0.1:${target.port}${target.path}`
@@ -398,6 +462,25 @@ const main = async () => {
       if (!check.ok) throw new Error(`${target.id} answered ${check.status}: ${await check.text()}`)
       await load(target, 1) // warm-up: JIT, layer build, D1 connection
     }
+    // The cached variant answers from the cache; the uncached one never does.
+    for (const target of targets.filter((t) => t.group === "cache")) {
+      const answer = await fetch(`http://127.0.0.1:${target.port}${target.path}`, { headers: await credentialHeaders(target) })
+      await answer.body?.cancel()
+      const cache = answer.headers.get("x-cache")
+      if ((target.id === "product-cached") !== (cache === "HIT")) throw new Error(`${target.id}: X-Cache ${cache}`)
+    }
+    // Upstream calls one fan-out request makes, as its counting proxy saw them.
+    const upstreamCalls: Record<string, number> = {}
+    for (const target of targets.filter((t) => t.counter !== undefined)) {
+      const proxy = await mf.getWorker(target.counter!)
+      const count = async () => ((await (await proxy.fetch("http://count/__count")).json()) as { count: number }).count
+      const before = await count()
+      const answer = await fetch(`http://127.0.0.1:${target.port}${target.path}`, { headers: await credentialHeaders(target) })
+      const cart = await answer.json() as { lines: ReadonlyArray<{ product: unknown }> }
+      if (cart.lines.length !== 100 || cart.lines.some((line) => line.product === null)) throw new Error(`${target.id}: the cart is not complete`)
+      upstreamCalls[target.id] = (await count()) - before
+      console.log(`${target.id}: ${upstreamCalls[target.id]} upstream calls for a 100-line cart`)
+    }
     if (flags.profile !== undefined) {
       const target = targets.find((t) => t.id === flags.profile)
       if (target === undefined) throw new Error(`no variant ${flags.profile}: ${targets.map((t) => t.id).join(", ")}`)
@@ -467,6 +550,7 @@ const main = async () => {
           settings: { rounds, durationSeconds: duration, connections, threads: 1 },
           summary,
           ratios: ratioRows,
+          upstreamCalls,
           samples: Object.fromEntries(samples)
         },
         null,
