@@ -4,7 +4,7 @@
  * fan-out through the gateway.
  */
 import { env } from "cloudflare:workers"
-import { Effect, Exit } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import { describe, expect, it } from "vitest"
 import * as Batching from "../src/layers/Batching.ts"
 import * as Worker from "../src/runtime/Worker.ts"
@@ -64,6 +64,20 @@ describe("batched lookups", () => {
     expect(outcome.map((exit) => Exit.isSuccess(exit) ? exit.value : "failed")).toEqual(["failed", "failed", "z"])
   })
 
+  it("does not fail the other lookups of a key when its first caller is interrupted", async () => {
+    const { calls, lookup } = upstream(new Set(["a"]))
+    const result = await Effect.runPromise(Effect.gen(function*() {
+      const get = yield* Batching.lookups({ lookup, missing: (key) => new Missing(key), window: "20 millis" })
+      const first = yield* Effect.forkChild(get("a"))
+      const second = yield* Effect.forkChild(get("a"))
+      yield* Effect.sleep("5 millis")
+      yield* Fiber.interrupt(first)
+      return yield* Fiber.join(second)
+    }))
+    expect(result).toBe("value of a")
+    expect(calls.flat()).toEqual(["a"])
+  })
+
   it("looks up real products in batches of 10 over the products Worker's ?ids=", async () => {
     const admin = await signedIn("admin")
     const tag = unique().toUpperCase()
@@ -72,7 +86,8 @@ describe("batched lookups", () => {
       const response = await send("POST", "/api/products", { sku: `BATCH-${tag}-${n}`, name: `Batched ${n}`, priceCents: n, sellerId: admin.id }, admin.token)
       ids.push((await response.json() as { id: string }).id)
     }
-    const wanted = [...ids, ...Array.from({ length: 5 }, () => crypto.randomUUID())]
+    // Four ids that do not exist, and one that cannot even be asked for in a list.
+    const wanted = [...ids, ...Array.from({ length: 4 }, () => crypto.randomUUID()), "a,b"]
     // The real products Worker, behind a binding that counts the calls it carries.
     const requests: Array<string> = []
     const counted = {

@@ -74,6 +74,25 @@ it.live("replaces a connection that broke", () =>
     expect((yield* connectionsNamed(name)).length).toBe(1)
   }).pipe(Effect.scoped))
 
+it.live("replaces a connection whose command was interrupted or timed out, so no reply goes to the wrong user", () =>
+  Effect.gen(function*() {
+    const name = `interrupted-${unique()}`
+    const redis = yield* Redis.pooled(url, { max: 1, name, commandTimeout: "300 millis" })
+    const first = yield* redis.send("CLIENT", "ID")
+    // Interrupted while Redis holds its reply for 200 ms.
+    const blocked = yield* redis.send("BLPOP", `nothing-${name}`, "0.2").pipe(Effect.forkChild)
+    yield* Effect.sleep("20 millis")
+    yield* Fiber.interrupt(blocked)
+    expect(yield* redis.send("ECHO", "mine")).toBe("mine")
+    const second = yield* redis.send("CLIENT", "ID")
+    expect(second).not.toBe(first)
+    // Timed out: the command fails, and the next one gets its own reply on a new connection.
+    const slow = yield* Effect.flip(redis.send("BLPOP", `nothing-${name}`, "1"))
+    expect(slow.message).toMatch(/No reply within/)
+    expect(yield* redis.send("ECHO", "again")).toBe("again")
+    expect(yield* redis.send("CLIENT", "ID")).not.toBe(second)
+  }).pipe(Effect.scoped))
+
 it.effect("closes connections left idle past their ttl", () =>
   Effect.gen(function*() {
     const name = `idle-${unique()}`

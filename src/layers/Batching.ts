@@ -51,13 +51,13 @@ export const lookups = <A, E, E2, R>(options: Options<A, E, E2, R>): Effect.Effe
     const maxBatchSize = options.maxBatchSize ?? defaultMaxBatchSize
     if (!Number.isInteger(maxBatchSize) || maxBatchSize < 1) throw new RangeError(`maxBatchSize is a positive integer, not ${maxBatchSize}`)
     const window = Duration.fromInputUnsafe(options.window ?? defaultWindow)
+    /** The exits that are the upstream's answer (found or missing), as opposed to a failed call. */
+    const answered = new WeakSet<object>()
     /**
      * Per key: the lookups waiting for the one in a batch, then its answer.
      * Answers (found or missing) are kept for the life of the function, that
      * is of the request; a failed call is forgotten, so a later lookup retries.
      */
-    /** The exits that are the upstream's answer (found or missing), as opposed to a failed call. */
-    const answered = new WeakSet<object>()
     const known = new Map<string, { exit: Exit.Exit<unknown, unknown> | undefined; readonly waiting: Array<Request.Entry<Lookup>> }>()
 
     const resolver = RequestResolver.makeWith<Lookup>({
@@ -74,10 +74,19 @@ export const lookups = <A, E, E2, R>(options: Options<A, E, E2, R>): Effect.Effe
         known.set(key, state)
         const complete = entry.completeUnsafe
         entry.completeUnsafe = (exit) => {
+          const waiting = state.waiting.splice(0)
           if (Exit.isSuccess(exit) || answered.has(exit)) state.exit = exit
           else known.delete(key)
           complete(exit)
-          for (const other of state.waiting.splice(0)) other.completeUnsafe(exit)
+          if (waiting.length === 0) return
+          if (Exit.hasInterrupts(exit)) {
+            // The first caller was interrupted, not the lookup: the others look the key up again.
+            void Effect.runPromiseExit(Effect.provideContext(lookup(key), context)).then((again) => {
+              for (const other of waiting) other.completeUnsafe(again as never)
+            })
+            return
+          }
+          for (const other of waiting) other.completeUnsafe(exit)
         }
         return true
       },
@@ -104,5 +113,6 @@ export const lookups = <A, E, E2, R>(options: Options<A, E, E2, R>): Effect.Effe
         )
       }
     })
-    return (key: string) => Effect.request(Lookup({ key }), resolver) as Effect.Effect<A, E | E2>
+    const lookup = (key: string) => Effect.request(Lookup({ key }), resolver) as Effect.Effect<A, E | E2>
+    return lookup
   })

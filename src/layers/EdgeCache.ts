@@ -106,8 +106,10 @@ export const freshness = (response: Response, routeDefault: string | undefined, 
   const maxAge = seconds(directives.get("s-maxage")) ?? seconds(directives.get("max-age"))
   if (maxAge === undefined || maxAge === 0) return "no freshness"
   const freshUntil = now + maxAge * 1000
-  const swr = seconds(directives.get("stale-while-revalidate")) ?? 0
-  const sie = seconds(directives.get("stale-if-error")) ?? 0
+  // must-revalidate: never served stale, whatever else the header says.
+  const strict = directives.has("must-revalidate") || directives.has("proxy-revalidate")
+  const swr = strict ? 0 : seconds(directives.get("stale-while-revalidate")) ?? 0
+  const sie = strict ? 0 : seconds(directives.get("stale-if-error")) ?? 0
   return {
     storedAt: now,
     freshUntil,
@@ -124,7 +126,8 @@ const encodingOf = (acceptEncoding: string | null): string => {
 /** The normalised URL of a request: its path and its sorted query, without the dropped parameters. */
 export const normalisedUrl = (url: URL, dropParams: ReadonlyArray<string>): string => {
   const params = [...url.searchParams].filter(([name]) => !dropParams.includes(name))
-  params.sort(([a, x], [b, y]) => (a < b ? -1 : a > b ? 1 : x < y ? -1 : x > y ? 1 : 0))
+  // By name only: a parameter's values keep their order (upstreams may read the first).
+  params.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
   const query = new URLSearchParams(params).toString()
   return `${url.pathname}${query === "" ? "" : `?${query}`}`
 }
@@ -134,18 +137,25 @@ const keyBase = "https://edge-cache.meshwork.internal"
 /** The Cache API key of a request: normalised URL, encoding, and the user when keys are per user. */
 export const cacheKey = (request: Request, route: CacheRoute, identity: Identity): string => {
   const url = normalisedUrl(new URL(request.url), route.dropParams ?? [])
-  const user = route.keys === "per-user" && identity.kind !== "anonymous" ? identity.sub : "-"
+  const user = route.keys === "per-user" && identity.kind !== "anonymous" ? `${identity.kind}:${identity.sub}` : "-"
   return `${keyBase}/${encodeURIComponent(user)}/${encodingOf(request.headers.get("accept-encoding"))}${url}`
 }
 
 /** The tag every copy of a URL is indexed under, so it can be purged by URL. */
 export const urlTag = (url: string, dropParams: ReadonlyArray<string> = []) => `url:${normalisedUrl(new URL(url, keyBase), dropParams)}`
 
-// The tag index: which cache keys carry a tag.
+// The tag index: which cache keys carry a tag, and when the tag was last purged.
 
 interface TagTable {
-  readonly add: (tag: string, key: string) => void
-  readonly take: (tag: string) => Array<string>
+  /**
+   * Indexes `key` under `tag` until `expiresAt`; answers false when the tag
+   * was purged after `fetchedAt` (the copy is older than the purge: drop it).
+   */
+  readonly add: (tag: string, key: string, fetchedAt: number, expiresAt: number) => boolean
+  /** Marks the tag purged at `at`, and answers the keys to delete. */
+  readonly purge: (tag: string, at: number) => Array<string>
+  /** Forgets keys whose copies were deleted. */
+  readonly forget: (tag: string, keys: ReadonlyArray<string>) => void
 }
 
 class TagIndex extends Context.Service<TagIndex, TagTable>()("meshwork/layers/EdgeCache/TagIndex") {
@@ -153,14 +163,36 @@ class TagIndex extends Context.Service<TagIndex, TagTable>()("meshwork/layers/Ed
     TagIndex,
     DurableObjects.State.useSync((state) => {
       const sql = state.storage.sql
-      sql.exec("CREATE TABLE IF NOT EXISTS tagged (tag TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (tag, key))")
+      sql.exec(`CREATE TABLE IF NOT EXISTS tagged (
+        tag TEXT NOT NULL, key TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (tag, key))`)
+      sql.exec("CREATE TABLE IF NOT EXISTS purges (tag TEXT PRIMARY KEY, purged_at INTEGER NOT NULL)")
+      const purgedAt = (tag: string) =>
+        sql.exec<{ purged_at: number }>("SELECT purged_at FROM purges WHERE tag = ?", tag).toArray()[0]?.purged_at ?? 0
       return TagIndex.of({
-        add: (tag, key) => void sql.exec("INSERT OR IGNORE INTO tagged (tag, key) VALUES (?, ?)", tag, key),
-        take: (tag) =>
+        add: (tag, key, fetchedAt, expiresAt) =>
           state.storage.transactionSync(() => {
-            const keys = sql.exec<{ key: string }>("SELECT key FROM tagged WHERE tag = ?", tag).toArray().map((row) => row.key)
-            sql.exec("DELETE FROM tagged WHERE tag = ?", tag)
-            return keys
+            // Rows of copies the Cache API has dropped by now go, a few at a time.
+            sql.exec("DELETE FROM tagged WHERE rowid IN (SELECT rowid FROM tagged WHERE tag = ? AND expires_at < ? LIMIT 100)", tag, fetchedAt)
+            sql.exec(
+              "INSERT INTO tagged (tag, key, expires_at) VALUES (?, ?, ?) ON CONFLICT (tag, key) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+              tag,
+              key,
+              expiresAt
+            )
+            return purgedAt(tag) <= fetchedAt
+          }),
+        purge: (tag, at) =>
+          state.storage.transactionSync(() => {
+            sql.exec(
+              "INSERT INTO purges (tag, purged_at) VALUES (?, ?) ON CONFLICT (tag) DO UPDATE SET purged_at = MAX(purged_at, excluded.purged_at)",
+              tag,
+              at
+            )
+            return sql.exec<{ key: string }>("SELECT key FROM tagged WHERE tag = ? AND expires_at >= ?", tag, at).toArray().map((row) => row.key)
+          }),
+        forget: (tag, keys) =>
+          state.storage.transactionSync(() => {
+            for (const key of keys) sql.exec("DELETE FROM tagged WHERE tag = ? AND key = ?", tag, key)
           })
       })
     })
@@ -169,15 +201,32 @@ class TagIndex extends Context.Service<TagIndex, TagTable>()("meshwork/layers/Ed
 
 /** Which cache keys carry each tag; one object per tag. Export it and bind it as CACHE_TAGS. */
 export class CacheTagIndexObject extends DurableObjects.make({ name: "CacheTagIndexObject", layer: TagIndex.layer }) {
-  add(tags: ReadonlyArray<string>, key: string): Promise<void> {
-    return this.run(TagIndex.use((index) => Effect.sync(() => tags.forEach((tag) => index.add(tag, key)))))
+  add(tag: string, key: string, fetchedAt: number, expiresAt: number): Promise<boolean> {
+    return this.run(TagIndex.use((index) => Effect.sync(() => index.add(tag, key, fetchedAt, expiresAt))))
   }
-  take(tag: string): Promise<Array<string>> {
-    return this.run(TagIndex.use((index) => Effect.sync(() => index.take(tag))))
+  purge(tag: string, at: number): Promise<Array<string>> {
+    return this.run(TagIndex.use((index) => Effect.sync(() => index.purge(tag, at))))
+  }
+  forget(tag: string, keys: ReadonlyArray<string>): Promise<void> {
+    return this.run(TagIndex.use((index) => Effect.sync(() => index.forget(tag, keys))))
   }
 }
 
-type TagStub = Pick<CacheTagIndexObject, "add" | "take">
+type TagStub = Pick<CacheTagIndexObject, "add" | "purge" | "forget">
+
+/** Request headers a revalidation must not carry: it wants the whole, current representation. */
+const conditionalHeaders = ["if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"]
+
+/** The request without its conditional and range headers. */
+export const unconditional = (request: Request): Request => {
+  if (!conditionalHeaders.some((name) => request.headers.has(name))) return request
+  const copy = new Request(request)
+  for (const name of conditionalHeaders) copy.headers.delete(name)
+  return copy
+}
+
+/** How long a revalidation may take before another may start. */
+const revalidationMillis = 30_000
 
 /** The tags of a response: its `Cache-Tag` header, comma separated. */
 const tagsOf = (response: Response): Array<string> =>
@@ -197,23 +246,31 @@ export interface CacheOptions {
 export class EdgeCache extends Context.Service<EdgeCache, {
   /** The cache route of a request, if it has one. */
   readonly routeFor: (request: Request) => CacheRoute | undefined
-  /** Serves `request` through the cache; `fetch` asks the upstream. */
+  /** Serves `request` through the cache; `fetch` asks the upstream for a request (the client's, or a revalidation). */
   readonly serve: <E, R>(
     request: Request,
     route: CacheRoute,
     identity: Identity,
-    fetch: Effect.Effect<Response, E, R>
+    fetch: (request: Request) => Effect.Effect<Response, E, R>
   ) => Effect.Effect<Response, E, R | Bindings.Invocation>
-  /** Deletes every cached copy of the given URLs and of the entries carrying the given tags; answers how many. */
+  /**
+   * Deletes every cached copy of the given URLs (path and exact query) and of
+   * the entries carrying the given tags, in this data center; answers how many.
+   */
   readonly purge: (what: { readonly urls?: ReadonlyArray<string>; readonly tags?: ReadonlyArray<string> }) => Effect.Effect<number>
 }>()("meshwork/layers/EdgeCache") {
   static readonly make = (options: CacheOptions): EdgeCache["Service"] => {
     const ordered = [...options.routes].sort((a, b) => b.prefix.length - a.prefix.length)
     const cache = options.cache
-    /** Keys being revalidated in this isolate. */
-    const revalidating = new Set<string>()
+    /** Keys being revalidated in this isolate, with when it started. */
+    const revalidating = new Map<string, number>()
     const tagIndex = (tag: string): TagStub | undefined =>
       options.tags === undefined ? undefined : Sharding.objectFor(options.tags, "cache-tag", Sharding.perKey, tag) as unknown as TagStub
+    /** A Cache API or tag index call: its failure is logged and becomes `fallback`, never the request's failure. */
+    const attempt = <A>(what: string, f: () => Promise<A>, fallback: A) =>
+      Effect.tryPromise(f).pipe(
+        Effect.catch((error) => Effect.as(Effect.logWarning(`Edge cache: ${what} failed`, error), fallback))
+      )
 
     const withStatus = (response: Response, status: CacheStatus, age?: number): Response => {
       const copy = new Response(response.body, response)
@@ -239,96 +296,122 @@ export class EdgeCache extends Context.Service<EdgeCache, {
       staleIfErrorUntil: Number(stored.headers.get(meta.sie))
     })
 
-    /** Stores a copy of `response` if it may be kept; the response to send is returned untouched. */
-    const store = (key: string, url: string, route: CacheRoute, response: Response, now: number) =>
-      Effect.suspend(() => {
-        const kept = freshness(response, route.cacheControl, now)
-        if (typeof kept === "string") return Effect.void
-        const copy = new Response(response.clone().body, response)
+    const urlTagOf = (url: string) => {
+      const route = ordered.find((candidate) => matchesPrefix(new URL(url, keyBase).pathname, candidate.prefix))
+      return urlTag(url, route?.dropParams)
+    }
+
+    /**
+     * Stores `response` (a copy of which the client gets) if it may be kept.
+     * The copy is put first and indexed after: a purge of one of its tags
+     * since `fetchedAt` either finds it in the index, or makes the index
+     * answer that it is too old, and it is deleted here.
+     */
+    const store = (key: string, url: string, route: CacheRoute, response: Response, fetchedAt: number) =>
+      Effect.gen(function*() {
+        const kept = freshness(response, route.cacheControl, fetchedAt)
+        if (typeof kept === "string") return
+        const copy = new Response(response.body, response)
         copy.headers.set(meta.cacheControl, response.headers.get("cache-control") ?? route.cacheControl ?? "")
         copy.headers.set(meta.storedAt, String(kept.storedAt))
         copy.headers.set(meta.freshUntil, String(kept.freshUntil))
         copy.headers.set(meta.swr, String(kept.staleWhileRevalidateUntil))
         copy.headers.set(meta.sie, String(kept.staleIfErrorUntil))
         // The Cache API keeps it as long as any of our windows needs it.
-        const keepSeconds = Math.ceil((Math.max(kept.staleWhileRevalidateUntil, kept.staleIfErrorUntil) - now) / 1000)
-        copy.headers.set("cache-control", `max-age=${keepSeconds}`)
+        const expiresAt = Math.max(kept.freshUntil, kept.staleWhileRevalidateUntil, kept.staleIfErrorUntil)
+        copy.headers.set("cache-control", `max-age=${Math.ceil((expiresAt - fetchedAt) / 1000)}`)
+        yield* attempt("put", () => cache.put(key, copy), undefined)
         const tags = [urlTag(url, route.dropParams), ...tagsOf(response)]
-        return Effect.all([
-          Effect.promise(() => cache.put(key, copy)),
-          Effect.forEach(tags, (tag) => {
-            const index = tagIndex(tag)
-            return index === undefined ? Effect.void : Effect.promise(() => index.add([tag], key))
-          }, { concurrency: "unbounded", discard: true })
-        ], { concurrency: "unbounded", discard: true }).pipe(
-          Effect.catchCause((cause) => Effect.logWarning("Edge cache store failed", cause))
-        )
+        const current = yield* Effect.forEach(tags, (tag) => {
+          const index = tagIndex(tag)
+          return index === undefined ? Effect.succeed(true) : attempt("index", () => index.add(tag, key, fetchedAt, expiresAt), false)
+        }, { concurrency: "unbounded" })
+        if (current.includes(false)) yield* attempt("delete", () => cache.delete(key), false)
       })
 
-    /** Fetches and stores under `ctx.waitUntil`, so the client has its answer first. */
+    /** Fetches; a response that may be kept is stored under `ctx.waitUntil`, so the client has its answer first. */
     const fetchAndStore = <E, R>(key: string, url: string, route: CacheRoute, fetch: Effect.Effect<Response, E, R>) =>
       Effect.gen(function*() {
+        const fetchedAt = yield* Clock.currentTimeMillis
         const response = yield* fetch
-        const now = yield* Clock.currentTimeMillis
-        if (typeof freshness(response, route.cacheControl, now) !== "string") {
-          yield* Bindings.waitUntil(store(key, url, route, response.clone(), now))
-        }
+        if (typeof freshness(response, route.cacheControl, fetchedAt) === "string") return response
+        yield* Bindings.waitUntil(store(key, url, route, response.clone(), fetchedAt))
         return response
       })
 
-    const takeTag = (tag: string) => {
-      const index = tagIndex(tag)
-      return index === undefined ? Effect.succeed<Array<string>>([]) : Effect.promise(() => index.take(tag))
-    }
-
     const purge = ({ urls = [], tags = [] }: { readonly urls?: ReadonlyArray<string>; readonly tags?: ReadonlyArray<string> }) =>
       Effect.gen(function*() {
-        const allTags = [...tags, ...urls.map((url) => {
-          const route = ordered.find((candidate) => matchesPrefix(new URL(url, keyBase).pathname, candidate.prefix))
-          return urlTag(url, route?.dropParams)
-        })]
-        const keys = new Set((yield* Effect.forEach(allTags, takeTag, { concurrency: "unbounded" })).flat())
-        const deleted = yield* Effect.forEach(keys, (key) => Effect.promise(() => cache.delete(key)), { concurrency: "unbounded" })
-        return deleted.filter(Boolean).length
+        const at = yield* Clock.currentTimeMillis
+        const counts = yield* Effect.forEach([...tags, ...urls.map(urlTagOf)], (tag) => {
+          const index = tagIndex(tag)
+          if (index === undefined) return Effect.succeed(0)
+          return Effect.gen(function*() {
+            const keys = yield* attempt("purge", () => index.purge(tag, at), [])
+            // Copies first, index rows after: a key whose delete failed stays indexed for the next purge.
+            const deleted = yield* Effect.forEach(
+              keys,
+              (key) => Effect.map(attempt("delete", () => cache.delete(key), undefined), (existed) => ({ key, existed })),
+              { concurrency: 16 }
+            )
+            const done = deleted.filter((result) => result.existed !== undefined)
+            if (done.length > 0) yield* attempt("forget", () => index.forget(tag, done.map((result) => result.key)), undefined)
+            return done.filter((result) => result.existed === true).length
+          })
+        }, { concurrency: "unbounded" })
+        return counts.reduce((sum, count) => sum + count, 0)
       })
 
-    const serve = <E, R>(request: Request, route: CacheRoute, identity: Identity, fetch: Effect.Effect<Response, E, R>) =>
+    const serve = <E, R>(
+      request: Request,
+      route: CacheRoute,
+      identity: Identity,
+      fetch: (request: Request) => Effect.Effect<Response, E, R>
+    ) =>
       Effect.gen(function*() {
         if (!safe.has(request.method)) {
           // A write that succeeded invalidates what is cached for its URL (RFC 9111, 4.4), before it is answered.
-          const response = yield* fetch
+          const response = yield* fetch(request)
           if (response.status < 400) yield* purge({ urls: [new URL(request.url).pathname] })
           return response
         }
         if (request.method !== "GET" || (identity.kind !== "anonymous" && route.keys !== "per-user")) {
-          return withStatus(yield* fetch, "BYPASS")
+          return withStatus(yield* fetch(request), "BYPASS")
         }
         const key = cacheKey(request, route, identity)
         const url = request.url
-        const stored = yield* Effect.promise(() => cache.match(key))
+        // A cache that cannot be read is a miss, not a failure.
+        const stored = yield* attempt("match", () => cache.match(key), undefined)
         const now = yield* Clock.currentTimeMillis
-        if (stored === undefined) return withStatus(yield* fetchAndStore(key, url, route, fetch), "MISS")
+        if (stored === undefined) return withStatus(yield* fetchAndStore(key, url, route, fetch(request)), "MISS")
 
         const entry = readFreshness(stored)
         if (now < entry.freshUntil) return fromCache(stored, "HIT", now)
+        const refresh = fetch(unconditional(request))
         if (now < entry.staleWhileRevalidateUntil) {
-          if (!revalidating.has(key)) {
-            revalidating.add(key)
+          const started = revalidating.get(key)
+          if (started === undefined || now - started > revalidationMillis) {
+            revalidating.set(key, now)
             yield* Bindings.waitUntil(
-              Effect.exit(fetch).pipe(
-                Effect.flatMap((exit) =>
-                  failed(exit)
+              Effect.exit(refresh).pipe(
+                Effect.flatMap((exit) => {
+                  if (exit._tag === "Success" && (exit.value.status === 404 || exit.value.status === 410)) {
+                    // Gone upstream: so is the copy.
+                    return attempt("delete", () => cache.delete(key), false)
+                  }
+                  return failed(exit)
                     ? Effect.logWarning("Edge cache revalidation failed; the stale entry stays")
-                    : Effect.flatMap(Clock.currentTimeMillis, (at) =>
-                      exit._tag === "Success" ? store(key, url, route, exit.value, at) : Effect.void)
-                ),
+                    : exit._tag === "Success"
+                    ? store(key, url, route, exit.value, now)
+                    : Effect.void
+                }),
+                Effect.timeout(revalidationMillis),
                 Effect.ensuring(Effect.sync(() => revalidating.delete(key)))
               )
             )
           }
           return fromCache(stored, "STALE", now)
         }
-        const exit = yield* Effect.exit(fetchAndStore(key, url, route, fetch))
+        const exit = yield* Effect.exit(fetchAndStore(key, url, route, refresh))
         if (failed(exit) && now < entry.staleIfErrorUntil) {
           if (exit._tag === "Success") yield* Effect.promise(() => exit.value.body?.cancel() ?? Promise.resolve())
           return fromCache(stored, "STALE", now)

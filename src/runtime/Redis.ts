@@ -61,18 +61,21 @@ const parse = (buffer: Uint8Array, offset: number): { reply: Reply | RedisError;
       const count = Number(line)
       if (count === -1) return { reply: null, end: next }
       const items: Array<Reply> = []
+      let failure: RedisError | undefined
       let at = next
       for (let i = 0; i < count; i++) {
         const item = parse(buffer, at)
         if (item === undefined) return undefined
-        if (item.reply instanceof RedisError) return item
-        items.push(item.reply)
+        // An error inside an array (EXEC, a script's table) fails the reply, once the whole array is read.
+        if (item.reply instanceof RedisError) failure ??= item.reply
+        else items.push(item.reply)
         at = item.end
       }
-      return { reply: items, end: at }
+      return { reply: failure ?? items, end: at }
     }
     default:
-      return { reply: new RedisError({ message: `Unexpected reply: ${line}` }), end: buffer.length }
+      // Not RESP: the connection is out of step, and is not used again.
+      throw new Error(`Unexpected reply from Redis: ${line}`)
   }
 }
 
@@ -178,7 +181,12 @@ export interface PoolOptions {
   readonly idleTtl?: Duration.Input | undefined
   /** The connections' client name in Redis (`CLIENT LIST` shows it). */
   readonly name?: string | undefined
+  /** A command without a reply by then fails, and its connection is replaced. Default 5 seconds. */
+  readonly commandTimeout?: Duration.Input | undefined
 }
+
+const isTimeout = (exit: Exit.Exit<unknown, RedisError>) =>
+  Exit.isFailure(exit) && exit.cause.reasons.some((reason) => reason._tag === "Fail" && reason.error.message.startsWith("No reply within"))
 
 export class Redis extends Context.Service<Redis, {
   /** One command. */
@@ -199,8 +207,9 @@ export class Redis extends Context.Service<Redis, {
    * A pool of at most `max` warm connections, closed after `idleTtl` unused,
    * for the life of the current scope (a Durable Object, or one request).
    * Users beyond `max` wait, first come first served. A connection that
-   * fails (closed, reset, garbled) is invalidated and replaced; the command
-   * that saw it fail fails, since it may or may not have run.
+   * fails (closed, reset, garbled), or whose command timed out or was
+   * interrupted, is closed and replaced; the command that saw it fail fails,
+   * since it may or may not have run.
    */
   static readonly pooled = (url: string, options: PoolOptions = {}): Effect.Effect<Redis["Service"], never, Scope.Scope> =>
     Effect.gen(function*() {
@@ -210,7 +219,12 @@ export class Redis extends Context.Service<Redis, {
         Effect.tryPromise({
           try: async () => {
             const connection = new Connection(endpoint)
-            if (preamble.length > 0) await connection.send(preamble)
+            try {
+              if (preamble.length > 0) await connection.send(preamble)
+            } catch (error) {
+              await connection.close()
+              throw error
+            }
             return connection
           },
           catch: toRedisError
@@ -224,12 +238,23 @@ export class Redis extends Context.Service<Redis, {
         timeToLive: options.idleTtl ?? "30 seconds",
         timeToLiveStrategy: "usage"
       })
+      const timeout = options.commandTimeout ?? "5 seconds"
       const send = (...args: ReadonlyArray<string>) =>
         Effect.scoped(
           Effect.flatMap(Pool.get(pool), (connection) =>
             Effect.tryPromise({ try: () => connection.send([args]), catch: toRedisError }).pipe(
+              Effect.timeoutOrElse({
+                duration: timeout,
+                orElse: () => Effect.fail(new RedisError({ message: `No reply within ${Duration.format(Duration.fromInputUnsafe(timeout))}` }))
+              }),
               Effect.map((replies) => replies[0]!),
-              Effect.onExit((exit) => Exit.isFailure(exit) && connection.broken ? Pool.invalidate(pool, connection) : Effect.void)
+              Effect.onExit((exit) => {
+                // Interrupted or timed out mid-command, the connection may still be reading: it is not handed out again.
+                if (Exit.isFailure(exit) && (Exit.hasInterrupts(exit) || !connection.broken && isTimeout(exit))) connection.broken = true
+                return Exit.isFailure(exit) && connection.broken
+                  ? Effect.andThen(Effect.promise(() => connection.close()), Pool.invalidate(pool, connection))
+                  : Effect.void
+              })
             ))
         )
       return Redis.of({ send, eval: (script, keys, args) => send("EVAL", script, String(keys.length), ...keys, ...args) })

@@ -64,11 +64,11 @@ export const edge = (request: Request, forward: Forward) =>
     }
     if (authenticated._tag === "Failure") return yield* Effect.failCause(authenticated.cause)
     if (new URL(request.url).pathname === purgePath) return yield* purge(request, identity)
-    const upstream = Effect.flatMap(withIdentity(request, identity), forward)
+    const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
     const cache = yield* Effect.serviceOption(EdgeCache)
     const route = cache._tag === "Some" ? cache.value.routeFor(request) : undefined
     const response = cache._tag === "Some" && route !== undefined
       ? yield* cache.value.serve(request, route, identity, upstream)
-      : yield* upstream
+      : yield* upstream(request)
     return decision === undefined ? response : withHeaders(response, headers(decision))
   })

@@ -29,8 +29,11 @@ export const productLookups = (options: Pick<Batching.Options<never, never, neve
   ProductsClient.use((client) =>
     Batching.lookups({
       ...options,
-      lookup: (ids) =>
-        client.products.list({ query: { ids: ids.join(",") } }).pipe(
+      lookup: (keys) => {
+        // An id with a comma cannot be asked for in a list: it is simply not found, alone.
+        const ids = keys.filter((id) => !id.includes(","))
+        if (ids.length === 0) return Effect.succeed(new Map<string, Product>())
+        return client.products.list({ query: { ids: ids.join(",") } }).pipe(
           Effect.map((page) => new Map<string, Product>(page.items.map((product) => [product.id, product]))),
           Effect.catchCause((cause) =>
             Effect.andThen(
@@ -38,6 +41,7 @@ export const productLookups = (options: Pick<Batching.Options<never, never, neve
               Effect.fail(new BadGateway({ service: "products", detail: "The product lookup failed" }))
             )
           )
-        ),
+        )
+      },
       missing: (productId) => new ProductNotFound({ productId })
     }))

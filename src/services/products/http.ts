@@ -66,7 +66,7 @@ const ProductsHandlers = HttpApiBuilder.group(
           Effect.map((product) =>
             HttpApiSchema.withHeaders({
               body: product,
-              headers: { "cache-control": productCacheControl, "cache-tag": `products, product:${product.id}` }
+              headers: { "cache-control": productCacheControl, "cache-tag": `product:${product.id}` }
             })
           )
         ))
