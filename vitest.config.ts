@@ -82,6 +82,9 @@ export default defineConfig({
               PBKDF2_ITERATIONS: "1000"
             }
             : {}),
+          // Traffic splits and flags take effect at once in tests (production keeps them 10 s).
+          ...(name === "router" ? { TRAFFIC_CACHE_SECONDS: "0" } : {}),
+          ...(name === "sessions" ? { FLAGS_CACHE_SECONDS: "0" } : {}),
           ...(name === "gateway"
             ? {
               // A disabled user is refused at once, rather than within the production cache time.
@@ -110,6 +113,8 @@ export default defineConfig({
             FLAKY: "flaky"
           },
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth"), QUEUE_TEST_DB: "queue-test" },
+          // The mesh's configuration store, shared with the gateway, router and sessions.
+          kvNamespaces: { MESH_CONFIG: "00000000000040008000000000000c0f" },
           // A job queue the runner consumes (test/queues.test.ts), with its dead-letter queue.
           queueProducers: {
             TEST_QUEUE: { queueName: "test-jobs" },

@@ -19,6 +19,7 @@ export interface MeshWorker {
 /** In deployment order: a Worker comes after every Worker it binds. */
 export const workers: ReadonlyArray<MeshWorker> = [
   { name: "users", config: "src/services/users/wrangler.toml" },
+  { name: "users-green", config: "src/services/users/wrangler.green.toml" },
   { name: "products", config: "src/services/products/wrangler.toml" },
   { name: "auth", config: "src/services/auth/wrangler.toml" },
   { name: "sessions", config: "src/services/sessions/wrangler.toml" },

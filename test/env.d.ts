@@ -26,6 +26,7 @@ declare global {
       readonly COUNTER_SHARDS: DurableObjectNamespace
       readonly CACHE_TAGS: DurableObjectNamespace
       readonly REDIS_POOL: DurableObjectNamespace
+      readonly MESH_CONFIG: KVNamespace
       readonly SESSIONS: DurableObjectNamespace
       readonly QUEUE_TEST_DB: D1Database
       readonly TEST_QUEUE: Queue

@@ -14,11 +14,12 @@
  * Matching is on path-segment boundaries: `/api/users` matches `/api/users`
  * and `/api/users/7`, never `/api/usersadmin`. The longest prefix wins.
  */
-import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
+import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
 import * as Problem from "../runtime/Problem.ts"
 import * as Health from "./Health.ts"
-import type * as Identity from "./Identity.ts"
+import * as Identity from "./Identity.ts"
+import * as Traffic from "./Traffic.ts"
 import * as Proxy from "./Proxy.ts"
 import { BreakerSettings } from "./CircuitBreakers.ts"
 import { FaultSettings } from "./Faults.ts"
@@ -40,7 +41,16 @@ export const Route = Schema.Struct({
   /** Circuit breaker settings, used when the Worker's layer has `CircuitBreakers`. */
   breaker: Schema.optionalKey(BreakerSettings),
   /** Injected faults, used only when the Worker's layer has `FaultInjection`. */
-  faults: Schema.optionalKey(FaultSettings)
+  faults: Schema.optionalKey(FaultSettings),
+  /**
+   * Versions of the service by name, each with its binding (blue-green,
+   * canary); the one whose binding is `binding` is the default. The split
+   * between them is the traffic manager's (src/layers/Traffic.ts).
+   */
+  versions: Schema.optionalKey(Schema.Record(
+    Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,31}$/)),
+    Schema.String.check(Schema.isPattern(/^[A-Z][A-Z0-9_]*$/))
+  ))
 })
 export type Route = typeof Route.Type
 
@@ -50,9 +60,10 @@ export const RouteTable = Schema.Array(Route).check(
   })
 )
 
-/** A route with its upstream binding resolved. */
+/** A route with its upstream binding resolved, and its versions'. */
 export interface Upstream extends Route {
   readonly fetcher: Fetcher
+  readonly resolvedVersions?: Traffic.Versions | undefined
 }
 
 /** Whether `path` is `prefix` or lies below it, on a segment boundary. */
@@ -79,7 +90,17 @@ export class RoutingTable extends Context.Service<RoutingTable, {
     Effect.gen(function*() {
       const routes = yield* Config.schema(RouteTable, "ROUTES")
       const upstreams = yield* Effect.forEach(routes, (route) =>
-        Effect.map(Bindings.fetcher(route.binding), (fetcher): Upstream => ({ ...route, fetcher })))
+        Effect.gen(function*() {
+          const fetcher = yield* Bindings.fetcher(route.binding)
+          if (route.versions === undefined) return { ...route, fetcher } satisfies Upstream
+          const fetchers = new Map<string, Fetcher>()
+          for (const [version, binding] of Object.entries(route.versions)) fetchers.set(version, yield* Bindings.fetcher(binding))
+          const defaultVersion = Object.entries(route.versions).find(([, binding]) => binding === route.binding)?.[0]
+          if (defaultVersion === undefined) {
+            return yield* Effect.die(new Error(`Route ${route.service}: no version has the route's binding ${route.binding}`))
+          }
+          return { ...route, fetcher, resolvedVersions: { service: route.service, fetchers, defaultVersion } } satisfies Upstream
+        }))
       return RoutingTable.make(upstreams)
     })
   )
@@ -96,6 +117,28 @@ type ProxyError =
 
 /** Forwards a request to its upstream; what a proxy's own step wraps. */
 export type Forward = (request: Request) => Effect.Effect<Response, ProxyError>
+
+/**
+ * Forwards to the route's upstream, or, for a route with versions and a
+ * traffic manager in the layer, to the version it picks: each version has
+ * its own breaker and retry budget (`users@green`), its outcome is counted
+ * for automatic rollback, and the answer says which version served it.
+ */
+const forwardTo = (upstream: Upstream, request: Request) =>
+  Effect.gen(function*() {
+    const versions = upstream.resolvedVersions
+    const traffic = versions === undefined ? undefined : yield* Traffic.trafficManager
+    if (versions === undefined || traffic === undefined) return yield* Proxy.forward(upstream, request)
+    const identity = Option.getOrUndefined(yield* Effect.serviceOption(Identity.CurrentIdentity))
+    const chosen = yield* traffic.choose(versions, identity, request)
+    const service = chosen.version === versions.defaultVersion ? upstream.service : `${upstream.service}@${chosen.version}`
+    const exit = yield* Effect.exit(Proxy.forward({ ...upstream, service, fetcher: chosen.fetcher }, request))
+    yield* traffic.record(versions, chosen.version, exit._tag === "Failure" || exit.value.status >= 500)
+    if (exit._tag === "Failure") return yield* exit
+    const response = new Response(exit.value.body, exit.value)
+    response.headers.set(Traffic.versionHeader, chosen.version)
+    return response
+  })
 
 /**
  * The fetch handler of a proxy Worker (the gateway, the router): refuse
@@ -128,7 +171,7 @@ export const proxy = <E = never, R = never>(
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-        : around(request, (prepared) => Proxy.forward(upstream, prepared))
+        : around(request, (prepared) => forwardTo(upstream, prepared))
     })
   })
 }

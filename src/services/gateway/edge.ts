@@ -3,14 +3,15 @@
  * layer has `RateLimits`), replace the client's claimed identity with the
  * mesh's signed one, forward through the edge cache (when the layer has
  * `EdgeCache` and the route is cached), and put the `RateLimit` headers on
- * the answer. `POST /api/admin/cache/purge` is the gateway's own (admins only).
+ * the answer. `/api/admin` is the gateway's own (admin.ts).
  */
-import { Effect, Schema } from "effect"
+import { Effect } from "effect"
 import { authenticate, withIdentity } from "../../layers/Authentication.ts"
 import { EdgeCache } from "../../layers/EdgeCache.ts"
-import { hasRole, type Identity } from "../../layers/Identity.ts"
+import { matchesPrefix } from "../../layers/Routing.ts"
 import { clientKey, type Decision, headers, RateLimits } from "../../layers/RateLimits.ts"
 import type { Forward } from "../../layers/Routing.ts"
+import { admin, adminPrefix } from "./admin.ts"
 import * as Problem from "../../runtime/Problem.ts"
 
 const withHeaders = (response: Response, values: Record<string, string>): Response => {
@@ -18,30 +19,6 @@ const withHeaders = (response: Response, values: Record<string, string>): Respon
   for (const [name, value] of Object.entries(values)) copy.headers.set(name, value)
   return copy
 }
-
-/** What a purge names: URLs (every user's and encoding's copy) and tags (`Cache-Tag`). */
-const Purge = Schema.Struct({
-  urls: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isStartingWith("/"))).check(Schema.isMaxLength(1000))),
-  tags: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isMinLength(1))).check(Schema.isMaxLength(1000)))
-})
-
-export const purgePath = "/api/admin/cache/purge"
-
-const purge = (request: Request, identity: Identity) =>
-  Effect.gen(function*() {
-    if (request.method !== "POST") return yield* new Problem.MethodNotAllowed({ detail: `POST ${purgePath}` })
-    if (!hasRole(identity, "admin")) return yield* new Problem.Forbidden({ detail: "Purging the cache requires the admin role" })
-    const body = yield* Effect.tryPromise({
-      try: () => request.json(),
-      catch: () => new Problem.BadRequest({ detail: "The body must be JSON" })
-    })
-    const what = yield* Schema.decodeUnknownEffect(Purge)(body).pipe(
-      Effect.mapError((error) => new Problem.BadRequest({ detail: error.message }))
-    )
-    const cache = yield* Effect.serviceOption(EdgeCache)
-    const purged = cache._tag === "Some" ? yield* cache.value.purge(what) : 0
-    return Response.json({ purged })
-  })
 
 export const edge = (request: Request, forward: Forward) =>
   Effect.gen(function*() {
@@ -63,7 +40,7 @@ export const edge = (request: Request, forward: Forward) =>
       decision = counted
     }
     if (authenticated._tag === "Failure") return yield* Effect.failCause(authenticated.cause)
-    if (new URL(request.url).pathname === purgePath) return yield* purge(request, identity)
+    if (matchesPrefix(new URL(request.url).pathname, adminPrefix)) return yield* admin(request, identity)
     const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
     const cache = yield* Effect.serviceOption(EdgeCache)
     const route = cache._tag === "Some" ? cache.value.routeFor(request) : undefined

@@ -31,7 +31,13 @@ export const ChangeSession = Schema.Struct({
 
 /** A cart line with its product, or `null` when the product no longer exists. */
 export const CartLine = Schema.Struct({ productId: Schema.String, quantity: Schema.Number, product: Schema.NullOr(Product) })
-export const SessionCart = Schema.Struct({ sessionId: Schema.String, version: Schema.Number, lines: Schema.Array(CartLine) })
+export const SessionCart = Schema.Struct({
+  sessionId: Schema.String,
+  version: Schema.Number,
+  lines: Schema.Array(CartLine),
+  /** Which checkout the user gets: the `new-checkout` feature flag. */
+  checkout: Schema.Literals(["new", "classic"])
+})
 
 const ifMatch = { "if-match": Schema.optional(Schema.String) }
 const withETag = HttpApiSchema.WithHeaders(SessionView, { etag: Schema.String })

@@ -1,7 +1,8 @@
 /** The sessions API's handlers: a session is its creator's alone. */
 import { Config, Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { authorize, MeshIdentity } from "../../layers/Identity.ts"
+import { FeatureFlags } from "../../layers/FeatureFlags.ts"
+import { authorize, CurrentIdentity, MeshIdentity } from "../../layers/Identity.ts"
 import * as StateCoordinator from "../../layers/StateCoordinator.ts"
 import { BadRequest, ServiceUnavailable } from "../../runtime/Problem.ts"
 import { uuidv7 } from "../shared/Ids.ts"
@@ -72,6 +73,7 @@ const SessionsHandlers = HttpApiBuilder.group(
   "sessions",
   Effect.fn(function*(handlers) {
     const sessions = yield* Sessions
+    const flags = yield* FeatureFlags
     // Products per upstream call when a cart is enriched (the benchmark sets 1 to compare).
     const lookupBatchSize = yield* Config.Int("CART_LOOKUP_BATCH_SIZE").pipe(Config.withDefault(10))
     return handlers
@@ -101,7 +103,9 @@ const SessionsHandlers = HttpApiBuilder.group(
             ),
           { concurrency: "unbounded" }
         )
-        return { sessionId: entry.key, version: entry.version, lines }
+        const identity = yield* CurrentIdentity
+        const checkout = (yield* flags.isOn("new-checkout", identity)) ? "new" as const : "classic" as const
+        return { sessionId: entry.key, version: entry.version, lines, checkout }
       }))
       .handle("update", Effect.fnUntraced(function*({ params, headers, payload }) {
         const user = yield* owner

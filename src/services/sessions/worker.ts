@@ -3,6 +3,7 @@
  * a Durable Object. It reads products over its PRODUCTS binding, in batches.
  */
 import { Layer } from "effect"
+import { FeatureFlags } from "../../layers/FeatureFlags.ts"
 import * as Http from "../../runtime/Http.ts"
 import * as Worker from "../../runtime/Worker.ts"
 import { ProductsClient } from "../products/client.ts"
@@ -14,6 +15,6 @@ export class SessionObject extends SessionState.StateObject {}
 
 export default Worker.make({
   name: "sessions",
-  layer: Http.layer(SessionsRoutes).pipe(Layer.provide([Sessions.layer, ProductsClient.layer("sessions")])),
+  layer: Http.layer(SessionsRoutes).pipe(Layer.provide([Sessions.layer, ProductsClient.layer("sessions"), FeatureFlags.layer])),
   fetch: Http.serve
 })

@@ -1,0 +1,210 @@
+/**
+ * Traffic between two versions of a service (blue-green, canary), decided in
+ * the router.
+ *
+ * A route names its versions and their bindings:
+ *
+ * ```toml
+ * ROUTES = [
+ *   { service = "users", prefix = "/api/users", binding = "USERS", versions = { blue = "USERS", green = "USERS_GREEN" } },
+ * ]
+ * ```
+ *
+ * The split lives in KV (the `MESH_CONFIG` namespace, key `traffic/<service>`):
+ * `{ stable: "blue", canary: "green", weight: 20 }` sends 20% of users to
+ * green. Without an entry, everything goes to the version whose binding is
+ * the route's `binding`. Each isolate keeps what it read for
+ * `TRAFFIC_CACHE_SECONDS` (default 10): a change reaches a router within
+ * that, plus KV's own propagation (up to about 60 s at other locations; at
+ * once where it was written).
+ *
+ * Sticky: a user's bucket is `fnv1a64("<service>:<user>") mod 10000`, and
+ * buckets below `weight * 100` go to the canary. Raising the weight only adds
+ * buckets, so a user on the canary at 10% is still on it at 20%, and a user
+ * moves only when their bucket crosses the line. Anonymous callers hash by
+ * their address. An admin may pick a version with `x-use-version: green`;
+ * answers say which version served them in `x-meshwork-version`.
+ *
+ * Automatic rollback: the router counts the canary's answers per isolate
+ * over `windowSeconds`; when at least `minRequests` were seen and the share
+ * of failures (5xx, unreachable, timed out) passes `errorRate`, it writes
+ * weight 0 with the reason, logs the event, and stops sending the canary
+ * traffic at once (other isolates within their cache time).
+ */
+import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
+import * as Bindings from "../runtime/Bindings.ts"
+import { hasRole, type Identity } from "./Identity.ts"
+import { fnv1a64 } from "./Sharding.ts"
+
+export const VersionName = Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,31}$/))
+export const ServiceName = Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,63}$/))
+
+export const AutoRollback = Schema.Struct({
+  /** The canary's failure share that trips a rollback. Default 0.2. */
+  errorRate: Schema.optionalKey(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 }))),
+  /** Fewest canary answers in the window before the rate counts. Default 20. */
+  minRequests: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
+  /** The window, in seconds. Default 60. */
+  windowSeconds: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 3600 })))
+})
+
+export const TrafficSplit = Schema.Struct({
+  stable: VersionName,
+  canary: Schema.optionalKey(VersionName),
+  /** Percent of users on the canary, 0 to 100 (two decimals). */
+  weight: Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 })),
+  autoRollback: Schema.optionalKey(AutoRollback),
+  /** The last rollback, manual or automatic. */
+  rolledBack: Schema.optionalKey(Schema.Struct({ at: Schema.String, reason: Schema.String, canary: VersionName }))
+})
+export type TrafficSplit = typeof TrafficSplit.Type
+
+/** Request header an admin sends to pick a version (the gateway drops every client `x-meshwork-*` header). */
+export const overrideHeader = "x-use-version"
+export const versionHeader = "x-meshwork-version"
+
+const keyOf = (service: string) => `traffic/${service}`
+const decodeSplit = Schema.decodeUnknownEffect(Schema.fromJsonString(TrafficSplit))
+
+/** The caller's bucket for a service, 0 to 9999: stable for a user, spread evenly over users. */
+export const bucketOf = (service: string, subject: string): number => Number(fnv1a64(`${service}:${subject}`) % 10_000n)
+
+/** Whom a request is counted as: the user (or Worker), else the client's address. */
+export const subjectOf = (identity: Identity | undefined, request: Request): string =>
+  identity !== undefined && identity.kind !== "anonymous"
+    ? `${identity.kind}:${identity.sub}`
+    : `ip:${request.headers.get("cf-connecting-ip") ?? "unknown"}`
+
+/** The version a bucket goes to under a split. */
+export const versionFor = (split: TrafficSplit, bucket: number): string =>
+  split.canary !== undefined && bucket < Math.round(split.weight * 100) ? split.canary : split.stable
+
+/** Reading and writing splits in KV; what the admin API and the router share. */
+export const readSplit = (kv: KVNamespace, service: string) =>
+  Effect.flatMap(Effect.promise(() => kv.get(keyOf(service))), (raw) =>
+    raw === null
+      ? Effect.succeed(undefined)
+      : decodeSplit(raw).pipe(
+        Effect.tapError((error) => Effect.logError(`Ignoring an unreadable traffic split for ${service}`, error)),
+        Effect.orElseSucceed(() => undefined)
+      ))
+
+export const writeSplit = (kv: KVNamespace, service: string, split: TrafficSplit) =>
+  Effect.promise(() => kv.put(keyOf(service), JSON.stringify(split)))
+
+/** Every split in KV, by service. */
+export const readAllSplits = (kv: KVNamespace) =>
+  Effect.gen(function*() {
+    const listed = yield* Effect.promise(() => kv.list({ prefix: "traffic/" }))
+    const splits: Record<string, TrafficSplit> = {}
+    for (const { name } of listed.keys) {
+      const service = name.slice("traffic/".length)
+      const split = yield* readSplit(kv, service)
+      if (split !== undefined) splits[service] = split
+    }
+    return splits
+  })
+
+/** Weight 0 for the canary, with the reason: instant for this isolate, then for all. */
+export const rollback = (kv: KVNamespace, service: string, reason: string) =>
+  Effect.gen(function*() {
+    const split = yield* readSplit(kv, service)
+    if (split === undefined || split.canary === undefined) return undefined
+    const at = new Date(yield* Clock.currentTimeMillis).toISOString()
+    const next: TrafficSplit = { ...split, weight: 0, rolledBack: { at, reason, canary: split.canary } }
+    yield* writeSplit(kv, service, next)
+    return next
+  })
+
+/** A route's versions: name -> fetcher, and the default. */
+export interface Versions {
+  readonly service: string
+  readonly fetchers: ReadonlyMap<string, Fetcher>
+  readonly defaultVersion: string
+}
+
+interface Window {
+  start: number
+  total: number
+  failed: number
+}
+
+export class TrafficManager extends Context.Service<TrafficManager, {
+  /** The version to send `request` to, and its fetcher. */
+  readonly choose: (
+    versions: Versions,
+    identity: Identity | undefined,
+    request: Request
+  ) => Effect.Effect<{ readonly version: string; readonly fetcher: Fetcher }>
+  /** Counts an answer of `version`; may trip the automatic rollback of a canary. */
+  readonly record: (versions: Versions, version: string, failed: boolean) => Effect.Effect<void>
+}>()("meshwork/layers/Traffic/TrafficManager") {
+  static readonly make = (kv: KVNamespace, cacheMillis: number): TrafficManager["Service"] => {
+    const cached = new Map<string, { readonly split: TrafficSplit | undefined; readonly at: number }>()
+    const windows = new Map<string, Window>()
+
+    const splitOf = (service: string) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const hit = cached.get(service)
+        if (hit !== undefined && now - hit.at < cacheMillis) return Effect.succeed(hit.split)
+        return Effect.tap(readSplit(kv, service), (split) => Effect.sync(() => cached.set(service, { split, at: now })))
+      })
+
+    const usable = (versions: Versions, split: TrafficSplit | undefined): TrafficSplit | undefined => {
+      if (split === undefined) return undefined
+      const known = (name: string | undefined) => name === undefined || versions.fetchers.has(name)
+      return known(split.stable) && known(split.canary) ? split : undefined
+    }
+
+    return TrafficManager.of({
+      choose: (versions, identity, request) =>
+        Effect.gen(function*() {
+          const fetcherOf = (version: string) => ({ version, fetcher: versions.fetchers.get(version)! })
+          const override = request.headers.get(overrideHeader)
+          if (override !== null && identity !== undefined && hasRole(identity, "admin") && versions.fetchers.has(override)) {
+            return fetcherOf(override)
+          }
+          const split = usable(versions, yield* splitOf(versions.service))
+          if (split === undefined) return fetcherOf(versions.defaultVersion)
+          return fetcherOf(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
+        }),
+      record: (versions, version, failed) =>
+        Effect.gen(function*() {
+          const split = usable(versions, cached.get(versions.service)?.split)
+          if (split === undefined || split.canary !== version || split.weight === 0) return
+          const settings = split.autoRollback ?? {}
+          const now = yield* Clock.currentTimeMillis
+          const windowMillis = (settings.windowSeconds ?? 60) * 1000
+          let window = windows.get(versions.service)
+          if (window === undefined || now - window.start > windowMillis) {
+            window = { start: now, total: 0, failed: 0 }
+            windows.set(versions.service, window)
+          }
+          window.total++
+          if (failed) window.failed++
+          const rate = window.failed / window.total
+          if (window.total < (settings.minRequests ?? 20) || rate <= (settings.errorRate ?? 0.2)) return
+          windows.delete(versions.service)
+          const reason = `automatic: ${window.failed} of ${window.total} answers of ${version} failed in ${Math.round((now - window.start) / 1000)} s`
+          const next = yield* rollback(kv, versions.service, reason)
+          cached.set(versions.service, { split: next, at: now })
+          yield* Effect.logWarning(`Rolled ${versions.service} back from ${version}`).pipe(
+            Effect.annotateLogs({ service: versions.service, canary: version, reason })
+          )
+        })
+    })
+  }
+
+  /** Splits from the `MESH_CONFIG` KV namespace, kept `TRAFFIC_CACHE_SECONDS` (default 10) per isolate. */
+  static readonly layer = Layer.effect(
+    TrafficManager,
+    Effect.gen(function*() {
+      const kv = yield* Bindings.kv("MESH_CONFIG")
+      const seconds = yield* Config.Number("TRAFFIC_CACHE_SECONDS").pipe(Config.withDefault(10))
+      return TrafficManager.make(kv, seconds * 1000)
+    })
+  )
+}
+
+/** The traffic manager, when the Worker's layer has one. */
+export const trafficManager = Effect.map(Effect.serviceOption(TrafficManager), Option.getOrUndefined)

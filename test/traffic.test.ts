@@ -1,0 +1,231 @@
+/**
+ * Deployment strategies: traffic splits between versions (src/layers/Traffic.ts),
+ * feature flags (src/layers/FeatureFlags.ts), both over the mesh's real KV
+ * store, and the gateway's admin API that drives them.
+ */
+import { expect, it } from "@effect/vitest"
+import { env } from "cloudflare:workers"
+import { Effect } from "effect"
+import { TestClock } from "effect/testing"
+import { afterEach, describe } from "vitest"
+import * as FeatureFlags from "../src/layers/FeatureFlags.ts"
+import type { Identity } from "../src/layers/Identity.ts"
+import * as Traffic from "../src/layers/Traffic.ts"
+import { expectProblem, gateway, send, signedIn, unique } from "./helpers.ts"
+
+const kv = env.MESH_CONFIG
+const user = (n: number): Identity => ({ kind: "user", sub: `user-${n}`, roles: ["user"] })
+const request = new Request("http://mesh.test/api/x")
+
+/** Two versions of a made-up service, answering with their name. */
+const versionsOf = (service: string): Traffic.Versions => ({
+  service,
+  defaultVersion: "blue",
+  fetchers: new Map(["blue", "green"].map((name) => [name, { fetch: async () => new Response(name) } as unknown as Fetcher]))
+})
+
+describe("traffic splits", () => {
+  it("sends 20% of 10,000 users to the canary, within 2%", () => {
+    const split: Traffic.TrafficSplit = { stable: "blue", canary: "green", weight: 20 }
+    let green = 0
+    for (let n = 0; n < 10_000; n++) if (Traffic.versionFor(split, Traffic.bucketOf("users", `user:user-${n}`)) === "green") green++
+    expect(Math.abs(green / 10_000 - 0.2)).toBeLessThan(0.02)
+  })
+
+  it("keeps users where they are while the weight moves: only users whose bucket crosses the line move", () => {
+    const at = (weight: number) =>
+      new Set(Array.from({ length: 10_000 }, (_, n) => `user:user-${n}`).filter((subject) =>
+        Traffic.versionFor({ stable: "blue", canary: "green", weight }, Traffic.bucketOf("users", subject)) === "green"
+      ))
+    const ten = at(10)
+    const twenty = at(20)
+    const fifty = at(50)
+    for (const subject of ten) expect(twenty.has(subject)).toBe(true)
+    for (const subject of twenty) expect(fifty.has(subject)).toBe(true)
+    // Back down, the same users leave as came.
+    expect(at(20)).toEqual(twenty)
+    // A user's version is the same on every request.
+    const manager = Traffic.TrafficManager.make(kv, 0)
+    const service = `sticky-${unique()}`
+    return Effect.runPromise(Effect.gen(function*() {
+      yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 50 })
+      for (let n = 0; n < 20; n++) {
+        const first = yield* manager.choose(versionsOf(service), user(n), request)
+        for (let again = 0; again < 5; again++) {
+          expect((yield* manager.choose(versionsOf(service), user(n), request)).version).toBe(first.version)
+        }
+      }
+    }))
+  })
+
+  it.effect("takes a rollback within the cache time, and not before", () =>
+    Effect.gen(function*() {
+      const service = `ttl-${unique()}`
+      const manager = Traffic.TrafficManager.make(kv, 5_000)
+      yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 100 })
+      expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("green")
+      yield* Traffic.rollback(kv, service, "test")
+      yield* TestClock.adjust("4 seconds")
+      expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("green")
+      yield* TestClock.adjust("2 seconds")
+      expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("blue")
+    }))
+
+  it.effect("rolls back automatically when the canary fails, not under normal errors", () =>
+    Effect.gen(function*() {
+      const manager = Traffic.TrafficManager.make(kv, 60_000)
+      const run = (service: string, failureEvery: number) =>
+        Effect.gen(function*() {
+          yield* Traffic.writeSplit(kv, service, {
+            stable: "blue",
+            canary: "green",
+            weight: 100,
+            autoRollback: { errorRate: 0.2, minRequests: 50, windowSeconds: 60 }
+          })
+          const versions = versionsOf(service)
+          for (let n = 0; n < 200; n++) {
+            const { version } = yield* manager.choose(versions, user(n), request)
+            yield* manager.record(versions, version, n % failureEvery === 0)
+            yield* TestClock.adjust("100 millis")
+          }
+          return yield* Traffic.readSplit(kv, service)
+        })
+      // One answer in 50 failing (2%): the canary keeps its traffic.
+      const healthy = yield* run(`healthy-${unique()}`, 50)
+      expect(healthy).toMatchObject({ weight: 100 })
+      expect(healthy?.rolledBack).toBeUndefined()
+      // One in 2 failing: rolled back after the first 50, and every later request went to blue at once.
+      const service = `failing-${unique()}`
+      const failing = yield* run(service, 2)
+      expect(failing).toMatchObject({ weight: 0, rolledBack: { canary: "green", reason: expect.stringMatching(/^automatic: \d+ of 50 answers of green failed/) } })
+      expect((yield* manager.choose(versionsOf(service), user(999), request)).version).toBe("blue")
+    }))
+
+  it.effect("falls back to the default version when the split names a version the route does not have", () =>
+    Effect.gen(function*() {
+      const service = `unknown-${unique()}`
+      yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "purple", weight: 100 })
+      const manager = Traffic.TrafficManager.make(kv, 0)
+      expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("blue")
+    }))
+})
+
+describe("feature flags", () => {
+  const ids = Array.from({ length: 100_000 }, (_, n) => `user-${n}`)
+  const share = (flag: FeatureFlags.Flag, name = "rollout") =>
+    ids.filter((id) => FeatureFlags.evaluate(flag, name, { kind: "user", sub: id, roles: [] })).length / ids.length
+
+  it("rolls out to a uniform 10% of 100,000 users, within 0.5%", () => {
+    expect(Math.abs(share({ enabled: true, percentage: 10 }) - 0.1)).toBeLessThan(0.005)
+    // Another flag picks other users: flags are independent.
+    const a = new Set(ids.filter((id) => FeatureFlags.evaluate({ enabled: true, percentage: 10 }, "a", { kind: "user", sub: id, roles: [] })))
+    const both = ids.filter((id) => a.has(id) && FeatureFlags.evaluate({ enabled: true, percentage: 10 }, "b", { kind: "user", sub: id, roles: [] }))
+    expect(Math.abs(both.length / ids.length - 0.01)).toBeLessThan(0.002)
+  })
+
+  it("is monotonic: everyone in at 10% is in at 20%", () => {
+    for (const id of ids.slice(0, 20_000)) {
+      const identity: Identity = { kind: "user", sub: id, roles: [] }
+      if (FeatureFlags.evaluate({ enabled: true, percentage: 10 }, "grow", identity)) {
+        expect(FeatureFlags.evaluate({ enabled: true, percentage: 20 }, "grow", identity)).toBe(true)
+      }
+    }
+  })
+
+  it("targets users and roles, obeys its kill switch, and is off when it does not exist", () => {
+    const ada: Identity = { kind: "user", sub: "ada", roles: ["admin"] }
+    const bob: Identity = { kind: "user", sub: "bob", roles: ["user"] }
+    expect(FeatureFlags.evaluate({ enabled: true, percentage: 0, users: ["bob"] }, "f", bob)).toBe(true)
+    expect(FeatureFlags.evaluate({ enabled: true, percentage: 0, roles: ["admin"] }, "f", ada)).toBe(true)
+    expect(FeatureFlags.evaluate({ enabled: true, percentage: 0, roles: ["admin"] }, "f", bob)).toBe(false)
+    expect(FeatureFlags.evaluate({ enabled: false, percentage: 100, users: ["bob"] }, "f", bob)).toBe(false)
+    expect(FeatureFlags.evaluate({ enabled: true, percentage: 100 }, "f", { kind: "anonymous" })).toBe(false)
+    expect(FeatureFlags.evaluate(undefined, "f", bob)).toBe(false)
+  })
+
+  it.effect("reads flags from KV, and an unreadable one as off", () =>
+    Effect.gen(function*() {
+      const flags = FeatureFlags.FeatureFlags.make(kv, 0)
+      const name = `flag-${unique()}`
+      yield* FeatureFlags.writeFlag(kv, name, { enabled: true, percentage: 100 })
+      expect(yield* flags.isOn(name, user(1))).toBe(true)
+      yield* Effect.promise(() => kv.put(`flags/${name}`, "{not json"))
+      expect(yield* flags.isOn(name, user(1))).toBe(false)
+    }))
+})
+
+describe("the admin API and the router", () => {
+  afterEach(async () => {
+    await kv.delete("traffic/users")
+    await kv.delete("flags/new-checkout")
+  })
+
+  it("shifts users' traffic between blue and green, rolls back, and lets an admin pick a version", async () => {
+    const admin = await signedIn("admin")
+    const member = await signedIn()
+    const versionOf = async (token: string, headers: Record<string, string> = {}) => {
+      const response = await gateway(`/api/users/${member.id}`, { headers: { authorization: `Bearer ${token}`, ...headers } })
+      expect(response.status).toBe(200)
+      await response.body?.cancel()
+      return response.headers.get("x-meshwork-version")
+    }
+    expect(await versionOf(admin.token)).toBe("blue")
+
+    const shifted = await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 100 }, admin.token)
+    expect(shifted.status).toBe(200)
+    expect(await versionOf(admin.token)).toBe("green")
+    expect(await versionOf(member.token)).toBe("green")
+
+    const status = await (await send("GET", "/api/admin/status", undefined, admin.token)).json() as { traffic: Record<string, unknown> }
+    expect(status.traffic["users"]).toMatchObject({ stable: "blue", canary: "green", weight: 100 })
+
+    const rolledBack = await send("POST", "/api/admin/traffic/users/rollback", undefined, admin.token)
+    expect(rolledBack.status).toBe(200)
+    expect(await rolledBack.json()).toMatchObject({ weight: 0, rolledBack: { canary: "green" } })
+    expect(await versionOf(member.token)).toBe("blue")
+
+    // The override header is an admin's alone.
+    expect(await versionOf(admin.token, { "x-use-version": "green" })).toBe("green")
+    expect(await versionOf(member.token, { "x-use-version": "green" })).toBe("blue")
+  })
+
+  it("turns a flag on for a user, which the sessions service sees", async () => {
+    const admin = await signedIn("admin")
+    const member = await signedIn()
+    const created = await send("POST", "/api/sessions", {}, member.token)
+    const { id } = await created.json() as { id: string }
+    const checkout = async () => ((await (await send("GET", `/api/sessions/${id}/cart`, undefined, member.token)).json()) as { checkout: string }).checkout
+    expect(await checkout()).toBe("classic")
+    expect((await send("PUT", "/api/admin/flags/new-checkout", { enabled: true, percentage: 0, users: [member.id] }, admin.token)).status).toBe(200)
+    expect(await checkout()).toBe("new")
+    expect(await (await send("GET", "/api/admin/flags", undefined, admin.token)).json()).toMatchObject({ "new-checkout": { users: [member.id] } })
+    // The kill switch.
+    await send("PUT", "/api/admin/flags/new-checkout", { enabled: false, percentage: 100, users: [member.id] }, admin.token)
+    expect(await checkout()).toBe("classic")
+    expect((await send("DELETE", "/api/admin/flags/new-checkout", undefined, admin.token)).status).toBe(204)
+  })
+
+  it("refuses non-admins on every admin endpoint, and bad input with 400", async () => {
+    const admin = await signedIn("admin")
+    const member = await signedIn()
+    for (const [method, path, body] of [
+      ["GET", "/api/admin/status", undefined],
+      ["GET", "/api/admin/traffic", undefined],
+      ["PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 50 }],
+      ["POST", "/api/admin/traffic/users/rollback", undefined],
+      ["GET", "/api/admin/flags", undefined],
+      ["PUT", "/api/admin/flags/x", { enabled: true, percentage: 5 }],
+      ["DELETE", "/api/admin/flags/x", undefined],
+      ["POST", "/api/admin/cache/purge", { tags: ["x"] }]
+    ] as const) {
+      await expectProblem(await send(method, path, body, member.token), 403)
+    }
+    await expectProblem(await gateway("/api/admin/status"), 401)
+    await expectProblem(await send("PUT", "/api/admin/traffic/users", { stable: "blue", weight: 20 }, admin.token), 400)
+    await expectProblem(await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 120 }, admin.token), 400)
+    await expectProblem(await send("PUT", "/api/admin/traffic/Users", { stable: "blue", weight: 0 }, admin.token), 400)
+    await expectProblem(await send("PUT", "/api/admin/flags/new-checkout", { enabled: "yes" }, admin.token), 400)
+    await expectProblem(await send("POST", "/api/admin/traffic/nothing-here/rollback", undefined, admin.token), 404)
+    await expectProblem(await send("GET", "/api/admin/nope", undefined, admin.token), 404)
+  })
+})
