@@ -54,7 +54,11 @@ const keyFile = join(root, ".keys/auth-signing-keys.json")
 const identityFile = join(root, ".keys/mesh-identity-secret")
 
 /** Every Worker's config directory gets a .dev.vars; the auth Worker's also has the signing keys. */
-const devVarsFiles = workers.map((worker) => ({ file: join(dirname(worker.config), ".dev.vars"), auth: worker.name === "auth" }))
+const devVarsFiles = workers.map((worker) => ({
+  file: join(dirname(worker.config), ".dev.vars"),
+  config: worker.config,
+  auth: worker.name === "auth"
+}))
 
 const readKeySet = (): KeySet => {
   if (!existsSync(keyFile)) throw new Error(`no key set at ${keyFile}: run \`npm run keys -- init\` first`)
@@ -86,7 +90,7 @@ const putSecret = (name: string, value: string, config: string) =>
 const pushRemote = (set: KeySet) => putSecret("AUTH_SIGNING_KEYS", JSON.stringify(set), "src/services/auth/wrangler.toml")
 
 /** The wrangler config of each Worker, beside the .dev.vars that holds its local secrets. */
-const configs = devVarsFiles.map(({ file, auth }) => ({ config: join(dirname(file), "wrangler.toml"), auth }))
+const configs = devVarsFiles.map(({ config, auth }) => ({ config, auth }))
 
 /** Creates the local secrets if they are missing; returns whether it created them. */
 export const ensureLocalSecrets = async (): Promise<boolean> => {

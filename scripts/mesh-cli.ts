@@ -5,9 +5,10 @@
  *   npm run mesh -- status
  *   npm run mesh -- traffic users green 20        # 20% of users to green (stable stays as it is, else blue)
  *   npm run mesh -- traffic users green 100 --stable blue
- *   npm run mesh -- rollback users                # weight 0 for the canary, now
+ *   npm run mesh -- promote users green           # green becomes the stable version, no canary
+ *   npm run mesh -- rollback users                # weight 0 for the canary (routers follow within their cache time)
  *   npm run mesh -- flags                          # every flag
- *   npm run mesh -- flags set new-checkout 10      # on for 10% of users
+ *   npm run mesh -- flags set new-checkout 10      # on for 10% of users (its user and role targets kept)
  *   npm run mesh -- flags set new-checkout 0 --users <id>,<id> --roles admin
  *   npm run mesh -- flags off new-checkout         # the kill switch
  *   npm run mesh -- flags delete new-checkout
@@ -90,6 +91,12 @@ switch (command) {
     print(await call("PUT", `/traffic/${service}`, { stable, canary, weight: number(weight, "weight") }))
     break
   }
+  case "promote": {
+    const [service, version] = args
+    if (service === undefined || version === undefined) fail("promote <service> <version>")
+    print(await call("PUT", `/traffic/${service}`, { stable: version, weight: 0 }))
+    break
+  }
   case "rollback":
     print(await call("POST", `/traffic/${args[0] ?? fail("rollback <service>")}/rollback`))
     break
@@ -97,9 +104,12 @@ switch (command) {
     const [action, name, percentage] = args
     if (action === undefined) print(await call("GET", "/flags"))
     else if (action === "set") {
-      const users = list(flags.users)
-      const roles = list(flags.roles)
-      print(await call("PUT", `/flags/${name ?? fail("flags set <name> <percentage>")}`, {
+      if (name === undefined) fail("flags set <name> <percentage>")
+      // Targets not given on the command line stay as they are.
+      const current = ((await call("GET", "/flags")) as Record<string, { users?: Array<string>; roles?: Array<string> }>)[name!]
+      const users = list(flags.users) ?? current?.users
+      const roles = list(flags.roles) ?? current?.roles
+      print(await call("PUT", `/flags/${name}`, {
         enabled: true,
         percentage: number(percentage, "percentage"),
         ...(users === undefined ? {} : { users }),
@@ -116,5 +126,5 @@ switch (command) {
     break
   }
   default:
-    fail("npm run mesh -- status | traffic <service> <canary> <weight> | rollback <service> | flags [set|off|delete] ...")
+    fail("npm run mesh -- status | traffic <service> <canary> <weight> | promote <service> <version> | rollback <service> | flags [set|off|delete] ...")
 }

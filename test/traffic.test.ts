@@ -11,6 +11,7 @@ import { afterEach, describe } from "vitest"
 import * as FeatureFlags from "../src/layers/FeatureFlags.ts"
 import type { Identity } from "../src/layers/Identity.ts"
 import * as Traffic from "../src/layers/Traffic.ts"
+import { Invocation } from "../src/runtime/Bindings.ts"
 import { expectProblem, gateway, send, signedIn, unique } from "./helpers.ts"
 
 const kv = env.MESH_CONFIG
@@ -42,8 +43,13 @@ describe("traffic splits", () => {
     const fifty = at(50)
     for (const subject of ten) expect(twenty.has(subject)).toBe(true)
     for (const subject of twenty) expect(fifty.has(subject)).toBe(true)
-    // Back down, the same users leave as came.
-    expect(at(20)).toEqual(twenty)
+    // Those who moved from 10% to 20% are about a tenth of users, each with a bucket between the two lines.
+    const moved = [...twenty].filter((subject) => !ten.has(subject))
+    expect(Math.abs(moved.length / 10_000 - 0.1)).toBeLessThan(0.02)
+    for (const subject of moved) {
+      const bucket = Traffic.bucketOf("users", subject)
+      expect(bucket >= 1000 && bucket < 2000).toBe(true)
+    }
     // A user's version is the same on every request.
     const manager = Traffic.TrafficManager.make(kv, 0)
     const service = `sticky-${unique()}`
@@ -71,41 +77,71 @@ describe("traffic splits", () => {
       expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("blue")
     }))
 
-  it.effect("rolls back automatically when the canary fails, not under normal errors", () =>
+  it.effect("rolls back automatically when the canary fails, not under normal errors, nor when the stable version fails", () =>
     Effect.gen(function*() {
       const manager = Traffic.TrafficManager.make(kv, 60_000)
-      const run = (service: string, failureEvery: number) =>
+      const run = (service: string, failureEvery: number, failing = "green") =>
         Effect.gen(function*() {
+          // Half the users on each version: the stable one answers too.
           yield* Traffic.writeSplit(kv, service, {
             stable: "blue",
             canary: "green",
-            weight: 100,
+            weight: 50,
             autoRollback: { errorRate: 0.2, minRequests: 50, windowSeconds: 60 }
           })
           const versions = versionsOf(service)
+          const background: Array<Promise<unknown>> = []
           for (let n = 0; n < 200; n++) {
             const { version } = yield* manager.choose(versions, user(n), request)
-            yield* manager.record(versions, version, n % failureEvery === 0)
+            yield* manager.record(versions, version, version === failing && n % failureEvery === 0).pipe(
+              Effect.provideService(Invocation, { waitUntil: (promise) => void background.push(promise) })
+            )
             yield* TestClock.adjust("100 millis")
           }
+          yield* Effect.promise(() => Promise.all(background))
           return yield* Traffic.readSplit(kv, service)
         })
       // One answer in 50 failing (2%): the canary keeps its traffic.
       const healthy = yield* run(`healthy-${unique()}`, 50)
-      expect(healthy).toMatchObject({ weight: 100 })
+      expect(healthy).toMatchObject({ weight: 50 })
       expect(healthy?.rolledBack).toBeUndefined()
-      // One in 2 failing: rolled back after the first 50, and every later request went to blue at once.
+      // One in 2 of green's answers failing: rolled back at its 50th answer, and later requests go to blue at once.
       const service = `failing-${unique()}`
       const failing = yield* run(service, 2)
       expect(failing).toMatchObject({ weight: 0, rolledBack: { canary: "green", reason: expect.stringMatching(/^automatic: \d+ of 50 answers of green failed/) } })
       expect((yield* manager.choose(versionsOf(service), user(999), request)).version).toBe("blue")
+      // The stable version failing is not the canary's fault.
+      const stableFailing = yield* run(`stable-failing-${unique()}`, 1, "blue")
+      expect(stableFailing).toMatchObject({ weight: 50 })
+      expect(stableFailing?.rolledBack).toBeUndefined()
     }))
 
-  it.effect("falls back to the default version when the split names a version the route does not have", () =>
+  it.effect("keeps its last split when KV fails, and never fails the request", () =>
+    Effect.gen(function*() {
+      const service = `kv-down-${unique()}`
+      yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 100 })
+      let down = false
+      const flaky = {
+        get: (...args: Parameters<KVNamespace["get"]>) => down ? Promise.reject(new Error("KV is down")) : kv.get(...args)
+      } as unknown as KVNamespace
+      const manager = Traffic.TrafficManager.make(flaky, 1_000)
+      expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("green")
+      down = true
+      yield* TestClock.adjust("2 seconds")
+      expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("green")
+      // Without any split read yet, the default.
+      expect((yield* manager.choose(versionsOf(`never-read-${unique()}`), user(1), request)).version).toBe("blue")
+      // Without the store at all, the default too.
+      expect((yield* Traffic.TrafficManager.make(undefined, 0).choose(versionsOf(service), user(1), request)).version).toBe("blue")
+    }))
+
+  it.effect("drops a canary the route does not have, keeping the stable version; an unknown stable version means the default", () =>
     Effect.gen(function*() {
       const service = `unknown-${unique()}`
-      yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "purple", weight: 100 })
       const manager = Traffic.TrafficManager.make(kv, 0)
+      yield* Traffic.writeSplit(kv, service, { stable: "green", canary: "purple", weight: 100 })
+      expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("green")
+      yield* Traffic.writeSplit(kv, service, { stable: "purple", canary: "green", weight: 0 })
       expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("blue")
     }))
 })
@@ -151,6 +187,16 @@ describe("feature flags", () => {
       expect(yield* flags.isOn(name, user(1))).toBe(true)
       yield* Effect.promise(() => kv.put(`flags/${name}`, "{not json"))
       expect(yield* flags.isOn(name, user(1))).toBe(false)
+      // KV failing: the last copy stands; never read, off; no store at all, off.
+      yield* FeatureFlags.writeFlag(kv, name, { enabled: true, percentage: 100 })
+      let down = false
+      const flaky = { get: (...args: Parameters<KVNamespace["get"]>) => down ? Promise.reject(new Error("down")) : kv.get(...args) } as unknown as KVNamespace
+      const cached = FeatureFlags.FeatureFlags.make(flaky, 0)
+      expect(yield* cached.isOn(name, user(1))).toBe(true)
+      down = true
+      expect(yield* cached.isOn(name, user(1))).toBe(true)
+      expect(yield* cached.isOn(`other-${name}`, user(1))).toBe(false)
+      expect(yield* FeatureFlags.FeatureFlags.make(undefined, 0).isOn(name, user(1))).toBe(false)
     }))
 })
 

@@ -15,10 +15,11 @@
  * A flag that does not exist, a configuration that cannot be read, or a
  * caller without identity gets the flag's safe default: off.
  *
- * Each isolate keeps the flags it read for `FLAGS_CACHE_SECONDS` (default
- * 10); a change reaches everyone within that plus KV's propagation.
+ * Each isolate keeps a flag it read for `FLAGS_CACHE_SECONDS` (default 10);
+ * a change reaches everyone within that plus KV's propagation. When KV
+ * fails, the last copy stands; without the binding every flag is off.
  */
-import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
+import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
 import type { Identity } from "./Identity.ts"
 import { fnv1a64 } from "./Sharding.ts"
@@ -52,9 +53,14 @@ export const evaluate = (flag: Flag | undefined, name: string, identity: Identit
   return bucketOf(name, identity.sub) < Math.round(flag.percentage * 100)
 }
 
+/** The configuration store failed. */
+export class FlagStoreError extends Schema.TaggedError<FlagStoreError>()("FlagStoreError", { cause: Schema.Defect() }) {}
+
+const store = <A>(f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: (cause) => new FlagStoreError({ cause }) })
+
 /** One flag from KV; missing or unreadable is `undefined` (off). */
 export const readFlag = (kv: KVNamespace, name: string) =>
-  Effect.flatMap(Effect.promise(() => kv.get(keyOf(name))), (raw): Effect.Effect<Flag | undefined> =>
+  Effect.flatMap(store(() => kv.get(keyOf(name))), (raw): Effect.Effect<Flag | undefined> =>
     raw === null
       ? Effect.succeed(undefined)
       : decodeFlag(raw).pipe(
@@ -65,7 +71,7 @@ export const readFlag = (kv: KVNamespace, name: string) =>
 /** Every flag in KV, by name. */
 export const readFlags = (kv: KVNamespace) =>
   Effect.gen(function*() {
-    const listed = yield* Effect.promise(() => kv.list({ prefix: "flags/" }))
+    const listed = yield* store(() => kv.list({ prefix: "flags/" }))
     const flags: Record<string, Flag> = {}
     for (const { name: key } of listed.keys) {
       const name = key.slice("flags/".length)
@@ -75,19 +81,24 @@ export const readFlags = (kv: KVNamespace) =>
     return flags
   })
 
-export const writeFlag = (kv: KVNamespace, name: string, flag: Flag) => Effect.promise(() => kv.put(keyOf(name), JSON.stringify(flag)))
-export const deleteFlag = (kv: KVNamespace, name: string) => Effect.promise(() => kv.delete(keyOf(name)))
+export const writeFlag = (kv: KVNamespace, name: string, flag: Flag) => store(() => kv.put(keyOf(name), JSON.stringify(flag)))
+export const deleteFlag = (kv: KVNamespace, name: string) => store(() => kv.delete(keyOf(name)))
 
 export class FeatureFlags extends Context.Service<FeatureFlags, {
   readonly isOn: (name: string, identity: Identity | undefined) => Effect.Effect<boolean>
 }>()("meshwork/layers/FeatureFlags") {
-  static readonly make = (kv: KVNamespace, cacheMillis: number): FeatureFlags["Service"] => {
+  static readonly make = (kv: KVNamespace | undefined, cacheMillis: number): FeatureFlags["Service"] => {
     const cached = new Map<string, { readonly flag: Flag | undefined; readonly at: number }>()
+    /** The flag, from this isolate's copy while fresh; when KV fails, the last copy (or off). */
     const flag = (name: string) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         const hit = cached.get(name)
-        if (hit !== undefined && now - hit.at < cacheMillis) return Effect.succeed(hit.flag)
-        return Effect.tap(readFlag(kv, name), (read) => Effect.sync(() => cached.set(name, { flag: read, at: now })))
+        if (kv === undefined || hit !== undefined && now - hit.at < cacheMillis) return Effect.succeed(hit?.flag)
+        return readFlag(kv, name).pipe(
+          Effect.tap((read) => Effect.sync(() => cached.set(name, { flag: read, at: now }))),
+          Effect.catchTag("FlagStoreError", (error) =>
+            Effect.as(Effect.logWarning(`Feature flag ${name} unreadable; keeping the last copy`, error.cause), hit?.flag))
+        )
       })
     return FeatureFlags.of({
       isOn: (name, identity) => Effect.map(flag(name), (found) => evaluate(found, name, identity))
@@ -98,9 +109,10 @@ export class FeatureFlags extends Context.Service<FeatureFlags, {
   static readonly layer = Layer.effect(
     FeatureFlags,
     Effect.gen(function*() {
-      const kv = yield* Bindings.kv("MESH_CONFIG")
+      const kv = yield* Effect.option(Bindings.kv("MESH_CONFIG"))
+      if (kv._tag === "None") yield* Effect.logWarning("No MESH_CONFIG binding: every feature flag is off")
       const seconds = yield* Config.Number("FLAGS_CACHE_SECONDS").pipe(Config.withDefault(10))
-      return FeatureFlags.make(kv, seconds * 1000)
+      return FeatureFlags.make(Option.getOrUndefined(kv), seconds * 1000)
     })
   )
 }

@@ -14,7 +14,7 @@
  * Matching is on path-segment boundaries: `/api/users` matches `/api/users`
  * and `/api/users/7`, never `/api/usersadmin`. The longest prefix wins.
  */
-import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
+import { Clock, Config, Context, Effect, Exit, Layer, Option, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
 import * as Problem from "../runtime/Problem.ts"
 import * as Health from "./Health.ts"
@@ -116,7 +116,7 @@ type ProxyError =
   | Problem.PayloadTooLarge
 
 /** Forwards a request to its upstream; what a proxy's own step wraps. */
-export type Forward = (request: Request) => Effect.Effect<Response, ProxyError>
+export type Forward = (request: Request) => Effect.Effect<Response, ProxyError, Bindings.Invocation>
 
 /**
  * Forwards to the route's upstream, or, for a route with versions and a
@@ -133,7 +133,15 @@ const forwardTo = (upstream: Upstream, request: Request) =>
     const chosen = yield* traffic.choose(versions, identity, request)
     const service = chosen.version === versions.defaultVersion ? upstream.service : `${upstream.service}@${chosen.version}`
     const exit = yield* Effect.exit(Proxy.forward({ ...upstream, service, fetcher: chosen.fetcher }, request))
-    yield* traffic.record(versions, chosen.version, exit._tag === "Failure" || exit.value.status >= 500)
+    // Only the version's own failures count against it: not a request refused before it was sent.
+    const failed = exit._tag === "Success"
+      ? exit.value.status >= 500
+      : Exit.findErrorOption(exit).pipe(
+        Option.exists((error) =>
+          error instanceof Problem.BadGateway || error instanceof Problem.GatewayTimeout || error instanceof Problem.ServiceUnavailable
+        )
+      )
+    yield* traffic.record(versions, chosen.version, failed)
     if (exit._tag === "Failure") return yield* exit
     const response = new Response(exit.value.body, exit.value)
     response.headers.set(Traffic.versionHeader, chosen.version)
@@ -149,7 +157,7 @@ const forwardTo = (upstream: Upstream, request: Request) =>
  */
 export const proxy = <E = never, R = never>(
   service: string,
-  around: (request: Request, forward: Forward) => Effect.Effect<Response, E | ProxyError, R> = (request, forward) =>
+  around: (request: Request, forward: Forward) => Effect.Effect<Response, E | ProxyError, Bindings.Invocation | R> = (request, forward) =>
     forward(request)
 ) => {
   // The gateway's /health is public: one probe of the mesh per 5 s per isolate, however often it is asked.
@@ -159,15 +167,15 @@ export const proxy = <E = never, R = never>(
       cached !== undefined && now - cached.at < Health.cacheMillis
         ? Effect.succeed(cached.report)
         : Effect.tap(Health.report(service, upstreams), (report) => Effect.sync(() => (cached = { report, at: now }))))
-  return (request: Request): Effect.Effect<Response, ProxyError | E, RoutingTable | Identity.IdentityKey | R> =>
-  RoutingTable.use((table): Effect.Effect<Response, ProxyError | E, Identity.IdentityKey | R> => {
+  return (request: Request): Effect.Effect<Response, ProxyError | E, RoutingTable | Identity.IdentityKey | Bindings.Invocation | R> =>
+  RoutingTable.use((table): Effect.Effect<Response, ProxyError | E, Identity.IdentityKey | Bindings.Invocation | R> => {
     const path = new URL(request.url).pathname
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
         ? Effect.map(health(table.upstreams), Health.toResponse)
         : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
     }
-    return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, ProxyError | E, R> => {
+    return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, ProxyError | E, Bindings.Invocation | R> => {
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))

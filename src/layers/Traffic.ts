@@ -26,10 +26,15 @@
  * answers say which version served them in `x-meshwork-version`.
  *
  * Automatic rollback: the router counts the canary's answers per isolate
- * over `windowSeconds`; when at least `minRequests` were seen and the share
- * of failures (5xx, unreachable, timed out) passes `errorRate`, it writes
- * weight 0 with the reason, logs the event, and stops sending the canary
- * traffic at once (other isolates within their cache time).
+ * over `windowSeconds` (tumbling windows); when at least `minRequests` were
+ * seen in one isolate and the share of failures (5xx, unreachable, timed
+ * out) passes `errorRate`, that isolate stops sending the canary traffic at
+ * once, logs the event, and writes weight 0 with the reason (other isolates
+ * follow within their cache time). A canary spread thin over many isolates
+ * may never reach `minRequests` in any one: size it to your traffic.
+ *
+ * A KV failure never fails a request: the router keeps its last split, and
+ * without the `MESH_CONFIG` binding uses each route's default version.
  */
 import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
@@ -79,9 +84,16 @@ export const subjectOf = (identity: Identity | undefined, request: Request): str
 export const versionFor = (split: TrafficSplit, bucket: number): string =>
   split.canary !== undefined && bucket < Math.round(split.weight * 100) ? split.canary : split.stable
 
-/** Reading and writing splits in KV; what the admin API and the router share. */
+/** The configuration store failed (KV unreachable, or over its write rate). */
+export class ConfigStoreError extends Schema.TaggedError<ConfigStoreError>()("ConfigStoreError", {
+  cause: Schema.Defect()
+}) {}
+
+const store = <A>(f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: (cause) => new ConfigStoreError({ cause }) })
+
+/** Reading and writing splits in KV; what the admin API and the router share. An unreadable split is none. */
 export const readSplit = (kv: KVNamespace, service: string) =>
-  Effect.flatMap(Effect.promise(() => kv.get(keyOf(service))), (raw) =>
+  Effect.flatMap(store(() => kv.get(keyOf(service))), (raw) =>
     raw === null
       ? Effect.succeed(undefined)
       : decodeSplit(raw).pipe(
@@ -90,12 +102,12 @@ export const readSplit = (kv: KVNamespace, service: string) =>
       ))
 
 export const writeSplit = (kv: KVNamespace, service: string, split: TrafficSplit) =>
-  Effect.promise(() => kv.put(keyOf(service), JSON.stringify(split)))
+  store(() => kv.put(keyOf(service), JSON.stringify(split)))
 
 /** Every split in KV, by service. */
 export const readAllSplits = (kv: KVNamespace) =>
   Effect.gen(function*() {
-    const listed = yield* Effect.promise(() => kv.list({ prefix: "traffic/" }))
+    const listed = yield* store(() => kv.list({ prefix: "traffic/" }))
     const splits: Record<string, TrafficSplit> = {}
     for (const { name } of listed.keys) {
       const service = name.slice("traffic/".length)
@@ -105,11 +117,16 @@ export const readAllSplits = (kv: KVNamespace) =>
     return splits
   })
 
-/** Weight 0 for the canary, with the reason: instant for this isolate, then for all. */
-export const rollback = (kv: KVNamespace, service: string, reason: string) =>
+/**
+ * Weight 0 for the canary, with the reason. With `canary`, only if that is
+ * still the canary with traffic: a router's late automatic rollback must not
+ * undo a split an admin has changed since.
+ */
+export const rollback = (kv: KVNamespace, service: string, reason: string, canary?: string) =>
   Effect.gen(function*() {
     const split = yield* readSplit(kv, service)
     if (split === undefined || split.canary === undefined) return undefined
+    if (canary !== undefined && (split.canary !== canary || split.weight === 0)) return undefined
     const at = new Date(yield* Clock.currentTimeMillis).toISOString()
     const next: TrafficSplit = { ...split, weight: 0, rolledBack: { at, reason, canary: split.canary } }
     yield* writeSplit(kv, service, next)
@@ -137,23 +154,30 @@ export class TrafficManager extends Context.Service<TrafficManager, {
     request: Request
   ) => Effect.Effect<{ readonly version: string; readonly fetcher: Fetcher }>
   /** Counts an answer of `version`; may trip the automatic rollback of a canary. */
-  readonly record: (versions: Versions, version: string, failed: boolean) => Effect.Effect<void>
+  readonly record: (versions: Versions, version: string, failed: boolean) => Effect.Effect<void, never, Bindings.Invocation>
 }>()("meshwork/layers/Traffic/TrafficManager") {
-  static readonly make = (kv: KVNamespace, cacheMillis: number): TrafficManager["Service"] => {
+  static readonly make = (kv: KVNamespace | undefined, cacheMillis: number): TrafficManager["Service"] => {
     const cached = new Map<string, { readonly split: TrafficSplit | undefined; readonly at: number }>()
-    const windows = new Map<string, Window>()
+    const windows = new Map<string, Window & { readonly canary: string }>()
 
+    /** The split, from this isolate's copy while it is fresh; when KV fails, the last copy (or none). */
     const splitOf = (service: string) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         const hit = cached.get(service)
-        if (hit !== undefined && now - hit.at < cacheMillis) return Effect.succeed(hit.split)
-        return Effect.tap(readSplit(kv, service), (split) => Effect.sync(() => cached.set(service, { split, at: now })))
+        if (kv === undefined || hit !== undefined && now - hit.at < cacheMillis) return Effect.succeed(hit?.split)
+        return readSplit(kv, service).pipe(
+          Effect.tap((split) => Effect.sync(() => cached.set(service, { split, at: now }))),
+          Effect.catchTag("ConfigStoreError", (error) =>
+            Effect.as(Effect.logWarning(`Traffic split of ${service} unreadable; keeping the last one`, error.cause), hit?.split))
+        )
       })
 
+    /** The split as this route can follow it: an unknown canary is dropped, an unknown stable version means none. */
     const usable = (versions: Versions, split: TrafficSplit | undefined): TrafficSplit | undefined => {
-      if (split === undefined) return undefined
-      const known = (name: string | undefined) => name === undefined || versions.fetchers.has(name)
-      return known(split.stable) && known(split.canary) ? split : undefined
+      if (split === undefined || !versions.fetchers.has(split.stable)) return undefined
+      if (split.canary === undefined || versions.fetchers.has(split.canary)) return split
+      const { canary: _, ...withoutCanary } = split
+      return { ...withoutCanary, weight: 0 }
     }
 
     return TrafficManager.of({
@@ -170,14 +194,15 @@ export class TrafficManager extends Context.Service<TrafficManager, {
         }),
       record: (versions, version, failed) =>
         Effect.gen(function*() {
-          const split = usable(versions, cached.get(versions.service)?.split)
+          const hit = cached.get(versions.service)
+          const split = usable(versions, hit?.split)
           if (split === undefined || split.canary !== version || split.weight === 0) return
           const settings = split.autoRollback ?? {}
           const now = yield* Clock.currentTimeMillis
           const windowMillis = (settings.windowSeconds ?? 60) * 1000
           let window = windows.get(versions.service)
-          if (window === undefined || now - window.start > windowMillis) {
-            window = { start: now, total: 0, failed: 0 }
+          if (window === undefined || window.canary !== version || now - window.start > windowMillis) {
+            window = { start: now, total: 0, failed: 0, canary: version }
             windows.set(versions.service, window)
           }
           window.total++
@@ -186,22 +211,37 @@ export class TrafficManager extends Context.Service<TrafficManager, {
           if (window.total < (settings.minRequests ?? 20) || rate <= (settings.errorRate ?? 0.2)) return
           windows.delete(versions.service)
           const reason = `automatic: ${window.failed} of ${window.total} answers of ${version} failed in ${Math.round((now - window.start) / 1000)} s`
-          const next = yield* rollback(kv, versions.service, reason)
-          cached.set(versions.service, { split: next, at: now })
-          yield* Effect.logWarning(`Rolled ${versions.service} back from ${version}`).pipe(
+          // This isolate stops sending the canary traffic now; KV tells the others, after the answer.
+          cached.set(versions.service, {
+            split: { ...split, weight: 0, rolledBack: { at: new Date(now).toISOString(), reason, canary: version } },
+            at: now
+          })
+          yield* Effect.logWarning(`Rolling ${versions.service} back from ${version}`).pipe(
             Effect.annotateLogs({ service: versions.service, canary: version, reason })
           )
+          if (kv !== undefined) {
+            yield* Bindings.waitUntil(
+              rollback(kv, versions.service, reason, version).pipe(
+                Effect.catchTag("ConfigStoreError", (error) => Effect.logError(`Writing the rollback of ${versions.service} failed`, error.cause))
+              )
+            )
+          }
         })
     })
   }
 
-  /** Splits from the `MESH_CONFIG` KV namespace, kept `TRAFFIC_CACHE_SECONDS` (default 10) per isolate. */
+  /**
+   * Splits from the `MESH_CONFIG` KV namespace, kept `TRAFFIC_CACHE_SECONDS`
+   * (default 10) per isolate. Without the binding, every route uses its
+   * default version (and a warning says so).
+   */
   static readonly layer = Layer.effect(
     TrafficManager,
     Effect.gen(function*() {
-      const kv = yield* Bindings.kv("MESH_CONFIG")
+      const kv = yield* Effect.option(Bindings.kv("MESH_CONFIG"))
+      if (kv._tag === "None") yield* Effect.logWarning("No MESH_CONFIG binding: every route uses its default version")
       const seconds = yield* Config.Number("TRAFFIC_CACHE_SECONDS").pipe(Config.withDefault(10))
-      return TrafficManager.make(kv, seconds * 1000)
+      return TrafficManager.make(Option.getOrUndefined(kv), seconds * 1000)
     })
   )
 }

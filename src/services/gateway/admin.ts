@@ -5,7 +5,7 @@
  *   GET    /api/admin/status                      traffic splits and flags
  *   GET    /api/admin/traffic                     every service's split
  *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback? }
- *   POST   /api/admin/traffic/{service}/rollback  weight 0 for the canary, now
+ *   POST   /api/admin/traffic/{service}/rollback  weight 0 for the canary (routers follow within their cache time)
  *   GET    /api/admin/flags                       every flag
  *   PUT    /api/admin/flags/{name}                { enabled, percentage, users?, roles? }
  *   DELETE /api/admin/flags/{name}
@@ -47,6 +47,9 @@ const body = <S extends Schema.Codec<any, any>>(request: Request, schema: S) =>
 const name = (value: string | undefined, schema: Schema.Codec<string, string>, what: string) =>
   Schema.decodeUnknownEffect(schema)(value).pipe(Effect.mapError(() => new Problem.BadRequest({ detail: `Not a ${what} name: ${value}` })))
 
+/** A configuration store failure, as the admin sees it. */
+const storeDown = () => Effect.fail(new Problem.ServiceUnavailable({ detail: "The mesh configuration store failed; try again" }))
+
 const config = Bindings.kv("MESH_CONFIG").pipe(
   Effect.catchTag("MissingBinding", () =>
     Effect.fail(new Problem.ServiceUnavailable({ detail: "The mesh configuration store (MESH_CONFIG) is not bound" })))
@@ -56,6 +59,9 @@ const notAllowed = (allowed: string) => Effect.fail(new Problem.MethodNotAllowed
 
 /** Answers an `/api/admin/...` request. */
 export const admin = (request: Request, identity: Identity) =>
+  answer(request, identity).pipe(Effect.catchTags({ ConfigStoreError: storeDown, FlagStoreError: storeDown }))
+
+const answer = (request: Request, identity: Identity) =>
   Effect.gen(function*() {
     if (!hasRole(identity, "admin")) return yield* new Problem.Forbidden({ detail: "The admin API requires the admin role" })
     const path = new URL(request.url).pathname.slice(adminPrefix.length)
