@@ -86,6 +86,11 @@ describe("sessions through the gateway", () => {
       await expectProblem(await request("DELETE", `/api/sessions/${session.id}`, intruder.token), 404)
     }
     await expectProblem(await gateway(`/api/sessions/${session.id}`), 401)
+    // With If-Match, someone else's session is as absent as a missing one: 412, current version 0.
+    expect(await expectProblem(await patch(other.token, session.id, [{ _tag: "Increment", counter: "x" }], "*"), 412))
+      .toMatchObject({ currentVersion: 0 })
+    expect(await expectProblem(await patch(other.token, crypto.randomUUID(), [{ _tag: "Increment", counter: "x" }], '"1"'), 412))
+      .toMatchObject({ currentVersion: 0 })
     // Nothing the others did touched it.
     const read = await request("GET", `/api/sessions/${session.id}`, owner.token)
     expect(await read.json()).toMatchObject({ version: 1, counters: {} })

@@ -181,7 +181,10 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
   /** The live entry of `owner`, or why there is none to write. */
   const live = (key: string, owner: string, expected: Precondition | undefined, now: number): Answer | Row => {
     const entry = row(key)
-    if (entry === undefined || !isLive(entry, now) || entry.owner !== owner) return { _tag: "NotFound" }
+    if (entry === undefined || !isLive(entry, now) || entry.owner !== owner) {
+      // RFC 9110: a precondition on something that does not exist (for this caller) is false.
+      return expected === undefined ? { _tag: "NotFound" } : { _tag: "Mismatch", currentVersion: 0 }
+    }
     if (expected !== undefined && expected !== "*" && !expected.includes(entry.version)) {
       return { _tag: "Mismatch", currentVersion: entry.version }
     }
