@@ -7,6 +7,8 @@ import { createExecutionContext, createMessageBatch, getQueueResult } from "clou
 import { env } from "cloudflare:workers"
 import { Effect, Layer, Option, Tracer } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
+import { WorkerEnv } from "../src/runtime/Bindings.ts"
+import * as D1 from "../src/runtime/D1.ts"
 import * as Queues from "../src/runtime/Queues.ts"
 import * as Worker from "../src/runtime/Worker.ts"
 import { TestJob, Unfixable } from "./fixtures/worker.ts"
@@ -163,6 +165,24 @@ describe("a queue with a dead-letter queue", () => {
     expect(parents).toHaveLength(1)
     expect(parents[0]!.traceId).toBe(sender.traceId)
     expect(sent?.traceparent).toBe(`00-${parents[0]!.traceId}-${parents[0]!.spanId}-01`)
+  })
+})
+
+describe("pruning handled messages", () => {
+  it("forgets handled messages older than 14 days, and only those", async () => {
+    const tag = unique()
+    const day = 24 * 3600 * 1000
+    const rows = [[`old-${tag}`, 15], [`edge-${tag}`, 13], [`new-${tag}`, 0]] as const
+    await env.PRODUCTS_DB.batch(rows.map(([id, daysAgo]) =>
+      env.PRODUCTS_DB.prepare("INSERT INTO queue_processed (id, queue, outcome, processed_at) VALUES (?, 'q', 'processed', ?)")
+        .bind(id, new Date(Date.now() - daysAgo * day).toISOString())
+    ))
+    const deleted = await Effect.runPromise(
+      Queues.pruneProcessed().pipe(Effect.provide(D1.layer("PRODUCTS_DB")), Effect.provide(WorkerEnv.layer(env)))
+    )
+    expect(deleted).toBeGreaterThanOrEqual(1)
+    const left = await env.PRODUCTS_DB.prepare("SELECT id FROM queue_processed WHERE id LIKE ? ORDER BY id").bind(`%-${tag}`).all<{ id: string }>()
+    expect(left.results.map((row) => row.id)).toEqual([`edge-${tag}`, `new-${tag}`])
   })
 })
 

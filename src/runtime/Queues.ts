@@ -314,3 +314,16 @@ export const once = (
       )
     )
   })
+
+/**
+ * Deletes `queue_processed` rows older than `olderThan` (default 14 days,
+ * longer than Queues keep a message, so a redelivery can no longer come):
+ * without it the table only grows. Run it from a cron trigger.
+ */
+export const pruneProcessed = (olderThan: Duration.Input = "14 days") =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const cutoff = new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(olderThan)).toISOString()
+    const deleted = yield* sql<{ id: string }>`DELETE FROM queue_processed WHERE processed_at < ${cutoff} RETURNING id`
+    return deleted.length
+  })

@@ -3,9 +3,10 @@
  * over its own binding, and consumes the product import queue and its
  * dead-letter queue.
  */
-import { Layer } from "effect"
+import { Effect, Layer } from "effect"
 import { Locks } from "../../layers/Locks.ts"
 import { Retries } from "../../layers/Retry.ts"
+import * as D1 from "../../runtime/D1.ts"
 import * as Http from "../../runtime/Http.ts"
 import * as Queues from "../../runtime/Queues.ts"
 import * as Worker from "../../runtime/Worker.ts"
@@ -26,6 +27,13 @@ export default Worker.make({
   name: "products",
   layer: Http.layer(ProductsRoutes).pipe(Layer.provideMerge(services), Layer.provideMerge(Retries.layer)),
   fetch: Http.serve,
+  // Daily: forget handled queue messages old enough that no redelivery can come.
+  scheduled: () =>
+    Queues.pruneProcessed().pipe(
+      Effect.tap((deleted) => Effect.logInfo(`Pruned ${deleted} handled queue messages`)),
+      Effect.orDie,
+      Effect.provide(D1.layer("PRODUCTS_DB"))
+    ),
   queue: Queues.route({
     [importsQueue]: Queues.consumer({
       name: importsQueue,
