@@ -114,6 +114,19 @@ it.effect("the Redis store keeps its counters in Redis, expiring on Redis's cloc
     expect(ttl).toBeLessThanOrEqual(60_000 + 6_000)
   }).pipe(Effect.provide(limitsWith([policy("redis")]))))
 
+it.effect("the Redis store admits exactly N through the pooled connections of a Durable Object (REDIS_POOL)", () =>
+  Effect.gen(function*() {
+    const key = `pooled-${crypto.randomUUID()}`
+    expect(yield* burst(25, key)).toEqual({ admitted: 10, refused: 15 })
+    // The counter lives in Redis, written through the pool's connections.
+    const ttl = Number(yield* Redis.make("redis://127.0.0.1:6379").send("PTTL", `meshwork:ratelimit:burst:${key}`))
+    expect(ttl).toBeGreaterThan(0)
+    const pooled = String(yield* Redis.make("redis://127.0.0.1:6379").send("CLIENT", "LIST"))
+      .split("\n").filter((line) => line.includes(" name=meshwork-pool "))
+    expect(pooled.length).toBeGreaterThan(0)
+    expect(pooled.length).toBeLessThanOrEqual(4)
+  }).pipe(Effect.provide(limitsWith([policy("redis")], { REDIS_POOL: env.REDIS_POOL }))))
+
 it.effect.each([
   ["open", "lets the request through"],
   ["closed", "refuses it with 503"]
