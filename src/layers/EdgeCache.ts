@@ -302,15 +302,13 @@ export class EdgeCache extends Context.Service<EdgeCache, {
     }
 
     /**
-     * Stores `response` (a copy of which the client gets) if it may be kept.
+     * Stores `response` (a copy of which the client gets), kept as `kept` says.
      * The copy is put first and indexed after: a purge of one of its tags
      * since `fetchedAt` either finds it in the index, or makes the index
      * answer that it is too old, and it is deleted here.
      */
-    const store = (key: string, url: string, route: CacheRoute, response: Response, fetchedAt: number) =>
+    const store = (key: string, url: string, route: CacheRoute, response: Response, fetchedAt: number, kept: Freshness) =>
       Effect.gen(function*() {
-        const kept = freshness(response, route.cacheControl, fetchedAt)
-        if (typeof kept === "string") return
         const copy = new Response(response.body, response)
         copy.headers.set(meta.cacheControl, response.headers.get("cache-control") ?? route.cacheControl ?? "")
         copy.headers.set(meta.storedAt, String(kept.storedAt))
@@ -329,13 +327,19 @@ export class EdgeCache extends Context.Service<EdgeCache, {
         if (current.includes(false)) yield* attempt("delete", () => cache.delete(key), false)
       })
 
+    /** Stores `response` if it may be kept at all (a revalidation's answer). */
+    const storeIfKept = (key: string, url: string, route: CacheRoute, response: Response, fetchedAt: number) => {
+      const kept = freshness(response, route.cacheControl, fetchedAt)
+      return typeof kept === "string" ? Effect.void : store(key, url, route, response, fetchedAt, kept)
+    }
+
     /** Fetches; a response that may be kept is stored under `ctx.waitUntil`, so the client has its answer first. */
     const fetchAndStore = <E, R>(key: string, url: string, route: CacheRoute, fetch: Effect.Effect<Response, E, R>) =>
       Effect.gen(function*() {
         const fetchedAt = yield* Clock.currentTimeMillis
         const response = yield* fetch
-        if (typeof freshness(response, route.cacheControl, fetchedAt) === "string") return response
-        yield* Bindings.waitUntil(store(key, url, route, response.clone(), fetchedAt))
+        const kept = freshness(response, route.cacheControl, fetchedAt)
+        if (typeof kept !== "string") yield* Bindings.waitUntil(store(key, url, route, response.clone(), fetchedAt, kept))
         return response
       })
 
@@ -401,7 +405,7 @@ export class EdgeCache extends Context.Service<EdgeCache, {
                   return failed(exit)
                     ? Effect.logWarning("Edge cache revalidation failed; the stale entry stays")
                     : exit._tag === "Success"
-                    ? store(key, url, route, exit.value, now)
+                    ? storeIfKept(key, url, route, exit.value, now)
                     : Effect.void
                 }),
                 Effect.timeout(revalidationMillis),

@@ -36,8 +36,9 @@
  * A KV failure never fails a request: the router keeps its last split, and
  * without the `MESH_CONFIG` binding uses each route's default version.
  */
-import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
+import { Clock, Context, Effect, Layer, Option, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
+import * as ConfigStore from "./ConfigStore.ts"
 import { hasRole, type Identity } from "./Identity.ts"
 import { fnv1a64 } from "./Sharding.ts"
 
@@ -68,9 +69,7 @@ export type TrafficSplit = typeof TrafficSplit.Type
 export const overrideHeader = "x-use-version"
 export const versionHeader = "x-meshwork-version"
 
-const keyOf = (service: string) => `traffic/${service}`
-const decodeSplit = Schema.decodeUnknownEffect(Schema.fromJsonString(TrafficSplit))
-
+const prefix = "traffic/"
 /** The caller's bucket for a service, 0 to 9999: stable for a user, spread evenly over users. */
 export const bucketOf = (service: string, subject: string): number => Number(fnv1a64(`${service}:${subject}`) % 10_000n)
 
@@ -84,38 +83,11 @@ export const subjectOf = (identity: Identity | undefined, request: Request): str
 export const versionFor = (split: TrafficSplit, bucket: number): string =>
   split.canary !== undefined && bucket < Math.round(split.weight * 100) ? split.canary : split.stable
 
-/** The configuration store failed (KV unreachable, or over its write rate). */
-export class ConfigStoreError extends Schema.TaggedError<ConfigStoreError>()("ConfigStoreError", {
-  cause: Schema.Defect()
-}) {}
-
-const store = <A>(f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: (cause) => new ConfigStoreError({ cause }) })
-
 /** Reading and writing splits in KV; what the admin API and the router share. An unreadable split is none. */
-export const readSplit = (kv: KVNamespace, service: string) =>
-  Effect.flatMap(store(() => kv.get(keyOf(service))), (raw) =>
-    raw === null
-      ? Effect.succeed(undefined)
-      : decodeSplit(raw).pipe(
-        Effect.tapError((error) => Effect.logError(`Ignoring an unreadable traffic split for ${service}`, error)),
-        Effect.orElseSucceed(() => undefined)
-      ))
-
-export const writeSplit = (kv: KVNamespace, service: string, split: TrafficSplit) =>
-  store(() => kv.put(keyOf(service), JSON.stringify(split)))
-
+export const readSplit = (kv: KVNamespace, service: string) => ConfigStore.read(kv, prefix + service, TrafficSplit)
+export const writeSplit = (kv: KVNamespace, service: string, split: TrafficSplit) => ConfigStore.write(kv, prefix + service, split)
 /** Every split in KV, by service. */
-export const readAllSplits = (kv: KVNamespace) =>
-  Effect.gen(function*() {
-    const listed = yield* store(() => kv.list({ prefix: "traffic/" }))
-    const splits: Record<string, TrafficSplit> = {}
-    for (const { name } of listed.keys) {
-      const service = name.slice("traffic/".length)
-      const split = yield* readSplit(kv, service)
-      if (split !== undefined) splits[service] = split
-    }
-    return splits
-  })
+export const readAllSplits = (kv: KVNamespace) => ConfigStore.readAll(kv, prefix, TrafficSplit)
 
 /**
  * Weight 0 for the canary, with the reason. With `canary`, only if that is
@@ -140,8 +112,10 @@ export interface Versions {
   readonly defaultVersion: string
 }
 
+/** The canary's answers in the current window, per isolate. */
 interface Window {
-  start: number
+  readonly canary: string
+  readonly start: number
   total: number
   failed: number
 }
@@ -157,20 +131,8 @@ export class TrafficManager extends Context.Service<TrafficManager, {
   readonly record: (versions: Versions, version: string, failed: boolean) => Effect.Effect<void, never, Bindings.Invocation>
 }>()("meshwork/layers/Traffic/TrafficManager") {
   static readonly make = (kv: KVNamespace | undefined, cacheMillis: number): TrafficManager["Service"] => {
-    const cached = new Map<string, { readonly split: TrafficSplit | undefined; readonly at: number }>()
-    const windows = new Map<string, Window & { readonly canary: string }>()
-
-    /** The split, from this isolate's copy while it is fresh; when KV fails, the last copy (or none). */
-    const splitOf = (service: string) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => {
-        const hit = cached.get(service)
-        if (kv === undefined || hit !== undefined && now - hit.at < cacheMillis) return Effect.succeed(hit?.split)
-        return readSplit(kv, service).pipe(
-          Effect.tap((split) => Effect.sync(() => cached.set(service, { split, at: now }))),
-          Effect.catchTag("ConfigStoreError", (error) =>
-            Effect.as(Effect.logWarning(`Traffic split of ${service} unreadable; keeping the last one`, error.cause), hit?.split))
-        )
-      })
+    const splits = ConfigStore.cached(kv, cacheMillis, TrafficSplit)
+    const windows = new Map<string, Window>()
 
     /** The split as this route can follow it: an unknown canary is dropped, an unknown stable version means none. */
     const usable = (versions: Versions, split: TrafficSplit | undefined): TrafficSplit | undefined => {
@@ -188,14 +150,13 @@ export class TrafficManager extends Context.Service<TrafficManager, {
           if (override !== null && identity !== undefined && hasRole(identity, "admin") && versions.fetchers.has(override)) {
             return fetcherOf(override)
           }
-          const split = usable(versions, yield* splitOf(versions.service))
+          const split = usable(versions, yield* splits.get(prefix + versions.service))
           if (split === undefined) return fetcherOf(versions.defaultVersion)
           return fetcherOf(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
         }),
       record: (versions, version, failed) =>
         Effect.gen(function*() {
-          const hit = cached.get(versions.service)
-          const split = usable(versions, hit?.split)
+          const split = usable(versions, splits.peek(prefix + versions.service))
           if (split === undefined || split.canary !== version || split.weight === 0) return
           const settings = split.autoRollback ?? {}
           const now = yield* Clock.currentTimeMillis
@@ -212,10 +173,11 @@ export class TrafficManager extends Context.Service<TrafficManager, {
           windows.delete(versions.service)
           const reason = `automatic: ${window.failed} of ${window.total} answers of ${version} failed in ${Math.round((now - window.start) / 1000)} s`
           // This isolate stops sending the canary traffic now; KV tells the others, after the answer.
-          cached.set(versions.service, {
-            split: { ...split, weight: 0, rolledBack: { at: new Date(now).toISOString(), reason, canary: version } },
-            at: now
-          })
+          splits.put(
+            prefix + versions.service,
+            { ...split, weight: 0, rolledBack: { at: new Date(now).toISOString(), reason, canary: version } },
+            now
+          )
           yield* Effect.logWarning(`Rolling ${versions.service} back from ${version}`).pipe(
             Effect.annotateLogs({ service: versions.service, canary: version, reason })
           )
@@ -237,12 +199,10 @@ export class TrafficManager extends Context.Service<TrafficManager, {
    */
   static readonly layer = Layer.effect(
     TrafficManager,
-    Effect.gen(function*() {
-      const kv = yield* Effect.option(Bindings.kv("MESH_CONFIG"))
-      if (kv._tag === "None") yield* Effect.logWarning("No MESH_CONFIG binding: every route uses its default version")
-      const seconds = yield* Config.Number("TRAFFIC_CACHE_SECONDS").pipe(Config.withDefault(10))
-      return TrafficManager.make(Option.getOrUndefined(kv), seconds * 1000)
-    })
+    Effect.map(
+      ConfigStore.fromEnv("TRAFFIC_CACHE_SECONDS", "every route uses its default version"),
+      ({ kv, cacheMillis }) => TrafficManager.make(kv, cacheMillis)
+    )
   )
 }
 

@@ -200,7 +200,7 @@ export class Redis extends Context.Service<Redis, {
     const preamble = preambleOf(endpoint)
     const send = (...args: ReadonlyArray<string>) =>
       Effect.tryPromise({ try: () => exchange(endpoint, [...preamble, args]), catch: toRedisError })
-    return Redis.of({ send, eval: (script, keys, args) => send("EVAL", script, String(keys.length), ...keys, ...args) })
+    return fromSend(send)
   }
 
   /**
@@ -257,7 +257,7 @@ export class Redis extends Context.Service<Redis, {
               })
             ))
         )
-      return Redis.of({ send, eval: (script, keys, args) => send("EVAL", script, String(keys.length), ...keys, ...args) })
+      return fromSend(send)
     })
 
   /** Commands sent to a `RedisPoolObject`, which holds the connections. */
@@ -268,7 +268,7 @@ export class Redis extends Context.Service<Redis, {
         try: () => stub().send(args),
         catch: (error) => new RedisError({ message: error instanceof Error ? error.message : String(error) })
       }).pipe(Effect.flatMap((answer) => "error" in answer ? Effect.fail(new RedisError({ message: answer.error })) : Effect.succeed(answer.reply)))
-    return Redis.of({ send, eval: (script, keys, args) => send("EVAL", script, String(keys.length), ...keys, ...args) })
+    return fromSend(send)
   }
 
   /**
@@ -285,6 +285,10 @@ export class Redis extends Context.Service<Redis, {
     })
   )
 }
+
+/** A client from its way of sending one command. */
+const fromSend = (send: Redis["Service"]["send"]): Redis["Service"] =>
+  Redis.of({ send, eval: (script, keys, args) => send("EVAL", script, String(keys.length), ...keys, ...args) })
 
 const preambleOf = (endpoint: Endpoint): Array<Array<string>> => [
   ...(endpoint.password === undefined

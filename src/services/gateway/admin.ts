@@ -59,7 +59,7 @@ const notAllowed = (allowed: string) => Effect.fail(new Problem.MethodNotAllowed
 
 /** Answers an `/api/admin/...` request. */
 export const admin = (request: Request, identity: Identity) =>
-  answer(request, identity).pipe(Effect.catchTags({ ConfigStoreError: storeDown, FlagStoreError: storeDown }))
+  answer(request, identity).pipe(Effect.catchTag("ConfigStoreError", storeDown))
 
 const answer = (request: Request, identity: Identity) =>
   Effect.gen(function*() {
