@@ -2,7 +2,8 @@
  * Forwarding a request to an upstream Worker over its service binding, the
  * way an HTTP proxy must (RFC 9110 section 7.6.1): hop-by-hop headers, and every
  * header the `Connection` header names, are dropped in both directions; the
- * path and query reach the upstream exactly as they were routed.
+ * path and query reach the upstream exactly as they were routed. Each
+ * attempt is a client span whose W3C trace context the upstream continues.
  */
 import { Effect } from "effect"
 import { readLimited } from "../runtime/Http.ts"
@@ -11,6 +12,7 @@ import { type BreakerSettings, CircuitBreakers } from "./CircuitBreakers.ts"
 import * as Faults from "./Faults.ts"
 import type { FaultSettings } from "./Faults.ts"
 import * as Retry from "./Retry.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 const hopByHop = new Set([
   "connection",
@@ -71,7 +73,8 @@ export const defaultMaxBodyBytes = 1024 * 1024
 /**
  * The request to send upstream, as a function that makes it (once per
  * attempt, so a retry can send it again): same URL and method, hop-by-hop
- * headers dropped, the body read first (at most `maxBodyBytes`, else 413).
+ * headers dropped, the trace context of `trace` when given, the body read
+ * first (at most `maxBodyBytes`, else 413).
  * Buffering matters on Workers: an upstream may answer before reading a
  * streamed body, and a stream still being pumped after our response is sent
  * fails.
@@ -79,17 +82,27 @@ export const defaultMaxBodyBytes = 1024 * 1024
 export const upstreamRequest = (
   request: Request,
   maxBodyBytes: number = defaultMaxBodyBytes
-): Effect.Effect<() => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
+): Effect.Effect<(trace?: Telemetry.Carrier) => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
   const headers = stripHopByHop(request.headers)
+  const traced = (trace: Telemetry.Carrier) => {
+    const copy = new Headers(headers)
+    copy.set("traceparent", trace.traceparent)
+    if (trace.tracestate === undefined) copy.delete("tracestate")
+    else copy.set("tracestate", trace.tracestate)
+    return copy
+  }
   if (request.body === null) {
     const outgoing = headers === request.headers ? request : new Request(request, { headers })
-    return Effect.succeed(() => outgoing)
+    return Effect.succeed((trace) => trace === undefined ? outgoing : new Request(request, { headers: traced(trace) }))
   }
   const declared = request.headers.get("content-length")
   if (declared !== null && Number(declared) > maxBodyBytes) {
     return Effect.fail(new Problem.PayloadTooLarge({ limit: maxBodyBytes }))
   }
-  return Effect.map(readLimited(request.body, maxBodyBytes), (body) => () => new Request(request, { headers, body }))
+  return Effect.map(
+    readLimited(request.body, maxBodyBytes),
+    (body) => (trace) => new Request(request, { headers: trace === undefined ? headers : traced(trace), body })
+  )
 }
 
 /** The response to send downstream, hop-by-hop headers dropped. */
@@ -139,14 +152,19 @@ export const forward = (
       attempt: Faults.inject(
         target.service,
         target.faults,
-        Effect.map(
+        Effect.flatMap(Telemetry.activeCarrier, (trace) =>
           Effect.tryPromise({
-            try: (signal) => target.fetcher.fetch(outgoing(), { signal }),
+            try: (signal) => target.fetcher.fetch(outgoing(trace), { signal }),
             catch: () =>
               new Problem.BadGateway({ service: target.service, detail: `The ${target.service} service could not be reached` })
-          }),
-          downstreamResponse
-        )
+          })).pipe(
+            Effect.map(downstreamResponse),
+            Effect.tap((response) => Effect.annotateCurrentSpan("http.response.status_code", response.status)),
+            Effect.withSpan(`${request.method} ${target.service}`, {
+              kind: "client",
+              attributes: { "http.request.method": request.method, "server.address": target.service }
+            })
+          )
       )
     })
     return Effect.flatMap(

@@ -20,6 +20,7 @@ import * as Problem from "../runtime/Problem.ts"
 import * as Health from "./Health.ts"
 import * as Identity from "./Identity.ts"
 import * as Traffic from "./Traffic.ts"
+import * as Telemetry from "./Telemetry.ts"
 import * as Proxy from "./Proxy.ts"
 import { BreakerSettings } from "./CircuitBreakers.ts"
 import { FaultSettings } from "./Faults.ts"
@@ -172,14 +173,14 @@ export const proxy = <E = never, R = never>(
     const path = new URL(request.url).pathname
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
-        ? Effect.map(health(table.upstreams), Health.toResponse)
+        ? Effect.andThen(Telemetry.setRoute("/health"), Effect.map(health(table.upstreams), Health.toResponse))
         : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
     }
     return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, ProxyError | E, Bindings.Invocation | R> => {
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-        : around(request, (prepared) => forwardTo(upstream, prepared))
+        : Effect.andThen(Telemetry.setRoute(`${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
     })
   })
 }

@@ -14,20 +14,25 @@
  * `blockConcurrencyWhile` in its constructor, so no request sees a half-built
  * object (schema migrations on `ctx.storage.sql` belong in that layer). The
  * object's `DurableObjectState` is a service; its `waitUntil` is the
- * `Invocation`. Subclasses add RPC methods with `this.run(effect)`.
+ * `Invocation`. Subclasses add RPC methods with `this.run(effect)`; a method
+ * that takes the caller's trace context (`Telemetry.carrier`) and passes it
+ * as `this.run(effect, { method, trace })` joins the caller's trace, with a
+ * span `<Object>.<method>` exported under the object's name as `service.name`.
+ * `fetch` continues the trace of the request's `traceparent`.
  */
 import { DurableObject } from "cloudflare:workers"
 import { Cause, Context, Effect, Exit, Layer } from "effect"
+import * as Telemetry from "../layers/Telemetry.ts"
 import { Invocation, type WorkerEnv } from "./Bindings.ts"
 import * as Problem from "./Problem.ts"
-import { type Ambient, type Handler, IsolateServices, respond, runWith } from "./Worker.ts"
+import { type Ambient, type Handler, IsolateServices, serveFetch } from "./Worker.ts"
 
 /** The running object's state: storage, id, alarms, `blockConcurrencyWhile`. */
 export class State extends Context.Service<State, DurableObjectState>()("meshwork/runtime/DurableObjects/State") {}
 
 export interface Options<Provided, LE, FE, AE> {
   readonly name: string
-  readonly layer: Layer.Layer<Provided, LE, WorkerEnv | State>
+  readonly layer: Layer.Layer<Provided, LE, WorkerEnv | State | Telemetry.Telemetry>
   readonly fetch?: Handler<FE, Provided | Ambient | State> | undefined
   readonly alarm?: ((info: AlarmInvocationInfo | undefined) => Effect.Effect<void, AE, Provided | Ambient | State>) | undefined
 }
@@ -35,12 +40,16 @@ export interface Options<Provided, LE, FE, AE> {
 export const make = <Provided, LE = never, FE = never, AE = never>(options: Options<Provided, LE, FE, AE>) => {
   const annotations = { durableObject: options.name }
   return class MeshworkDurableObject extends DurableObject<object> {
-    readonly #isolate: IsolateServices<Provided | State, LE>
-    #services: Context.Context<Provided | State | WorkerEnv | Invocation> | undefined
+    readonly #isolate: IsolateServices<Provided | State | Telemetry.Telemetry, LE>
+    #services: Context.Context<Provided | State | Telemetry.Telemetry | WorkerEnv | Invocation> | undefined
 
     constructor(ctx: DurableObjectState, env: object) {
       super(ctx, env)
-      const layer = Layer.provideMerge(options.layer, Layer.succeed(State, ctx))
+      // Objects export traces only: their Worker's isolate exports the metrics.
+      const layer = Layer.provideMerge(
+        options.layer,
+        Layer.merge(Layer.succeed(State, ctx), Telemetry.layer(options.name, { metrics: false }))
+      )
       this.#isolate = new IsolateServices(layer, annotations)
       void ctx.blockConcurrencyWhile(async () => {
         this.#services = Context.add(await this.#isolate.get(env), Invocation, ctx)
@@ -48,30 +57,48 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
     }
 
     /** The built services; the constructor's `blockConcurrencyWhile` guarantees them before any event. */
-    protected get services(): Context.Context<Provided | State | WorkerEnv | Invocation> {
+    protected get services(): Context.Context<Provided | State | Telemetry.Telemetry | WorkerEnv | Invocation> {
       if (this.#services === undefined) throw new Error(`${options.name}: layer used before it was built`)
       return this.#services
     }
 
-    /** Runs an effect on this object's services, for RPC methods. Rejects with the rendered cause. */
-    run<A, E>(effect: Effect.Effect<A, E, Provided | Ambient | State>): Promise<A> {
-      return Effect.runPromiseExitWith(this.services)(effect).then((exit) => {
+    /**
+     * Runs an effect on this object's services, for RPC methods. Rejects with
+     * the rendered cause. With `call`, the effect runs in a span of the
+     * caller's trace, exported once the call (and its `waitUntil` work) is done.
+     */
+    run<A, E>(
+      effect: Effect.Effect<A, E, Provided | Ambient | State>,
+      call?: { readonly method: string; readonly trace?: Telemetry.Carrier | undefined }
+    ): Promise<A> {
+      const services = this.services
+      const telemetry = Context.get(services, Telemetry.Telemetry)
+      const settle = (exit: Exit.Exit<A, E>): A => {
         if (Exit.isSuccess(exit)) return exit.value
         throw new Error(Cause.pretty(exit.cause))
+      }
+      if (call === undefined || !telemetry.enabled) return Effect.runPromiseExitWith(services)(effect).then(settle)
+      const span = Telemetry.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace)
+      telemetry.begin(span.traceId)
+      const invocation = Telemetry.trackInvocation(this.ctx)
+      const traced = Telemetry.within(effect, span, call.trace?.tracestate)
+      return Effect.runPromiseExitWith(Context.add(services, Invocation, invocation))(traced).then((exit) => {
+        Telemetry.endSpan(span, exit)
+        this.ctx.waitUntil(Telemetry.afterInvocation(telemetry, span.traceId, invocation.settled))
+        return settle(exit)
       })
     }
 
     override fetch(request: Request): Response | Promise<Response> {
       const handler = options.fetch
       if (handler === undefined) return Problem.fromError(new Problem.MethodNotAllowed({ detail: `${options.name} has no fetch handler` }))
-      const services = this.services
-      return runWith(services, () => handler(request), respond(services, annotations))
+      return serveFetch(this.services, request, this.ctx, handler, { annotations, edge: false })
     }
 
     override alarm(info?: AlarmInvocationInfo): Promise<void> {
       const handler = options.alarm
       if (handler === undefined) return Promise.resolve()
-      return this.run(Effect.suspend(() => handler(info)))
+      return this.run(Effect.suspend(() => handler(info)), { method: "alarm" })
     }
   }
 }

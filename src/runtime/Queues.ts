@@ -33,8 +33,9 @@
  * A batch never fails as a whole, so one poison message does not redeliver
  * its neighbours.
  */
-import { Cause, Clock, Duration, Effect, Exit, Random, Schema, Tracer } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Random, Schema } from "effect"
 import { SqlClient, type SqlError, type Statement } from "effect/sql"
+import * as Telemetry from "../layers/Telemetry.ts"
 import * as Bindings from "./Bindings.ts"
 import { D1Batch } from "./D1.ts"
 
@@ -66,20 +67,11 @@ export interface Producer<A> {
 /** Largest batch `sendBatch` hands the platform at once. */
 export const maxSendBatch = 100
 
-/** The W3C `traceparent` of the current span, if there is one. */
-export const traceparent: Effect.Effect<string | undefined> = Effect.match(Effect.currentSpan, {
-  onFailure: () => undefined,
-  onSuccess: (span) => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
-})
-
-const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
+/** The W3C `traceparent` of the current span, if there is one (what a message carries). */
+export const traceparent = Telemetry.traceparent
 
 /** The span a `traceparent` names, as a parent for the consumer's span. */
-export const parentSpan = (header: string | undefined): Tracer.ExternalSpan | undefined => {
-  const match = header === undefined ? null : traceparentPattern.exec(header)
-  if (match === null) return undefined
-  return Tracer.externalSpan({ traceId: match[1]!, spanId: match[2]!, sampled: (parseInt(match[3]!, 16) & 1) === 1 })
-}
+export const parentSpan = Telemetry.parseTraceparent
 
 /** A producer over a Queue binding, for messages of `schema`. */
 export const makeProducer = <A>(queue: Queue, name: string, schema: Schema.Codec<A, any>): Producer<A> => {
@@ -233,7 +225,7 @@ export const consumer = <A, E, R>(options: ConsumerOptions<A, E, R>) => {
             permanent ? "dead-letter" : "retry"
           )
         }),
-        Effect.annotateLogs({ queue: options.name, message: envelope.id, attempts: message.attempts })
+        Effect.annotateLogs({ queue: options.name, messageId: envelope.id, attempts: message.attempts })
       )
     })
 

@@ -14,9 +14,10 @@
  * A schema change in the API is then a compile error in every caller.
  */
 import { Effect, Layer } from "effect"
-import { FetchHttpClient, HttpClient, HttpClientError, type HttpClientResponse } from "effect/http"
+import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest, type HttpClientResponse } from "effect/http"
 import { type HttpApi, HttpApiClient, type HttpApiGroup } from "effect/http-api"
 import * as Retry from "../layers/Retry.ts"
+import * as Telemetry from "../layers/Telemetry.ts"
 import * as Bindings from "./Bindings.ts"
 import * as Problem from "./Problem.ts"
 
@@ -35,11 +36,19 @@ const httpClientResponse: Retry.Answer<HttpClientResponse.HttpClientResponse> = 
 
 /**
  * An HttpClient whose requests go to the service binding `binding`, with the
- * same timeout and retry policy as the proxies' routes.
+ * same timeout and retry policy as the proxies' routes. Effect's client
+ * makes each request a client span and sends its `traceparent`; the
+ * `tracestate` received with the request being served is handed on here.
  */
 export const httpClient = (binding: string, options: Options = {}) =>
   Effect.flatMap(Bindings.fetcher(binding), (upstream) =>
     HttpClient.HttpClient.pipe(
+      Effect.map(HttpClient.mapRequestEffect((request) =>
+        Effect.withFiber((fiber) => {
+          const tracestate = fiber.getRef(Telemetry.TraceState)
+          return Effect.succeed(tracestate === undefined ? request : HttpClientRequest.setHeader(request, "tracestate", tracestate))
+        })
+      )),
       Effect.map(HttpClient.transform((effect, request) =>
         Retry.withRetries({
           upstream: binding.toLowerCase(),

@@ -16,8 +16,14 @@
  * in it: the request is an argument, `ctx.waitUntil` is the `Invocation`
  * service of each call. A typed failure becomes its RFC 9457 problem response;
  * a defect becomes a bare 500 and is logged.
+ *
+ * Every Worker gets the telemetry layer (src/layers/Telemetry.ts) with its
+ * name as `service.name`: each request runs in a server span (continuing the
+ * caller's trace), and its spans are exported under `ctx.waitUntil` once the
+ * request and its `waitUntil` work are done.
  */
 import { Cause, ConfigProvider, Context, Effect, Exit, Layer, Scope } from "effect"
+import * as Telemetry from "../layers/Telemetry.ts"
 import { Invocation, WorkerEnv } from "./Bindings.ts"
 import * as Problem from "./Problem.ts"
 
@@ -25,13 +31,19 @@ import * as Problem from "./Problem.ts"
 export type Handler<E, R> = (request: Request) => Effect.Effect<Response, E, R>
 
 /** What every handler can use besides the Worker's own services. */
-export type Ambient = WorkerEnv | Invocation
+export type Ambient = WorkerEnv | Invocation | Telemetry.Telemetry
 
 export interface Options<Provided, LE, FE, QE, SE, Body> {
-  /** The Worker's name: log annotations and, later, the tracing `service.name`. */
+  /** The Worker's name: log annotations and the tracing `service.name`. */
   readonly name: string
+  /**
+   * A public Worker (the gateway): a client's `traceparent` is continued only
+   * when `TRUST_CLIENT_TRACEPARENT` is true; otherwise its request starts a
+   * new trace linked to the client's. Internal Workers continue their caller's.
+   */
+  readonly edge?: boolean | undefined
   /** Built once per isolate; it may read `WorkerEnv` and `Config` (wrangler vars and secrets). */
-  readonly layer: Layer.Layer<Provided, LE, WorkerEnv>
+  readonly layer: Layer.Layer<Provided, LE, WorkerEnv | Telemetry.Telemetry>
   readonly fetch?: Handler<FE, Provided | Ambient> | undefined
   /** A failure retries the whole batch; ack or retry single messages inside for finer control. */
   readonly queue?: ((batch: MessageBatch<Body>) => Effect.Effect<void, QE, Provided | Ambient>) | undefined
@@ -152,35 +164,98 @@ const withServices = <S, B>(get: () => S | Promise<S>, f: (services: S) => B | P
 }
 
 /**
+ * Serves one fetch event: in a server span when telemetry is on, exporting
+ * the request's spans after it (and its `waitUntil` work) is done.
+ */
+export const serveFetch = <R>(
+  services: Context.Context<R | Telemetry.Telemetry>,
+  request: Request,
+  ctx: { waitUntil(promise: Promise<unknown>): void },
+  handler: (request: Request) => Effect.Effect<Response, unknown, R | Telemetry.Telemetry | Invocation>,
+  options: { readonly annotations: Record<string, string>; readonly edge: boolean }
+): Response | Promise<Response> => {
+  const telemetry = Context.get(services, Telemetry.Telemetry)
+  if (!telemetry.enabled) {
+    const context = Context.add(services, Invocation, ctx)
+    return runWith(context, () => handler(request), respond(context, options.annotations))
+  }
+  const trust = !options.edge || telemetry.settings.trustClientTraceparent
+  const { span, tracestate } = Telemetry.startServerSpan(telemetry, request, trust)
+  telemetry.begin(span.traceId)
+  const invocation = Telemetry.trackInvocation(ctx)
+  const context = Context.add(services, Invocation, invocation)
+  const render = respond(context, options.annotations)
+  return runWith(context, () => Telemetry.within(handler(request), span, tracestate), (exit) => {
+    const response = render(exit)
+    Telemetry.endServerSpan(span, exit, response)
+    ctx.waitUntil(Telemetry.afterInvocation(telemetry, span.traceId, invocation.settled))
+    return response
+  })
+}
+
+/**
+ * Runs a queue or cron invocation, then exports its spans (their traces are
+ * the messages' own, or one new trace per cron run).
+ */
+const runInvocation = async <R>(
+  services: Context.Context<R | Telemetry.Telemetry>,
+  ctx: ExecutionContext,
+  spanName: string | undefined,
+  effect: () => Effect.Effect<void, unknown, R | Telemetry.Telemetry | Invocation>,
+  onExit: (exit: Exit.Exit<void, unknown>) => void
+): Promise<void> => {
+  const telemetry = Context.get(services, Telemetry.Telemetry)
+  if (!telemetry.enabled) {
+    const context = Context.add(services, Invocation, ctx)
+    return runWith(context, effect, onExit)
+  }
+  const invocation = Telemetry.trackInvocation(ctx)
+  const context = Context.add(services, Invocation, invocation)
+  const span = spanName === undefined ? undefined : Telemetry.startSpan(telemetry, spanName, "internal", undefined)
+  if (span !== undefined) telemetry.begin(span.traceId)
+  try {
+    return await runWith(
+      context,
+      () => span === undefined ? effect() : Telemetry.within(effect(), span, undefined),
+      (exit) => {
+        if (span !== undefined) Telemetry.endSpan(span, exit)
+        onExit(exit)
+      }
+    )
+  } finally {
+    ctx.waitUntil(Telemetry.afterInvocation(telemetry, span?.traceId, invocation.settled))
+  }
+}
+
+/**
  * Declares a Worker. The returned object is the module's default export.
  */
 export const make = <Provided, LE = never, FE = never, QE = never, SE = never, Body = unknown>(
   options: Options<Provided, LE, FE, QE, SE, Body>
 ): ExportedHandler<object, Body> => {
   const annotations = { worker: options.name }
-  const isolate = new IsolateServices(options.layer, annotations)
-  const withInvocation = (services: Context.Context<Provided | WorkerEnv>, ctx: ExecutionContext) =>
-    Context.add(services, Invocation, ctx)
+  const isolate = new IsolateServices(
+    Layer.provideMerge(options.layer, Telemetry.layer(options.name)),
+    annotations
+  )
   const handler: ExportedHandler<object, Body> = {}
   const { fetch, queue, scheduled } = options
+  const serveOptions = { annotations, edge: options.edge === true }
 
   if (fetch !== undefined) {
     handler.fetch = (request, env, ctx) =>
-      withServices(() => isolate.get(env), (services) => {
-        const context = withInvocation(services, ctx)
-        return runWith(context, () => fetch(request), respond(context, annotations))
-      }, unavailable)
+      withServices(() => isolate.get(env), (services) => serveFetch(services, request, ctx, fetch, serveOptions), unavailable)
   }
   if (queue !== undefined) {
     handler.queue = async (batch, env, ctx) => {
-      const context = withInvocation(await isolate.get(env), ctx)
-      return runWith(context, () => queue(batch), rethrow(context, annotations))
+      const services = await isolate.get(env)
+      return runInvocation(services, ctx, undefined, () => queue(batch), rethrow(services, annotations))
     }
   }
   if (scheduled !== undefined) {
     handler.scheduled = async (controller, env, ctx) => {
-      const context = withInvocation(await isolate.get(env), ctx)
-      return runWith(context, () => scheduled(controller), rethrow(context, annotations))
+      const services = await isolate.get(env)
+      return runInvocation(services, ctx, `cron ${controller.cron}`, () => scheduled(controller), rethrow(services, annotations))
     }
   }
   return handler

@@ -24,6 +24,8 @@ export { RedisPoolObject } from "../../runtime/Redis.ts"
 
 export default Worker.make({
   name: "gateway",
+  // Clients are not trusted with the trace context: see TRUST_CLIENT_TRACEPARENT.
+  edge: true,
   layer: Layer.mergeAll(
     RoutingTable.layer,
     IdentityKey.layer,
