@@ -29,6 +29,7 @@ import { CircuitBreaker } from "effect/persistence"
 import * as Bindings from "../runtime/Bindings.ts"
 import * as DurableObjects from "../runtime/DurableObjects.ts"
 import * as Problem from "../runtime/Problem.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 export const BreakerSettings = Schema.Struct({
   /** Open after this many failures in a row. */
@@ -359,6 +360,38 @@ const classify = (startedAt: number, slowCallMs: number | undefined) => (exit: E
       : CircuitBreaker.failure()
   })
 
+const stateValue = { Closed: 0, HalfOpen: 1, Open: 2 } as const
+
+const observeState = (key: string, state: keyof typeof stateValue, event: string, attributes: Record<string, unknown> = {}) =>
+  Effect.andThen(
+    Telemetry.event(event, { "meshwork.breaker": key, "meshwork.breaker.state": state, ...attributes }),
+    Telemetry.record(Telemetry.breakerState, stateValue[state], { upstream: key })
+  )
+
+const observeTransition = (transition: CircuitBreaker.Transition | undefined) =>
+  transition === undefined
+    ? Effect.void
+    : observeState(transition.key, transition.to, "breaker.transition", { "meshwork.breaker.from": transition.from })
+
+/**
+ * `store`, with each decision seen: transitions and refusals are events on
+ * the current span and set the `meshwork.breaker.state` gauge.
+ */
+const observed = (store: CircuitBreaker.CircuitBreakerStore["Service"]): CircuitBreaker.CircuitBreakerStore["Service"] =>
+  CircuitBreaker.CircuitBreakerStore.of({
+    ...store,
+    admit: (key) =>
+      store.admit(key).pipe(
+        Effect.tap((admission) => observeTransition(admission.transition)),
+        Effect.tapError((error) =>
+          error.reason._tag === "CircuitOpen" || error.reason._tag === "CircuitHalfOpen"
+            ? observeState(key, error.reason._tag === "CircuitOpen" ? "Open" : "HalfOpen", "breaker.refused")
+            : Effect.void
+        )
+      ),
+    record: (options) => Effect.tap(store.record(options), observeTransition)
+  })
+
 /** The breakers of a proxy Worker, one per upstream that has `breaker` settings. */
 export class CircuitBreakers extends Context.Service<CircuitBreakers, {
   /** Runs `call` through `upstream`'s breaker; 503 with Retry-After at once while it is open. */
@@ -379,7 +412,9 @@ export class CircuitBreakers extends Context.Service<CircuitBreakers, {
       const settingsOf = new Map<string, BreakerSettings>()
       const probes = (key: string) => settingsOf.get(key)?.probes ?? 1
       const kind = yield* Config.Literals(["memory", "durable-object"], "BREAKER_STORE").pipe(Config.withDefault("memory"))
-      const store = kind === "memory" ? makeStore(probes) : durableObjectStore(yield* Bindings.durableObject("BREAKERS"), probes)
+      const store = observed(
+        kind === "memory" ? makeStore(probes) : durableObjectStore(yield* Bindings.durableObject("BREAKERS"), probes)
+      )
       // Built on first use (routes are known only to the caller), never torn down but with the isolate.
       const breakers = new Map<string, CircuitBreaker.CircuitBreaker>()
       const breakerFor = (service: string, settings: BreakerSettings) =>

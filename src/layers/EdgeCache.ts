@@ -43,6 +43,7 @@ import * as DurableObjects from "../runtime/DurableObjects.ts"
 import type { Identity } from "./Identity.ts"
 import { matchesPrefix } from "./Routing.ts"
 import * as Sharding from "./Sharding.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 export const CacheRoute = Schema.Struct({
   prefix: Schema.String.check(Schema.isStartingWith("/")),
@@ -422,7 +423,14 @@ export class EdgeCache extends Context.Service<EdgeCache, {
         }
         if (exit._tag === "Failure") return yield* exit
         return withStatus(exit.value, "REVALIDATED")
-      })
+      }).pipe(Effect.tap((response) => {
+        const status = response.headers.get(header)
+        if (status === null) return Effect.void
+        return Effect.andThen(
+          Telemetry.event("cache.lookup", { "meshwork.cache.result": status, "meshwork.cache.route": route.prefix }),
+          Telemetry.record(Telemetry.cacheResults, 1, { result: status })
+        )
+      }))
 
     return EdgeCache.of({
       routeFor: (request) => {

@@ -31,6 +31,7 @@ import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import * as Bindings from "../runtime/Bindings.ts"
 import * as DurableObjects from "../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 /** A held lock: pass `fencingToken` to every write it protects. */
 export interface Lease {
@@ -190,17 +191,17 @@ export class LockObject extends DurableObjects.make({
   layer: LockTable.layer,
   alarm: () => LockTable.use((table) => table.expire)
 }) {
-  acquire(key: string, owner: string, ttlMillis: number): Promise<AcquireAnswer> {
-    return this.run(LockTable.use((table) => table.acquire(key, owner, ttlMillis)))
+  acquire(key: string, owner: string, ttlMillis: number, trace?: Telemetry.Carrier): Promise<AcquireAnswer> {
+    return this.run(LockTable.use((table) => table.acquire(key, owner, ttlMillis)), { method: "acquire", trace })
   }
-  renew(key: string, owner: string, fencingToken: number, ttlMillis: number): Promise<RenewAnswer> {
-    return this.run(LockTable.use((table) => table.renew(key, owner, fencingToken, ttlMillis)))
+  renew(key: string, owner: string, fencingToken: number, ttlMillis: number, trace?: Telemetry.Carrier): Promise<RenewAnswer> {
+    return this.run(LockTable.use((table) => table.renew(key, owner, fencingToken, ttlMillis)), { method: "renew", trace })
   }
-  release(key: string, owner: string, fencingToken: number): Promise<ReleaseAnswer> {
-    return this.run(LockTable.use((table) => table.release(key, owner, fencingToken)))
+  release(key: string, owner: string, fencingToken: number, trace?: Telemetry.Carrier): Promise<ReleaseAnswer> {
+    return this.run(LockTable.use((table) => table.release(key, owner, fencingToken)), { method: "release", trace })
   }
-  holder(key: string): Promise<Lease | undefined> {
-    return this.run(LockTable.use((table) => table.holder(key)))
+  holder(key: string, trace?: Telemetry.Carrier): Promise<Lease | undefined> {
+    return this.run(LockTable.use((table) => table.holder(key)), { method: "holder", trace })
   }
 }
 
@@ -243,8 +244,9 @@ export class Locks extends Context.Service<Locks, {
 }>()("meshwork/layers/Locks") {
   static readonly make = (namespace: DurableObjectNamespace): Locks["Service"] => {
     const stub = (key: string) => Sharding.objectFor(namespace, "lock", Sharding.perKey, key) as unknown as LockStub
-    const call = <A>(key: string, f: (object: LockStub) => Promise<A>) =>
-      Effect.tryPromise({ try: () => f(stub(key)), catch: (cause) => new LockUnavailable({ key, cause }) })
+    const call = <A>(key: string, f: (object: LockStub, trace: Telemetry.Carrier | undefined) => Promise<A>) =>
+      Effect.flatMap(Telemetry.activeCarrier, (trace) =>
+        Effect.tryPromise({ try: () => f(stub(key), trace), catch: (cause) => new LockUnavailable({ key, cause }) }))
     const ttlMillis = (ttl: Duration.Input | undefined) => {
       const millis = Duration.toMillis(ttl ?? defaultTtl)
       checkTtl(millis)
@@ -254,7 +256,7 @@ export class Locks extends Context.Service<Locks, {
     const acquire = (key: string, options?: LockOptions) => {
       const owner = `${options?.owner ?? "lock"}#${crypto.randomUUID()}`
       const ttl = ttlMillis(options?.ttl)
-      return Effect.flatMap(call(key, (object) => object.acquire(key, owner, ttl)), (answer) =>
+      return Effect.flatMap(call(key, (object, trace) => object.acquire(key, owner, ttl, trace)), (answer) =>
         answer._tag === "Acquired"
           ? Effect.succeed<Lease>({ key, owner, fencingToken: answer.fencingToken, expiresAt: answer.expiresAt })
           : Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -263,7 +265,7 @@ export class Locks extends Context.Service<Locks, {
 
     const renew = (lease: Lease, ttl?: Duration.Input) =>
       Effect.flatMap(
-        call(lease.key, (object) => object.renew(lease.key, lease.owner, lease.fencingToken, ttlMillis(ttl))),
+        call(lease.key, (object, trace) => object.renew(lease.key, lease.owner, lease.fencingToken, ttlMillis(ttl), trace)),
         (answer) =>
           answer._tag === "Renewed"
             ? Effect.succeed<Lease>({ ...lease, expiresAt: answer.expiresAt })
@@ -272,7 +274,7 @@ export class Locks extends Context.Service<Locks, {
 
     const release = (lease: Lease) =>
       Effect.flatMap(
-        call(lease.key, (object) => object.release(lease.key, lease.owner, lease.fencingToken)),
+        call(lease.key, (object, trace) => object.release(lease.key, lease.owner, lease.fencingToken, trace)),
         (answer) => answer._tag === "Released" ? Effect.void : Effect.fail(new LockNotHeld({ key: lease.key }))
       )
 
@@ -324,7 +326,7 @@ export class Locks extends Context.Service<Locks, {
       acquire,
       renew,
       release,
-      holder: (key) => call(key, (object) => object.holder(key)),
+      holder: (key) => call(key, (object, trace) => object.holder(key, trace)),
       withLock: (key, use, options) => {
         const ttl = ttlMillis(options?.ttl)
         const waitMillis = Duration.toMillis(options?.wait ?? 0)

@@ -44,6 +44,7 @@ import * as Problem from "../runtime/Problem.ts"
 import { Redis } from "../runtime/Redis.ts"
 import type * as Identity from "./Identity.ts"
 import { matchesPrefix, PathPrefix } from "./Routing.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 export const RateLimitPolicy = Schema.Struct({
   name: Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,31}$/)),
@@ -333,6 +334,12 @@ export class RateLimits extends Context.Service<RateLimits, {
         },
         consume: (policy, key) =>
           limiters.get(policy)!(policy, key).pipe(
+            Effect.tap((decision) =>
+              Telemetry.event("ratelimit.allowed", {
+                "meshwork.ratelimit": policy.name,
+                ...(decision?.remaining === undefined ? {} : { "meshwork.ratelimit.remaining": decision.remaining })
+              })
+            ),
             // A remote store may hang; the in-memory one answers at once and needs no timer.
             (policy.store ?? "memory") === "memory" ? identity : Effect.timeoutOrElse({
               duration: Duration.millis(storeTimeoutMillis),
@@ -341,11 +348,18 @@ export class RateLimits extends Context.Service<RateLimits, {
             Effect.catch((error): Effect.Effect<Decision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable> => {
               const reason = error.reason
               if (reason._tag === "RateLimitExceeded") {
-                return Effect.fail(
-                  new Problem.TooManyRequests({
-                    detail: `Rate limit "${policy.name}": ${policy.limit} requests per ${policy.windowSeconds} s`,
-                    retryAfterSeconds: Math.max(1, Math.ceil(Duration.toSeconds(reason.retryAfter)))
-                  })
+                return Effect.andThen(
+                  Effect.all([
+                    Telemetry.event("ratelimit.rejected", { "meshwork.ratelimit": policy.name }),
+                    Telemetry.record(Telemetry.rateLimitRejections, 1, { limit: policy.name }),
+                    Telemetry.setErrorType("TooManyRequests")
+                  ]),
+                  Effect.fail(
+                    new Problem.TooManyRequests({
+                      detail: `Rate limit "${policy.name}": ${policy.limit} requests per ${policy.windowSeconds} s`,
+                      retryAfterSeconds: Math.max(1, Math.ceil(Duration.toSeconds(reason.retryAfter)))
+                    })
+                  )
                 )
               }
               return (policy.onStoreError ?? "open") === "open"

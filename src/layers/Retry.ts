@@ -21,6 +21,7 @@
  */
 import { Cause, Clock, Context, Duration, Effect, Layer, Random, Schedule, Schema } from "effect"
 import * as Problem from "../runtime/Problem.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 const Millis = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))
 
@@ -195,7 +196,15 @@ export const withRetries = <A, E, R>(options: {
             const delay = Math.max(jittered, asked === undefined ? 0 : Duration.toMillis(asked))
             if (now + delay >= deadline || !budget.tryRetry(now)) return Cause.done(retries)
             retries++
-            return Effect.succeed([retries, Duration.millis(delay)] as [number, Duration.Duration])
+            return Effect.as(
+              Telemetry.event("retry", {
+                "meshwork.retry.upstream": upstream,
+                "meshwork.retry.attempt": retries + 1,
+                "meshwork.retry.delay_ms": Math.round(delay),
+                "meshwork.retry.reason": error instanceof RetryableAnswer ? String(answer.status(error.answer as A)) : Telemetry.errorTag(error) ?? "error"
+              }),
+              [retries, Duration.millis(delay)] as [number, Duration.Duration]
+            )
           })
         }
       }))

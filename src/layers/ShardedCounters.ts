@@ -23,6 +23,7 @@
 import { Context, Effect, Layer, Schema } from "effect"
 import * as DurableObjects from "../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 export interface Count {
   readonly key: string
@@ -72,14 +73,14 @@ class CounterTable extends Context.Service<CounterTable, {
 
 /** One shard of counters. Export it from the Worker and bind it. */
 export class CounterShardObject extends DurableObjects.make({ name: "CounterShardObject", layer: CounterTable.layer }) {
-  add(key: string, by: number): Promise<number> {
-    return this.run(CounterTable.use((table) => Effect.sync(() => table.add(key, by))))
+  add(key: string, by: number, trace?: Telemetry.Carrier): Promise<number> {
+    return this.run(CounterTable.use((table) => Effect.sync(() => table.add(key, by))), { method: "add", trace })
   }
-  get(keys: ReadonlyArray<string>): Promise<Record<string, number>> {
-    return this.run(CounterTable.use((table) => Effect.sync(() => table.get(keys))))
+  get(keys: ReadonlyArray<string>, trace?: Telemetry.Carrier): Promise<Record<string, number>> {
+    return this.run(CounterTable.use((table) => Effect.sync(() => table.get(keys))), { method: "get", trace })
   }
-  top(limit: number): Promise<Array<Count>> {
-    return this.run(CounterTable.use((table) => Effect.sync(() => table.top(limit))))
+  top(limit: number, trace?: Telemetry.Carrier): Promise<Array<Count>> {
+    return this.run(CounterTable.use((table) => Effect.sync(() => table.top(limit))), { method: "top", trace })
   }
 }
 
@@ -104,17 +105,18 @@ export interface ShardedCounters {
 
 export const make = (namespace: DurableObjectNamespace, options: Options): ShardedCounters => {
   const shard = (name: string) => namespace.get(namespace.idFromName(name)) as unknown as ShardStub
-  const call = <A>(name: string, f: (object: ShardStub) => Promise<A>) =>
-    Effect.tryPromise({ try: () => f(shard(name)), catch: (cause) => new CountersUnavailable({ cause }) })
+  const call = <A>(name: string, f: (object: ShardStub, trace: Telemetry.Carrier | undefined) => Promise<A>) =>
+    Effect.flatMap(Telemetry.activeCarrier, (trace) =>
+      Effect.tryPromise({ try: () => f(shard(name), trace), catch: (cause) => new CountersUnavailable({ cause }) }))
   const of = (key: string) => Sharding.objectName(options.prefix, options.shards, key)
   return {
     shards: options.shards,
-    add: (key, by = 1) => call(of(key), (object) => object.add(key, by)),
-    get: (key) => Effect.map(call(of(key), (object) => object.get([key])), (counts) => counts[key] ?? 0),
+    add: (key, by = 1) => call(of(key), (object, trace) => object.add(key, by, trace)),
+    get: (key) => Effect.map(call(of(key), (object, trace) => object.get([key], trace)), (counts) => counts[key] ?? 0),
     top: (limit) =>
       Effect.forEach(
         Sharding.allObjectNames(options.prefix, options.shards),
-        (name) => call(name, (object) => object.top(limit)),
+        (name) => call(name, (object, trace) => object.top(limit, trace)),
         { concurrency: "unbounded" }
       ).pipe(Effect.map((tops) =>
         tops.flat().sort((a, b) => b.count - a.count || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)).slice(0, limit)

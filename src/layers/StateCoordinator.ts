@@ -40,6 +40,7 @@
 import { Clock, Context, Duration, Effect, Layer, Result, Schema } from "effect"
 import * as DurableObjects from "../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 export interface Definition<S, C> {
   /** Names the objects (`<name>/<key>`) and appears in errors. */
@@ -322,7 +323,9 @@ export interface Client<S, C> {
 }
 
 type ObjectStub = {
-  readonly [Method in Exclude<keyof Table, "expire">]: (...args: Parameters<Table[Method]>) => Promise<Answer>
+  readonly [Method in Exclude<keyof Table, "expire">]: (
+    ...args: [...Parameters<Table[Method]>, trace: Telemetry.Carrier | undefined]
+  ) => Promise<Answer>
 }
 
 /**
@@ -339,20 +342,20 @@ export const define = <S, C>(definition: Definition<S, C>) => {
     layer: Layer.effect(TableService, DurableObjects.State.useSync((state) => makeTable(definition, state))),
     alarm: () => use((table) => table.expire)
   }) {
-    create(key: string, owner: string, state: unknown): Promise<Answer> {
-      return this.run(use((table) => table.create(key, owner, state)))
+    create(key: string, owner: string, state: unknown, trace?: Telemetry.Carrier): Promise<Answer> {
+      return this.run(use((table) => table.create(key, owner, state)), { method: "create", trace })
     }
-    get(key: string, owner: string): Promise<Answer> {
-      return this.run(use((table) => table.get(key, owner)))
+    get(key: string, owner: string, trace?: Telemetry.Carrier): Promise<Answer> {
+      return this.run(use((table) => table.get(key, owner)), { method: "get", trace })
     }
-    update(key: string, owner: string, changes: unknown, expected: Precondition | undefined): Promise<Answer> {
-      return this.run(use((table) => table.update(key, owner, changes, expected)))
+    update(key: string, owner: string, changes: unknown, expected: Precondition | undefined, trace?: Telemetry.Carrier): Promise<Answer> {
+      return this.run(use((table) => table.update(key, owner, changes, expected)), { method: "update", trace })
     }
-    replace(key: string, owner: string, state: unknown, expected: Precondition): Promise<Answer> {
-      return this.run(use((table) => table.replace(key, owner, state, expected)))
+    replace(key: string, owner: string, state: unknown, expected: Precondition, trace?: Telemetry.Carrier): Promise<Answer> {
+      return this.run(use((table) => table.replace(key, owner, state, expected)), { method: "replace", trace })
     }
-    remove(key: string, owner: string, expected: Precondition | undefined): Promise<Answer> {
-      return this.run(use((table) => table.remove(key, owner, expected)))
+    remove(key: string, owner: string, expected: Precondition | undefined, trace?: Telemetry.Carrier): Promise<Answer> {
+      return this.run(use((table) => table.remove(key, owner, expected)), { method: "remove", trace })
     }
   }
 
@@ -361,11 +364,12 @@ export const define = <S, C>(definition: Definition<S, C>) => {
   const encodeChanges = Schema.encodeEffect(Schema.Array(definition.change))
 
   const client = (namespace: DurableObjectNamespace): Client<S, C> => {
-    const call = (key: string, f: (object: ObjectStub) => Promise<Answer>) =>
-      Effect.tryPromise({
-        try: () => f(Sharding.objectFor(namespace, definition.name, Sharding.perKey, key) as unknown as ObjectStub),
-        catch: (cause) => new StateUnavailable({ key, cause })
-      })
+    const call = (key: string, f: (object: ObjectStub, trace: Telemetry.Carrier | undefined) => Promise<Answer>) =>
+      Effect.flatMap(Telemetry.activeCarrier, (trace) =>
+        Effect.tryPromise({
+          try: () => f(Sharding.objectFor(namespace, definition.name, Sharding.perKey, key) as unknown as ObjectStub, trace),
+          catch: (cause) => new StateUnavailable({ key, cause })
+        }))
     const unavailable = (key: string) => (cause: unknown) => new StateUnavailable({ key, cause })
     type Failure = StateNotFound | StateExists | VersionMismatch | InvalidChange | StateUnavailable
     const entry = (key: string, answer: Answer): Effect.Effect<Entry<S>, Failure> => {
@@ -391,10 +395,10 @@ export const define = <S, C>(definition: Definition<S, C>) => {
       create: (key, owner, state) =>
         Effect.flatMap(
           state === undefined ? Effect.succeed(undefined) : Effect.mapError(encodeState(state), unavailable(key)),
-          (encoded) => Effect.flatMap(call(key, (object) => object.create(key, owner, encoded)), (answer) => entry(key, answer))
+          (encoded) => Effect.flatMap(call(key, (object, trace) => object.create(key, owner, encoded, trace)), (answer) => entry(key, answer))
         ) as Effect.Effect<Entry<S>, StateExists | InvalidChange | StateUnavailable>,
       get: (key, owner) =>
-        Effect.flatMap(call(key, (object) => object.get(key, owner)), (answer) => entry(key, answer)) as Effect.Effect<
+        Effect.flatMap(call(key, (object, trace) => object.get(key, owner, trace)), (answer) => entry(key, answer)) as Effect.Effect<
           Entry<S>,
           StateNotFound | StateUnavailable
         >,
@@ -403,7 +407,7 @@ export const define = <S, C>(definition: Definition<S, C>) => {
           Effect.mapError(encodeChanges(changes), unavailable(key)),
           (encoded) =>
             Effect.flatMap(
-              call(key, (object) => object.update(key, owner, encoded, options?.ifMatch)),
+              call(key, (object, trace) => object.update(key, owner, encoded, options?.ifMatch, trace)),
               (answer) => entry(key, answer)
             )
         ) as Effect.Effect<Entry<S>, StateNotFound | VersionMismatch | InvalidChange | StateUnavailable>,
@@ -411,11 +415,11 @@ export const define = <S, C>(definition: Definition<S, C>) => {
         Effect.flatMap(
           Effect.mapError(encodeState(state), unavailable(key)),
           (encoded) =>
-            Effect.flatMap(call(key, (object) => object.replace(key, owner, encoded, ifMatch)), (answer) => entry(key, answer))
+            Effect.flatMap(call(key, (object, trace) => object.replace(key, owner, encoded, ifMatch, trace)), (answer) => entry(key, answer))
         ) as Effect.Effect<Entry<S>, StateNotFound | VersionMismatch | InvalidChange | StateUnavailable>,
       remove: (key, owner, options) =>
         Effect.flatMap(
-          call(key, (object) => object.remove(key, owner, options?.ifMatch)),
+          call(key, (object, trace) => object.remove(key, owner, options?.ifMatch, trace)),
           (answer) => answer._tag === "Removed" ? Effect.void : Effect.asVoid(entry(key, answer))
         ) as Effect.Effect<void, StateNotFound | VersionMismatch | StateUnavailable>
     }
