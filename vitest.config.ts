@@ -9,6 +9,7 @@ import { join } from "node:path"
 import { defineConfig } from "vitest/config"
 import { generateIdentitySecret, generateKey } from "./scripts/keys.ts"
 import { buildMesh, root } from "./scripts/mesh.ts"
+import { startReceiver } from "./scripts/otlp.ts"
 
 /**
  * An upstream that answers with what it received, and with hop-by-hop
@@ -72,8 +73,20 @@ export default defineConfig({
       // is a retired key it no longer publishes. Tests get all three to forge with.
       const [signing, rotatedIn, retired] = await Promise.all([generateKey(), generateKey(), generateKey()])
       const identitySecret = generateIdentitySecret()
+      // Every Worker exports its traces and metrics to a real OTLP/HTTP
+      // receiver (scripts/otlp.ts) on a free port; the tests read what it got.
+      const receiver = await startReceiver({ port: 0, unref: true })
+      const telemetry = {
+        OTLP_ENDPOINT: receiver.url,
+        // The gateway exports OTLP/JSON, the others protobuf: the receiver decodes both.
+        OTLP_PROTOCOL: "protobuf",
+        METRICS_INTERVAL_SECONDS: "0",
+        DEPLOYMENT_ENVIRONMENT: "test"
+      }
       const mesh = await buildMesh(join(root, ".build/test"), {
         secrets: (name) => ({
+          ...telemetry,
+          ...(name === "gateway" ? { OTLP_PROTOCOL: "json" } : {}),
           MESH_IDENTITY_SECRET: identitySecret,
           ...(name === "auth"
             ? {
@@ -138,6 +151,8 @@ export default defineConfig({
           },
           ratelimits: { RATE_LIMIT: { namespace_id: "1001", simple: { limit: 10, period: 60 } } },
           bindings: {
+            ...telemetry,
+            OTLP_RECEIVER: receiver.url,
             MESH_IDENTITY_SECRET: identitySecret,
             TEST_SIGNING_KEYS: JSON.stringify({ signing, rotatedIn, retired }),
             AUTH_MIGRATIONS: await readD1Migrations(join(root, "src/services/auth/migrations")),

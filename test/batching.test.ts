@@ -107,7 +107,7 @@ describe("batched lookups", () => {
           return Response.json(exits.map((exit) => Exit.isSuccess(exit) ? exit.value.id : (exit.cause.reasons[0] as { error?: { _tag: string } }).error?._tag))
         })
     })
-    const response = await worker.fetch!(new Request("http://test/"), { PRODUCTS: counted, MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET }, { waitUntil: () => {}, passThroughOnException: () => {}, props: {} } as never)
+    const response = await worker.fetch!(new Request("http://test/"), { PRODUCTS: counted, MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET, OTLP_ENDPOINT: env.OTLP_ENDPOINT }, { waitUntil: () => {}, passThroughOnException: () => {}, props: {} } as never)
     const results = await response.json() as Array<string>
     expect(results).toEqual(Array.from({ length: 100 }, (_, i) => i % 30 < 25 ? wanted[i % 30] : "ProductNotFound"))
     expect(requests).toHaveLength(3)

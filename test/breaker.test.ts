@@ -131,7 +131,8 @@ it.effect("answers 503 with Retry-After at the edge while open, and /health show
     const edgeEnv = {
       ROUTES: [{ service: "flaky", prefix: "/status", binding: "FLAKY", breaker: { consecutiveFailures: 2, openMs: 30_000 } }],
       FLAKY: env.FLAKY,
-      MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET
+      MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET,
+      OTLP_ENDPOINT: env.OTLP_ENDPOINT
     }
     const get = (path: string) =>
       Effect.promise(async () =>

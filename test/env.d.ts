@@ -32,6 +32,9 @@ declare global {
       readonly TEST_QUEUE: Queue
       readonly TEST_DLQ: Queue
       readonly IMPORTS_DLQ: Queue
+      /** The test OTLP receiver (scripts/otlp.ts) every Worker exports to. */
+      readonly OTLP_RECEIVER: string
+      readonly OTLP_ENDPOINT: string
     }
   }
 }

@@ -7,6 +7,15 @@ export const gateway = (path: string, init?: RequestInit) => env.GATEWAY.fetch(`
 
 export const unique = () => crypto.randomUUID().slice(0, 8)
 
+/** Waits until `check` holds, polling every 200 ms, for at most `seconds`. */
+export const eventually = async (check: () => Promise<boolean>, seconds = 30) => {
+  const deadline = Date.now() + seconds * 1000
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`not settled within ${seconds} s`)
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
+}
+
 /** A JSON request through the gateway, with a bearer token when given. */
 export const send = (method: string, path: string, body?: unknown, token?: string) =>
   gateway(path, {

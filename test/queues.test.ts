@@ -12,7 +12,7 @@ import * as D1 from "../src/runtime/D1.ts"
 import * as Queues from "../src/runtime/Queues.ts"
 import * as Worker from "../src/runtime/Worker.ts"
 import { TestJob, Unfixable } from "./fixtures/worker.ts"
-import { expectProblem, send, signedIn, unique } from "./helpers.ts"
+import { eventually, expectProblem, send, signedIn, unique } from "./helpers.ts"
 
 const db = env.QUEUE_TEST_DB
 
@@ -23,15 +23,6 @@ beforeAll(async () => {
     db.prepare("CREATE TABLE IF NOT EXISTS undecodable (message_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
   ])
 })
-
-/** Polls `check` until it holds, for up to `seconds`. */
-const eventually = async (check: () => Promise<boolean>, seconds = 30) => {
-  const deadline = Date.now() + seconds * 1000
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`not settled within ${seconds} s`)
-    await new Promise((resolve) => setTimeout(resolve, 200))
-  }
-}
 
 const rows = async <T>(query: string, ...params: Array<unknown>) =>
   (await db.prepare(query).bind(...params).all<T>()).results

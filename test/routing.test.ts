@@ -181,7 +181,8 @@ describe("proxy handler", () => {
   const edgeEnv = {
     ROUTES: [{ service: "echo", prefix: "/api/echo", binding: "ECHO" }],
     ECHO: env.ECHO,
-    MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET
+    MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET,
+    OTLP_ENDPOINT: env.OTLP_ENDPOINT
   }
   const call = async (path: string, init?: RequestInit) =>
     worker.fetch!(

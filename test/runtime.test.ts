@@ -132,7 +132,7 @@ describe("Worker.make", () => {
       ),
       fetch: () => Greeting.useSync((greeting) => new Response(greeting.text))
     }))
-    const response = await fetch(request(), { GREETING: "hello", ECHO: env.ECHO }, createExecutionContext())
+    const response = await fetch(request(), { GREETING: "hello", ECHO: env.ECHO, OTLP_ENDPOINT: env.OTLP_ENDPOINT }, createExecutionContext())
     expect(await response.text()).toBe("hello:function")
   })
 
@@ -154,9 +154,9 @@ describe("Worker.make", () => {
       layer,
       fetch: () => Greeting.useSync((greeting) => new Response(greeting.text))
     }))
-    const failed = await fetch(request(), {}, createExecutionContext())
+    const failed = await fetch(request(), { OTLP_ENDPOINT: env.OTLP_ENDPOINT }, createExecutionContext())
     expect(failed.status).toBe(500)
-    const fixed = await fetch(request(), { USERS: env.ECHO }, createExecutionContext())
+    const fixed = await fetch(request(), { USERS: env.ECHO, OTLP_ENDPOINT: env.OTLP_ENDPOINT }, createExecutionContext())
     expect(await fixed.text()).toBe("built")
     expect(attempts).toBe(2)
   })

@@ -1,0 +1,410 @@
+/**
+ * Observability, against a real OTLP/HTTP receiver (scripts/otlp.ts) that
+ * every Worker of the test mesh exports to: the gateway in OTLP/JSON, the
+ * others in protobuf, both decoded by the receiver per the OTLP spec.
+ */
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
+import { env } from "cloudflare:workers"
+import { Effect, Layer, Logger, Tracer } from "effect"
+import { afterEach, describe, expect, it as vitestIt, vi } from "vitest"
+import * as Proxy from "../src/layers/Proxy.ts"
+import * as Telemetry from "../src/layers/Telemetry.ts"
+import * as Bindings from "../src/runtime/Bindings.ts"
+import * as Problem from "../src/runtime/Problem.ts"
+import * as ServiceClient from "../src/runtime/ServiceClient.ts"
+import * as Worker from "../src/runtime/Worker.ts"
+import { eventually, gateway, send, signedIn, unique } from "./helpers.ts"
+
+// Traces arrive after their requests, under waitUntil: each test waits for them up to 20 s.
+const it = (name: string, test: () => Promise<void>) => vitestIt(name, test, 30_000)
+
+interface Span {
+  readonly traceId: string
+  readonly spanId: string
+  readonly parentSpanId?: string
+  readonly name: string
+  readonly kind: number
+  readonly attributes: Record<string, unknown>
+  readonly events: ReadonlyArray<{ readonly name: string; readonly attributes: Record<string, unknown> }>
+  readonly links: ReadonlyArray<{ readonly traceId: string; readonly spanId: string }>
+  readonly status: { readonly code: number; readonly message?: string }
+  readonly resource: Record<string, unknown>
+}
+
+interface MetricPoint {
+  readonly attributes: Record<string, unknown>
+  readonly value?: number
+  readonly count?: number
+}
+
+const SERVER = 2
+const CONSUMER = 5
+const ERROR = 2
+
+const receiver = (path: string, init?: RequestInit) => fetch(`${env.OTLP_RECEIVER}${path}`, init)
+const spansOf = async (query: Record<string, string>) =>
+  await (await receiver(`/api/spans?${new URLSearchParams(query)}`)).json() as Array<Span>
+const metricPoints = async (name: string, service: string) => {
+  const metrics = await (await receiver(`/api/metrics?${new URLSearchParams({ name })}`)).json() as Array<
+    { readonly resource: Record<string, unknown>; readonly dataPoints: ReadonlyArray<MetricPoint> }
+  >
+  return metrics.filter((metric) => metric.resource["service.name"] === service).flatMap((metric) => metric.dataPoints)
+}
+const setMode = (mode: "up" | "fail" | "hang") =>
+  receiver("/api/mode", { method: "POST", body: JSON.stringify({ mode }) })
+
+const hex = (bytes: number) => [...crypto.getRandomValues(new Uint8Array(bytes))].map((b) => b.toString(16).padStart(2, "0")).join("")
+
+/** A client's own trace context, which the gateway links to but does not continue. */
+const clientContext = () => {
+  const traceId = hex(16)
+  return { traceId, traceparent: `00-${traceId}-${hex(8)}-01` }
+}
+
+const service = (span: Span) => span.resource["service.name"]
+
+/** The trace the gateway started for a request sent with `client`'s context, once its spans arrived. */
+const traceOf = async (client: { readonly traceId: string }, services: ReadonlyArray<string>) => {
+  let traceId: string | undefined
+  await eventually(async () => {
+    const roots = await spansOf({ service: "gateway" })
+    traceId = roots.find((span) => span.links.some((link) => link.traceId === client.traceId))?.traceId
+    if (traceId === undefined) return false
+    const seen = new Set((await spansOf({ traceId })).map(service))
+    return services.every((name) => seen.has(name))
+  }, 20)
+  return await spansOf({ traceId: traceId! })
+}
+
+/** Follows parent links from `span` up to the root of its trace. */
+const ancestors = (span: Span, all: ReadonlyArray<Span>): Array<Span> => {
+  const byId = new Map(all.map((s) => [s.spanId, s]))
+  const chain: Array<Span> = []
+  let current = span.parentSpanId === undefined ? undefined : byId.get(span.parentSpanId)
+  while (current !== undefined) {
+    chain.push(current)
+    current = current.parentSpanId === undefined ? undefined : byId.get(current.parentSpanId)
+  }
+  return chain
+}
+
+describe("one trace across the mesh", () => {
+  it("gives one client request one trace: a server span per Worker, each the child of its caller's span", async () => {
+    const admin = await signedIn("admin")
+    const client = clientContext()
+    const response = await gateway(`/api/users/${admin.id}`, {
+      headers: { authorization: `Bearer ${admin.token}`, traceparent: client.traceparent, tracestate: "client=1" }
+    })
+    expect(response.status).toBe(200)
+
+    const spans = await traceOf(client, ["gateway", "router", "users"])
+    // The client's trace was linked to, not continued.
+    expect(await spansOf({ traceId: client.traceId })).toEqual([])
+
+    const edge = spans.find((span) => service(span) === "gateway" && span.links.some((link) => link.traceId === client.traceId))!
+    expect(edge.parentSpanId).toBeUndefined()
+    expect(edge.kind).toBe(SERVER)
+    expect(edge.name).toBe("GET /api/*")
+    expect(edge.attributes).toMatchObject({
+      "http.request.method": "GET",
+      "http.route": "/api/*",
+      "url.path": `/api/users/${admin.id}`,
+      "server.address": "mesh.test",
+      "http.response.status_code": 200
+    })
+    expect(edge.resource).toMatchObject({ "service.name": "gateway", "service.version": "0.1.0", "deployment.environment": "test" })
+
+    // The router's span descends from the gateway's (through its forwarding client span), the users span from the router's.
+    const routed = spans.filter((span) => service(span) === "router" && span.kind === SERVER)
+    expect(routed.length).toBeGreaterThan(0)
+    for (const span of routed) expect(ancestors(span, spans)).toContainEqual(edge)
+    const users = spans.filter((span) => service(span) === "users" && span.kind === SERVER)
+    const served = users.find((span) => span.attributes["url.path"] === `/api/users/${admin.id}`)!
+    expect(served.attributes).toMatchObject({ "http.route": "/api/users/:id", "http.response.status_code": 200 })
+    expect(served.name).toBe("GET /api/users/:id")
+    const parent = spans.find((span) => span.spanId === served.parentSpanId)!
+    expect(service(parent)).toBe("router")
+    expect(ancestors(served, spans).at(-1)).toEqual(edge)
+    // Every span of the trace is accounted for: each reaches the gateway's root.
+    for (const span of spans) if (span !== edge) expect(ancestors(span, spans).at(-1)).toEqual(edge)
+
+    // The gateway exported in OTLP/JSON, the router and users in protobuf.
+    const exports = await (await receiver("/api/exports")).json() as Array<{ readonly contentType: string; readonly traceIds: Array<string> }>
+    const carrying = exports.filter((e) => e.traceIds.includes(edge.traceId)).map((e) => e.contentType)
+    expect(carrying).toContain("application/json")
+    expect(carrying).toContain("application/x-protobuf")
+  })
+
+  it("continues a trusted caller's trace, and hands its tracestate on through the proxy and typed clients", async () => {
+    const tracer = Tracer.make({ span: (options) => new Tracer.NativeSpan(options) })
+    const parent = Telemetry.parseTraceparent(`00-${hex(16)}-${hex(8)}-01`)!
+    const echoed = (effect: Effect.Effect<Response, unknown>) =>
+      Effect.runPromise(effect.pipe(
+        Effect.flatMap((response) => Effect.promise(() => response.json() as Promise<{ headers: Array<[string, string]> }>)),
+        Effect.map((body) => new Map(body.headers)),
+        Effect.withSpan("caller", { parent }),
+        Effect.provideService(Telemetry.TraceState, "vendor=abc"),
+        Effect.provideService(Tracer.Tracer, tracer)
+      ))
+
+    const viaProxy = await echoed(Proxy.forward({ service: "echo", fetcher: env.ECHO }, new Request("http://echo/x")))
+    expect(viaProxy.get("traceparent")).toMatch(new RegExp(`^00-${parent.traceId}-[0-9a-f]{16}-01$`))
+    expect(viaProxy.get("tracestate")).toBe("vendor=abc")
+
+    const viaClient = await echoed(
+      Effect.flatMap(ServiceClient.httpClient("ECHO"), (client) =>
+        Effect.flatMap(client.get("http://echo.internal/y"), (response) => Effect.map(response.text, (text) => new Response(text)))).pipe(
+          Effect.provide(Bindings.WorkerEnv.layer(env))
+        )
+    )
+    expect(viaClient.get("traceparent")).toMatch(new RegExp(`^00-${parent.traceId}-[0-9a-f]{16}-01$`))
+    expect(viaClient.get("tracestate")).toBe("vendor=abc")
+  })
+
+  it("joins the spans of a Durable Object call to the request's trace", async () => {
+    const user = await signedIn()
+    const client = clientContext()
+    const response = await gateway("/api/sessions", {
+      method: "POST",
+      headers: { authorization: `Bearer ${user.token}`, "content-type": "application/json", traceparent: client.traceparent },
+      body: "{}"
+    })
+    expect(response.status).toBe(201)
+    const spans = await traceOf(client, ["gateway", "router", "sessions", "session"])
+    const call = spans.find((span) => service(span) === "session" && span.name === "session.create")!
+    expect(call.kind).toBe(SERVER)
+    const callers = ancestors(call, spans).map(service)
+    expect(callers[0]).toBe("sessions")
+    expect(callers).toContain("router")
+    expect(callers.at(-1)).toBe("gateway")
+  })
+
+  it("joins a queue consumer's spans to the trace of the request that sent the messages", async () => {
+    const admin = await signedIn("admin")
+    const client = clientContext()
+    const response = await gateway("/api/products/imports", {
+      method: "POST",
+      headers: { authorization: `Bearer ${admin.token}`, "content-type": "application/json", traceparent: client.traceparent },
+      body: JSON.stringify({ products: [{ sku: `TRC-${unique().toUpperCase()}`, name: "Traced", priceCents: 1, sellerId: admin.id }] })
+    })
+    expect(response.status).toBe(202)
+    const spans = await traceOf(client, ["gateway", "router", "products"])
+    const traceId = spans[0]!.traceId
+    let consumed: Span | undefined
+    await eventually(async () => {
+      const now = await spansOf({ traceId })
+      consumed = now.find((span) => span.kind === CONSUMER && span.name.startsWith("queue.process"))
+      if (consumed === undefined) return false
+      spans.splice(0, spans.length, ...now)
+      return true
+    })
+    expect(service(consumed!)).toBe("products")
+    const chain = ancestors(consumed!, spans)
+    expect(chain[0]?.name).toMatch(/^queue\.send/)
+    expect(chain.at(-1)?.links.some((link) => link.traceId === client.traceId)).toBe(true)
+  })
+})
+
+describe("span content", () => {
+  it("names the typed error of a failed request in error.type; 4xx is not an error status on a server span", async () => {
+    const admin = await signedIn("admin")
+    const client = clientContext()
+    const missing = "01890000-0000-7000-8000-000000000000"
+    const response = await gateway(`/api/users/${missing}`, {
+      headers: { authorization: `Bearer ${admin.token}`, traceparent: client.traceparent }
+    })
+    expect(response.status).toBe(404)
+    const spans = await traceOf(client, ["gateway", "router", "users"])
+    const users = spans.find((span) => service(span) === "users" && span.attributes["url.path"] === `/api/users/${missing}`)!
+    expect(users.attributes).toMatchObject({ "error.type": "UserNotFound", "http.response.status_code": 404 })
+    expect(users.status.code).not.toBe(ERROR)
+  })
+
+  it("marks a 5xx server span as an error, with the typed error's tag", async () => {
+    const name = `failing-${unique()}`
+    const worker = Worker.make({
+      name,
+      layer: Layer.empty,
+      fetch: () => Effect.fail(new Problem.ServiceUnavailable({ detail: "down for the test" }))
+    })
+    const ctx = createExecutionContext()
+    const response = await worker.fetch!(new Request("http://probe.test/x"), env, ctx)
+    await waitOnExecutionContext(ctx)
+    expect(response.status).toBe(503)
+    let span: Span | undefined
+    await eventually(async () => (span = (await spansOf({ service: name }))[0]) !== undefined, 10)
+    expect(span!.status).toEqual({ code: ERROR, message: "ServiceUnavailable" })
+    expect(span!.attributes).toMatchObject({ "error.type": "ServiceUnavailable", "http.response.status_code": 503 })
+  })
+
+  it("records policy decisions: the cache result and the rate limit on the gateway's span, batch sizes as spans", async () => {
+    const admin = await signedIn("admin")
+    const created = await send("POST", "/api/products", { sku: `OBS-${unique().toUpperCase()}`, name: "Observed", priceCents: 5, sellerId: admin.id }, admin.token)
+    expect(created.status).toBe(201)
+    const product = await created.json() as { readonly id: string }
+
+    const cached = clientContext()
+    const read = await gateway(`/api/products/${product.id}`, { headers: { traceparent: cached.traceparent, authorization: `Bearer ${admin.token}` } })
+    expect(read.status).toBe(200)
+    await read.text()
+    const cacheSpans = await traceOf(cached, ["gateway"])
+    const lookup = cacheSpans.flatMap((span) => span.events).find((event) => event.name === "cache.lookup")
+    expect(lookup?.attributes["meshwork.cache.result"]).toMatch(/^(MISS|HIT|BYPASS|STALE|REVALIDATED)$/)
+    expect(cacheSpans.flatMap((span) => span.events).some((event) => event.name === "ratelimit.allowed")).toBe(true)
+
+    // A cart of two lines is enriched with one batched lookup of two products.
+    const session = await send("POST", "/api/sessions", {}, admin.token)
+    expect(session.status).toBe(201)
+    const { id } = await session.json() as { readonly id: string }
+    const changes = [product.id, crypto.randomUUID()].map((productId) => ({ _tag: "SetCartItem", productId, quantity: 1 }))
+    expect((await send("PATCH", `/api/sessions/${id}`, { changes }, admin.token)).status).toBe(200)
+    const batched = clientContext()
+    const cart = await gateway(`/api/sessions/${id}/cart`, { headers: { traceparent: batched.traceparent, authorization: `Bearer ${admin.token}` } })
+    expect(cart.status).toBe(200)
+    await cart.text()
+    const batchSpans = await traceOf(batched, ["gateway", "sessions", "products"])
+    const batch = batchSpans.find((span) => span.name === "batch.lookup")
+    expect(service(batch!)).toBe("sessions")
+    expect(batch?.attributes["meshwork.batch.size"]).toBe(2)
+
+    // The "tight" test limit allows 3 HEAD requests per hour per client.
+    const limited = await signedIn("admin")
+    let refused: ReturnType<typeof clientContext> | undefined
+    for (let i = 0; i < 5 && refused === undefined; i++) {
+      const context = clientContext()
+      const response = await gateway("/api/products", { method: "HEAD", headers: { traceparent: context.traceparent, authorization: `Bearer ${limited.token}` } })
+      if (response.status === 429) refused = context
+    }
+    expect(refused).toBeDefined()
+    const refusedSpans = await traceOf(refused!, ["gateway"])
+    const rejected = refusedSpans.flatMap((span) => span.events).find((event) => event.name === "ratelimit.rejected")
+    expect(rejected?.attributes["meshwork.ratelimit"]).toBe("tight")
+    expect(refusedSpans.find((span) => span.kind === SERVER)?.attributes["error.type"]).toBe("TooManyRequests")
+
+    await eventually(async () => (await metricPoints("meshwork.ratelimit.rejections", "gateway")).some((p) => p.attributes["limit"] === "tight" && (p.value ?? 0) >= 1), 10)
+    await eventually(async () => (await metricPoints("meshwork.cache.requests", "gateway")).length > 0, 10)
+  })
+
+  it("exports request counts and a latency histogram per Worker", async () => {
+    const admin = await signedIn("admin")
+    for (let i = 0; i < 3; i++) expect((await gateway(`/api/users/${admin.id}`, { headers: { authorization: `Bearer ${admin.token}` } })).status).toBe(200)
+    await eventually(async () => {
+      const counts = await metricPoints("meshwork.http.server.requests", "users")
+      const latency = await metricPoints("http.server.request.duration", "users")
+      return counts.some((p) => p.attributes["http.route"] === "/api/users/:id" && (p.value ?? 0) >= 3) &&
+        latency.some((p) => p.attributes["http.route"] === "/api/users/:id" && (p.count ?? 0) >= 3)
+    }, 10)
+  })
+})
+
+describe("sampling", () => {
+  const probe = (vars: Record<string, string>) => {
+    const name = `sampled-${unique()}`
+    const worker = Worker.make({ name, layer: Layer.empty, fetch: () => Effect.succeed(new Response("ok")) })
+    const call = async (headers: Record<string, string> = {}) => {
+      const ctx = createExecutionContext()
+      const response = await worker.fetch!(new Request("http://probe.test/", { headers }), { ...env, ...vars }, ctx)
+      await waitOnExecutionContext(ctx)
+      expect(response.status).toBe(200)
+    }
+    return { name, call }
+  }
+
+  it("samples new traces at the configured ratio and follows the caller's decision", async () => {
+    const none = probe({ TRACE_SAMPLE_RATIO: "0" })
+    for (let i = 0; i < 20; i++) await none.call()
+    const sampledParent = `00-${hex(16)}-${hex(8)}-01`
+    await none.call({ traceparent: sampledParent })
+    await eventually(async () => (await spansOf({ service: none.name })).length > 0, 10)
+    const kept = await spansOf({ service: none.name })
+    expect(kept.map((span) => span.traceId)).toEqual([sampledParent.slice(3, 35)])
+
+    const all = probe({ TRACE_SAMPLE_RATIO: "1" })
+    await all.call({ traceparent: `00-${hex(16)}-${hex(8)}-00` }) // the caller decided not to sample
+    await all.call()
+    await eventually(async () => (await spansOf({ service: all.name })).length > 0, 10)
+    expect(await spansOf({ service: all.name })).toHaveLength(1)
+
+    const half = probe({ TRACE_SAMPLE_RATIO: "0.5" })
+    for (let i = 0; i < 200; i++) await half.call()
+    const count = (await spansOf({ service: half.name })).length
+    expect(count).toBeGreaterThan(60)
+    expect(count).toBeLessThan(140)
+  })
+})
+
+describe("logs", () => {
+  afterEach(() => vi.restoreAllMocks())
+
+  it("writes JSON lines that carry the trace and span ids", async () => {
+    const lines: Array<string> = []
+    vi.spyOn(console, "log").mockImplementation((line: string) => void lines.push(line))
+    const span = await Effect.runPromise(
+      Effect.gen(function*() {
+        yield* Effect.logInfo("hello").pipe(Effect.annotateLogs({ order: "42" }))
+        return yield* Effect.currentSpan
+      }).pipe(Effect.withSpan("logged"), Effect.provide(Logger.layer([Telemetry.jsonLogger("logs-test")])))
+    )
+    const entry = JSON.parse(lines.find((line) => line.includes("hello"))!)
+    expect(entry).toMatchObject({
+      level: "INFO",
+      message: "hello",
+      service: "logs-test",
+      order: "42",
+      trace_id: span.traceId,
+      span_id: span.spanId
+    })
+  })
+})
+
+describe("a collector that is down or slow", () => {
+  const stats = (name: string, vars: Record<string, string>) => {
+    const worker = Worker.make({
+      name,
+      layer: Layer.empty,
+      fetch: (request) =>
+        new URL(request.url).pathname === "/stats"
+          ? Telemetry.Telemetry.useSync((telemetry) => Response.json(telemetry.stats))
+          : Effect.succeed(new Response("ok"))
+    })
+    return async (path: string) => {
+      const ctx = createExecutionContext()
+      const response = await worker.fetch!(new Request(`http://probe.test${path}`), { ...env, ...vars }, ctx)
+      await waitOnExecutionContext(ctx)
+      return response
+    }
+  }
+
+  it("answers anyway, and counts the spans it could not export", async () => {
+    // Nothing listens on port 9: every export is refused.
+    const refused = stats(`refused-${unique()}`, { OTLP_ENDPOINT: "http://127.0.0.1:9", OTLP_TIMEOUT_MS: "500" })
+    for (let i = 0; i < 3; i++) expect(await (await refused("/ok")).text()).toBe("ok")
+    const counted = await (await refused("/stats")).json() as Telemetry.Stats
+    expect(counted).toMatchObject({ exported: 0, dropped: 3 })
+    expect(counted.failedExports).toBe(3)
+
+    // A collector that never answers: the export is cut at OTLP_TIMEOUT_MS, its spans counted as dropped.
+    await setMode("hang")
+    try {
+      const slow = stats(`slow-${unique()}`, { OTLP_TIMEOUT_MS: "300" })
+      expect(await (await slow("/ok")).text()).toBe("ok")
+      expect(await (await slow("/stats")).json()).toMatchObject({ exported: 0, dropped: 1 })
+    } finally {
+      await setMode("up")
+    }
+  })
+
+  it("serves the mesh's requests while the receiver fails or hangs", async () => {
+    const admin = await signedIn("admin")
+    try {
+      for (const mode of ["fail", "hang"] as const) {
+        await setMode(mode)
+        const response = await gateway(`/api/users/${admin.id}`, { headers: { authorization: `Bearer ${admin.token}` } })
+        expect(response.status).toBe(200)
+        expect(((await response.json()) as { readonly id: string }).id).toBe(admin.id)
+      }
+    } finally {
+      await setMode("up")
+    }
+  })
+})
