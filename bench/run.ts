@@ -17,6 +17,7 @@
 import { execFileSync, spawnSync } from "node:child_process"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import os from "node:os"
+import { createServer } from "node:http"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { convertV4MiniflareOptions, Miniflare } from "miniflare"
@@ -43,7 +44,7 @@ const outdir = join(root, ".build/bench")
 
 interface Target {
   readonly id: string
-  readonly group: "one-hop" | "chain" | "hops" | "cache" | "fan-out"
+  readonly group: "one-hop" | "chain" | "hops" | "cache" | "fan-out" | "tracing"
   /** The Worker the load enters. */
   readonly worker: string
   path: string
@@ -92,6 +93,9 @@ const targets: Array<Target> = [
     credentials: "bearer",
     port: 0
   },
+  // The chain with tracing on (every span exported as OTLP to a local receiver) and off.
+  { id: "chain-traced", group: "tracing", worker: "traced-gateway", path: `/api/users/${seeded.id}`, credentials: "bearer", port: 0 },
+  { id: "chain-untraced", group: "tracing", worker: "meshwork-gateway", path: `/api/users/${seeded.id}`, credentials: "bearer", port: 0 },
   { id: "users-bare", group: "hops", worker: "bare-users", path: `/api/users/${seeded.id}`, port: 0 },
   {
     id: "users-mesh",
@@ -134,7 +138,8 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["users hop/bare", "users-mesh", "users-bare"],
   ["router+users/bare", "router-mesh", "router-bare"],
   ["cached/uncached product", "product-cached", "product-uncached"],
-  ["cart batched/per-id", "cart-batched", "cart-per-id"]
+  ["cart batched/per-id", "cart-batched", "cart-per-id"],
+  ["tracing on/off", "chain-traced", "chain-untraced"]
 ]
 
 const freePort = (() => {
@@ -194,6 +199,27 @@ const credentialHeaders = async (target: Target): Promise<Record<string, string>
   return {}
 }
 
+/**
+ * The traced chain's OTLP collector: answers every export at once and
+ * counts what it got, so the run measures the Workers' cost of tracing,
+ * not a collector's.
+ */
+const collector = await new Promise<{ readonly url: string; readonly exports: { count: number; bytes: number } }>((resolve) => {
+  const exports = { count: 0, bytes: 0 }
+  const server = createServer((request, response) => {
+    request.on("data", (chunk: Buffer) => (exports.bytes += chunk.length))
+    request.on("end", () => {
+      exports.count++
+      response.writeHead(200, { "content-type": "application/x-protobuf" }).end()
+    })
+  })
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address() as { port: number }
+    server.unref()
+    resolve({ url: `http://127.0.0.1:${address.port}`, exports })
+  })
+})
+
 const startWorkerd = async () => {
   const oneHop = await Promise.all(["bare", "hono", "meshwork", "effect-stock"].map(async (name) => ({
     name,
@@ -217,6 +243,8 @@ const startWorkerd = async () => {
   const built = (await buildMesh(join(outdir, "mesh"), {
     minify,
     secrets: (name) => ({
+      // Tracing is off but in the "tracing" group's traced chain, which turns it on.
+      OTLP_ENDPOINT: "off",
       MESH_IDENTITY_SECRET: secrets.identitySecret,
       ...(name === "auth" ? { AUTH_SIGNING_KEYS: JSON.stringify({ active: secrets.key.kid, keys: [secrets.key] }) } : {}),
       // Every request is counted, none refused: the benchmark measures the policy's cost, not its 429s.
@@ -266,8 +294,21 @@ const startWorkerd = async () => {
       serviceBindings: { UPSTREAM: "meshwork-products" }
     }))
   ]
+  // The chain gateway -> router -> users again, exporting every span to the collector below.
+  const users = built.find((options) => options.name === "meshwork-users")!
+  const traced = (options: typeof gateway, name: string, serviceBindings: Record<string, string>) => ({
+    ...options,
+    name,
+    bindings: { ...options.bindings, OTLP_ENDPOINT: collector.url },
+    serviceBindings: { ...options.serviceBindings, ...serviceBindings }
+  })
+  const tracedChain = [
+    traced(gateway, "traced-gateway", { ROUTER: "traced-router" }),
+    traced(router, "traced-router", { USERS: "traced-users" }),
+    { ...traced(users, "traced-users", {}), d1Databases: users.d1Databases }
+  ]
   const fanOutNames = new Set(fanOut.map((options) => String(options.name)))
-  const mesh = [...built.filter((options) => !fanOutNames.has(String(options.name))), ...withoutPolicies, withoutCache, ...fanOut].map((options) => ({
+  const mesh = [...built.filter((options) => !fanOutNames.has(String(options.name))), ...withoutPolicies, withoutCache, ...fanOut, ...tracedChain].map((options) => ({
     ...options,
     ...directSocket(String(options.name))
   }))
@@ -536,6 +577,10 @@ const main = async () => {
       )
     }
 
+    if (samples.has("chain-traced")) {
+      console.log(`\ntraced chain: ${collector.exports.count} OTLP exports received, ${(collector.exports.bytes / 1024).toFixed(0)} KiB`)
+    }
+
     const stamp = new Date().toISOString().replaceAll(":", "-").replace(/\..*/, "")
     const file = join(root, "bench/results", `${stamp}.json`)
     mkdirSync(join(root, "bench/results"), { recursive: true })
@@ -551,6 +596,7 @@ const main = async () => {
           summary,
           ratios: ratioRows,
           upstreamCalls,
+          otlpExports: collector.exports,
           samples: Object.fromEntries(samples)
         },
         null,
