@@ -78,7 +78,7 @@ export default defineConfig({
       const receiver = await startReceiver({ port: 0, unref: true })
       const telemetry = {
         OTLP_ENDPOINT: receiver.url,
-        // The gateway exports OTLP/JSON, the others protobuf: the receiver decodes both.
+        // The gateway exports OTLP/JSON (the default), the others protobuf: the receiver decodes both.
         OTLP_PROTOCOL: "protobuf",
         METRICS_INTERVAL_SECONDS: "0",
         DEPLOYMENT_ENVIRONMENT: "test"

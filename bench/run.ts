@@ -14,10 +14,9 @@
  *
  * Compare ratios, never absolute numbers: machines here are shared and noisy.
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import os from "node:os"
-import { createServer } from "node:http"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { convertV4MiniflareOptions, Miniflare } from "miniflare"
@@ -152,11 +151,13 @@ const minify = flags.profile === undefined
 
 const variant = async (name: string) => bundle(join(root, "bench/workers", `${name}.ts`), join(outdir, `${name}.js`), { minify })
 
+/** A socket straight into `worker`, shared by every target that loads it. */
 const directSocket = (worker: string) => {
-  const target = targets.find((t) => t.worker === worker)
-  if (target === undefined) return {}
-  target.port = freePort()
-  return { unsafeDirectSockets: [{ host: "127.0.0.1", port: target.port }] }
+  const loading = targets.filter((t) => t.worker === worker)
+  if (loading.length === 0) return {}
+  const port = freePort()
+  for (const target of loading) target.port = port
+  return { unsafeDirectSockets: [{ host: "127.0.0.1", port }] }
 }
 
 const inspectorPort = 9229
@@ -200,25 +201,35 @@ const credentialHeaders = async (target: Target): Promise<Record<string, string>
 }
 
 /**
- * The traced chain's OTLP collector: answers every export at once and
- * counts what it got, so the run measures the Workers' cost of tracing,
- * not a collector's.
+ * The traced chain's OTLP collector, in a process of its own (wrk runs
+ * synchronously, so this one's event loop is busy while loading): it answers
+ * every export at once and counts them, so the run measures the Workers'
+ * cost of tracing, not a collector's.
  */
-const collector = await new Promise<{ readonly url: string; readonly exports: { count: number; bytes: number } }>((resolve) => {
-  const exports = { count: 0, bytes: 0 }
+const collectorScript = `
+  import { createServer } from "node:http"
+  const received = { count: 0, bytes: 0 }
   const server = createServer((request, response) => {
-    request.on("data", (chunk: Buffer) => (exports.bytes += chunk.length))
+    if (request.method === "GET") return response.end(JSON.stringify(received))
+    request.on("data", (chunk) => (received.bytes += chunk.length))
     request.on("end", () => {
-      exports.count++
+      received.count++
       response.writeHead(200, { "content-type": "application/x-protobuf" }).end()
     })
   })
-  server.listen(0, "127.0.0.1", () => {
-    const address = server.address() as { port: number }
-    server.unref()
-    resolve({ url: `http://127.0.0.1:${address.port}`, exports })
-  })
-})
+  server.listen(0, "127.0.0.1", () => console.log(server.address().port))
+`
+const collector = await new Promise<{ readonly url: string; readonly received: () => Promise<{ count: number; bytes: number }> }>(
+  (resolve, reject) => {
+    const child = spawn(process.execPath, ["--input-type=module", "-e", collectorScript], { stdio: ["ignore", "pipe", "inherit"] })
+    process.on("exit", () => child.kill())
+    child.once("error", reject)
+    child.stdout.once("data", (data: Buffer) => {
+      const url = `http://127.0.0.1:${String(data).trim()}`
+      resolve({ url, received: async () => await (await fetch(url)).json() as { count: number; bytes: number } })
+    })
+  }
+)
 
 const startWorkerd = async () => {
   const oneHop = await Promise.all(["bare", "hono", "meshwork", "effect-stock"].map(async (name) => ({
@@ -577,8 +588,9 @@ const main = async () => {
       )
     }
 
-    if (samples.has("chain-traced")) {
-      console.log(`\ntraced chain: ${collector.exports.count} OTLP exports received, ${(collector.exports.bytes / 1024).toFixed(0)} KiB`)
+    const otlpExports = samples.has("chain-traced") ? await collector.received() : undefined
+    if (otlpExports !== undefined) {
+      console.log(`\ntraced chain: ${otlpExports.count} OTLP exports received, ${(otlpExports.bytes / 1024).toFixed(0)} KiB`)
     }
 
     const stamp = new Date().toISOString().replaceAll(":", "-").replace(/\..*/, "")
@@ -596,7 +608,7 @@ const main = async () => {
           summary,
           ratios: ratioRows,
           upstreamCalls,
-          otlpExports: collector.exports,
+          otlpExports,
           samples: Object.fromEntries(samples)
         },
         null,

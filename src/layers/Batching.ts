@@ -96,7 +96,7 @@ export const lookups = <A, E, E2, R>(options: Options<A, E, E2, R>): Effect.Effe
         const keys = entries.map((entry) => entry.request.key) as unknown as readonly [string, ...Array<string>]
         return options.lookup(keys).pipe(
           // One span per batch, in the trace of the request that made the lookup function.
-          Effect.withSpan("batch.lookup", { attributes: { "meshwork.batch.size": keys.length } }),
+          Effect.withSpan("batch.lookup", { attributes: { "meshwork.batch.size": keys.length } }, { captureStackTrace: false }),
           Effect.provideContext(context),
           Effect.exit,
           Effect.map((exit) => {

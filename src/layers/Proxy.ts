@@ -163,7 +163,7 @@ export const forward = (
             Effect.withSpan(`${request.method} ${target.service}`, {
               kind: "client",
               attributes: { "http.request.method": request.method, "server.address": target.service }
-            })
+            }, { captureStackTrace: false })
           )
       )
     })

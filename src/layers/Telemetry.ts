@@ -9,7 +9,7 @@
  * | var | default | |
  * |---|---|---|
  * | `OTLP_ENDPOINT` | `http://127.0.0.1:4318` | the collector; `off` turns tracing off (no spans of the runtime's, nothing exported) |
- * | `OTLP_PROTOCOL` | `protobuf` | or `json` |
+ * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
  * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
  * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
  * | `SERVICE_VERSION` | `0.1.0` | `service.version` |
@@ -21,8 +21,9 @@
  * How a Worker exports: spans are kept in the isolate, grouped by trace id,
  * and when a request ends (after its `waitUntil` work too) the spans of every
  * trace with no request still running in the isolate leave in one POST,
- * under `ctx.waitUntil`, within `OTLP_TIMEOUT_MS`. The response never waits
- * for it. A failed or timed-out export drops its spans and counts them
+ * under `ctx.waitUntil`, within `OTLP_TIMEOUT_MS`; while one is in flight,
+ * requests that end leave their spans to its next round, so under load one
+ * POST carries many requests. The response never waits for it. A failed or timed-out export drops its spans and counts them
  * (`meshwork.telemetry.spans.dropped`, and `stats`); at most `maxBufferedSpans`
  * wait in an isolate, further ones are dropped and counted too.
  */
@@ -191,7 +192,7 @@ const parseHeaders = (value: string): Record<string, string> => {
 export const settings = (serviceName: string) =>
   Config.all({
     endpoint: Config.String("OTLP_ENDPOINT").pipe(Config.withDefault("http://127.0.0.1:4318")),
-    protocol: Config.Literals(["json", "protobuf"], "OTLP_PROTOCOL").pipe(Config.withDefault("protobuf" as const)),
+    protocol: Config.Literals(["json", "protobuf"], "OTLP_PROTOCOL").pipe(Config.withDefault("json" as const)),
     headers: Config.String("OTLP_HEADERS").pipe(Config.withDefault("")),
     timeoutMs: Config.Int("OTLP_TIMEOUT_MS").pipe(Config.withDefault(2000)),
     serviceVersion: Config.String("SERVICE_VERSION").pipe(Config.withDefault("0.1.0")),
@@ -338,6 +339,9 @@ export interface Service {
 
 export class Telemetry extends Context.Service<Telemetry, Service>()("meshwork/layers/Telemetry") {}
 
+/** How long one request's waitUntil keeps exporting spans that other requests left to it. */
+const maxDrainMs = 10_000
+
 const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | undefined): Service => {
   const stats: Stats = { exported: 0, dropped: 0, exports: 0, failedExports: 0 }
   const buckets = new Map<string, Array<RecordedSpan>>()
@@ -392,7 +396,7 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
       body: body.text ?? body.body,
       signal: AbortSignal.timeout(settings.timeoutMs)
     }).then(async (response) => {
-      await response.arrayBuffer().catch(() => undefined)
+      await response.body?.cancel().catch(() => undefined)
       if (!response.ok) throw new Error(`collector answered ${response.status}`)
     })
 
@@ -416,6 +420,38 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
     }
   }
 
+  /** The spans of every trace no request in this isolate is still serving. */
+  const takeReady = (): Array<RecordedSpan> => {
+    const ready: Array<RecordedSpan> = []
+    for (const [id, spans] of buckets) {
+      if (open.has(id)) continue
+      buckets.delete(id)
+      for (const span of spans) ready.push(span)
+    }
+    buffered -= ready.length
+    return ready
+  }
+
+  /**
+   * Exports what is ready, then what became ready meanwhile, until nothing
+   * is (or `maxDrainMs` passed: a request's waitUntil is limited). Requests
+   * that end while it runs leave their spans to it, so under load one export
+   * carries many requests' spans, each request's all in the same one.
+   */
+  let exporting = false
+  const drain = async (): Promise<void> => {
+    exporting = true
+    const started = Date.now()
+    try {
+      for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
+        await exportSpans(ready)
+        if (Date.now() - started > maxDrainMs) return
+      }
+    } finally {
+      exporting = false
+    }
+  }
+
   return {
     settings,
     enabled,
@@ -430,14 +466,8 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
         if (count > 0) open.set(traceId, count)
         else open.delete(traceId)
       }
-      const ready: Array<RecordedSpan> = []
-      for (const [id, spans] of buckets) {
-        if (open.has(id)) continue
-        buckets.delete(id)
-        for (const span of spans) ready.push(span)
-      }
-      buffered -= ready.length
-      return ready.length === 0 ? Promise.resolve() : exportSpans(ready)
+      // An export in flight takes these spans with its next round.
+      return exporting ? Promise.resolve() : drain()
     },
     exportMetrics: () => {
       if (flushMetrics === undefined) return Promise.resolve()
