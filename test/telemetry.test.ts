@@ -7,13 +7,17 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Effect, Layer, Logger, Tracer } from "effect"
 import { afterEach, describe, expect, it as vitestIt, vi } from "vitest"
+import { CircuitBreakers } from "../src/layers/CircuitBreakers.ts"
+import { IdentityKey } from "../src/layers/Identity.ts"
 import * as Proxy from "../src/layers/Proxy.ts"
+import { Retries } from "../src/layers/Retry.ts"
+import { proxy, RoutingTable } from "../src/layers/Routing.ts"
 import * as Telemetry from "../src/layers/Telemetry.ts"
 import * as Bindings from "../src/runtime/Bindings.ts"
 import * as Problem from "../src/runtime/Problem.ts"
 import * as ServiceClient from "../src/runtime/ServiceClient.ts"
 import * as Worker from "../src/runtime/Worker.ts"
-import { eventually, gateway, send, signedIn, unique } from "./helpers.ts"
+import { eventually, gateway, meshIdentity, send, signedIn, unique } from "./helpers.ts"
 
 // Traces arrive after their requests, under waitUntil: each test waits for them up to 20 s.
 const it = (name: string, test: () => Promise<void>) => vitestIt(name, test, 30_000)
@@ -283,6 +287,52 @@ describe("span content", () => {
 
     await eventually(async () => (await metricPoints("meshwork.ratelimit.rejections", "gateway")).some((p) => p.attributes["limit"] === "tight" && (p.value ?? 0) >= 1), 10)
     await eventually(async () => (await metricPoints("meshwork.cache.requests", "gateway")).length > 0, 10)
+  })
+
+  it("records each retry and each breaker decision as an event on the proxy's span", async () => {
+    const name = `retrying-${unique()}`
+    const worker = Worker.make({
+      name,
+      layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Retries.layer, CircuitBreakers.layer),
+      fetch: proxy(name)
+    })
+    const vars = {
+      ...env,
+      ROUTES: [{
+        service: "flaky",
+        prefix: "/status",
+        binding: "FLAKY",
+        retry: { attempts: 2, baseDelayMs: 1 },
+        breaker: { consecutiveFailures: 2, openMs: 30_000 }
+      }]
+    }
+    const key = unique()
+    for (let i = 0; i < 3; i++) {
+      const ctx = createExecutionContext()
+      const response = await worker.fetch!(
+        new Request(`http://edge/status/503?key=${key}`, { headers: { "x-meshwork-identity": await meshIdentity() } }),
+        vars,
+        ctx
+      )
+      expect(response.status).toBe(503)
+      await response.text()
+      await waitOnExecutionContext(ctx)
+    }
+    let events: Array<Span["events"][number]> = []
+    await eventually(async () => {
+      events = (await spansOf({ service: name })).flatMap((span) => span.events)
+      return events.some((event) => event.name === "breaker.refused")
+    }, 10)
+    expect(events.filter((event) => event.name === "retry").map((event) => event.attributes)).toContainEqual(
+      expect.objectContaining({ "meshwork.retry.upstream": "flaky", "meshwork.retry.attempt": 2, "meshwork.retry.reason": "503" })
+    )
+    expect(events.find((event) => event.name === "breaker.transition")?.attributes).toMatchObject({
+      "meshwork.breaker": "flaky",
+      "meshwork.breaker.from": "Closed",
+      "meshwork.breaker.state": "Open"
+    })
+    expect(events.find((event) => event.name === "breaker.refused")?.attributes).toMatchObject({ "meshwork.breaker.state": "Open" })
+    await eventually(async () => (await metricPoints("meshwork.breaker.state", name)).some((p) => p.value === 2), 10)
   })
 
   it("exports request counts and a latency histogram per Worker", async () => {

@@ -22,7 +22,7 @@
  * caller's trace), and its spans are exported under `ctx.waitUntil` once the
  * request and its `waitUntil` work are done.
  */
-import { Cause, ConfigProvider, Context, Effect, Exit, Layer, Scope } from "effect"
+import { Cause, ConfigProvider, Context, Effect, Exit, Layer, Scope, type Tracer } from "effect"
 import * as Telemetry from "../layers/Telemetry.ts"
 import { Invocation, WorkerEnv } from "./Bindings.ts"
 import * as Problem from "./Problem.ts"
@@ -130,13 +130,13 @@ export const runWith = <A, E, R>(
 }
 
 /** Turns the Exit of a fetch handler into the Response to send, logging what the caller must not see. */
-export const respond = (services: Context.Context<never>, annotations: Record<string, string>) =>
+export const respond = (services: Context.Context<never>, annotations: Record<string, string>, span?: Tracer.Span) =>
 (exit: Exit.Exit<Response, unknown>): Response => {
   if (Exit.isSuccess(exit)) return exit.value
   if (Problem.isUnexpected(exit.cause)) {
-    Effect.runForkWith(services)(
-      Effect.logError("Request failed", exit.cause).pipe(Effect.annotateLogs(annotations))
-    )
+    const log = Effect.logError("Request failed", exit.cause).pipe(Effect.annotateLogs(annotations))
+    // Logged in the request's span, so the line carries its trace id.
+    Effect.runForkWith(services)(span === undefined ? log : Effect.withParentSpan(log, span))
   }
   return Problem.fromCause(exit.cause)
 }
@@ -184,7 +184,7 @@ export const serveFetch = <R>(
   telemetry.begin(span.traceId)
   const invocation = Telemetry.trackInvocation(ctx)
   const context = Context.add(services, Invocation, invocation)
-  const render = respond(context, options.annotations)
+  const render = respond(context, options.annotations, span)
   return runWith(context, () => Telemetry.within(handler(request), span, tracestate), (exit) => {
     const response = render(exit)
     Telemetry.endServerSpan(span, exit, response)
