@@ -32,6 +32,7 @@ import * as Bindings from "../runtime/Bindings.ts"
 import * as Problem from "../runtime/Problem.ts"
 import * as Identity from "./Identity.ts"
 import * as Proxy from "./Proxy.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 export const realm = "meshwork"
 
@@ -122,13 +123,20 @@ export class Authenticator extends Context.Service<Authenticator, {
         const internal = (path: string) =>
           Effect.gen(function*() {
             const assertion = yield* Identity.sign({ kind: "service", sub: "gateway" })
+            const trace = Telemetry.traceHeaders(yield* Telemetry.activeCarrier)
             const response = yield* Effect.tryPromise({
-              try: () => upstream.fetch(`http://router.internal${path}`, { headers: { [Identity.header]: assertion } }),
+              try: () => upstream.fetch(`http://router.internal${path}`, { headers: { ...trace, [Identity.header]: assertion } }),
               catch: () => new Problem.BadGateway({ service: "router" })
             })
+            yield* Effect.annotateCurrentSpan("http.response.status_code", response.status)
             const body = yield* Effect.promise(() => response.text())
             return { status: response.status, body }
-          }).pipe(Effect.provideService(Identity.IdentityKey, key))
+          }).pipe(
+            Effect.provideService(Identity.IdentityKey, key),
+            Effect.withSpan("GET router", { kind: "client", attributes: { "http.request.method": "GET", "url.path": path } }, {
+              captureStackTrace: false
+            })
+          )
 
         // Key ring: replaced wholesale on refresh; never shared I/O, only parsed keys.
         let keys = new Map<string, CryptoKey>()

@@ -11,6 +11,7 @@ import { Duration, Effect, Schema } from "effect"
 import { CircuitBreakers } from "./CircuitBreakers.ts"
 import * as Identity from "./Identity.ts"
 import type { Upstream } from "./Routing.ts"
+import * as Telemetry from "./Telemetry.ts"
 
 export const UpstreamHealth = Schema.Struct({
   status: Schema.Literals(["up", "down"]),
@@ -48,11 +49,12 @@ export const probe = (
 ) =>
   Effect.gen(function*() {
     const assertion = yield* Identity.sign({ kind: "service", sub: from })
+    const trace = Telemetry.traceHeaders(yield* Telemetry.activeCarrier)
     const started = Date.now()
     const response = yield* Effect.tryPromise((signal) =>
       upstream.fetcher.fetch(`http://${upstream.service}.internal/health`, {
         signal,
-        headers: { [Identity.header]: assertion }
+        headers: { ...trace, [Identity.header]: assertion }
       })
     )
     const latencyMs = Date.now() - started

@@ -86,6 +86,12 @@ export const activeCarrier: Effect.Effect<Carrier | undefined> = Effect.withFibe
 /** The current `traceparent`, if there is a current span. */
 export const traceparent: Effect.Effect<string | undefined> = Effect.map(carrier, (c) => c?.traceparent)
 
+/** The W3C headers of `carrier`, to send with a request. */
+export const traceHeaders = (carrier: Carrier | undefined): Record<string, string> =>
+  carrier === undefined ? {} : carrier.tracestate === undefined
+    ? { traceparent: carrier.traceparent }
+    : { traceparent: carrier.traceparent, tracestate: carrier.tracestate }
+
 /** Sets `traceparent` (and `tracestate`) on outgoing `headers` from the current span. */
 export const inject = (headers: Headers): Effect.Effect<void> =>
   Effect.map(carrier, (c) => {
