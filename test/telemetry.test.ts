@@ -20,7 +20,7 @@ import * as Worker from "../src/runtime/Worker.ts"
 import { eventually, gateway, meshIdentity, send, signedIn, unique } from "./helpers.ts"
 
 // Traces arrive after their requests, under waitUntil: each test waits for them up to 20 s.
-const it = (name: string, test: () => Promise<void>) => vitestIt(name, test, 30_000)
+const it = (name: string, test: () => Promise<void> | void) => vitestIt(name, test, 30_000)
 
 interface Span {
   readonly traceId: string
@@ -283,7 +283,7 @@ describe("span content", () => {
     const refusedSpans = await traceOf(refused!, ["gateway"])
     const rejected = refusedSpans.flatMap((span) => span.events).find((event) => event.name === "ratelimit.rejected")
     expect(rejected?.attributes["meshwork.ratelimit"]).toBe("tight")
-    expect(refusedSpans.find((span) => span.kind === SERVER)?.attributes["error.type"]).toBe("TooManyRequests")
+    expect(refusedSpans.find((span) => service(span) === "gateway" && span.parentSpanId === undefined)?.attributes["error.type"]).toBe("TooManyRequests")
 
     await eventually(async () => (await metricPoints("meshwork.ratelimit.rejections", "gateway")).some((p) => p.attributes["limit"] === "tight" && (p.value ?? 0) >= 1), 10)
     await eventually(async () => (await metricPoints("meshwork.cache.requests", "gateway")).length > 0, 10)
@@ -380,6 +380,29 @@ describe("sampling", () => {
     const count = (await spansOf({ service: half.name })).length
     expect(count).toBeGreaterThan(60)
     expect(count).toBeLessThan(140)
+  })
+})
+
+describe("trace context", () => {
+  it("reads traceparent as W3C Trace Context has it", () => {
+    const id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    expect(Telemetry.parseTraceparent(`00-${id}-00f067aa0ba902b7-01`)).toMatchObject({ traceId: id, spanId: "00f067aa0ba902b7", sampled: true })
+    expect(Telemetry.parseTraceparent(`00-${id}-00f067aa0ba902b7-00`)?.sampled).toBe(false)
+    // A later version may add fields; version 00 may not.
+    expect(Telemetry.parseTraceparent(`01-${id}-00f067aa0ba902b7-03-extra`)?.sampled).toBe(true)
+    for (const invalid of [
+      `00-${id}-00f067aa0ba902b7-01-extra`,
+      `ff-${id}-00f067aa0ba902b7-01`,
+      `00-${"0".repeat(32)}-00f067aa0ba902b7-01`,
+      `00-${id}-${"0".repeat(16)}-01`,
+      `00-${id.toUpperCase()}-00f067aa0ba902b7-01`,
+      `00-${id}-00f067aa0ba902b7`,
+      "",
+      undefined
+    ]) {
+      expect(Telemetry.parseTraceparent(invalid)).toBeUndefined()
+    }
+    expect(Telemetry.formatTraceparent(Telemetry.parseTraceparent(`00-${id}-00f067aa0ba902b7-01`)!)).toBe(`00-${id}-00f067aa0ba902b7-01`)
   })
 })
 

@@ -185,14 +185,35 @@ export interface Settings {
   readonly maxBufferedSpans: number
 }
 
+/** `key=value,key=value` (values may be percent-encoded), as OTEL_EXPORTER_OTLP_HEADERS has it. */
 const parseHeaders = (value: string): Record<string, string> => {
+  const decode = (part: string) => {
+    try {
+      return decodeURIComponent(part.trim())
+    } catch {
+      return part.trim()
+    }
+  }
   const headers: Record<string, string> = {}
   for (const pair of value.split(",")) {
     const at = pair.indexOf("=")
-    if (at > 0) headers[decodeURIComponent(pair.slice(0, at).trim())] = decodeURIComponent(pair.slice(at + 1).trim())
+    if (at > 0) headers[decode(pair.slice(0, at))] = decode(pair.slice(at + 1))
   }
   return headers
 }
+
+const offSettings = {
+  serviceVersion: "0.1.0",
+  environment: "development",
+  endpoint: undefined,
+  protocol: "json",
+  headers: {},
+  timeoutMs: 2000,
+  sampleRatio: 1,
+  trustClientTraceparent: false,
+  metricsIntervalMs: 60_000,
+  maxBufferedSpans: 4096
+} as const
 
 /** The settings of `serviceName`, from the Worker's vars. */
 export const settings = (serviceName: string) =>
@@ -348,10 +369,17 @@ export class Telemetry extends Context.Service<Telemetry, Service>()("meshwork/l
 /** How long one request's waitUntil keeps exporting spans that other requests left to it. */
 const maxDrainMs = 10_000
 
+/** A trace whose requests have run this long no longer holds back its spans (a request may never settle). */
+const maxOpenMs = 60_000
+
 const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | undefined): Service => {
   const stats: Stats = { exported: 0, dropped: 0, exports: 0, failedExports: 0 }
-  const buckets = new Map<string, Array<RecordedSpan>>()
-  const open = new Map<string, number>()
+  type OtlpSpan = ReturnType<typeof toOtlp>
+  // Spans are converted when they end: a span's Exit holds its request's values, which must not outlive it.
+  const buckets = new Map<string, Array<OtlpSpan>>()
+  // Requests in flight per trace, and when the trace's first one began: a request whose
+  // handler never settles (its client went away) must not hold its trace's spans for good.
+  const open = new Map<string, { count: number; since: number }>()
   let buffered = 0
   let lastMetricsExport = 0
   const enabled = settings.endpoint !== undefined
@@ -379,9 +407,10 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
     if (!enabled) return
     if (buffered >= settings.maxBufferedSpans) return drop(1)
     buffered++
-    const bucket = buckets.get(span.traceId)
-    if (bucket === undefined) buckets.set(span.traceId, [span])
-    else bucket.push(span)
+    const otlp = toOtlp(span)
+    const bucket = buckets.get(otlp.traceId)
+    if (bucket === undefined) buckets.set(otlp.traceId, [otlp])
+    else bucket.push(otlp)
   }
 
   const tracer = Tracer.make({
@@ -406,10 +435,10 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
       if (!response.ok) throw new Error(`collector answered ${response.status}`)
     })
 
-  const exportSpans = async (spans: Array<RecordedSpan>): Promise<void> => {
+  const exportSpans = async (spans: Array<OtlpSpan>): Promise<void> => {
     stats.exports++
     try {
-      const data = { resourceSpans: [{ resource, scopeSpans: [{ scope, spans: spans.map(toOtlp) }] }] }
+      const data = { resourceSpans: [{ resource, scopeSpans: [{ scope, spans }] }] }
       await post("/v1/traces", serialize.traces(data as never) as never)
       stats.exported += spans.length
     } catch (error) {
@@ -427,10 +456,15 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
   }
 
   /** The spans of every trace no request in this isolate is still serving. */
-  const takeReady = (): Array<RecordedSpan> => {
-    const ready: Array<RecordedSpan> = []
+  const takeReady = (): Array<OtlpSpan> => {
+    const ready: Array<OtlpSpan> = []
+    const now = Date.now()
+    // Unsampled traces have no bucket to clear theirs: sweep the stale ones now and then.
+    if (open.size > 1000) for (const [id, running] of open) if (now - running.since >= maxOpenMs) open.delete(id)
     for (const [id, spans] of buckets) {
-      if (open.has(id)) continue
+      const running = open.get(id)
+      if (running !== undefined && now - running.since < maxOpenMs) continue
+      open.delete(id)
       buckets.delete(id)
       for (const span of spans) ready.push(span)
     }
@@ -444,17 +478,19 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
    * that end while it runs leave their spans to it, so under load one export
    * carries many requests' spans, each request's all in the same one.
    */
-  let exporting = false
+  // When the running drain started; a drain whose request was cancelled mid-export
+  // never clears it, so one older than it could possibly run is taken as gone.
+  let exportingSince: number | undefined
+  const exporting = () => exportingSince !== undefined && Date.now() - exportingSince < maxDrainMs + settings.timeoutMs
   const drain = async (): Promise<void> => {
-    exporting = true
-    const started = Date.now()
+    const started = exportingSince = Date.now()
     try {
       for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
         await exportSpans(ready)
         if (Date.now() - started > maxDrainMs) return
       }
     } finally {
-      exporting = false
+      if (exportingSince === started) exportingSince = undefined
     }
   }
 
@@ -464,16 +500,15 @@ const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | und
     tracer,
     stats,
     begin: (traceId) => {
-      open.set(traceId, (open.get(traceId) ?? 0) + 1)
+      const running = open.get(traceId)
+      if (running === undefined) open.set(traceId, { count: 1, since: Date.now() })
+      else running.count++
     },
     finish: (traceId) => {
-      if (traceId !== undefined) {
-        const count = (open.get(traceId) ?? 1) - 1
-        if (count > 0) open.set(traceId, count)
-        else open.delete(traceId)
-      }
+      const running = traceId === undefined ? undefined : open.get(traceId)
+      if (running !== undefined && --running.count === 0) open.delete(traceId!)
       // An export in flight takes these spans with its next round.
-      return exporting ? Promise.resolve() : drain()
+      return exporting() ? Promise.resolve() : drain()
     },
     exportMetrics: () => {
       if (flushMetrics === undefined) return Promise.resolve()
@@ -528,7 +563,15 @@ const errorTypeReporter: ErrorReporter.ErrorReporter = {
  */
 export const layer = (serviceName: string, options: { readonly metrics?: boolean } = {}): Layer.Layer<Telemetry, never, WorkerEnv> =>
   Layer.unwrap(Effect.gen(function*() {
-    const config = yield* Effect.orDie(settings(serviceName))
+    // Telemetry never takes a Worker down: unreadable settings turn it off, with a warning.
+    const config = yield* settings(serviceName).pipe(
+      Effect.catch((error) =>
+        Effect.as(
+          Effect.logWarning("Telemetry settings are invalid; tracing is off", error),
+          { ...offSettings, serviceName } satisfies Settings
+        )
+      )
+    )
     const flushMetrics = config.endpoint !== undefined && options.metrics !== false
       ? yield* Effect.gen(function*() {
         yield* OtlpMetrics.make({
@@ -577,6 +620,16 @@ const now = (): bigint => clock.currentTimeNanosUnsafe()
 /** Ends `span` now with `exit`. */
 export const endSpan = (span: Tracer.Span, exit: Exit.Exit<unknown, unknown>): void => span.end(now(), exit)
 
+const traceContextHeaders = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"]
+
+/** `request` without W3C or B3 trace headers (the same request when it has none). */
+export const withoutTraceContext = (request: Request): Request => {
+  if (!traceContextHeaders.some((name) => request.headers.has(name))) return request
+  const headers = new Headers(request.headers)
+  for (const name of traceContextHeaders) headers.delete(name)
+  return new Request(request, { headers })
+}
+
 /** Starts the span of a request served by this Worker; its parent is the caller's span when trusted. */
 export const startServerSpan = (service: Service, request: Request, trustTraceparent: boolean) => {
   const incoming = parseTraceparent(request.headers.get("traceparent"))
@@ -597,7 +650,6 @@ export const startServerSpan = (service: Service, request: Request, trustTracepa
   span.attribute("url.path", url.pathname)
   span.attribute("url.scheme", url.protocol.slice(0, -1))
   span.attribute("server.address", url.hostname)
-  if (url.search !== "") span.attribute("url.query", url.search.slice(1))
   const agent = request.headers.get("user-agent")
   if (agent !== null) span.attribute("user_agent.original", agent)
   const tracestate = trusted ? request.headers.get("tracestate") ?? undefined : undefined
@@ -627,6 +679,8 @@ export const within = <A, E, R>(effect: Effect.Effect<A, E, R>, span: Tracer.Spa
     Effect.provideService(TraceState, tracestate)
   )
 
+const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"])
+
 /** Ends a request's span with its answer, and records the request metrics. */
 export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unknown>, response: Response) => {
   span.attribute("http.response.status_code", response.status)
@@ -640,8 +694,10 @@ export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unkno
   const end = now()
   span.end(end, exit)
   const route = span.attributes.get("http.route")
+  const method = String(span.attributes.get("http.request.method"))
   const attributes = {
-    "http.request.method": String(span.attributes.get("http.request.method")),
+    // A client chooses the method: unknown ones are one series, as OpenTelemetry asks.
+    "http.request.method": knownMethods.has(method) ? method : "_OTHER",
     "http.route": typeof route === "string" ? route : "unmatched",
     "http.response.status_code": String(response.status)
   }

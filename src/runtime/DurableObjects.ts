@@ -77,7 +77,9 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
         if (Exit.isSuccess(exit)) return exit.value
         throw new Error(Cause.pretty(exit.cause))
       }
-      if (call === undefined || !telemetry.enabled) return Effect.runPromiseExitWith(services)(effect).then(settle)
+      if (!telemetry.enabled) return Effect.runPromiseExitWith(services)(effect).then(settle)
+      // A call that is not traced makes no spans: they would be roots of no one's trace.
+      if (call === undefined) return Effect.runPromiseExitWith(services)(Effect.withTracerEnabled(effect, false)).then(settle)
       const span = Telemetry.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace)
       telemetry.begin(span.traceId)
       const invocation = Telemetry.trackInvocation(this.ctx)

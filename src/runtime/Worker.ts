@@ -175,17 +175,19 @@ export const serveFetch = <R>(
   options: { readonly annotations: Record<string, string>; readonly edge: boolean }
 ): Response | Promise<Response> => {
   const telemetry = Context.get(services, Telemetry.Telemetry)
+  const trust = !options.edge || telemetry.settings.trustClientTraceparent
+  // An untrusted client's trace context goes no further (the span only links to it).
+  const forwarded = trust ? request : Telemetry.withoutTraceContext(request)
   if (!telemetry.enabled) {
     const context = Context.add(services, Invocation, ctx)
-    return runWith(context, () => handler(request), respond(context, options.annotations))
+    return runWith(context, () => handler(forwarded), respond(context, options.annotations))
   }
-  const trust = !options.edge || telemetry.settings.trustClientTraceparent
   const { span, tracestate } = Telemetry.startServerSpan(telemetry, request, trust)
   telemetry.begin(span.traceId)
   const invocation = Telemetry.trackInvocation(ctx)
   const context = Context.add(services, Invocation, invocation)
   const render = respond(context, options.annotations, span)
-  return runWith(context, () => Telemetry.within(handler(request), span, tracestate), (exit) => {
+  return runWith(context, () => Telemetry.within(handler(forwarded), span, tracestate), (exit) => {
     const response = render(exit)
     Telemetry.endServerSpan(span, exit, response)
     ctx.waitUntil(Telemetry.afterInvocation(telemetry, span.traceId, invocation.settled))
