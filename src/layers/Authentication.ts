@@ -123,7 +123,7 @@ export class Authenticator extends Context.Service<Authenticator, {
         const internal = (path: string) =>
           Effect.gen(function*() {
             const assertion = yield* Identity.sign({ kind: "service", sub: "gateway" })
-            const trace = Telemetry.traceHeaders(yield* Telemetry.activeCarrier)
+            const trace = yield* Telemetry.activeCarrier
             const response = yield* Effect.tryPromise({
               try: () => upstream.fetch(`http://router.internal${path}`, { headers: { ...trace, [Identity.header]: assertion } }),
               catch: () => new Problem.BadGateway({ service: "router" })

@@ -49,7 +49,7 @@ export const probe = (
 ) =>
   Effect.gen(function*() {
     const assertion = yield* Identity.sign({ kind: "service", sub: from })
-    const trace = Telemetry.traceHeaders(yield* Telemetry.activeCarrier)
+    const trace = yield* Telemetry.activeCarrier
     const started = Date.now()
     const response = yield* Effect.tryPromise((signal) =>
       upstream.fetcher.fetch(`http://${upstream.service}.internal/health`, {

@@ -84,16 +84,9 @@ export const upstreamRequest = (
   maxBodyBytes: number = defaultMaxBodyBytes
 ): Effect.Effect<(trace?: Telemetry.Carrier) => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
   const headers = stripHopByHop(request.headers)
-  const traced = (trace: Telemetry.Carrier) => {
-    const copy = new Headers(headers)
-    copy.set("traceparent", trace.traceparent)
-    if (trace.tracestate === undefined) copy.delete("tracestate")
-    else copy.set("tracestate", trace.tracestate)
-    return copy
-  }
   if (request.body === null) {
     const outgoing = headers === request.headers ? request : new Request(request, { headers })
-    return Effect.succeed((trace) => trace === undefined ? outgoing : new Request(request, { headers: traced(trace) }))
+    return Effect.succeed((trace) => trace === undefined ? outgoing : new Request(request, { headers: Telemetry.withCarrier(headers, trace) }))
   }
   const declared = request.headers.get("content-length")
   if (declared !== null && Number(declared) > maxBodyBytes) {
@@ -101,7 +94,7 @@ export const upstreamRequest = (
   }
   return Effect.map(
     readLimited(request.body, maxBodyBytes),
-    (body) => (trace) => new Request(request, { headers: trace === undefined ? headers : traced(trace), body })
+    (body) => (trace) => new Request(request, { headers: trace === undefined ? headers : Telemetry.withCarrier(headers, trace), body })
   )
 }
 

@@ -352,7 +352,7 @@ export class RateLimits extends Context.Service<RateLimits, {
                   Effect.all([
                     Telemetry.event("ratelimit.rejected", { "meshwork.ratelimit": policy.name }),
                     Telemetry.record(Telemetry.rateLimitRejections, 1, { limit: policy.name }),
-                    Telemetry.setErrorType("TooManyRequests")
+                    Telemetry.annotateServerSpan("error.type", "TooManyRequests")
                   ]),
                   Effect.fail(
                     new Problem.TooManyRequests({

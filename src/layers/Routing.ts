@@ -173,14 +173,14 @@ export const proxy = <E = never, R = never>(
     const path = new URL(request.url).pathname
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
-        ? Effect.andThen(Telemetry.setRoute("/health"), Effect.map(health(table.upstreams), Health.toResponse))
+        ? Effect.andThen(Telemetry.annotateServerSpan("http.route", "/health"), Effect.map(health(table.upstreams), Health.toResponse))
         : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
     }
     return Effect.flatMap(Proxy.checkPath(path), (): Effect.Effect<Response, ProxyError | E, Bindings.Invocation | R> => {
       const upstream = table.match(path)
       return upstream === undefined
         ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-        : Effect.andThen(Telemetry.setRoute(`${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
+        : Effect.andThen(Telemetry.annotateServerSpan("http.route", `${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
     })
   })
 }

@@ -35,10 +35,10 @@ import { WorkerEnv } from "../runtime/Bindings.ts"
 // ---------------------------------------------------------------------------
 // Trace context (W3C Trace Context level 1)
 
-/** What crosses a hop: the W3C headers of the sending span. */
+/** What crosses a hop: the W3C headers of the sending span, ready to spread into a request's headers. */
 export interface Carrier {
   readonly traceparent: string
-  readonly tracestate?: string | undefined
+  readonly tracestate?: string
 }
 
 const traceparentPattern = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/
@@ -86,32 +86,22 @@ export const activeCarrier: Effect.Effect<Carrier | undefined> = Effect.withFibe
 /** The current `traceparent`, if there is a current span. */
 export const traceparent: Effect.Effect<string | undefined> = Effect.map(carrier, (c) => c?.traceparent)
 
-/** The W3C headers of `carrier`, to send with a request. */
-export const traceHeaders = (carrier: Carrier | undefined): Record<string, string> =>
-  carrier === undefined ? {} : carrier.tracestate === undefined
-    ? { traceparent: carrier.traceparent }
-    : { traceparent: carrier.traceparent, tracestate: carrier.tracestate }
+/** `headers` (copied) carrying `carrier` in place of any trace context they had. */
+export const withCarrier = (headers: Headers, carrier: Carrier): Headers => {
+  const copy = new Headers(headers)
+  copy.delete("tracestate")
+  for (const [name, value] of Object.entries(carrier)) copy.set(name, value)
+  return copy
+}
 
-/** Sets `traceparent` (and `tracestate`) on outgoing `headers` from the current span. */
-export const inject = (headers: Headers): Effect.Effect<void> =>
-  Effect.map(carrier, (c) => {
-    if (c === undefined) return
-    headers.set("traceparent", c.traceparent)
-    if (c.tracestate === undefined) headers.delete("tracestate")
-    else headers.set("tracestate", c.tracestate)
-  })
-
-/** Names the route (`http.route`) of the request being served. */
-export const setRoute = (route: string): Effect.Effect<void> =>
+/**
+ * Sets an attribute of the request being served: its `http.route` (a proxy's
+ * routing prefix), or its `error.type` when the handler turns a typed error
+ * into a response itself.
+ */
+export const annotateServerSpan = (key: "http.route" | "error.type", value: string): Effect.Effect<void> =>
   Effect.withFiber((fiber) => {
-    fiber.getRef(ServerSpan)?.attribute("http.route", route)
-    return Effect.void
-  })
-
-/** Names the typed error a request is answered with, when the handler turns it into a response itself. */
-export const setErrorType = (tag: string): Effect.Effect<void> =>
-  Effect.withFiber((fiber) => {
-    fiber.getRef(ServerSpan)?.attribute("error.type", tag)
+    fiber.getRef(ServerSpan)?.attribute(key, value)
     return Effect.void
   })
 
@@ -202,10 +192,11 @@ const parseHeaders = (value: string): Record<string, string> => {
   return headers
 }
 
-const offSettings = {
+/** The defaults of every setting but the service's name. */
+const defaults = {
   serviceVersion: "0.1.0",
   environment: "development",
-  endpoint: undefined,
+  endpoint: "http://127.0.0.1:4318",
   protocol: "json",
   headers: {},
   timeoutMs: 2000,
@@ -213,20 +204,20 @@ const offSettings = {
   trustClientTraceparent: false,
   metricsIntervalMs: 60_000,
   maxBufferedSpans: 4096
-} as const
+} as const satisfies Omit<Settings, "serviceName">
 
 /** The settings of `serviceName`, from the Worker's vars. */
 export const settings = (serviceName: string) =>
   Config.all({
-    endpoint: Config.String("OTLP_ENDPOINT").pipe(Config.withDefault("http://127.0.0.1:4318")),
-    protocol: Config.Literals(["json", "protobuf"], "OTLP_PROTOCOL").pipe(Config.withDefault("json" as const)),
+    endpoint: Config.String("OTLP_ENDPOINT").pipe(Config.withDefault(defaults.endpoint)),
+    protocol: Config.Literals(["json", "protobuf"], "OTLP_PROTOCOL").pipe(Config.withDefault(defaults.protocol)),
     headers: Config.String("OTLP_HEADERS").pipe(Config.withDefault("")),
-    timeoutMs: Config.Int("OTLP_TIMEOUT_MS").pipe(Config.withDefault(2000)),
-    serviceVersion: Config.String("SERVICE_VERSION").pipe(Config.withDefault("0.1.0")),
-    environment: Config.String("DEPLOYMENT_ENVIRONMENT").pipe(Config.withDefault("development")),
-    sampleRatio: Config.Number("TRACE_SAMPLE_RATIO").pipe(Config.withDefault(1)),
-    trustClientTraceparent: Config.Boolean("TRUST_CLIENT_TRACEPARENT").pipe(Config.withDefault(false)),
-    metricsIntervalSeconds: Config.Number("METRICS_INTERVAL_SECONDS").pipe(Config.withDefault(60))
+    timeoutMs: Config.Int("OTLP_TIMEOUT_MS").pipe(Config.withDefault(defaults.timeoutMs)),
+    serviceVersion: Config.String("SERVICE_VERSION").pipe(Config.withDefault(defaults.serviceVersion)),
+    environment: Config.String("DEPLOYMENT_ENVIRONMENT").pipe(Config.withDefault(defaults.environment)),
+    sampleRatio: Config.Number("TRACE_SAMPLE_RATIO").pipe(Config.withDefault(defaults.sampleRatio)),
+    trustClientTraceparent: Config.Boolean("TRUST_CLIENT_TRACEPARENT").pipe(Config.withDefault(defaults.trustClientTraceparent)),
+    metricsIntervalSeconds: Config.Number("METRICS_INTERVAL_SECONDS").pipe(Config.withDefault(defaults.metricsIntervalMs / 1000))
   }).pipe(Effect.map((c): Settings => {
     const endpoint = c.endpoint.trim().replace(/\/+$/, "")
     return {
@@ -240,7 +231,7 @@ export const settings = (serviceName: string) =>
       sampleRatio: Math.min(1, Math.max(0, c.sampleRatio)),
       trustClientTraceparent: c.trustClientTraceparent,
       metricsIntervalMs: Math.max(0, c.metricsIntervalSeconds * 1000),
-      maxBufferedSpans: 4096
+      maxBufferedSpans: defaults.maxBufferedSpans
     }
   }))
 
@@ -568,7 +559,7 @@ export const layer = (serviceName: string, options: { readonly metrics?: boolean
       Effect.catch((error) =>
         Effect.as(
           Effect.logWarning("Telemetry settings are invalid; tracing is off", error),
-          { ...offSettings, serviceName } satisfies Settings
+          { ...defaults, serviceName, endpoint: undefined } satisfies Settings
         )
       )
     )
@@ -708,44 +699,46 @@ export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unkno
 }
 
 /**
- * The `ctx` to hand an invocation: its `waitUntil` also remembers the work,
- * so the export can wait for it (spans made after the response still leave
- * with the request's).
- */
-export const trackInvocation = (ctx: { waitUntil(promise: Promise<unknown>): void }) => {
-  const pending: Array<Promise<unknown>> = []
-  return {
-    waitUntil(promise: Promise<unknown>) {
-      pending.push(promise)
-      ctx.waitUntil(promise)
-    },
-    /** Settles when the invocation's `waitUntil` work has (including work that work added). */
-    settled: async () => {
-      let seen = 0
-      while (seen < pending.length) {
-        const batch = pending.slice(seen)
-        seen = pending.length
-        await Promise.allSettled(batch)
-      }
-    }
-  }
-}
-
-/**
  * How long an export waits for the invocation's `waitUntil` work (a cache
  * store waits for the client to read the body; a revalidation may take 30 s).
  * Spans that work ends later leave with a later export of the isolate.
  */
-export const maxWaitForWorkMs = 5000
+const maxWaitForWorkMs = 5000
 
-/** After an invocation: waits for its `waitUntil` work (within `maxWaitForWorkMs`), then exports its spans and (now and then) the metrics. */
-export const afterInvocation = (service: Service, traceId: string | undefined, settled: () => Promise<void>): Promise<void> => {
+/** Waits for `work` (within `maxWaitForWorkMs`), then exports the spans of `traceId` and (now and then) the metrics. */
+const exportAfter = (service: Service, traceId: string | undefined, work: () => Promise<void>): Promise<void> => {
   let timer: ReturnType<typeof setTimeout> | undefined
   const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, maxWaitForWorkMs)))
-  return Promise.race([settled(), waited])
+  return Promise.race([work(), waited])
     .then(() => {
       if (timer !== undefined) clearTimeout(timer)
       return Promise.all([service.finish(traceId), service.exportMetrics()])
     })
     .then(() => undefined, () => undefined)
+}
+
+/**
+ * One invocation of `traceId` (undefined: one of no single trace, like a
+ * queue batch). Its `waitUntil`, the `Invocation` to hand the handler, also
+ * remembers the work; `done()`, once the invocation has answered, exports
+ * its spans under `ctx.waitUntil` after that work (and work it added) settled.
+ */
+export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<unknown>): void }, traceId: string | undefined) => {
+  if (traceId !== undefined) service.begin(traceId)
+  const pending: Array<Promise<unknown>> = []
+  const settled = async () => {
+    let seen = 0
+    while (seen < pending.length) {
+      const batch = pending.slice(seen)
+      seen = pending.length
+      await Promise.allSettled(batch)
+    }
+  }
+  return {
+    waitUntil(promise: Promise<unknown>) {
+      pending.push(promise)
+      ctx.waitUntil(promise)
+    },
+    done: () => ctx.waitUntil(exportAfter(service, traceId, settled))
+  }
 }

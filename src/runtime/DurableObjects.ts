@@ -15,7 +15,7 @@
  * object (schema migrations on `ctx.storage.sql` belong in that layer). The
  * object's `DurableObjectState` is a service; its `waitUntil` is the
  * `Invocation`. Subclasses add RPC methods with `this.run(effect)`; a method
- * that takes the caller's trace context (`Telemetry.carrier`) and passes it
+ * that takes the caller's trace context (`Telemetry.activeCarrier`) and passes it
  * as `this.run(effect, { method, trace })` joins the caller's trace, with a
  * span `<Object>.<method>` exported under the object's name as `service.name`.
  * `fetch` continues the trace of the request's `traceparent`.
@@ -81,12 +81,11 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
       // A call that is not traced makes no spans: they would be roots of no one's trace.
       if (call === undefined) return Effect.runPromiseExitWith(services)(Effect.withTracerEnabled(effect, false)).then(settle)
       const span = Telemetry.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace)
-      telemetry.begin(span.traceId)
-      const invocation = Telemetry.trackInvocation(this.ctx)
+      const invocation = Telemetry.invocation(telemetry, this.ctx, span.traceId)
       const traced = Telemetry.within(effect, span, call.trace?.tracestate)
       return Effect.runPromiseExitWith(Context.add(services, Invocation, invocation))(traced).then((exit) => {
         Telemetry.endSpan(span, exit)
-        this.ctx.waitUntil(Telemetry.afterInvocation(telemetry, span.traceId, invocation.settled))
+        invocation.done()
         return settle(exit)
       })
     }

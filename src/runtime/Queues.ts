@@ -67,12 +67,6 @@ export interface Producer<A> {
 /** Largest batch `sendBatch` hands the platform at once. */
 export const maxSendBatch = 100
 
-/** The W3C `traceparent` of the current span, if there is one (what a message carries). */
-export const traceparent = Telemetry.traceparent
-
-/** The span a `traceparent` names, as a parent for the consumer's span. */
-export const parentSpan = Telemetry.parseTraceparent
-
 /** A producer over a Queue binding, for messages of `schema`. */
 export const makeProducer = <A>(queue: Queue, name: string, schema: Schema.Codec<A, any>): Producer<A> => {
   const encode = Schema.encodeEffect(schema)
@@ -90,13 +84,13 @@ export const makeProducer = <A>(queue: Queue, name: string, schema: Schema.Codec
   return {
     send: (body, options) =>
       Effect.gen(function*() {
-        const message = yield* envelope(body, options?.id, yield* traceparent)
+        const message = yield* envelope(body, options?.id, yield* Telemetry.traceparent)
         yield* Effect.tryPromise({ try: () => queue.send(message, delay(options?.delaySeconds)), catch: (cause) => failed(cause) })
         return message.id
       }).pipe(Effect.withSpan("queue.send", { kind: "producer", attributes: { "messaging.destination.name": name } })),
     sendBatch: (bodies, options) =>
       Effect.gen(function*() {
-        const trace = yield* traceparent
+        const trace = yield* Telemetry.traceparent
         const messages = yield* Effect.forEach(bodies, (body) => envelope(body, undefined, trace))
         for (let start = 0; start < messages.length; start += maxSendBatch) {
           const chunk = messages.slice(start, start + maxSendBatch).map((body) => ({ body }))
@@ -205,7 +199,7 @@ export const consumer = <A, E, R>(options: ConsumerOptions<A, E, R>) => {
         sentAt: envelope.sentAt,
         queue: options.name
       }
-      const parent = parentSpan(envelope.traceparent)
+      const parent = Telemetry.parseTraceparent(envelope.traceparent)
       return options.handle(envelope.body, delivery).pipe(
         Effect.withSpan(`queue.process ${options.name}`, {
           ...(parent === undefined ? {} : { parent }),

@@ -183,14 +183,13 @@ export const serveFetch = <R>(
     return runWith(context, () => handler(forwarded), respond(context, options.annotations))
   }
   const { span, tracestate } = Telemetry.startServerSpan(telemetry, request, trust)
-  telemetry.begin(span.traceId)
-  const invocation = Telemetry.trackInvocation(ctx)
+  const invocation = Telemetry.invocation(telemetry, ctx, span.traceId)
   const context = Context.add(services, Invocation, invocation)
   const render = respond(context, options.annotations, span)
   return runWith(context, () => Telemetry.within(handler(forwarded), span, tracestate), (exit) => {
     const response = render(exit)
     Telemetry.endServerSpan(span, exit, response)
-    ctx.waitUntil(Telemetry.afterInvocation(telemetry, span.traceId, invocation.settled))
+    invocation.done()
     return response
   })
 }
@@ -211,10 +210,9 @@ const runInvocation = async <R>(
     const context = Context.add(services, Invocation, ctx)
     return runWith(context, effect, onExit)
   }
-  const invocation = Telemetry.trackInvocation(ctx)
-  const context = Context.add(services, Invocation, invocation)
   const span = spanName === undefined ? undefined : Telemetry.startSpan(telemetry, spanName, "internal", undefined)
-  if (span !== undefined) telemetry.begin(span.traceId)
+  const invocation = Telemetry.invocation(telemetry, ctx, span?.traceId)
+  const context = Context.add(services, Invocation, invocation)
   try {
     return await runWith(
       context,
@@ -225,7 +223,7 @@ const runInvocation = async <R>(
       }
     )
   } finally {
-    ctx.waitUntil(Telemetry.afterInvocation(telemetry, span?.traceId, invocation.settled))
+    invocation.done()
   }
 }
 
