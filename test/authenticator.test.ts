@@ -8,7 +8,7 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { Authenticator } from "../src/layers/Authentication.ts"
+import { Authenticator } from "../src/layers/security/Authenticator.ts"
 import { envLayer } from "../src/runtime/Worker.ts"
 import { mint, seedUser, testKeys } from "./helpers.ts"
 
@@ -24,7 +24,12 @@ const countingRouter = () => {
 }
 
 const authenticatorWith = (router: unknown, vars: Record<string, string> = {}) =>
-  Authenticator.layer("ROUTER").pipe(
+  Authenticator.layer({
+    binding: "ROUTER",
+    jwksUrl: "http://router.internal/api/auth/.well-known/jwks.json",
+    userUrl: (id) => `http://router.internal/api/users/${encodeURIComponent(id)}`,
+    caller: "gateway"
+  }).pipe(
     Layer.provide(envLayer({ ROUTER: router, MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET, ...vars }))
   )
 

@@ -6,7 +6,7 @@
 import { env } from "cloudflare:workers"
 import { Effect, Exit, Fiber } from "effect"
 import { describe, expect, it } from "vitest"
-import * as Batching from "../src/layers/Batching.ts"
+import * as Batching from "../src/layers/edge/Batching.ts"
 import * as Worker from "../src/runtime/Worker.ts"
 import { ProductsClient, productLookups } from "../src/services/products/client.ts"
 import { expectProblem, send, signedIn, unique } from "./helpers.ts"

@@ -3,8 +3,8 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Fiber, Layer, Random } from "effect"
 import { TestClock } from "effect/testing"
-import { FaultInjection, type FaultSettings } from "../src/layers/Faults.ts"
-import * as Proxy from "../src/layers/Proxy.ts"
+import { FaultInjection, type FaultSettings } from "../src/layers/resilience/FaultInjection.ts"
+import * as Proxy from "../src/layers/routing/Proxy.ts"
 import { envLayer } from "../src/runtime/Worker.ts"
 
 const FaultsOn = FaultInjection.layer.pipe(Layer.provide(envLayer({ FAULT_INJECTION: "true" })))

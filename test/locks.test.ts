@@ -9,8 +9,8 @@ import { evictDurableObject, runInDurableObject } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Deferred, Effect, Exit, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { LockTable, Locks } from "../src/layers/Locks.ts"
-import * as Sharding from "../src/layers/Sharding.ts"
+import { LockTable, Locks } from "../src/layers/state/Locks.ts"
+import * as Sharding from "../src/layers/state/Sharding.ts"
 import { WorkerEnv } from "../src/runtime/Bindings.ts"
 import { Products } from "../src/services/products/Products.ts"
 import * as D1 from "../src/runtime/D1.ts"
@@ -30,7 +30,7 @@ it.effect("two owners never hold one lock: of 50 concurrent acquires exactly one
     const first = yield* round()
     const winners = first.filter(Exit.isSuccess)
     expect(winners).toHaveLength(1)
-    expect(first.filter((exit) => failureTag(exit) === "LockHeld")).toHaveLength(49)
+    expect(first.filter((exit) => failureTag(exit) === "meshwork/Locks/LockHeld")).toHaveLength(49)
 
     yield* locks.release(winners[0]!.value)
     const second = (yield* round()).filter(Exit.isSuccess)
@@ -125,7 +125,7 @@ it.live("renewal keeps the lease past its ttl; a refused renewal interrupts the 
       })
     )
     const exit = yield* Fiber.await(fiber)
-    expect(failureTag(exit)).toBe("LockLost")
+    expect(failureTag(exit)).toBe("meshwork/Locks/LockLost")
     expect(yield* Deferred.isDone(interrupted)).toBe(true)
   }))
 
@@ -151,7 +151,7 @@ it.effect("does not let two callers with the same owner label hold one lock", ()
     const key = `same-owner-${unique()}`
     const first = yield* locks.acquire(key, { owner: "products" })
     const second = yield* Effect.exit(locks.acquire(key, { owner: "products" }))
-    expect(failureTag(second)).toBe("LockHeld")
+    expect(failureTag(second)).toBe("meshwork/Locks/LockHeld")
     yield* locks.release(first)
   }))
 
@@ -159,12 +159,12 @@ it.effect("only the owner releases a lock", () =>
   Effect.gen(function*() {
     const key = `release-${unique()}`
     const lease = yield* locks.acquire(key, { owner: "a" })
-    expect(failureTag(yield* Effect.exit(locks.release({ ...lease, owner: "b" })))).toBe("LockNotHeld")
-    expect(failureTag(yield* Effect.exit(locks.release({ ...lease, fencingToken: lease.fencingToken + 1 })))).toBe("LockNotHeld")
+    expect(failureTag(yield* Effect.exit(locks.release({ ...lease, owner: "b" })))).toBe("meshwork/Locks/LockNotHeld")
+    expect(failureTag(yield* Effect.exit(locks.release({ ...lease, fencingToken: lease.fencingToken + 1 })))).toBe("meshwork/Locks/LockNotHeld")
     expect((yield* locks.holder(key))?.owner).toMatch(/^a#/)
     yield* locks.release(lease)
     expect(yield* locks.holder(key)).toBeUndefined()
-    expect(failureTag(yield* Effect.exit(locks.release(lease)))).toBe("LockNotHeld")
+    expect(failureTag(yield* Effect.exit(locks.release(lease)))).toBe("meshwork/Locks/LockNotHeld")
   }))
 
 it.effect("fencing tokens survive the object's restart", () =>

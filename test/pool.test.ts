@@ -124,6 +124,6 @@ it.live("keeps warm connections in a Durable Object across the requests it serve
     // Another burst reuses them rather than opening more.
     const ids = yield* Effect.all(Array.from({ length: 20 }, () => redis.send("CLIENT", "ID")), { concurrency: "unbounded" })
     expect(new Set(ids).size).toBeLessThanOrEqual(4)
-    expect(yield* redis.send("NO-SUCH-COMMAND").pipe(Effect.flip)).toMatchObject({ _tag: "RedisError" })
+    expect(yield* redis.send("NO-SUCH-COMMAND").pipe(Effect.flip)).toMatchObject({ _tag: "meshwork/Redis/RedisError" })
     expect(yield* redis.send("PING")).toBe("PONG")
   }))

@@ -7,7 +7,7 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { clientKey, type RateLimitPolicy, RateLimits } from "../src/layers/RateLimits.ts"
+import { rateLimitKey, type RateLimitPolicy, RateLimits } from "../src/layers/security/RateLimits.ts"
 import { Redis } from "../src/runtime/Redis.ts"
 import { envLayer } from "../src/runtime/Worker.ts"
 import { expectProblem, gateway, signedIn } from "./helpers.ts"
@@ -141,8 +141,8 @@ it.effect.each([
 
 it("counts a signed-in client by user, anyone else by address", () => {
   const request = new Request("http://gw/api/x", { headers: { "cf-connecting-ip": "203.0.113.7" } })
-  expect(clientKey({ kind: "user", sub: "u1", roles: [] }, request)).toBe("user:u1")
-  expect(clientKey({ kind: "anonymous" }, request)).toBe("ip:203.0.113.7")
+  expect(rateLimitKey({ kind: "user", sub: "u1", roles: [] }, request)).toBe("user:u1")
+  expect(rateLimitKey({ kind: "anonymous" }, request)).toBe("ip:203.0.113.7")
 })
 
 it("puts RateLimit-Policy and RateLimit on every limited response, and answers 429 with Retry-After past the limit", async () => {

@@ -7,8 +7,8 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Clock, Effect, Fiber, Random } from "effect"
 import { TestClock } from "effect/testing"
-import * as Proxy from "../src/layers/Proxy.ts"
-import { Retries, RetryBudget, type RetrySettings } from "../src/layers/Retry.ts"
+import * as Proxy from "../src/layers/routing/Proxy.ts"
+import { Retries, RetryBudget, type RetrySettings } from "../src/layers/resilience/Retries.ts"
 import * as ServiceClient from "../src/runtime/ServiceClient.ts"
 import { envLayer } from "../src/runtime/Worker.ts"
 
@@ -149,7 +149,7 @@ it.effect("without Retries in the layer, a 503 is answered as is", () =>
 it.effect("typed clients retry with the same policy (503, then the final answer)", () =>
   Effect.gen(function*() {
     const k = key()
-    const client = yield* ServiceClient.httpClient("FLAKY", { retry: { attempts: 3 } })
+    const client = yield* ServiceClient.httpClient("FLAKY", { policy: Retries.policy("flaky", { attempts: 3 }) })
     const response = yield* drive(client.get(`http://flaky/status/503?key=${k}`))
     expect(response.status).toBe(503)
     expect((yield* calls(k)).calls).toBe(3)

@@ -8,7 +8,7 @@ import { env } from "cloudflare:workers"
 import { Effect, Result, Schema } from "effect"
 import { TestClock } from "effect/testing"
 import { describe } from "vitest"
-import * as StateCoordinator from "../src/layers/StateCoordinator.ts"
+import * as StateCoordinator from "../src/layers/state/StateCoordinator.ts"
 import { SessionState } from "../src/services/sessions/Sessions.ts"
 import { expectProblem, gateway, signedIn } from "./helpers.ts"
 

@@ -2,8 +2,8 @@
 import { env } from "cloudflare:workers"
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
-import * as ShardedCounters from "../src/layers/ShardedCounters.ts"
-import * as Sharding from "../src/layers/Sharding.ts"
+import * as ShardedCounters from "../src/layers/state/ShardedCounters.ts"
+import * as Sharding from "../src/layers/state/Sharding.ts"
 import { expectProblem, send, signedIn, unique } from "./helpers.ts"
 
 const keys = Array.from({ length: 20_000 }, (_, i) => `product-${i}`)

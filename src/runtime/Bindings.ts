@@ -11,7 +11,7 @@ import { Context, Effect, Layer, Predicate, Schema } from "effect"
 
 /** The Worker's `env` object. Prefer the typed accessors in this module. */
 export class WorkerEnv extends Context.Service<WorkerEnv, Readonly<Record<string, unknown>>>()(
-  "meshwork/runtime/WorkerEnv"
+  "meshwork/runtime/Bindings/WorkerEnv"
 ) {
   static readonly layer = (env: object): Layer.Layer<WorkerEnv> =>
     Layer.succeed(WorkerEnv, env as Readonly<Record<string, unknown>>)
@@ -23,9 +23,9 @@ export class WorkerEnv extends Context.Service<WorkerEnv, Readonly<Record<string
  */
 export class Invocation extends Context.Service<Invocation, {
   readonly waitUntil: (promise: Promise<unknown>) => void
-}>()("meshwork/runtime/Invocation") {}
+}>()("meshwork/runtime/Bindings/Invocation") {}
 
-export class MissingBinding extends Schema.TaggedError<MissingBinding>()("MissingBinding", {
+export class MissingBinding extends Schema.TaggedError<MissingBinding>()("meshwork/Bindings/MissingBinding", {
   binding: Schema.String,
   expected: Schema.String
 }) {

@@ -22,7 +22,8 @@
  */
 import { DurableObject } from "cloudflare:workers"
 import { Cause, Context, Effect, Exit, Layer } from "effect"
-import * as Telemetry from "../layers/Telemetry.ts"
+import * as Telemetry from "./Telemetry.ts"
+import * as ServerSpans from "./telemetry/ServerSpans.ts"
 import { Invocation, type WorkerEnv } from "./Bindings.ts"
 import * as Problem from "./Problem.ts"
 import { type Ambient, type Handler, IsolateServices, serveFetch } from "./Worker.ts"
@@ -80,11 +81,11 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
       if (!telemetry.enabled) return Effect.runPromiseExitWith(services)(effect).then(settle)
       // A call that is not traced makes no spans: they would be roots of no one's trace.
       if (call === undefined) return Effect.runPromiseExitWith(services)(Effect.withTracerEnabled(effect, false)).then(settle)
-      const span = Telemetry.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace)
-      const invocation = Telemetry.invocation(telemetry, this.ctx, span.traceId)
-      const traced = Telemetry.within(effect, span, call.trace?.tracestate)
+      const span = ServerSpans.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace)
+      const invocation = ServerSpans.invocation(telemetry, this.ctx, span.traceId)
+      const traced = ServerSpans.within(effect, span, call.trace?.tracestate)
       return Effect.runPromiseExitWith(Context.add(services, Invocation, invocation))(traced).then((exit) => {
-        Telemetry.endSpan(span, exit)
+        ServerSpans.endSpan(span, exit)
         invocation.done()
         return settle(exit)
       })

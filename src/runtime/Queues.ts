@@ -35,7 +35,7 @@
  */
 import { Cause, Clock, Duration, Effect, Exit, Random, Schema } from "effect"
 import { SqlClient, type SqlError, type Statement } from "effect/sql"
-import * as Telemetry from "../layers/Telemetry.ts"
+import * as Telemetry from "./Telemetry.ts"
 import * as Bindings from "./Bindings.ts"
 import { D1Batch } from "./D1.ts"
 
@@ -51,7 +51,7 @@ export const Envelope = Schema.Struct({
 export type Envelope = typeof Envelope.Type
 
 /** Sending failed; the first `sent` messages (whole batches of 100) were sent before it did. */
-export class QueueSendFailed extends Schema.TaggedError<QueueSendFailed>()("QueueSendFailed", {
+export class QueueSendFailed extends Schema.TaggedError<QueueSendFailed>()("meshwork/Queues/QueueSendFailed", {
   queue: Schema.String,
   sent: Schema.Number,
   cause: Schema.Defect()

@@ -28,7 +28,7 @@ import * as DurableObjects from "./DurableObjects.ts"
 
 export type Reply = string | number | null | ReadonlyArray<Reply>
 
-export class RedisError extends Schema.TaggedError<RedisError>()("RedisError", {
+export class RedisError extends Schema.TaggedError<RedisError>()("meshwork/Redis/RedisError", {
   message: Schema.String
 }) {}
 

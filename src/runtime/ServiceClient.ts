@@ -13,30 +13,37 @@
  *
  * A schema change in the API is then a compile error in every caller.
  */
-import { Effect, Layer } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest, type HttpClientResponse } from "effect/http"
 import { type HttpApi, HttpApiClient, type HttpApiGroup } from "effect/http-api"
-import * as Retry from "../layers/Retry.ts"
-import * as Telemetry from "../layers/Telemetry.ts"
 import * as Bindings from "./Bindings.ts"
-import * as Problem from "./Problem.ts"
-
-export interface Options {
-  /** Each attempt's timeout in ms; it aborts the request. */
-  readonly timeoutMs?: number | undefined
-  /** Retry settings, used when the calling Worker's layer has `Retries` (src/layers/Retry.ts). */
-  readonly retry?: Retry.RetrySettings | undefined
-}
-
-const httpClientResponse: Retry.Answer<HttpClientResponse.HttpClientResponse> = {
-  status: (response) => response.status,
-  retryAfter: (response) => response.headers["retry-after"],
-  release: () => {}
-}
+import { TraceState } from "./telemetry/TraceContext.ts"
 
 /**
- * An HttpClient whose requests go to the service binding `binding`, with the
- * same timeout and retry policy as the proxies' routes. Effect's client
+ * What a resilience policy does to each call: given one attempt (with its
+ * timeout) and the request, the effect that makes the call, perhaps several
+ * attempts of it (`Retries.forClient` in src/layers/resilience/Retries.ts).
+ */
+export type Policy = (
+  attempt: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>,
+  request: HttpClientRequest.HttpClientRequest
+) => Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>
+
+export interface Options {
+  /** Each attempt's timeout in ms; it aborts the request. Default: none. */
+  readonly timeoutMs?: number | undefined
+  /** Wraps every call, e.g. `Retries.forClient("users", { attempts: 3 })`. Default: one attempt. */
+  readonly policy?: Policy | undefined
+}
+
+const timedOut = (request: HttpClientRequest.HttpClientRequest, timeoutMs: number) =>
+  new HttpClientError.HttpClientError({
+    reason: new HttpClientError.TransportError({ request, description: `no answer within ${timeoutMs} ms` })
+  })
+
+/**
+ * An HttpClient whose requests go to the service binding `binding`, each
+ * attempt within `timeoutMs`, every call through `policy`. Effect's client
  * makes each request a client span and sends its `traceparent`; the
  * `tracestate` received with the request being served is handed on here.
  */
@@ -45,28 +52,18 @@ export const httpClient = (binding: string, options: Options = {}) =>
     HttpClient.HttpClient.pipe(
       Effect.map(HttpClient.mapRequestEffect((request) =>
         Effect.withFiber((fiber) => {
-          const tracestate = fiber.getRef(Telemetry.TraceState)
+          const tracestate = fiber.getRef(TraceState)
           return Effect.succeed(tracestate === undefined ? request : HttpClientRequest.setHeader(request, "tracestate", tracestate))
         })
       )),
-      Effect.map(HttpClient.transform((effect, request) =>
-        Retry.withRetries({
-          upstream: binding.toLowerCase(),
-          method: request.method,
-          hasIdempotencyKey: request.headers["idempotency-key"] !== undefined,
-          timeoutMs: options.timeoutMs,
-          retry: options.retry,
-          attempt: effect,
-          answer: httpClientResponse,
-          unreachable: (error) => HttpClientError.isHttpClientError(error) && error.reason._tag === "TransportError"
-        }).pipe(Effect.mapError((error) =>
-          error instanceof Problem.GatewayTimeout
-            ? new HttpClientError.HttpClientError({
-              reason: new HttpClientError.TransportError({ request, description: error.detail ?? "timed out" })
-            })
-            : error
-        ))
-      )),
+      Effect.map(HttpClient.transform((effect, request) => {
+        const timeoutMs = options.timeoutMs
+        const attempt = timeoutMs === undefined ? effect : Effect.timeoutOrElse(effect, {
+          duration: Duration.millis(timeoutMs),
+          orElse: () => Effect.fail(timedOut(request, timeoutMs))
+        })
+        return options.policy === undefined ? attempt : options.policy(attempt, request)
+      })),
       Effect.provide(FetchHttpClient.layer.pipe(
         Layer.provide(Layer.succeed(
           FetchHttpClient.Fetch,

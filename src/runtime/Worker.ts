@@ -23,7 +23,9 @@
  * request and its `waitUntil` work are done.
  */
 import { Cause, ConfigProvider, Context, Effect, Exit, Layer, Scope, type Tracer } from "effect"
-import * as Telemetry from "../layers/Telemetry.ts"
+import * as Telemetry from "./Telemetry.ts"
+import * as ServerSpans from "./telemetry/ServerSpans.ts"
+import { withoutTraceContext } from "./telemetry/TraceContext.ts"
 import { Invocation, WorkerEnv } from "./Bindings.ts"
 import * as Problem from "./Problem.ts"
 
@@ -177,18 +179,18 @@ export const serveFetch = <R>(
   const telemetry = Context.get(services, Telemetry.Telemetry)
   const trust = !options.edge || telemetry.settings.trustClientTraceparent
   // An untrusted client's trace context goes no further (the span only links to it).
-  const forwarded = trust ? request : Telemetry.withoutTraceContext(request)
+  const forwarded = trust ? request : withoutTraceContext(request)
   if (!telemetry.enabled) {
     const context = Context.add(services, Invocation, ctx)
     return runWith(context, () => handler(forwarded), respond(context, options.annotations))
   }
-  const { span, tracestate } = Telemetry.startServerSpan(telemetry, request, trust)
-  const invocation = Telemetry.invocation(telemetry, ctx, span.traceId)
+  const { span, tracestate } = ServerSpans.startServerSpan(telemetry, request, trust)
+  const invocation = ServerSpans.invocation(telemetry, ctx, span.traceId)
   const context = Context.add(services, Invocation, invocation)
   const render = respond(context, options.annotations, span)
-  return runWith(context, () => Telemetry.within(handler(forwarded), span, tracestate), (exit) => {
+  return runWith(context, () => ServerSpans.within(handler(forwarded), span, tracestate), (exit) => {
     const response = render(exit)
-    Telemetry.endServerSpan(span, exit, response)
+    ServerSpans.endServerSpan(span, exit, response)
     invocation.done()
     return response
   })
@@ -210,15 +212,15 @@ const runInvocation = async <R>(
     const context = Context.add(services, Invocation, ctx)
     return runWith(context, effect, onExit)
   }
-  const span = spanName === undefined ? undefined : Telemetry.startSpan(telemetry, spanName, "internal", undefined)
-  const invocation = Telemetry.invocation(telemetry, ctx, span?.traceId)
+  const span = spanName === undefined ? undefined : ServerSpans.startSpan(telemetry, spanName, "internal", undefined)
+  const invocation = ServerSpans.invocation(telemetry, ctx, span?.traceId)
   const context = Context.add(services, Invocation, invocation)
   try {
     return await runWith(
       context,
-      () => span === undefined ? effect() : Telemetry.within(effect(), span, undefined),
+      () => span === undefined ? effect() : ServerSpans.within(effect(), span, undefined),
       (exit) => {
-        if (span !== undefined) Telemetry.endSpan(span, exit)
+        if (span !== undefined) ServerSpans.endSpan(span, exit)
         onExit(exit)
       }
     )

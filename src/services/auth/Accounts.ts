@@ -4,19 +4,18 @@
  * a 502 naming the users service, never a silent pass.
  */
 import { Context, Effect, Layer, Option } from "effect"
-import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway } from "../../runtime/Problem.ts"
+import { Identity, Problem } from "meshwork"
 import type { User } from "../users/api.ts"
 import { UsersClient } from "../users/client.ts"
 
 export class Accounts extends Context.Service<Accounts, {
-  readonly byEmail: (email: string) => Effect.Effect<Option.Option<User>, BadGateway>
-  readonly byId: (id: string) => Effect.Effect<Option.Option<User>, BadGateway>
+  readonly byEmail: (email: string) => Effect.Effect<Option.Option<User>, Problem.BadGateway>
+  readonly byId: (id: string) => Effect.Effect<Option.Option<User>, Problem.BadGateway>
 }>()("meshwork/services/auth/Accounts") {
   static readonly layer = Layer.effect(
     Accounts,
     UsersClient.useSync((client) => {
-      const unavailable = () => Effect.fail(new BadGateway({ service: "users" }))
+      const unavailable = () => Effect.fail(new Problem.BadGateway({ service: "users" }))
       const failures = {
         HttpClientError: unavailable,
         SchemaError: unavailable,
@@ -38,5 +37,5 @@ export class Accounts extends Context.Service<Accounts, {
           )
       })
     })
-  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(MeshIdentity.layerClient("auth")))
+  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(Identity.MeshIdentity.layerClient("auth")))
 }

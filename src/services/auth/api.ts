@@ -4,9 +4,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway, Forbidden } from "../../runtime/Problem.ts"
-import { HealthGroup } from "../shared/Health.ts"
+import { Health, Identity, Problem } from "meshwork"
 import { Email, UserId } from "../users/api.ts"
 
 export const Password = Schema.String.check(Schema.isMinLength(12), Schema.isMaxLength(256))
@@ -59,12 +57,12 @@ export class AuthGroup extends HttpApiGroup.make("auth")
     HttpApiEndpoint.post("login", "/login", {
       payload: Login,
       success: TokenResponse,
-      error: [InvalidCredentials, BadGateway]
+      error: [InvalidCredentials, Problem.BadGateway]
     }),
     HttpApiEndpoint.post("refresh", "/refresh", {
       payload: Refresh,
       success: TokenResponse,
-      error: [InvalidRefreshToken, BadGateway]
+      error: [InvalidRefreshToken, Problem.BadGateway]
     }),
     HttpApiEndpoint.post("logout", "/logout", { payload: Refresh, success: HttpApiSchema.NoContent }),
     HttpApiEndpoint.get("jwks", "/.well-known/jwks.json", { success: Jwks }),
@@ -72,7 +70,7 @@ export class AuthGroup extends HttpApiGroup.make("auth")
       params: { id: UserId },
       payload: SetPassword,
       success: HttpApiSchema.NoContent,
-      error: [Forbidden, InvalidCredentials]
+      error: [Problem.Forbidden, InvalidCredentials]
     })
   )
   .prefix("/api/auth")
@@ -80,7 +78,7 @@ export class AuthGroup extends HttpApiGroup.make("auth")
 
 export class AuthApi extends HttpApi.make("auth")
   .add(AuthGroup)
-  .add(HealthGroup)
+  .add(Health.HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)
-  .middleware(MeshIdentity)
+  .middleware(Identity.MeshIdentity)
 {}

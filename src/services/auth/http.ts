@@ -1,8 +1,7 @@
 /** The auth API's handlers, and the routes a Worker serves. */
 import { Effect, Layer, Option } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
-import { authorize, hasRole, isUser, MeshIdentity } from "../../layers/Identity.ts"
-import { healthy } from "../shared/Health.ts"
+import { Health, Identity } from "meshwork"
 import { Accounts } from "./Accounts.ts"
 import { AuthApi, InvalidCredentials } from "./api.ts"
 import type { TokenResponse } from "./api.ts"
@@ -41,11 +40,11 @@ const AuthHandlers = HttpApiBuilder.group(
       .handle("logout", ({ payload }) => refresh.revokeFamily(payload.refresh_token))
       .handle("jwks", () => Effect.succeed(access.jwks))
       .handle("setPassword", Effect.fnUntraced(function*({ params, payload }) {
-        const identity = yield* authorize(
-          (identity) => hasRole(identity, "admin") || isUser(identity, params.id),
+        const identity = yield* Identity.authorize(
+          (identity) => Identity.hasRole(identity, "admin") || Identity.isUser(identity, params.id),
           "A user may only set its own password"
         )
-        if (isUser(identity, params.id)) {
+        if (Identity.isUser(identity, params.id)) {
           const current = payload.current_password
           if (current === undefined || !(yield* credentials.check(params.id, current))) {
             return yield* new InvalidCredentials({ detail: "The current password is required and must match" })
@@ -58,9 +57,9 @@ const AuthHandlers = HttpApiBuilder.group(
   })
 )
 
-const HealthHandlers = HttpApiBuilder.group(AuthApi, "health", (handlers) => handlers.handle("health", healthy("auth")))
+const HealthHandlers = HttpApiBuilder.group(AuthApi, "health", (handlers) => handlers.handle("health", Health.healthy("auth")))
 
 export const AuthRoutes = HttpApiBuilder.layer(AuthApi).pipe(
   Layer.provide([AuthHandlers, HealthHandlers]),
-  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), MeshIdentity.layer])
+  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), Identity.MeshIdentity.layer])
 )

@@ -1,8 +1,6 @@
 /** The auth Worker: internal, reached through the router; asks users who has an email. */
 import { Layer } from "effect"
-import { Retries } from "../../layers/Retry.ts"
-import * as Http from "../../runtime/Http.ts"
-import * as Worker from "../../runtime/Worker.ts"
+import { Http, Retries, Worker } from "meshwork"
 import { Accounts } from "./Accounts.ts"
 import { AuthRoutes } from "./http.ts"
 import { Credentials } from "./Passwords.ts"

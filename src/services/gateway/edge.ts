@@ -6,13 +6,7 @@
  * the answer. `/api/admin` is the gateway's own (admin.ts).
  */
 import { Effect } from "effect"
-import { authenticate, withIdentity } from "../../layers/Authentication.ts"
-import { EdgeCache } from "../../layers/EdgeCache.ts"
-import { matchesPrefix } from "../../layers/Routing.ts"
-import { clientKey, type Decision, headers, RateLimits } from "../../layers/RateLimits.ts"
-import type { Forward } from "../../layers/Routing.ts"
-import { admin, adminPrefix } from "./admin.ts"
-import * as Problem from "../../runtime/Problem.ts"
+import { adminPrefix, authenticate, EdgeCache, matchesPrefix, meshAdmin, Problem, type Proxy, type RateLimitDecision, rateLimitHeaders, rateLimitKey, RateLimits, withIdentity } from "meshwork"
 
 const withHeaders = (response: Response, values: Record<string, string>): Response => {
   const copy = new Response(response.body, response)
@@ -20,32 +14,32 @@ const withHeaders = (response: Response, values: Record<string, string>): Respon
   return copy
 }
 
-export const edge = (request: Request, forward: Forward) =>
+export const edge = (request: Request, forward: Proxy.Forward) =>
   Effect.gen(function*() {
     // A request that fails authentication is still counted, against its address.
     const authenticated = yield* Effect.exit(authenticate(request))
     const identity = authenticated._tag === "Success" ? authenticated.value : { kind: "anonymous" as const }
     const limits = yield* Effect.serviceOption(RateLimits)
     const policy = limits._tag === "Some" ? limits.value.policyFor(request) : undefined
-    let decision: Decision | undefined
+    let decision: RateLimitDecision | undefined
     if (limits._tag === "Some" && policy !== undefined) {
-      const counted = yield* limits.value.consume(policy, clientKey(identity, request)).pipe(
+      const counted = yield* limits.value.consume(policy, rateLimitKey(identity, request)).pipe(
         Effect.catchTag("TooManyRequests", (refused) =>
           Effect.succeed(withHeaders(
             Problem.fromError(refused),
-            headers({ policy, remaining: 0, resetSeconds: refused.retryAfterSeconds ?? policy.windowSeconds })
+            rateLimitHeaders({ policy, remaining: 0, resetSeconds: refused.retryAfterSeconds ?? policy.windowSeconds })
           )))
       )
       if (counted instanceof Response) return counted
       decision = counted
     }
     if (authenticated._tag === "Failure") return yield* Effect.failCause(authenticated.cause)
-    if (matchesPrefix(new URL(request.url).pathname, adminPrefix)) return yield* admin(request, identity)
+    if (matchesPrefix(new URL(request.url).pathname, adminPrefix)) return yield* meshAdmin(request, identity)
     const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
     const cache = yield* Effect.serviceOption(EdgeCache)
     const route = cache._tag === "Some" ? cache.value.routeFor(request) : undefined
     const response = cache._tag === "Some" && route !== undefined
       ? yield* cache.value.serve(request, route, identity, upstream)
       : yield* upstream(request)
-    return decision === undefined ? response : withHeaders(response, headers(decision))
+    return decision === undefined ? response : withHeaders(response, rateLimitHeaders(decision))
   })

@@ -7,20 +7,15 @@
  * one entry), through the edge cache for the routes in `CACHE_ROUTES`.
  */
 import { Layer } from "effect"
-import { Authenticator, PublicRoutes } from "../../layers/Authentication.ts"
-import { EdgeCache } from "../../layers/EdgeCache.ts"
-import { IdentityKey } from "../../layers/Identity.ts"
-import { RateLimits } from "../../layers/RateLimits.ts"
-import { proxy, RoutingTable } from "../../layers/Routing.ts"
-import * as Worker from "../../runtime/Worker.ts"
+import { Authenticator, EdgeCache, Identity, Proxy, PublicRoutes, RateLimits, RoutingTable, Worker } from "meshwork"
 import { edge } from "./edge.ts"
 
 /** The Durable Object behind the `durable-object` rate limit store, bound as RATE_LIMITER. */
-export { RateLimiterObject } from "../../layers/RateLimits.ts"
+export { RateLimiterObject } from "meshwork"
 /** The edge cache's tag index, bound as CACHE_TAGS. */
-export { CacheTagIndexObject } from "../../layers/EdgeCache.ts"
+export { CacheTagIndexObject } from "meshwork"
 /** Warm Redis connections for the `redis` rate limit store, bound as REDIS_POOL. */
-export { RedisPoolObject } from "../../runtime/Redis.ts"
+export { RedisPoolObject } from "meshwork"
 
 export default Worker.make({
   name: "gateway",
@@ -28,11 +23,17 @@ export default Worker.make({
   edge: true,
   layer: Layer.mergeAll(
     RoutingTable.layer,
-    IdentityKey.layer,
-    Authenticator.layer("ROUTER"),
+    Identity.IdentityKey.layer,
+    // Tokens from the auth service; each user's current status from the users service, both through the router.
+    Authenticator.layer({
+      binding: "ROUTER",
+      jwksUrl: "http://router.internal/api/auth/.well-known/jwks.json",
+      userUrl: (id) => `http://router.internal/api/users/${encodeURIComponent(id)}`,
+      caller: "gateway"
+    }),
     PublicRoutes.layer,
     RateLimits.layer,
     EdgeCache.layer
   ),
-  fetch: proxy("gateway", edge)
+  fetch: Proxy.proxy("gateway", edge)
 })

@@ -14,9 +14,7 @@
  */
 import { Context, Effect, Layer, Schema } from "effect"
 import { SqlClient, type SqlError, type Statement } from "effect/sql"
-import * as D1 from "../../runtime/D1.ts"
-import { ServiceUnavailable } from "../../runtime/Problem.ts"
-import * as Queues from "../../runtime/Queues.ts"
+import { D1, Problem, Queues } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"
 import { type CreateProduct, CreateProduct as CreateProductSchema, ImportId, type ImportJob, ImportNotFound } from "./api.ts"
@@ -57,10 +55,10 @@ const failuresShown = 100
 
 export class Imports extends Context.Service<Imports, {
   /** Records a job for `products` and queues them. */
-  readonly start: (products: ReadonlyArray<CreateProduct>, createdBy: string) => Effect.Effect<ImportJob, ServiceUnavailable>
+  readonly start: (products: ReadonlyArray<CreateProduct>, createdBy: string) => Effect.Effect<ImportJob, Problem.ServiceUnavailable>
   readonly get: (id: string) => Effect.Effect<ImportJob, ImportNotFound>
   /** The consumer's work for one message: fails only when a retry may help. */
-  readonly importItem: (item: ImportItem, delivery: Queues.Delivery) => Effect.Effect<void, ServiceUnavailable>
+  readonly importItem: (item: ImportItem, delivery: Queues.Delivery) => Effect.Effect<void, Problem.ServiceUnavailable>
   /** The dead-letter consumer's work: the item will not be imported. */
   readonly markDead: (item: ImportItem, delivery: Queues.Delivery) => Effect.Effect<void>
   /** Keeps a dead-lettered message that names no job. */
@@ -132,12 +130,12 @@ export class Imports extends Context.Service<Imports, {
             VALUES (${id}, ${products.length}, ${createdBy}, ${at}, ${at})`)
           const items = products.map((product, item) => ({ jobId: id, item, product }))
           yield* queue.sendBatch(items).pipe(
-            Effect.catchTag("QueueSendFailed", (error) =>
+            Effect.catchTag("meshwork/Queues/QueueSendFailed", (error) =>
               Effect.gen(function*() {
                 yield* Effect.logError("Queueing an import failed", error.cause)
                 if (error.sent === 0) {
                   yield* Effect.orDie(sql`DELETE FROM import_jobs WHERE id = ${id}`)
-                  return yield* new ServiceUnavailable({ detail: "The import queue could not be reached" })
+                  return yield* new Problem.ServiceUnavailable({ detail: "The import queue could not be reached" })
                 }
                 // Part of it went out: the rest is failed, so the job still adds up.
                 const unsent = items.slice(error.sent)
@@ -160,7 +158,7 @@ export class Imports extends Context.Service<Imports, {
               if (error?._tag === "UnknownSeller") {
                 return yield* failedForGood(item, delivery, `Unknown seller ${item.product.sellerId}: ${error.detail ?? ""}`.trim())
               }
-              return yield* new ServiceUnavailable({ detail: "The users service could not check the seller" })
+              return yield* new Problem.ServiceUnavailable({ detail: "The users service could not check the seller" })
             }
             const id = yield* uuidv7
             const at = yield* nowIso

@@ -9,7 +9,7 @@
  */
 import { Context, Effect, Layer, Schema } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
-import * as D1 from "../../runtime/D1.ts"
+import { D1 } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"
 import type { CreateProduct, Product, UpdateProduct } from "./api.ts"

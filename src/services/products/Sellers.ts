@@ -4,13 +4,12 @@
  * binding, typed end to end.
  */
 import { Context, Effect, Layer } from "effect"
-import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway } from "../../runtime/Problem.ts"
+import { Identity, Problem } from "meshwork"
 import { UsersClient } from "../users/client.ts"
 import { UnknownSeller } from "./api.ts"
 
 export class Sellers extends Context.Service<Sellers, {
-  readonly requireActive: (sellerId: string) => Effect.Effect<void, UnknownSeller | BadGateway>
+  readonly requireActive: (sellerId: string) => Effect.Effect<void, UnknownSeller | Problem.BadGateway>
 }>()("meshwork/services/products/Sellers") {
   static readonly layer = Layer.effect(
     Sellers,
@@ -23,15 +22,15 @@ export class Sellers extends Context.Service<Sellers, {
             ),
             Effect.catchTags({
               UserNotFound: () => Effect.fail(new UnknownSeller({ sellerId, detail: "No user has this id" })),
-              HttpClientError: () => Effect.fail(new BadGateway({ service: "users" })),
-              SchemaError: () => Effect.fail(new BadGateway({ service: "users", detail: "Unexpected answer" })),
-              BadRequestProblem: () => Effect.fail(new BadGateway({ service: "users", detail: "Request refused" })),
-              InternalServerErrorProblem: () => Effect.fail(new BadGateway({ service: "users", detail: "Users failed" })),
-              Unauthorized: () => Effect.fail(new BadGateway({ service: "users", detail: "Users refused our identity" })),
-              Forbidden: () => Effect.fail(new BadGateway({ service: "users", detail: "Users refused our identity" }))
+              HttpClientError: () => Effect.fail(new Problem.BadGateway({ service: "users" })),
+              SchemaError: () => Effect.fail(new Problem.BadGateway({ service: "users", detail: "Unexpected answer" })),
+              BadRequestProblem: () => Effect.fail(new Problem.BadGateway({ service: "users", detail: "Request refused" })),
+              InternalServerErrorProblem: () => Effect.fail(new Problem.BadGateway({ service: "users", detail: "Users failed" })),
+              Unauthorized: () => Effect.fail(new Problem.BadGateway({ service: "users", detail: "Users refused our identity" })),
+              Forbidden: () => Effect.fail(new Problem.BadGateway({ service: "users", detail: "Users refused our identity" }))
             }),
             Effect.withSpan("Sellers.requireActive")
           )
       }))
-  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(MeshIdentity.layerClient("products")))
+  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(Identity.MeshIdentity.layerClient("products")))
 }

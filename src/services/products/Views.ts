@@ -3,9 +3,7 @@
  * 8) by product id (src/layers/ShardedCounters.ts).
  */
 import { Config, Context, Effect, Layer } from "effect"
-import * as ShardedCounters from "../../layers/ShardedCounters.ts"
-import * as Sharding from "../../layers/Sharding.ts"
-import * as Bindings from "../../runtime/Bindings.ts"
+import { Bindings, ShardedCounters, Sharding } from "meshwork"
 
 export class ProductViews extends Context.Service<ProductViews, ShardedCounters.ShardedCounters>()(
   "meshwork/services/products/ProductViews"

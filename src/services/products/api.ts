@@ -4,10 +4,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway, BadRequest, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
-import { HealthGroup } from "../shared/Health.ts"
-import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
+import { Health, Identity, Pagination, Problem } from "meshwork"
 import { UserId } from "../users/api.ts"
 
 export const ProductId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
@@ -54,7 +51,7 @@ export const UpdateProduct = Schema.Struct({
 }).check(Schema.isMinProperties(1))
 export type UpdateProduct = typeof UpdateProduct.Type
 
-export const ProductPage = Page(Product)
+export const ProductPage = Pagination.Page(Product)
 
 export class ProductNotFound extends HttpApiError.Problem<ProductNotFound>()("ProductNotFound", {
   type: "urn:meshwork:problem:product-not-found",
@@ -149,7 +146,7 @@ export const maxIds = 100
  * exist, in the order asked (a batch lookup: missing ids are left out).
  */
 export const ProductQuery = {
-  ...PageQuery,
+  ...Pagination.PageQuery,
   ids: Schema.optional(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(maxIds * 65)))
 }
 
@@ -167,35 +164,35 @@ export const PopularQuery = {
 
 export class ProductsGroup extends HttpApiGroup.make("products")
   .add(
-    HttpApiEndpoint.get("list", "/", { query: ProductQuery, success: ProductPage, error: [InvalidCursor, BadRequest, Forbidden] }),
+    HttpApiEndpoint.get("list", "/", { query: ProductQuery, success: ProductPage, error: [Pagination.InvalidCursor, Problem.BadRequest, Problem.Forbidden] }),
     HttpApiEndpoint.post("create", "/", {
       payload: CreateProduct,
       success: Product.pipe(HttpApiSchema.status(201)),
-      error: [SkuTaken, UnknownSeller, BadGateway, Forbidden]
+      error: [SkuTaken, UnknownSeller, Problem.BadGateway, Problem.Forbidden]
     }),
-    HttpApiEndpoint.get("popular", "/popular", { query: PopularQuery, success: PopularProducts, error: [ServiceUnavailable, Forbidden] }),
+    HttpApiEndpoint.get("popular", "/popular", { query: PopularQuery, success: PopularProducts, error: [Problem.ServiceUnavailable, Problem.Forbidden] }),
     HttpApiEndpoint.get("get", "/:id", {
       params: byId,
       // Cacheable at the edge (src/layers/EdgeCache.ts), tagged for purges.
       success: HttpApiSchema.WithHeaders(Product, { "cache-control": Schema.String, "cache-tag": Schema.String }),
-      error: [ProductNotFound, Forbidden]
+      error: [ProductNotFound, Problem.Forbidden]
     }),
     HttpApiEndpoint.post("view", "/:id/views", {
       params: byId,
       success: ProductViewCount,
-      error: [ProductNotFound, ServiceUnavailable, Forbidden]
+      error: [ProductNotFound, Problem.ServiceUnavailable, Problem.Forbidden]
     }),
-    HttpApiEndpoint.get("stats", "/:id/stats", { params: byId, success: ProductStats, error: [ProductNotFound, ServiceUnavailable, Forbidden] }),
+    HttpApiEndpoint.get("stats", "/:id/stats", { params: byId, success: ProductStats, error: [ProductNotFound, Problem.ServiceUnavailable, Problem.Forbidden] }),
     HttpApiEndpoint.patch("update", "/:id", {
       params: byId,
       payload: UpdateProduct,
       success: Product,
-      error: [ProductNotFound, SkuTaken, UnknownSeller, ProductLocked, StaleFencingToken, BadGateway, ServiceUnavailable, Forbidden]
+      error: [ProductNotFound, SkuTaken, UnknownSeller, ProductLocked, StaleFencingToken, Problem.BadGateway, Problem.ServiceUnavailable, Problem.Forbidden]
     }),
     HttpApiEndpoint.delete("remove", "/:id", {
       params: byId,
       success: HttpApiSchema.NoContent,
-      error: [ProductNotFound, Forbidden]
+      error: [ProductNotFound, Problem.Forbidden]
     })
   )
   .prefix("/api/products")
@@ -207,9 +204,9 @@ export class ImportsGroup extends HttpApiGroup.make("imports")
     HttpApiEndpoint.post("create", "/", {
       payload: CreateImport,
       success: HttpApiSchema.WithHeaders(ImportJob, { location: Schema.String }).pipe(HttpApiSchema.status(202)),
-      error: [ServiceUnavailable, Forbidden]
+      error: [Problem.ServiceUnavailable, Problem.Forbidden]
     }),
-    HttpApiEndpoint.get("get", "/:id", { params: { id: ImportId }, success: ImportJob, error: [ImportNotFound, Forbidden] })
+    HttpApiEndpoint.get("get", "/:id", { params: { id: ImportId }, success: ImportJob, error: [ImportNotFound, Problem.Forbidden] })
   )
   .prefix("/api/products/imports")
 {}
@@ -218,7 +215,7 @@ export class ImportsGroup extends HttpApiGroup.make("imports")
 export class ProductsApi extends HttpApi.make("products")
   .add(ImportsGroup)
   .add(ProductsGroup)
-  .add(HealthGroup)
+  .add(Health.HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)
-  .middleware(MeshIdentity)
+  .middleware(Identity.MeshIdentity)
 {}

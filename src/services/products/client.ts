@@ -4,10 +4,7 @@
  */
 import { Context, Effect, Layer } from "effect"
 import type { HttpApiClient } from "effect/http-api"
-import * as Batching from "../../layers/Batching.ts"
-import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway } from "../../runtime/Problem.ts"
-import * as ServiceClient from "../../runtime/ServiceClient.ts"
+import { Batching, Identity, Problem, Retries, ServiceClient } from "meshwork"
 import { type Product, ProductNotFound, ProductsApi } from "./api.ts"
 
 export class ProductsClient extends Context.Service<ProductsClient, HttpApiClient.ForApi<typeof ProductsApi>>()(
@@ -17,8 +14,11 @@ export class ProductsClient extends Context.Service<ProductsClient, HttpApiClien
   static readonly layer = (caller: string) =>
     Layer.effect(
       ProductsClient,
-      ServiceClient.make(ProductsApi, "PRODUCTS", { timeoutMs: 3_000, retry: { attempts: 3, deadlineMs: 5_000 } })
-    ).pipe(Layer.provide(MeshIdentity.layerClient(caller)))
+      ServiceClient.make(ProductsApi, "PRODUCTS", {
+        timeoutMs: 3_000,
+        policy: Retries.policy("products", { attempts: 3, deadlineMs: 5_000 })
+      })
+    ).pipe(Layer.provide(Identity.MeshIdentity.layerClient(caller)))
 }
 
 /**
@@ -38,7 +38,7 @@ export const productLookups = (options: Pick<Batching.Options<never, never, neve
           Effect.catchCause((cause) =>
             Effect.andThen(
               Effect.logWarning("Product lookup failed", cause),
-              Effect.fail(new BadGateway({ service: "products", detail: "The product lookup failed" }))
+              Effect.fail(new Problem.BadGateway({ service: "products", detail: "The product lookup failed" }))
             )
           )
         )

@@ -1,20 +1,15 @@
 /** The products API's handlers, and the routes a Worker serves. */
 import { Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { authorize, hasRole, MeshIdentity } from "../../layers/Identity.ts"
-import { Locks } from "../../layers/Locks.ts"
-import type * as ShardedCounters from "../../layers/ShardedCounters.ts"
-import { BadRequest, ServiceUnavailable } from "../../runtime/Problem.ts"
-import { healthy } from "../shared/Health.ts"
-import { decodeCursor, defaultLimit, InvalidCursor, toPage } from "../shared/Pagination.ts"
+import { Health, Identity, Locks, Pagination, Problem, type ShardedCounters } from "meshwork"
 import { maxIds, ProductLocked, ProductsApi } from "./api.ts"
 import { Imports } from "./Imports.ts"
 import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
 import { ProductViews } from "./Views.ts"
 
-const admin = authorize((identity) => hasRole(identity, "admin"), "Product writes require the admin role")
-const anyone = authorize((identity) => identity.kind !== "anonymous", "Products need an authenticated caller")
+const admin = Identity.authorize((identity) => Identity.hasRole(identity, "admin"), "Product writes require the admin role")
+const anyone = Identity.authorize((identity) => identity.kind !== "anonymous", "Products need an authenticated caller")
 
 /**
  * An update holds the product's lock while it checks the seller and writes,
@@ -42,7 +37,7 @@ const ProductsHandlers = HttpApiBuilder.group(
     const countersDown = (error: ShardedCounters.CountersUnavailable) =>
       Effect.andThen(
         Effect.logWarning("View counters unavailable", error.cause),
-        Effect.fail(new ServiceUnavailable({ detail: "The view counters could not be reached" }))
+        Effect.fail(new Problem.ServiceUnavailable({ detail: "The view counters could not be reached" }))
       )
     return handlers
       .handle("list", Effect.fnUntraced(function*({ query }) {
@@ -50,14 +45,14 @@ const ProductsHandlers = HttpApiBuilder.group(
         if (query.ids !== undefined) {
           const ids = query.ids.split(",")
           if (ids.length > maxIds || ids.some((id) => id.length === 0 || id.length > 64)) {
-            return yield* new BadRequest({ detail: `ids is a comma-separated list of 1 to ${maxIds} product ids` })
+            return yield* new Problem.BadRequest({ detail: `ids is a comma-separated list of 1 to ${maxIds} product ids` })
           }
           return { items: yield* products.getMany(ids), nextCursor: null }
         }
-        const afterId = query.cursor === undefined ? undefined : decodeCursor(query.cursor)
-        if (query.cursor !== undefined && afterId === undefined) return yield* new InvalidCursor()
-        const limit = query.limit ?? defaultLimit
-        return toPage(yield* products.list({ limit: limit + 1, afterId }), limit)
+        const afterId = query.cursor === undefined ? undefined : Pagination.decodeCursor(query.cursor)
+        if (query.cursor !== undefined && afterId === undefined) return yield* new Pagination.InvalidCursor()
+        const limit = query.limit ?? Pagination.defaultLimit
+        return Pagination.toPage(yield* products.list({ limit: limit + 1, afterId }), limit)
       }))
       .handle("create", ({ payload }) =>
         admin.pipe(Effect.andThen(sellers.requireActive(payload.sellerId)), Effect.andThen(products.create(payload))))
@@ -75,20 +70,20 @@ const ProductsHandlers = HttpApiBuilder.group(
           Effect.andThen(products.get(params.id)),
           Effect.andThen(views.add(params.id)),
           Effect.map((count) => ({ productId: params.id, views: count })),
-          Effect.catchTag("CountersUnavailable", countersDown)
+          Effect.catchTag("meshwork/ShardedCounters/CountersUnavailable", countersDown)
         ))
       .handle("stats", ({ params }) =>
         anyone.pipe(
           Effect.andThen(products.get(params.id)),
           Effect.andThen(views.get(params.id)),
           Effect.map((count) => ({ productId: params.id, views: count, shard: views.shardOf(params.id) })),
-          Effect.catchTag("CountersUnavailable", countersDown)
+          Effect.catchTag("meshwork/ShardedCounters/CountersUnavailable", countersDown)
         ))
       .handle("popular", ({ query }) =>
         anyone.pipe(
           Effect.andThen(views.top(query.limit ?? 10)),
           Effect.map((top) => ({ items: top.map(({ key, count }) => ({ productId: key, views: count })) })),
-          Effect.catchTag("CountersUnavailable", countersDown)
+          Effect.catchTag("meshwork/ShardedCounters/CountersUnavailable", countersDown)
         ))
       .handle("update", ({ params, payload }) =>
         admin.pipe(
@@ -102,12 +97,12 @@ const ProductsHandlers = HttpApiBuilder.group(
             updateLock
           )),
           Effect.catchTags({
-            LockHeld: (held) =>
+            "meshwork/Locks/LockHeld": (held) =>
               Effect.fail(new ProductLocked({ productId: params.id, retryAfterMillis: held.retryAfterMillis })),
             // The update was cut off mid-way: its fenced write may or may not have landed.
-            LockLost: () =>
-              Effect.fail(new ServiceUnavailable({ detail: "The update lost its lock before it finished; it may or may not have been applied" })),
-            LockUnavailable: () => Effect.fail(new ServiceUnavailable({ detail: "The product lock could not be reached" }))
+            "meshwork/Locks/LockLost": () =>
+              Effect.fail(new Problem.ServiceUnavailable({ detail: "The update lost its lock before it finished; it may or may not have been applied" })),
+            "meshwork/Locks/LockUnavailable": () => Effect.fail(new Problem.ServiceUnavailable({ detail: "The product lock could not be reached" }))
           })
         ))
       .handle("remove", ({ params }) => Effect.andThen(admin, products.remove(params.id)))
@@ -133,10 +128,10 @@ const ImportsHandlers = HttpApiBuilder.group(
 const HealthHandlers = HttpApiBuilder.group(
   ProductsApi,
   "health",
-  (handlers) => handlers.handle("health", healthy("products"))
+  (handlers) => handlers.handle("health", Health.healthy("products"))
 )
 
 export const ProductsRoutes = HttpApiBuilder.layer(ProductsApi).pipe(
   Layer.provide([ProductsHandlers, ImportsHandlers, HealthHandlers]),
-  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), MeshIdentity.layer])
+  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), Identity.MeshIdentity.layer])
 )

@@ -4,12 +4,7 @@
  * dead-letter queue.
  */
 import { Effect, Layer } from "effect"
-import { Locks } from "../../layers/Locks.ts"
-import { Retries } from "../../layers/Retry.ts"
-import * as D1 from "../../runtime/D1.ts"
-import * as Http from "../../runtime/Http.ts"
-import * as Queues from "../../runtime/Queues.ts"
-import * as Worker from "../../runtime/Worker.ts"
+import { D1, Http, Locks, Queues, Retries, ShardedCounters, Worker } from "meshwork"
 import { ProductsRoutes } from "./http.ts"
 import { ImportItem, Imports, importsDeadLetterQueue, importsQueue } from "./Imports.ts"
 import { Products } from "./Products.ts"
@@ -17,9 +12,9 @@ import { Sellers } from "./Sellers.ts"
 import { ProductViews } from "./Views.ts"
 
 /** Product locks (src/layers/Locks.ts), bound as LOCKS. */
-export { LockObject } from "../../layers/Locks.ts"
+export { LockObject } from "meshwork"
 /** View counter shards (src/layers/ShardedCounters.ts), bound as VIEW_COUNTERS. */
-export { CounterShardObject } from "../../layers/ShardedCounters.ts"
+export class CounterShardObject extends ShardedCounters.CounterShardObject {}
 
 const services = Layer.mergeAll(Products.layer, Imports.layer, Locks.layer(), ProductViews.layer).pipe(Layer.provideMerge(Sellers.layer))
 

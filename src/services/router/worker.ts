@@ -5,26 +5,20 @@
  * a service's traffic between its versions as MESH_CONFIG says.
  */
 import { Layer } from "effect"
-import { CircuitBreakers } from "../../layers/CircuitBreakers.ts"
-import { FaultInjection } from "../../layers/Faults.ts"
-import { IdentityKey, requireIdentity } from "../../layers/Identity.ts"
-import { Retries } from "../../layers/Retry.ts"
-import { proxy, RoutingTable } from "../../layers/Routing.ts"
-import { TrafficManager } from "../../layers/Traffic.ts"
-import * as Worker from "../../runtime/Worker.ts"
+import { CircuitBreakers, FaultInjection, Identity, Proxy, Retries, RoutingTable, TrafficManager, Worker } from "meshwork"
 
 /** The Durable Object behind BREAKER_STORE = "durable-object", bound as BREAKERS. */
-export { CircuitBreakerObject } from "../../layers/CircuitBreakers.ts"
+export { CircuitBreakerObject } from "meshwork"
 
 export default Worker.make({
   name: "router",
   layer: Layer.mergeAll(
     RoutingTable.layer,
-    IdentityKey.layer,
+    Identity.IdentityKey.layer,
     Retries.layer,
     CircuitBreakers.layer,
     FaultInjection.layer,
     TrafficManager.layer
   ),
-  fetch: requireIdentity(proxy("router"))
+  fetch: Identity.requireIdentity(Proxy.proxy("router"))
 })

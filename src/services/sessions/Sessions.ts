@@ -4,8 +4,7 @@
  * session. Changes are applied atomically, in order, inside the object.
  */
 import { Context, Effect, Layer, Result, Schema } from "effect"
-import * as Bindings from "../../runtime/Bindings.ts"
-import * as StateCoordinator from "../../layers/StateCoordinator.ts"
+import { Bindings, StateCoordinator } from "meshwork"
 
 const Name = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
 const ProductId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))

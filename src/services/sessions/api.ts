@@ -7,10 +7,8 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { MeshIdentity } from "../../layers/Identity.ts"
-import { BadGateway, BadRequest, Forbidden, ServiceUnavailable } from "../../runtime/Problem.ts"
+import { Health, Identity, Problem } from "meshwork"
 import { Product } from "../products/api.ts"
-import { HealthGroup } from "../shared/Health.ts"
 import { Session, SessionChange } from "./Sessions.ts"
 
 export const SessionId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
@@ -81,7 +79,7 @@ export class InvalidSessionChange extends HttpApiError.Problem<InvalidSessionCha
 }) {}
 
 const byId = { id: SessionId }
-const writeErrors = [SessionNotFound, SessionPreconditionFailed, InvalidSessionChange, BadRequest, ServiceUnavailable, Forbidden]
+const writeErrors = [SessionNotFound, SessionPreconditionFailed, InvalidSessionChange, Problem.BadRequest, Problem.ServiceUnavailable, Problem.Forbidden]
 
 export class SessionsGroup extends HttpApiGroup.make("sessions")
   .add(
@@ -90,13 +88,13 @@ export class SessionsGroup extends HttpApiGroup.make("sessions")
       success: HttpApiSchema.WithHeaders(SessionView, { etag: Schema.String, location: Schema.String }).pipe(
         HttpApiSchema.status(201)
       ),
-      error: [InvalidSessionChange, ServiceUnavailable, Forbidden]
+      error: [InvalidSessionChange, Problem.ServiceUnavailable, Problem.Forbidden]
     }),
-    HttpApiEndpoint.get("get", "/:id", { params: byId, success: withETag, error: [SessionNotFound, ServiceUnavailable, Forbidden] }),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: withETag, error: [SessionNotFound, Problem.ServiceUnavailable, Problem.Forbidden] }),
     HttpApiEndpoint.get("cart", "/:id/cart", {
       params: byId,
       success: SessionCart,
-      error: [SessionNotFound, BadGateway, ServiceUnavailable, Forbidden]
+      error: [SessionNotFound, Problem.BadGateway, Problem.ServiceUnavailable, Problem.Forbidden]
     }),
     HttpApiEndpoint.patch("update", "/:id", { params: byId, headers: ifMatch, payload: ChangeSession, success: withETag, error: writeErrors }),
     HttpApiEndpoint.put("replace", "/:id", {
@@ -110,7 +108,7 @@ export class SessionsGroup extends HttpApiGroup.make("sessions")
       params: byId,
       headers: ifMatch,
       success: HttpApiSchema.NoContent,
-      error: [SessionNotFound, SessionPreconditionFailed, BadRequest, ServiceUnavailable, Forbidden]
+      error: [SessionNotFound, SessionPreconditionFailed, Problem.BadRequest, Problem.ServiceUnavailable, Problem.Forbidden]
     })
   )
   .prefix("/api/sessions")
@@ -119,7 +117,7 @@ export class SessionsGroup extends HttpApiGroup.make("sessions")
 /** Every session belongs to the user who created it; nobody else sees it (http.ts). */
 export class SessionsApi extends HttpApi.make("sessions")
   .add(SessionsGroup)
-  .add(HealthGroup)
+  .add(Health.HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)
-  .middleware(MeshIdentity)
+  .middleware(Identity.MeshIdentity)
 {}

@@ -1,12 +1,8 @@
 /** The sessions API's handlers: a session is its creator's alone. */
 import { Config, Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { FeatureFlags } from "../../layers/FeatureFlags.ts"
-import { authorize, CurrentIdentity, MeshIdentity } from "../../layers/Identity.ts"
-import * as StateCoordinator from "../../layers/StateCoordinator.ts"
-import { BadRequest, ServiceUnavailable } from "../../runtime/Problem.ts"
+import { FeatureFlags, Health, Identity, Problem, StateCoordinator } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
-import { healthy } from "../shared/Health.ts"
 import {
   InvalidSessionChange,
   SessionNotFound,
@@ -19,7 +15,7 @@ import { emptySession, type Session, Sessions } from "./Sessions.ts"
 
 /** Only users have sessions; the owner is the user's id, so nobody else's calls find them. */
 const owner = Effect.map(
-  authorize((identity) => identity.kind === "user", "Sessions belong to users"),
+  Identity.authorize((identity) => identity.kind === "user", "Sessions belong to users"),
   (identity) => identity.kind === "user" ? identity.sub : ""
 )
 
@@ -32,7 +28,7 @@ const view = (entry: StateCoordinator.Entry<Session>) =>
 const precondition = (header: string | undefined) =>
   Effect.try({
     try: () => StateCoordinator.parseIfMatch(header),
-    catch: (error) => new BadRequest({ detail: (error as Error).message })
+    catch: (error) => new Problem.BadRequest({ detail: (error as Error).message })
   })
 
 type CoordinatorError =
@@ -44,26 +40,26 @@ type CoordinatorError =
 type ProblemOf<E> = E extends StateCoordinator.StateNotFound ? SessionNotFound
   : E extends StateCoordinator.VersionMismatch ? SessionPreconditionFailed
   : E extends StateCoordinator.InvalidChange ? InvalidSessionChange
-  : ServiceUnavailable
+  : Problem.ServiceUnavailable
 
 /** The coordinator's errors as this API's problems. */
 const asProblems = (sessionId: string) => <A, E extends CoordinatorError>(effect: Effect.Effect<A, E>) =>
   effect.pipe(
     Effect.tapError((error) =>
-      error._tag === "StateUnavailable" ? Effect.logWarning("Session object unavailable", error.cause) : Effect.void
+      error._tag === "meshwork/StateCoordinator/StateUnavailable" ? Effect.logWarning("Session object unavailable", error.cause) : Effect.void
     ),
     Effect.mapError((error): ProblemOf<E> => {
       switch (error._tag) {
-        case "StateNotFound":
+        case "meshwork/StateCoordinator/StateNotFound":
           return new SessionNotFound({ sessionId }) as ProblemOf<E>
-        case "VersionMismatch":
+        case "meshwork/StateCoordinator/VersionMismatch":
           return new SessionPreconditionFailed({ sessionId, currentVersion: error.currentVersion }) as ProblemOf<E>
-        case "InvalidChange":
+        case "meshwork/StateCoordinator/InvalidChange":
           return new InvalidSessionChange({ sessionId, reason: error.reason }) as ProblemOf<E>
-        case "StateExists":
-          return new ServiceUnavailable({ detail: "A fresh session id was already taken" }) as ProblemOf<E>
-        case "StateUnavailable":
-          return new ServiceUnavailable({ detail: "The session store could not be reached" }) as ProblemOf<E>
+        case "meshwork/StateCoordinator/StateExists":
+          return new Problem.ServiceUnavailable({ detail: "A fresh session id was already taken" }) as ProblemOf<E>
+        case "meshwork/StateCoordinator/StateUnavailable":
+          return new Problem.ServiceUnavailable({ detail: "The session store could not be reached" }) as ProblemOf<E>
       }
     })
   )
@@ -103,7 +99,7 @@ const SessionsHandlers = HttpApiBuilder.group(
             ),
           { concurrency: "unbounded" }
         )
-        const identity = yield* CurrentIdentity
+        const identity = yield* Identity.CurrentIdentity
         const checkout = (yield* flags.isOn("new-checkout", identity)) ? "new" as const : "classic" as const
         return { sessionId: entry.key, version: entry.version, lines, checkout }
       }))
@@ -126,9 +122,9 @@ const SessionsHandlers = HttpApiBuilder.group(
   })
 )
 
-const HealthHandlers = HttpApiBuilder.group(SessionsApi, "health", (handlers) => handlers.handle("health", healthy("sessions")))
+const HealthHandlers = HttpApiBuilder.group(SessionsApi, "health", (handlers) => handlers.handle("health", Health.healthy("sessions")))
 
 export const SessionsRoutes = HttpApiBuilder.layer(SessionsApi).pipe(
   Layer.provide([SessionsHandlers, HealthHandlers]),
-  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), MeshIdentity.layer])
+  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), Identity.MeshIdentity.layer])
 )

@@ -3,9 +3,7 @@
  * a Durable Object. It reads products over its PRODUCTS binding, in batches.
  */
 import { Layer } from "effect"
-import { FeatureFlags } from "../../layers/FeatureFlags.ts"
-import * as Http from "../../runtime/Http.ts"
-import * as Worker from "../../runtime/Worker.ts"
+import { FeatureFlags, Http, Worker } from "meshwork"
 import { ProductsClient } from "../products/client.ts"
 import { SessionsRoutes } from "./http.ts"
 import { Sessions, SessionState } from "./Sessions.ts"

@@ -4,10 +4,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
-import { MeshIdentity } from "../../layers/Identity.ts"
-import { Forbidden } from "../../runtime/Problem.ts"
-import { HealthGroup } from "../shared/Health.ts"
-import { InvalidCursor, Page, PageQuery } from "../shared/Pagination.ts"
+import { Health, Identity, Pagination, Problem } from "meshwork"
 
 export const UserId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
 export const Email = Schema.String.check(Schema.isMaxLength(254), Schema.isPattern(/^[^\s@]+@[^\s@]+\.[^\s@]+$/))
@@ -42,7 +39,7 @@ export const UpdateUser = Schema.Struct({
 }).check(Schema.isMinProperties(1))
 export type UpdateUser = typeof UpdateUser.Type
 
-export const UserPage = Page(User)
+export const UserPage = Pagination.Page(User)
 
 export class UserNotFound extends HttpApiError.Problem<UserNotFound>()("UserNotFound", {
   type: "urn:meshwork:problem:user-not-found",
@@ -63,27 +60,27 @@ export class EmailTaken extends HttpApiError.Problem<EmailTaken>()("EmailTaken",
 const byId = { id: UserId }
 
 /** List query: a page, optionally only the user with this email. */
-export const UserQuery = { ...PageQuery, email: Schema.optional(Email) }
+export const UserQuery = { ...Pagination.PageQuery, email: Schema.optional(Email) }
 
 export class UsersGroup extends HttpApiGroup.make("users")
   .add(
-    HttpApiEndpoint.get("list", "/", { query: UserQuery, success: UserPage, error: [InvalidCursor, Forbidden] }),
+    HttpApiEndpoint.get("list", "/", { query: UserQuery, success: UserPage, error: [Pagination.InvalidCursor, Problem.Forbidden] }),
     HttpApiEndpoint.post("create", "/", {
       payload: CreateUser,
       success: User.pipe(HttpApiSchema.status(201)),
-      error: [EmailTaken, Forbidden]
+      error: [EmailTaken, Problem.Forbidden]
     }),
-    HttpApiEndpoint.get("get", "/:id", { params: byId, success: User, error: [UserNotFound, Forbidden] }),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: User, error: [UserNotFound, Problem.Forbidden] }),
     HttpApiEndpoint.patch("update", "/:id", {
       params: byId,
       payload: UpdateUser,
       success: User,
-      error: [UserNotFound, EmailTaken, Forbidden]
+      error: [UserNotFound, EmailTaken, Problem.Forbidden]
     }),
     HttpApiEndpoint.delete("remove", "/:id", {
       params: byId,
       success: HttpApiSchema.NoContent,
-      error: [UserNotFound, Forbidden]
+      error: [UserNotFound, Problem.Forbidden]
     })
   )
   .prefix("/api/users")
@@ -91,11 +88,11 @@ export class UsersGroup extends HttpApiGroup.make("users")
 
 /**
  * Every endpoint, health included, needs the mesh's identity assertion
- * (MeshIdentity); who may do what is decided in the handlers (http.ts).
+ * (Identity.MeshIdentity); who may do what is decided in the handlers (http.ts).
  */
 export class UsersApi extends HttpApi.make("users")
   .add(UsersGroup)
-  .add(HealthGroup)
+  .add(Health.HealthGroup)
   .middleware(HttpApiMiddleware.ProblemDetails)
-  .middleware(MeshIdentity)
+  .middleware(Identity.MeshIdentity)
 {}

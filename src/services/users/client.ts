@@ -1,7 +1,7 @@
 /** The typed client other Workers use to call the users service over their `USERS` binding. */
 import { Context, Layer } from "effect"
 import type { HttpApiClient } from "effect/http-api"
-import * as ServiceClient from "../../runtime/ServiceClient.ts"
+import { Retries, ServiceClient } from "meshwork"
 import { UsersApi } from "./api.ts"
 
 export class UsersClient extends Context.Service<UsersClient, HttpApiClient.ForApi<typeof UsersApi>>()(
@@ -10,6 +10,9 @@ export class UsersClient extends Context.Service<UsersClient, HttpApiClient.ForA
   /** Calls time out after 3 s; idempotent ones are retried when the caller's layer has `Retries`. */
   static readonly layer = Layer.effect(
     UsersClient,
-    ServiceClient.make(UsersApi, "USERS", { timeoutMs: 3_000, retry: { attempts: 3, deadlineMs: 5_000 } })
+    ServiceClient.make(UsersApi, "USERS", {
+      timeoutMs: 3_000,
+      policy: Retries.policy("users", { attempts: 3, deadlineMs: 5_000 })
+    })
   )
 }

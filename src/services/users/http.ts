@@ -1,20 +1,18 @@
 /** The users API's handlers, and the routes a Worker serves. */
 import { Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
-import { authorize, hasRole, isService, isUser, MeshIdentity } from "../../layers/Identity.ts"
-import { healthy } from "../shared/Health.ts"
-import { decodeCursor, defaultLimit, InvalidCursor, toPage } from "../shared/Pagination.ts"
+import { Health, Identity, Pagination } from "meshwork"
 import { UsersApi } from "./api.ts"
 import { Users } from "./Users.ts"
 
-const adminOrService = authorize(
-  (identity) => hasRole(identity, "admin") || isService(identity),
+const adminOrService = Identity.authorize(
+  (identity) => Identity.hasRole(identity, "admin") || Identity.isService(identity),
   "Only admins may list users"
 )
-const admin = authorize((identity) => hasRole(identity, "admin"), "Requires the admin role")
+const admin = Identity.authorize((identity) => Identity.hasRole(identity, "admin"), "Requires the admin role")
 const selfAdminOrService = (id: string) =>
-  authorize(
-    (identity) => isUser(identity, id) || hasRole(identity, "admin") || isService(identity),
+  Identity.authorize(
+    (identity) => Identity.isUser(identity, id) || Identity.hasRole(identity, "admin") || Identity.isService(identity),
     "A user may only read itself"
   )
 
@@ -31,19 +29,19 @@ const UsersHandlers = HttpApiBuilder.group(
     return handlers
       .handle("list", Effect.fnUntraced(function*({ query }) {
         yield* adminOrService
-        const afterId = query.cursor === undefined ? undefined : decodeCursor(query.cursor)
-        if (query.cursor !== undefined && afterId === undefined) return yield* new InvalidCursor()
-        const limit = query.limit ?? defaultLimit
-        return toPage(yield* users.list({ limit: limit + 1, afterId, email: query.email }), limit)
+        const afterId = query.cursor === undefined ? undefined : Pagination.decodeCursor(query.cursor)
+        if (query.cursor !== undefined && afterId === undefined) return yield* new Pagination.InvalidCursor()
+        const limit = query.limit ?? Pagination.defaultLimit
+        return Pagination.toPage(yield* users.list({ limit: limit + 1, afterId, email: query.email }), limit)
       }))
       .handle("create", ({ payload }) => Effect.andThen(admin, users.create(payload)))
       .handle("get", ({ params }) => Effect.andThen(selfAdminOrService(params.id), users.get(params.id)))
       .handle("update", ({ params, payload }) =>
         Effect.andThen(
-          authorize(
+          Identity.authorize(
             (identity) =>
-              hasRole(identity, "admin") ||
-              (isUser(identity, params.id) && payload.role === undefined && payload.active === undefined),
+              Identity.hasRole(identity, "admin") ||
+              (Identity.isUser(identity, params.id) && payload.role === undefined && payload.active === undefined),
             "A user may only change its own name and email"
           ),
           users.update(params.id, payload)
@@ -52,9 +50,9 @@ const UsersHandlers = HttpApiBuilder.group(
   })
 )
 
-const HealthHandlers = HttpApiBuilder.group(UsersApi, "health", (handlers) => handlers.handle("health", healthy("users")))
+const HealthHandlers = HttpApiBuilder.group(UsersApi, "health", (handlers) => handlers.handle("health", Health.healthy("users")))
 
 export const UsersRoutes = HttpApiBuilder.layer(UsersApi).pipe(
   Layer.provide([UsersHandlers, HealthHandlers]),
-  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), MeshIdentity.layer])
+  Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), Identity.MeshIdentity.layer])
 )

@@ -1,7 +1,6 @@
 /** The users Worker: internal, reached only through the router's service binding. */
-import * as Http from "../../runtime/Http.ts"
-import * as Worker from "../../runtime/Worker.ts"
 import { Layer } from "effect"
+import { Http, Worker } from "meshwork"
 import { UsersRoutes } from "./http.ts"
 import { Users } from "./Users.ts"
 

@@ -5,14 +5,19 @@
  * path and query reach the upstream exactly as they were routed. Each
  * attempt is a client span whose W3C trace context the upstream continues.
  */
-import { Effect } from "effect"
-import { readLimited } from "../runtime/Http.ts"
-import * as Problem from "../runtime/Problem.ts"
-import { type BreakerSettings, CircuitBreakers } from "./CircuitBreakers.ts"
-import * as Faults from "./Faults.ts"
-import type { FaultSettings } from "./Faults.ts"
-import * as Retry from "./Retry.ts"
-import * as Telemetry from "./Telemetry.ts"
+import { Clock, Effect, Exit, Option } from "effect"
+import { readLimited } from "../../runtime/Http.ts"
+import * as Problem from "../../runtime/Problem.ts"
+import { type BreakerSettings, CircuitBreakers } from "../resilience/CircuitBreakers.ts"
+import * as Faults from "../resilience/FaultInjection.ts"
+import type { FaultSettings } from "../resilience/FaultInjection.ts"
+import * as Retry from "../resilience/Retries.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
+import * as Traffic from "../release/TrafficManager.ts"
+import * as Identity from "../security/Identity.ts"
+import * as Health from "./HealthReport.ts"
+import { RoutingTable, type Upstream } from "./RoutingTable.ts"
 
 const hopByHop = new Set([
   "connection",
@@ -166,3 +171,81 @@ export const forward = (
         breakers._tag === "Some" ? breakers.value.guard(target, call) : call
     )
   })
+
+type ProxyError =
+  | Problem.BadRequest
+  | Problem.NotFound
+  | Problem.MethodNotAllowed
+  | Problem.BadGateway
+  | Problem.GatewayTimeout
+  | Problem.ServiceUnavailable
+  | Problem.PayloadTooLarge
+
+/** Forwards a request to its upstream; what a proxy's own step wraps. */
+export type Forward = (request: Request) => Effect.Effect<Response, ProxyError, Bindings.Invocation>
+
+/**
+ * Forwards to the route's upstream, or, for a route with versions and a
+ * traffic manager in the layer, to the version it picks: each version has
+ * its own breaker and retry budget (`users@green`), its outcome is counted
+ * for automatic rollback, and the answer says which version served it.
+ */
+const forwardTo = (upstream: Upstream, request: Request) =>
+  Effect.gen(function*() {
+    const versions = upstream.resolvedVersions
+    const traffic = versions === undefined ? undefined : yield* Traffic.trafficManager
+    if (versions === undefined || traffic === undefined) return yield* forward(upstream, request)
+    const identity = Option.getOrUndefined(yield* Effect.serviceOption(Identity.CurrentIdentity))
+    const chosen = yield* traffic.choose(versions, identity, request)
+    const service = chosen.version === versions.defaultVersion ? upstream.service : `${upstream.service}@${chosen.version}`
+    const exit = yield* Effect.exit(forward({ ...upstream, service, fetcher: chosen.fetcher }, request))
+    // Only the version's own failures count against it: not a request refused before it was sent.
+    const failed = exit._tag === "Success"
+      ? exit.value.status >= 500
+      : Exit.findErrorOption(exit).pipe(
+        Option.exists((error) =>
+          error instanceof Problem.BadGateway || error instanceof Problem.GatewayTimeout || error instanceof Problem.ServiceUnavailable
+        )
+      )
+    yield* traffic.record(versions, chosen.version, failed)
+    if (exit._tag === "Failure") return yield* exit
+    const response = new Response(exit.value.body, exit.value)
+    response.headers.set(Traffic.versionHeader, chosen.version)
+    return response
+  })
+
+/**
+ * The fetch handler of a proxy Worker (the gateway, the router): refuse
+ * ambiguous paths, answer `GET /health` with the upstreams' health, forward
+ * everything else to the upstream whose prefix matches, through `around`, the
+ * Worker's own step (the gateway authenticates and rate limits there), 404
+ * otherwise.
+ */
+export const proxy = <E = never, R = never>(
+  service: string,
+  around: (request: Request, forward: Forward) => Effect.Effect<Response, E | ProxyError, Bindings.Invocation | R> = (request, forward) =>
+    forward(request)
+) => {
+  // The gateway's /health is public: one probe of the mesh per 5 s per isolate, however often it is asked.
+  let cached: { readonly report: Health.HealthReport; readonly at: number } | undefined
+  const health = (upstreams: ReadonlyArray<Upstream>) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      cached !== undefined && now - cached.at < Health.cacheMillis
+        ? Effect.succeed(cached.report)
+        : Effect.tap(Health.report(service, upstreams), (report) => Effect.sync(() => (cached = { report, at: now }))))
+  return (request: Request): Effect.Effect<Response, ProxyError | E, RoutingTable | Identity.IdentityKey | Bindings.Invocation | R> =>
+  RoutingTable.use((table): Effect.Effect<Response, ProxyError | E, Identity.IdentityKey | Bindings.Invocation | R> => {
+    const path = new URL(request.url).pathname
+    if (path === "/health") {
+      return request.method === "GET" || request.method === "HEAD"
+        ? Effect.andThen(Telemetry.annotateServerSpan("http.route", "/health"), Effect.map(health(table.upstreams), Health.toResponse))
+        : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
+    }
+    return Effect.flatMap(checkPath(path), (): Effect.Effect<Response, ProxyError | E, Bindings.Invocation | R> => {
+      const upstream = table.match(path)
+      return upstream === undefined
+        ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
+        : Effect.andThen(Telemetry.annotateServerSpan("http.route", `${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
+    })
+  })
+}

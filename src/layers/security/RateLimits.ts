@@ -36,15 +36,21 @@
  * draft-ietf-httpapi-ratelimit-headers); a refused request gets 429
  * problem+json with `Retry-After`.
  */
-import { Config, Context, Duration, Effect, identity, Layer, Schema } from "effect"
+import { Config, Context, Duration, Effect, identity, Layer, Metric, Schema } from "effect"
 import { RateLimiter } from "effect/persistence"
-import * as Bindings from "../runtime/Bindings.ts"
-import * as DurableObjects from "../runtime/DurableObjects.ts"
-import * as Problem from "../runtime/Problem.ts"
-import { Redis } from "../runtime/Redis.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
+import * as DurableObjects from "../../runtime/DurableObjects.ts"
+import * as Problem from "../../runtime/Problem.ts"
+import { Redis } from "../../runtime/Redis.ts"
 import type * as Identity from "./Identity.ts"
-import { matchesPrefix, PathPrefix } from "./Routing.ts"
-import * as Telemetry from "./Telemetry.ts"
+import { matchesPrefix, PathPrefix } from "../routing/RoutingTable.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
+
+/** Requests refused by a rate limit, by limit name. */
+export const rateLimitRejections = Metric.counter("meshwork.ratelimit.rejections", {
+  description: "Requests refused by a rate limit",
+  incremental: true
+})
 
 export const RateLimitPolicy = Schema.Struct({
   name: Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,31}$/)),
@@ -61,7 +67,7 @@ export const RateLimitPolicy = Schema.Struct({
 export type RateLimitPolicy = typeof RateLimitPolicy.Type
 
 /** What a limited request learned: for the `RateLimit` headers. */
-export interface Decision {
+export interface RateLimitDecision {
   readonly policy: RateLimitPolicy
   /** Requests left in the window; unknown with the `cloudflare` store. */
   readonly remaining: number | undefined
@@ -69,7 +75,7 @@ export interface Decision {
 }
 
 /** `RateLimit-Policy` and `RateLimit` header values (draft-ietf-httpapi-ratelimit-headers). */
-export const headers = (decision: Decision): Record<string, string> => ({
+export const rateLimitHeaders = (decision: RateLimitDecision): Record<string, string> => ({
   "ratelimit-policy": `"${decision.policy.name}";q=${decision.policy.limit};w=${decision.policy.windowSeconds}`,
   ratelimit: decision.remaining === undefined
     ? `"${decision.policy.name}";t=${decision.resetSeconds}`
@@ -77,7 +83,7 @@ export const headers = (decision: Decision): Record<string, string> => ({
 })
 
 /** The client a request is counted for: its verified user, else its address. */
-export const clientKey = (identity: Identity.Identity, request: Request): string =>
+export const rateLimitKey = (identity: Identity.Identity, request: Request): string =>
   identity.kind === "user" ? `user:${identity.sub}` : `ip:${request.headers.get("cf-connecting-ip") ?? "unknown"}`
 
 // ---------------------------------------------------------------------------
@@ -190,7 +196,7 @@ export const redisStore = (redis: Redis["Service"], prefix = "meshwork:ratelimit
   const run = (script: string, keys: ReadonlyArray<string>, args: ReadonlyArray<string>) =>
     redis.eval(script, keys, args).pipe(
       Effect.flatMap((reply) => Effect.try({ try: () => pair(reply), catch: (cause) => storeError("Unexpected Redis reply", cause) })),
-      Effect.catchTag("RedisError", (error) => Effect.fail(storeError(`Redis: ${error.message}`, error)))
+      Effect.catchTag("meshwork/Redis/RedisError", (error) => Effect.fail(storeError(`Redis: ${error.message}`, error)))
     )
   return RateLimiter.RateLimiterStore.of({
     fixedWindow: (o) =>
@@ -214,7 +220,7 @@ export const redisStore = (redis: Redis["Service"], prefix = "meshwork:ratelimit
 // The gateway's limiter
 // ---------------------------------------------------------------------------
 
-type Limiter = (policy: RateLimitPolicy, key: string) => Effect.Effect<Decision, RateLimiter.RateLimiterError>
+type Limiter = (policy: RateLimitPolicy, key: string) => Effect.Effect<RateLimitDecision, RateLimiter.RateLimiterError>
 
 /** How long a store may take to decide before the policy's `onStoreError` applies. */
 export const storeTimeoutMillis = 500
@@ -257,7 +263,7 @@ const effectLimiter = (store: RateLimiter.RateLimiterStore["Service"]): Effect.E
           algorithm: policy.algorithm ?? "token-bucket",
           onExceeded: "fail"
         }),
-        (result): Decision => ({
+        (result): RateLimitDecision => ({
           policy,
           remaining: result.remaining,
           resetSeconds: Math.ceil(Duration.toSeconds(result.resetAfter))
@@ -272,7 +278,7 @@ const cloudflareLimiter = (binding: RateLimit): Limiter => (policy, key) =>
   }).pipe(
     Effect.flatMap(({ success }) =>
       success
-        ? Effect.succeed<Decision>({ policy, remaining: undefined, resetSeconds: policy.windowSeconds })
+        ? Effect.succeed<RateLimitDecision>({ policy, remaining: undefined, resetSeconds: policy.windowSeconds })
         : Effect.fail(
           new RateLimiter.RateLimiterError({
             reason: new RateLimiter.RateLimitExceeded({
@@ -296,8 +302,8 @@ export class RateLimits extends Context.Service<RateLimits, {
   readonly consume: (
     policy: RateLimitPolicy,
     key: string
-  ) => Effect.Effect<Decision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable>
-}>()("meshwork/layers/RateLimits") {
+  ) => Effect.Effect<RateLimitDecision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable>
+}>()("meshwork/layers/security/RateLimits") {
   /** Policies from `RATE_LIMITS`; each store is set up, and its binding checked, only if a policy uses it. */
   static readonly layer = Layer.effect(
     RateLimits,
@@ -345,13 +351,13 @@ export class RateLimits extends Context.Service<RateLimits, {
               duration: Duration.millis(storeTimeoutMillis),
               orElse: () => Effect.fail(storeError(`The ${policy.store} store did not answer in time`))
             }),
-            Effect.catch((error): Effect.Effect<Decision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable> => {
+            Effect.catch((error): Effect.Effect<RateLimitDecision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable> => {
               const reason = error.reason
               if (reason._tag === "RateLimitExceeded") {
                 return Effect.andThen(
                   Effect.all([
                     Telemetry.event("ratelimit.rejected", { "meshwork.ratelimit": policy.name }),
-                    Telemetry.record(Telemetry.rateLimitRejections, 1, { limit: policy.name }),
+                    Telemetry.record(rateLimitRejections, 1, { limit: policy.name }),
                     Telemetry.annotateServerSpan("error.type", "TooManyRequests")
                   ]),
                   Effect.fail(

@@ -9,7 +9,8 @@
  *   and refused once older than `TOKEN_MAX_AGE_SECONDS` (300) from `iat`.
  *   Unknown `crit` headers are refused; `jku`, `x5u` and embedded keys are
  *   never used: keys come only from the JWKS, found by `kid`.
- * - The JWKS is fetched from the auth service (through the router) and kept
+ * - The JWKS is fetched from `jwksUrl` over the service binding `binding`
+ *   (in the reference mesh: the auth service, through the router) and kept
  *   in the isolate for `JWKS_MAX_AGE_SECONDS` (300), so a retired key stops
  *   verifying within that time. A token with an unknown `kid` triggers a
  *   refresh at most once per `JWKS_COOLDOWN_SECONDS` (30), so random kids
@@ -18,21 +19,23 @@
  *   key leaves the JWKS): a client's next requests with the same token skip
  *   the ES256 check, the gateway's largest cost per request. Expiry and
  *   maximum age are still checked on every use.
- * - The token's user is looked up in the users service and cached in the
- *   isolate for `USER_STATUS_TTL_SECONDS` (30): a user disabled or demoted is
- *   refused (403) or loses the role at most that long after the change. The
- *   identity passed on carries the role the users service holds now.
+ * - With `userUrl`, the token's user is looked up (a 200 answer
+ *   `{ id, role, active }`, or 404) and cached in the isolate for
+ *   `USER_STATUS_TTL_SECONDS` (30): a user disabled or demoted is refused
+ *   (403) or loses the role at most that long after the change, and the
+ *   identity passed on carries the role held now. Without it, the token's
+ *   `roles` claim stands until the token expires.
  *
  * Failures are 401 with `WWW-Authenticate: Bearer ... error="invalid_token"`
  * (RFC 6750), or 403 for a disabled account, both problem+json.
  */
 import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
 import { decodeProtectedHeader, importJWK, type JWK, jwtVerify } from "jose"
-import * as Bindings from "../runtime/Bindings.ts"
-import * as Problem from "../runtime/Problem.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
+import * as Problem from "../../runtime/Problem.ts"
 import * as Identity from "./Identity.ts"
-import * as Proxy from "./Proxy.ts"
-import * as Telemetry from "./Telemetry.ts"
+import * as Proxy from "../routing/Proxy.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
 
 export const realm = "meshwork"
 
@@ -103,37 +106,53 @@ interface UserStatus {
   readonly until: number
 }
 
+/** Where the identity provider and the user lookup are, for `Authenticator.layer`. */
+export interface AuthenticatorOptions {
+  /** The service binding every lookup goes through. */
+  readonly binding: string
+  /** The JWKS of the token issuer, reached through `binding`. */
+  readonly jwksUrl: string
+  /**
+   * Where a token's user is looked up: a GET answering 200 with
+   * `{ id, role, active }`, or 404. Optional.
+   */
+  readonly userUrl?: ((userId: string) => string) | undefined
+  /** This Worker's name, which its lookups are signed as. */
+  readonly caller: string
+}
+
 /** The identity provider as the gateway sees it: keys, token verification, user status. */
 export class Authenticator extends Context.Service<Authenticator, {
   /** Verifies a token and returns the identity to pass on inside the mesh. */
   readonly authenticate: (token: string) => Effect.Effect<Identity.Identity, Problem.Unauthorized | Problem.Forbidden | Problem.BadGateway>
   /** How many times the JWKS has been fetched by this isolate (for tests and monitoring). */
   readonly jwksFetches: () => number
-}>()("meshwork/layers/Authentication/Authenticator") {
-  /** Reaches the auth and users services through the Fetcher bound as `binding` (the router). */
-  static readonly layer = (binding = "ROUTER") =>
+}>()("meshwork/layers/security/Authenticator") {
+  /** The identity provider described by `options`; settings from the Worker's vars. */
+  static readonly layer = (options: AuthenticatorOptions) =>
     Layer.effect(
       Authenticator,
       Effect.gen(function*() {
         const settings = yield* AuthenticationSettings
-        const upstream = yield* Bindings.fetcher(binding)
+        const upstream = yield* Bindings.fetcher(options.binding)
         const key = yield* Identity.IdentityKey
+        const service = options.binding.toLowerCase()
 
-        // Internal calls carry the gateway's own identity, like any other Worker's.
-        const internal = (path: string) =>
+        // Internal calls carry this Worker's own identity, like any other Worker's.
+        const internal = (url: string) =>
           Effect.gen(function*() {
-            const assertion = yield* Identity.sign({ kind: "service", sub: "gateway" })
+            const assertion = yield* Identity.sign({ kind: "service", sub: options.caller })
             const trace = yield* Telemetry.activeCarrier
             const response = yield* Effect.tryPromise({
-              try: () => upstream.fetch(`http://router.internal${path}`, { headers: { ...trace, [Identity.header]: assertion } }),
-              catch: () => new Problem.BadGateway({ service: "router" })
+              try: () => upstream.fetch(url, { headers: { ...trace, [Identity.header]: assertion } }),
+              catch: () => new Problem.BadGateway({ service })
             })
             yield* Effect.annotateCurrentSpan("http.response.status_code", response.status)
             const body = yield* Effect.promise(() => response.text())
             return { status: response.status, body }
           }).pipe(
             Effect.provideService(Identity.IdentityKey, key),
-            Effect.withSpan("GET router", { kind: "client", attributes: { "http.request.method": "GET", "url.path": path } }, {
+            Effect.withSpan(`GET ${service}`, { kind: "client", attributes: { "http.request.method": "GET", "url.full": url } }, {
               captureStackTrace: false
             })
           )
@@ -147,7 +166,7 @@ export class Authenticator extends Context.Service<Authenticator, {
         const refresh = Effect.gen(function*() {
           lastRefresh = yield* Clock.currentTimeMillis
           fetches++
-          const { status, body } = yield* internal("/api/auth/.well-known/jwks.json")
+          const { status, body } = yield* internal(options.jwksUrl)
           if (status !== 200) return yield* new Problem.BadGateway({ service: "auth", detail: "The JWKS is unavailable" })
           const jwks = yield* Effect.mapError(decodeJwks(body), () => new Problem.BadGateway({ service: "auth" }))
           const next = new Map<string, CryptoKey>()
@@ -224,12 +243,12 @@ export class Authenticator extends Context.Service<Authenticator, {
 
         // User status, per isolate: settled answers only, never a shared in-flight lookup.
         const users = new Map<string, UserStatus>()
-        const userStatus = (id: string) =>
+        const userStatus = (id: string, userUrl: (id: string) => string) =>
           Effect.gen(function*() {
             const now = yield* Clock.currentTimeMillis
             const cached = users.get(id)
             if (cached !== undefined && cached.until > now) return cached
-            const { status, body } = yield* internal(`/api/users/${encodeURIComponent(id)}`)
+            const { status, body } = yield* internal(userUrl(id))
             let found: UserStatus
             if (status === 404) {
               found = { exists: false, active: false, role: "", until: now + settings.userStatusTtlSeconds * 1000 }
@@ -249,7 +268,9 @@ export class Authenticator extends Context.Service<Authenticator, {
           authenticate: (token) =>
             Effect.gen(function*() {
               const claims = yield* verify(token)
-              const user = yield* userStatus(claims.sub)
+              const userUrl = options.userUrl
+              if (userUrl === undefined) return { kind: "user" as const, sub: claims.sub, roles: claims.roles }
+              const user = yield* userStatus(claims.sub, userUrl)
               if (!user.exists) return yield* invalidToken("The token's user no longer exists")
               if (!user.active) return yield* new Problem.Forbidden({ detail: "The account is disabled" })
               return { kind: "user" as const, sub: claims.sub, roles: [user.role] }
@@ -262,7 +283,7 @@ export class Authenticator extends Context.Service<Authenticator, {
 /** The gateway's public routes, from `PUBLIC_ROUTES` (default: login, refresh, JWKS). */
 export class PublicRoutes extends Context.Service<PublicRoutes, {
   readonly isPublic: (method: string, path: string) => boolean
-}>()("meshwork/layers/Authentication/PublicRoutes") {
+}>()("meshwork/layers/security/Authenticator/PublicRoutes") {
   static readonly layer = Layer.effect(
     PublicRoutes,
     Effect.map(

@@ -20,8 +20,10 @@
  * add `Retries.layer` to a proxy Worker to turn retries on.
  */
 import { Cause, Clock, Context, Duration, Effect, Layer, Random, Schedule, Schema } from "effect"
-import * as Problem from "../runtime/Problem.ts"
-import * as Telemetry from "./Telemetry.ts"
+import { HttpClientError, type HttpClientResponse } from "effect/http"
+import * as Problem from "../../runtime/Problem.ts"
+import type * as ServiceClient from "../../runtime/ServiceClient.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
 
 const Millis = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))
 
@@ -110,7 +112,31 @@ export class RetryBudget {
 /** Retries for upstream calls; present in a Worker's layer means on. */
 export class Retries extends Context.Service<Retries, {
   readonly budget: (upstream: string) => RetryBudget
-}>()("meshwork/layers/Retry/Retries") {
+}>()("meshwork/layers/resilience/Retries") {
+  /**
+   * A typed client's policy (`ServiceClient.make(api, binding, { policy })`):
+   * its idempotent calls to `upstream` retried as a route's are, when the
+   * calling Worker's layer has `Retries`. A deadline that passes is a
+   * transport error, like an attempt's timeout.
+   */
+  static readonly policy = (upstream: string, retry?: RetrySettings): ServiceClient.Policy => (attempt, request) =>
+    withRetries({
+      upstream,
+      method: request.method,
+      hasIdempotencyKey: request.headers["idempotency-key"] !== undefined,
+      timeoutMs: undefined,
+      retry,
+      attempt,
+      answer: clientResponse,
+      unreachable: isTransportError
+    }).pipe(Effect.mapError((error) =>
+      error instanceof Problem.GatewayTimeout
+        ? new HttpClientError.HttpClientError({
+          reason: new HttpClientError.TransportError({ request, description: error.detail ?? "timed out" })
+        })
+        : error
+    ))
+
   static readonly layer = Layer.sync(Retries, () => {
     const budgets = new Map<string, RetryBudget>()
     return Retries.of({
@@ -237,3 +263,12 @@ export const withRetries = <A, E, R>(options: {
     })
   })
 }
+
+/** Answers of a typed client (`effect/http` responses); their bodies are released by Effect's client. */
+const clientResponse: Answer<HttpClientResponse.HttpClientResponse> = {
+  status: (response) => response.status,
+  retryAfter: (response) => response.headers["retry-after"],
+  release: () => {}
+}
+
+const isTransportError = (error: HttpClientError.HttpClientError) => error.reason._tag === "TransportError"

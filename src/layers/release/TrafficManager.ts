@@ -37,10 +37,10 @@
  * without the `MESH_CONFIG` binding uses each route's default version.
  */
 import { Clock, Context, Effect, Layer, Option, Schema } from "effect"
-import * as Bindings from "../runtime/Bindings.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
 import * as ConfigStore from "./ConfigStore.ts"
-import { hasRole, type Identity } from "./Identity.ts"
-import { fnv1a64 } from "./Sharding.ts"
+import { hasRole, type Identity } from "../security/Identity.ts"
+import { fnv1a64 } from "../state/Sharding.ts"
 
 export const VersionName = Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,31}$/))
 export const ServiceName = Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,63}$/))
@@ -129,7 +129,7 @@ export class TrafficManager extends Context.Service<TrafficManager, {
   ) => Effect.Effect<{ readonly version: string; readonly fetcher: Fetcher }>
   /** Counts an answer of `version`; may trip the automatic rollback of a canary. */
   readonly record: (versions: Versions, version: string, failed: boolean) => Effect.Effect<void, never, Bindings.Invocation>
-}>()("meshwork/layers/Traffic/TrafficManager") {
+}>()("meshwork/layers/release/TrafficManager") {
   static readonly make = (kv: KVNamespace | undefined, cacheMillis: number): TrafficManager["Service"] => {
     const splits = ConfigStore.cached(kv, cacheMillis, TrafficSplit)
     const windows = new Map<string, Window>()
@@ -184,7 +184,7 @@ export class TrafficManager extends Context.Service<TrafficManager, {
           if (kv !== undefined) {
             yield* Bindings.waitUntil(
               rollback(kv, versions.service, reason, version).pipe(
-                Effect.catchTag("ConfigStoreError", (error) => Effect.logError(`Writing the rollback of ${versions.service} failed`, error.cause))
+                Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", (error) => Effect.logError(`Writing the rollback of ${versions.service} failed`, error.cause))
               )
             )
           }

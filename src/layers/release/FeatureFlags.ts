@@ -21,8 +21,8 @@
  */
 import { Context, Effect, Layer, Schema } from "effect"
 import * as ConfigStore from "./ConfigStore.ts"
-import type { Identity } from "./Identity.ts"
-import { fnv1a64 } from "./Sharding.ts"
+import type { Identity } from "../security/Identity.ts"
+import { fnv1a64 } from "../state/Sharding.ts"
 
 export const FlagName = Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,63}$/))
 
@@ -62,7 +62,7 @@ export const deleteFlag = (kv: KVNamespace, name: string) => ConfigStore.remove(
 
 export class FeatureFlags extends Context.Service<FeatureFlags, {
   readonly isOn: (name: string, identity: Identity | undefined) => Effect.Effect<boolean>
-}>()("meshwork/layers/FeatureFlags") {
+}>()("meshwork/layers/release/FeatureFlags") {
   static readonly make = (kv: KVNamespace | undefined, cacheMillis: number): FeatureFlags["Service"] => {
     const flags = ConfigStore.cached(kv, cacheMillis, Flag)
     return FeatureFlags.of({

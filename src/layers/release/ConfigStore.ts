@@ -4,10 +4,10 @@
  * cache. A KV failure never fails a request: the last copy read stands.
  */
 import { Clock, Config, Effect, Option, Schema } from "effect"
-import * as Bindings from "../runtime/Bindings.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
 
 /** KV failed (unreachable, or over its write rate). */
-export class ConfigStoreError extends Schema.TaggedError<ConfigStoreError>()("ConfigStoreError", {
+export class ConfigStoreError extends Schema.TaggedError<ConfigStoreError>()("meshwork/ConfigStore/ConfigStoreError", {
   cause: Schema.Defect()
 }) {}
 
@@ -53,7 +53,7 @@ export const cached = <A>(kv: KVNamespace | undefined, cacheMillis: number, sche
         if (kv === undefined || hit !== undefined && now - hit.at < cacheMillis) return Effect.succeed(hit?.value)
         return read(kv, key, schema).pipe(
           Effect.tap((value) => Effect.sync(() => copies.set(key, { value, at: now }))),
-          Effect.catchTag("ConfigStoreError", (error) =>
+          Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", (error) =>
             Effect.as(Effect.logWarning(`Configuration ${key} unreadable; keeping the last copy`, error.cause), hit?.value))
         )
       }),

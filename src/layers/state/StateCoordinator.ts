@@ -38,9 +38,9 @@
  * a key created again never repeats an ETag a client may still hold.
  */
 import { Clock, Context, Duration, Effect, Layer, Result, Schema } from "effect"
-import * as DurableObjects from "../runtime/DurableObjects.ts"
+import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
-import * as Telemetry from "./Telemetry.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
 
 export interface Definition<S, C> {
   /** Names the objects (`<name>/<key>`) and appears in errors. */
@@ -100,28 +100,28 @@ export const parseIfMatch = (header: string | undefined): Precondition | undefin
   return versions
 }
 
-export class StateNotFound extends Schema.TaggedError<StateNotFound>()("StateNotFound", {
+export class StateNotFound extends Schema.TaggedError<StateNotFound>()("meshwork/StateCoordinator/StateNotFound", {
   key: Schema.String
 }) {}
 
-export class StateExists extends Schema.TaggedError<StateExists>()("StateExists", {
+export class StateExists extends Schema.TaggedError<StateExists>()("meshwork/StateCoordinator/StateExists", {
   key: Schema.String
 }) {}
 
 /** The entry is at `currentVersion`, which the write's precondition does not accept. */
-export class VersionMismatch extends Schema.TaggedError<VersionMismatch>()("VersionMismatch", {
+export class VersionMismatch extends Schema.TaggedError<VersionMismatch>()("meshwork/StateCoordinator/VersionMismatch", {
   key: Schema.String,
   currentVersion: Schema.Number
 }) {}
 
 /** A change (or a replacement state) the definition refuses, or a state over its size limit. */
-export class InvalidChange extends Schema.TaggedError<InvalidChange>()("InvalidChange", {
+export class InvalidChange extends Schema.TaggedError<InvalidChange>()("meshwork/StateCoordinator/InvalidChange", {
   key: Schema.String,
   reason: Schema.String
 }) {}
 
 /** The object could not be reached or failed. */
-export class StateUnavailable extends Schema.TaggedError<StateUnavailable>()("StateUnavailable", {
+export class StateUnavailable extends Schema.TaggedError<StateUnavailable>()("meshwork/StateCoordinator/StateUnavailable", {
   key: Schema.String,
   cause: Schema.Defect()
 }) {}

@@ -28,10 +28,10 @@
  * lock is needed to implement the lock.
  */
 import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
-import * as Bindings from "../runtime/Bindings.ts"
-import * as DurableObjects from "../runtime/DurableObjects.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
+import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
-import * as Telemetry from "./Telemetry.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
 
 /** A held lock: pass `fencingToken` to every write it protects. */
 export interface Lease {
@@ -43,24 +43,24 @@ export interface Lease {
 }
 
 /** Someone else holds the lock; it is free by `retryAfterMillis` at the latest, unless renewed. */
-export class LockHeld extends Schema.TaggedError<LockHeld>()("LockHeld", {
+export class LockHeld extends Schema.TaggedError<LockHeld>()("meshwork/Locks/LockHeld", {
   key: Schema.String,
   retryAfterMillis: Schema.Number
 }) {}
 
 /** The lease expired (or was taken over) before it was renewed: stop writing under it. */
-export class LockLost extends Schema.TaggedError<LockLost>()("LockLost", {
+export class LockLost extends Schema.TaggedError<LockLost>()("meshwork/Locks/LockLost", {
   key: Schema.String,
   fencingToken: Schema.Number
 }) {}
 
 /** A release by someone who does not hold the lock (any more). */
-export class LockNotHeld extends Schema.TaggedError<LockNotHeld>()("LockNotHeld", {
+export class LockNotHeld extends Schema.TaggedError<LockNotHeld>()("meshwork/Locks/LockNotHeld", {
   key: Schema.String
 }) {}
 
 /** The lock object could not be reached or failed. */
-export class LockUnavailable extends Schema.TaggedError<LockUnavailable>()("LockUnavailable", {
+export class LockUnavailable extends Schema.TaggedError<LockUnavailable>()("meshwork/Locks/LockUnavailable", {
   key: Schema.String,
   cause: Schema.Defect()
 }) {}
@@ -100,7 +100,7 @@ export class LockTable extends Context.Service<LockTable, {
   /** Frees every lease past its time and sets the alarm for the next one: the alarm handler. */
   readonly expire: Effect.Effect<void>
   readonly holder: (key: string) => Effect.Effect<Lease | undefined>
-}>()("meshwork/layers/Locks/LockTable") {
+}>()("meshwork/layers/state/Locks/LockTable") {
   static readonly make = (state: DurableObjectState) => {
     const storage = state.storage
     const sql = storage.sql
@@ -241,7 +241,7 @@ export class Locks extends Context.Service<Locks, {
     use: (lease: Lease) => Effect.Effect<A, E, R>,
     options?: LockOptions
   ) => Effect.Effect<A, E | LockHeld | LockLost | LockUnavailable, R>
-}>()("meshwork/layers/Locks") {
+}>()("meshwork/layers/state/Locks") {
   static readonly make = (namespace: DurableObjectNamespace): Locks["Service"] => {
     const stub = (key: string) => Sharding.objectFor(namespace, "lock", Sharding.perKey, key) as unknown as LockStub
     const call = <A>(key: string, f: (object: LockStub, trace: Telemetry.Carrier | undefined) => Promise<A>) =>
@@ -283,7 +283,7 @@ export class Locks extends Context.Service<Locks, {
       Effect.flatMap(Clock.currentTimeMillis, (start) => {
         const attempt: Effect.Effect<Lease, LockHeld | LockUnavailable> = Effect.catchTag(
           acquire(key, options),
-          "LockHeld",
+          "meshwork/Locks/LockHeld",
           (held) =>
             Effect.flatMap(Clock.currentTimeMillis, (now) => {
               const left = start + waitMillis - now
@@ -314,7 +314,7 @@ export class Locks extends Context.Service<Locks, {
           if (remaining <= 0) return yield* lost(lease)
           const renewed = yield* renew(lease, ttl).pipe(
             Effect.timeoutOption(remaining),
-            Effect.catchTag("LockUnavailable", () => Effect.succeedNone)
+            Effect.catchTag("meshwork/Locks/LockUnavailable", () => Effect.succeedNone)
           )
           // Renewed: the next renewal in a third of the ttl. Unreachable or too slow: try again soon.
           return yield* Option.isSome(renewed) ? loop(renewed.value, Math.floor(ttl / 3)) : loop(lease, Math.floor(ttl / 10))

@@ -1,6 +1,6 @@
 /**
- * The gateway's own admin API, under `/api/admin` (admins only; the request
- * is authenticated and rate limited like any other first):
+ * The mesh's admin API, served by a public Worker under `/api/admin` (admins
+ * only; the gateway authenticates and rate limits the request first):
  *
  *   GET    /api/admin/status                      traffic splits and flags
  *   GET    /api/admin/traffic                     every service's split
@@ -12,15 +12,15 @@
  *   POST   /api/admin/cache/purge                 { urls?, tags? }
  *
  * Splits and flags live in the `MESH_CONFIG` KV namespace the routers and
- * services read (src/layers/Traffic.ts, src/layers/FeatureFlags.ts).
+ * services read (TrafficManager.ts, FeatureFlags.ts).
  */
 import { Effect, Schema } from "effect"
-import { EdgeCache } from "../../layers/EdgeCache.ts"
-import * as FeatureFlags from "../../layers/FeatureFlags.ts"
-import { hasRole, type Identity } from "../../layers/Identity.ts"
-import * as Traffic from "../../layers/Traffic.ts"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as Problem from "../../runtime/Problem.ts"
+import { EdgeCache } from "../edge/EdgeCache.ts"
+import { hasRole, type Identity } from "../security/Identity.ts"
+import * as FeatureFlags from "./FeatureFlags.ts"
+import * as Traffic from "./TrafficManager.ts"
 
 export const adminPrefix = "/api/admin"
 
@@ -51,15 +51,15 @@ const name = (value: string | undefined, schema: Schema.Codec<string, string>, w
 const storeDown = () => Effect.fail(new Problem.ServiceUnavailable({ detail: "The mesh configuration store failed; try again" }))
 
 const config = Bindings.kv("MESH_CONFIG").pipe(
-  Effect.catchTag("MissingBinding", () =>
+  Effect.catchTag("meshwork/Bindings/MissingBinding", () =>
     Effect.fail(new Problem.ServiceUnavailable({ detail: "The mesh configuration store (MESH_CONFIG) is not bound" })))
 )
 
 const notAllowed = (allowed: string) => Effect.fail(new Problem.MethodNotAllowed({ detail: allowed }))
 
 /** Answers an `/api/admin/...` request. */
-export const admin = (request: Request, identity: Identity) =>
-  answer(request, identity).pipe(Effect.catchTag("ConfigStoreError", storeDown))
+export const meshAdmin = (request: Request, identity: Identity) =>
+  answer(request, identity).pipe(Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", storeDown))
 
 const answer = (request: Request, identity: Identity) =>
   Effect.gen(function*() {

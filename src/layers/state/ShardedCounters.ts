@@ -21,9 +21,9 @@
  * their old shard: plan the count up front, or migrate.
  */
 import { Context, Effect, Layer, Schema } from "effect"
-import * as DurableObjects from "../runtime/DurableObjects.ts"
+import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
-import * as Telemetry from "./Telemetry.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
 
 export interface Count {
   readonly key: string
@@ -31,7 +31,7 @@ export interface Count {
 }
 
 /** The counters object could not be reached or failed. */
-export class CountersUnavailable extends Schema.TaggedError<CountersUnavailable>()("CountersUnavailable", {
+export class CountersUnavailable extends Schema.TaggedError<CountersUnavailable>()("meshwork/ShardedCounters/CountersUnavailable", {
   cause: Schema.Defect()
 }) {}
 
@@ -40,7 +40,7 @@ class CounterTable extends Context.Service<CounterTable, {
   readonly add: (key: string, by: number) => number
   readonly get: (keys: ReadonlyArray<string>) => Record<string, number>
   readonly top: (limit: number) => Array<Count>
-}>()("meshwork/layers/ShardedCounters/CounterTable") {
+}>()("meshwork/layers/state/ShardedCounters/CounterTable") {
   static readonly layer = Layer.effect(
     CounterTable,
     DurableObjects.State.useSync((state) => {

@@ -22,7 +22,7 @@ import { Clock, Config, Context, Effect, Layer, Redacted, Result, Schema } from 
 import { Base64Url } from "effect/encoding"
 import { HttpApiMiddleware, HttpApiSecurity } from "effect/http-api"
 import { HttpClientRequest } from "effect/http"
-import * as Problem from "../runtime/Problem.ts"
+import * as Problem from "../../runtime/Problem.ts"
 
 export const header = "x-meshwork-identity"
 
@@ -95,7 +95,7 @@ export class IdentityKey extends Context.Service<IdentityKey, {
   readonly key: CryptoKey
   readonly signed: Map<string, Signed>
   readonly verified: Map<string, Verified>
-}>()("meshwork/layers/Identity/IdentityKey") {
+}>()("meshwork/layers/security/Identity/IdentityKey") {
   static readonly layer = Layer.effect(
     IdentityKey,
     Effect.gen(function*() {
@@ -172,7 +172,7 @@ export const verify = (value: string | null | undefined) =>
 
 /** The identity of the current request, as the mesh asserted it. */
 export class CurrentIdentity extends Context.Service<CurrentIdentity, Identity>()(
-  "meshwork/layers/Identity/CurrentIdentity"
+  "meshwork/layers/security/Identity/CurrentIdentity"
 ) {}
 
 /**
@@ -183,7 +183,7 @@ export class CurrentIdentity extends Context.Service<CurrentIdentity, Identity>(
 export class MeshIdentity extends HttpApiMiddleware.Service<MeshIdentity, {
   provides: CurrentIdentity
   requires: never
-}>()("meshwork/layers/Identity/MeshIdentity", {
+}>()("meshwork/layers/security/Identity/MeshIdentity", {
   security: { assertion: HttpApiSecurity.apiKey({ key: header, in: "header" }) },
   error: Problem.Unauthorized,
   requiredForClient: true

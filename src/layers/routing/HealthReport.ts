@@ -8,10 +8,9 @@
  * proxy reuses its report for 5 s.
  */
 import { Duration, Effect, Schema } from "effect"
-import { CircuitBreakers } from "./CircuitBreakers.ts"
-import * as Identity from "./Identity.ts"
-import type { Upstream } from "./Routing.ts"
-import * as Telemetry from "./Telemetry.ts"
+import { CircuitBreakers } from "../resilience/CircuitBreakers.ts"
+import * as Identity from "../security/Identity.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
 
 export const UpstreamHealth = Schema.Struct({
   status: Schema.Literals(["up", "down"]),
@@ -31,6 +30,12 @@ export type HealthReport = typeof HealthReport.Type
 
 const decodeReport = Schema.decodeUnknownEffect(Schema.fromJsonString(HealthReport))
 
+/** An upstream to probe: its name and its binding. */
+export interface Probed {
+  readonly service: string
+  readonly fetcher: Fetcher
+}
+
 export const defaultProbeTimeout = Duration.seconds(2)
 
 /** How long a proxy reuses its last report: /health is public, probing the mesh is not free. */
@@ -44,7 +49,7 @@ const down = (detail: string): UpstreamHealth => ({ status: "down", detail })
  */
 export const probe = (
   from: string,
-  upstream: Pick<Upstream, "service" | "fetcher">,
+  upstream: Probed,
   timeout: Duration.Duration = defaultProbeTimeout
 ) =>
   Effect.gen(function*() {
@@ -72,7 +77,7 @@ export const probe = (
   )
 
 /** `entries` with the caller's breaker state added to its direct upstreams. */
-const withBreakers = (upstreams: ReadonlyArray<Pick<Upstream, "service">>, entries: Record<string, UpstreamHealth>) =>
+const withBreakers = (upstreams: ReadonlyArray<Pick<Probed, "service">>, entries: Record<string, UpstreamHealth>) =>
   Effect.flatMap(Effect.serviceOption(CircuitBreakers), (breakers) =>
     breakers._tag === "None"
       ? Effect.succeed(entries)
@@ -89,7 +94,7 @@ const withBreakers = (upstreams: ReadonlyArray<Pick<Upstream, "service">>, entri
       ))
 
 /** The health report of `service`, probing all of `upstreams`. */
-export const report = (service: string, upstreams: ReadonlyArray<Pick<Upstream, "service" | "fetcher">>) =>
+export const report = (service: string, upstreams: ReadonlyArray<Probed>) =>
   Effect.flatMap(
     Effect.forEach(upstreams, (upstream) => probe(service, upstream), { concurrency: "unbounded" }),
     (entries) =>

@@ -37,13 +37,19 @@
  * per data center: a purge clears this location; purging every location is
  * Cloudflare's zone purge API, which this does not call.
  */
-import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
-import * as Bindings from "../runtime/Bindings.ts"
-import * as DurableObjects from "../runtime/DurableObjects.ts"
-import type { Identity } from "./Identity.ts"
-import { matchesPrefix } from "./Routing.ts"
-import * as Sharding from "./Sharding.ts"
-import * as Telemetry from "./Telemetry.ts"
+import { Clock, Config, Context, Effect, Layer, Metric, Schema } from "effect"
+import * as Bindings from "../../runtime/Bindings.ts"
+import * as DurableObjects from "../../runtime/DurableObjects.ts"
+import type { Identity } from "../security/Identity.ts"
+import { matchesPrefix } from "../routing/RoutingTable.ts"
+import * as Sharding from "../state/Sharding.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
+
+/** Edge cache lookups by result (HIT, STALE, MISS, BYPASS...): the hit ratio is HIT+STALE over all. */
+export const cacheResults = Metric.counter("meshwork.cache.requests", {
+  description: "Edge cache lookups by result",
+  incremental: true
+})
 
 export const CacheRoute = Schema.Struct({
   prefix: Schema.String.check(Schema.isStartingWith("/")),
@@ -159,7 +165,7 @@ interface TagTable {
   readonly forget: (tag: string, keys: ReadonlyArray<string>) => void
 }
 
-class TagIndex extends Context.Service<TagIndex, TagTable>()("meshwork/layers/EdgeCache/TagIndex") {
+class TagIndex extends Context.Service<TagIndex, TagTable>()("meshwork/layers/edge/EdgeCache/TagIndex") {
   static readonly layer = Layer.effect(
     TagIndex,
     DurableObjects.State.useSync((state) => {
@@ -259,7 +265,7 @@ export class EdgeCache extends Context.Service<EdgeCache, {
    * the entries carrying the given tags, in this data center; answers how many.
    */
   readonly purge: (what: { readonly urls?: ReadonlyArray<string>; readonly tags?: ReadonlyArray<string> }) => Effect.Effect<number>
-}>()("meshwork/layers/EdgeCache") {
+}>()("meshwork/layers/edge/EdgeCache") {
   static readonly make = (options: CacheOptions): EdgeCache["Service"] => {
     const ordered = [...options.routes].sort((a, b) => b.prefix.length - a.prefix.length)
     const cache = options.cache
@@ -428,7 +434,7 @@ export class EdgeCache extends Context.Service<EdgeCache, {
         if (status === null) return Effect.void
         return Effect.andThen(
           Telemetry.event("cache.lookup", { "meshwork.cache.result": status, "meshwork.cache.route": route.prefix }),
-          Telemetry.record(Telemetry.cacheResults, 1, { result: status })
+          Telemetry.record(cacheResults, 1, { result: status })
         )
       }))
 

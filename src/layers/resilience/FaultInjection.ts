@@ -28,7 +28,7 @@ export type FaultSettings = typeof FaultSettings.Type
 
 /** Whether route `faults` settings take effect in this Worker. */
 export class FaultInjection extends Context.Service<FaultInjection, { readonly enabled: boolean }>()(
-  "meshwork/layers/Faults/FaultInjection"
+  "meshwork/layers/resilience/FaultInjection"
 ) {
   /** On when the var `FAULT_INJECTION` is `true`; off by default. */
   static readonly layer = Layer.effect(

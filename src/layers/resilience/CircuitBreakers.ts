@@ -24,12 +24,17 @@
  *
  * Add `CircuitBreakers.layer` to a proxy Worker's layer to turn them on.
  */
-import { Cause, Clock, Config, Context, Duration, Effect, Exit, Layer, Schedule, Schema, Scope } from "effect"
+import { Cause, Clock, Config, Context, Duration, Effect, Exit, Layer, Metric, Schedule, Schema, Scope } from "effect"
 import { CircuitBreaker } from "effect/persistence"
-import * as Bindings from "../runtime/Bindings.ts"
-import * as DurableObjects from "../runtime/DurableObjects.ts"
-import * as Problem from "../runtime/Problem.ts"
-import * as Telemetry from "./Telemetry.ts"
+import * as Bindings from "../../runtime/Bindings.ts"
+import * as DurableObjects from "../../runtime/DurableObjects.ts"
+import * as Problem from "../../runtime/Problem.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
+
+/** A circuit breaker's state per upstream: 0 closed, 1 half-open, 2 open. */
+export const breakerState = Metric.gauge("meshwork.breaker.state", {
+  description: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open"
+})
 
 export const BreakerSettings = Schema.Struct({
   /** Open after this many failures in a row. */
@@ -365,7 +370,7 @@ const stateValue = { Closed: 0, HalfOpen: 1, Open: 2 } as const
 const observeState = (key: string, state: keyof typeof stateValue, event: string, attributes: Record<string, unknown> = {}) =>
   Effect.andThen(
     Telemetry.event(event, { "meshwork.breaker": key, "meshwork.breaker.state": state, ...attributes }),
-    Telemetry.record(Telemetry.breakerState, stateValue[state], { upstream: key })
+    Telemetry.record(breakerState, stateValue[state], { upstream: key })
   )
 
 const observeTransition = (transition: CircuitBreaker.Transition | undefined) =>
@@ -400,7 +405,7 @@ export class CircuitBreakers extends Context.Service<CircuitBreakers, {
     call: Effect.Effect<Response, E, R>
   ) => Effect.Effect<Response, E | Problem.ServiceUnavailable, R>
   readonly state: (service: string) => Effect.Effect<CircuitBreaker.State["_tag"] | undefined>
-}>()("meshwork/layers/CircuitBreakers") {
+}>()("meshwork/layers/resilience/CircuitBreakers") {
   /**
    * Breakers over `BREAKER_STORE`: `memory` (default, per isolate) or
    * `durable-object` (shared by every isolate: the BREAKERS binding).

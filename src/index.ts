@@ -1,0 +1,73 @@
+/**
+ * Meshwork: a typed service framework on Effect for a service mesh of
+ * Cloudflare Workers. This is the whole public surface: what a Worker
+ * imports as `meshwork`.
+ *
+ * Two kinds of export:
+ * - a module of functions is a namespace (`Worker.make`, `Http.serve`,
+ *   `Problem.NotFound`, `StateCoordinator.define`);
+ * - a service is its class, whose static `layer` adds it to a Worker in one
+ *   line (`CircuitBreakers.layer`, `Locks.layer("LOCKS")`); settings schemas
+ *   and the Durable Object classes a Worker must export sit beside it.
+ *
+ * docs/ has a page per concern; docs/configuration.md lists every var,
+ * binding and Durable Object class each export needs.
+ */
+
+// The runtime: Workers, Durable Objects, HTTP, errors, bindings, storage, queues, clients, telemetry.
+export * as Bindings from "./runtime/Bindings.ts"
+export * as D1 from "./runtime/D1.ts"
+export * as DurableObjects from "./runtime/DurableObjects.ts"
+export * as Health from "./runtime/Health.ts"
+export * as Http from "./runtime/Http.ts"
+export * as Pagination from "./runtime/Pagination.ts"
+export * as Problem from "./runtime/Problem.ts"
+export * as Queues from "./runtime/Queues.ts"
+export { Redis, RedisError, RedisPoolObject } from "./runtime/Redis.ts"
+export * as ServiceClient from "./runtime/ServiceClient.ts"
+export * as Telemetry from "./runtime/Telemetry.ts"
+export * as Worker from "./runtime/Worker.ts"
+
+// Routing: the routing table, proxying over service bindings, the mesh's health report.
+export * as HealthReport from "./layers/routing/HealthReport.ts"
+export * as Proxy from "./layers/routing/Proxy.ts"
+export { matchesPrefix, PathPrefix, Route, RoutingTable } from "./layers/routing/RoutingTable.ts"
+
+// Resilience: timeouts and retries, circuit breakers, fault injection.
+export { BreakerSettings, CircuitBreakerObject, CircuitBreakers } from "./layers/resilience/CircuitBreakers.ts"
+export { FaultInjection, FaultSettings } from "./layers/resilience/FaultInjection.ts"
+export { Retries, RetrySettings } from "./layers/resilience/Retries.ts"
+
+// Security: identity inside the mesh, authentication at the edge, rate limits.
+export {
+  authenticate,
+  Authenticator,
+  type AuthenticatorOptions,
+  PublicRoute,
+  PublicRoutes,
+  withIdentity
+} from "./layers/security/Authenticator.ts"
+export * as Identity from "./layers/security/Identity.ts"
+export {
+  RateLimiterObject,
+  type RateLimitDecision,
+  rateLimitHeaders,
+  rateLimitKey,
+  RateLimitPolicy,
+  RateLimits
+} from "./layers/security/RateLimits.ts"
+
+// State: sharding, locks with fencing tokens, the state coordinator, sharded counters.
+export { LockObject, Locks } from "./layers/state/Locks.ts"
+export * as ShardedCounters from "./layers/state/ShardedCounters.ts"
+export * as Sharding from "./layers/state/Sharding.ts"
+export * as StateCoordinator from "./layers/state/StateCoordinator.ts"
+
+// The edge: the edge cache, batched lookups.
+export * as Batching from "./layers/edge/Batching.ts"
+export { CacheRoute, CacheTagIndexObject, EdgeCache } from "./layers/edge/EdgeCache.ts"
+
+// Releasing: traffic splits, feature flags, the admin API over both.
+export { FeatureFlags, Flag } from "./layers/release/FeatureFlags.ts"
+export { adminPrefix, meshAdmin } from "./layers/release/MeshAdmin.ts"
+export { TrafficManager, TrafficSplit } from "./layers/release/TrafficManager.ts"

@@ -1,0 +1,119 @@
+/**
+ * Observability for every Worker and Durable Object: traces exported as
+ * OTLP/HTTP (what Jaeger v2 takes on :4318), W3C trace context carried over
+ * every hop, JSON logs that name their trace, and OTLP metrics.
+ *
+ * `Worker.make` and `DurableObjects.make` install this layer themselves, with
+ * the Worker's name as `service.name`; a Worker only configures it:
+ *
+ * | var | default | |
+ * |---|---|---|
+ * | `OTLP_ENDPOINT` | `http://127.0.0.1:4318` | the collector; `off` turns tracing off (no spans of the runtime's, nothing exported) |
+ * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
+ * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
+ * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
+ * | `SERVICE_VERSION` | `0.1.0` | `service.version` |
+ * | `DEPLOYMENT_ENVIRONMENT` | `development` | `deployment.environment` |
+ * | `TRACE_SAMPLE_RATIO` | `1` | head sampling of new traces; a trace carried in keeps its parent's decision |
+ * | `TRUST_CLIENT_TRACEPARENT` | `false` | public Workers only: continue a client's trace, rather than start one linked to it |
+ * | `METRICS_INTERVAL_SECONDS` | `60` | an isolate exports its metrics at most this often |
+ *
+ * How a Worker exports: spans are kept in the isolate, grouped by trace id,
+ * and when a request ends (after its `waitUntil` work too) the spans of every
+ * trace with no request still running in the isolate leave in one POST,
+ * under `ctx.waitUntil`, within `OTLP_TIMEOUT_MS`; while one is in flight,
+ * requests that end leave their spans to its next round, so under load one
+ * POST carries many requests. The response never waits for it. A failed or timed-out export drops its spans and counts them
+ * (`meshwork.telemetry.spans.dropped`, and `stats`); at most `maxBufferedSpans`
+ * wait in an isolate, further ones are dropped and counted too.
+ */
+import { Context, Duration, Effect, ErrorReporter, Layer, Logger, Metric, Tracer } from "effect"
+import { FetchHttpClient } from "effect/http"
+import { OtlpExporter, OtlpMetrics, OtlpSerialization } from "effect/observability"
+import type { WorkerEnv } from "./Bindings.ts"
+import { makeService, type Service } from "./telemetry/Exporter.ts"
+import { errorTypeReporter, jsonLogger } from "./telemetry/Logger.ts"
+import { defaults, type Settings, settings } from "./telemetry/Settings.ts"
+
+export type { Service, Stats } from "./telemetry/Exporter.ts"
+export { droppedSpans } from "./telemetry/Exporter.ts"
+export { jsonLogger } from "./telemetry/Logger.ts"
+export { requestDuration, requests } from "./telemetry/ServerSpans.ts"
+export { type Settings, settings } from "./telemetry/Settings.ts"
+export {
+  activeCarrier,
+  annotateServerSpan,
+  type Carrier,
+  carrier,
+  errorTag,
+  event,
+  formatTraceparent,
+  parseTraceparent,
+  ServerSpan,
+  traceparent,
+  TraceState,
+  withCarrier
+} from "./telemetry/TraceContext.ts"
+
+/** Updates `metric` with `attributes`, from inside an effect. */
+export const record = <In>(metric: Metric.Metric<In, unknown>, value: In, attributes: Record<string, string>) =>
+  Metric.update(Metric.withAttributes(metric, attributes), value)
+
+/** This isolate's telemetry: its settings, tracer and exporter. */
+export class Telemetry extends Context.Service<Telemetry, Service>()("meshwork/runtime/Telemetry") {}
+
+/**
+ * The telemetry of the Worker (or Durable Object) `serviceName`: the
+ * `Telemetry` service, Effect's tracer, a JSON logger with trace ids (and
+ * Effect's span-event logger), the error reporter that names `error.type`,
+ * and the OTLP metrics exporter.
+ */
+export const layer = (serviceName: string, options: { readonly metrics?: boolean } = {}): Layer.Layer<Telemetry, never, WorkerEnv> =>
+  Layer.unwrap(Effect.gen(function*() {
+    // Telemetry never takes a Worker down: unreadable settings turn it off, with a warning.
+    const config = yield* settings(serviceName).pipe(
+      Effect.catch((error) =>
+        Effect.as(
+          Effect.logWarning("Telemetry settings are invalid; tracing is off", error),
+          { ...defaults, serviceName, endpoint: undefined } satisfies Settings
+        )
+      )
+    )
+    const flushMetrics = config.endpoint !== undefined && options.metrics !== false
+      ? yield* Effect.gen(function*() {
+        yield* OtlpMetrics.make({
+          url: `${config.endpoint}/v1/metrics`,
+          headers: config.headers,
+          resource: {
+            serviceName,
+            serviceVersion: config.serviceVersion,
+            attributes: {
+              "deployment.environment": config.environment,
+              "deployment.environment.name": config.environment,
+              // Each isolate counts on its own: its series must not be mistaken for another's.
+              "service.instance.id": crypto.randomUUID()
+            }
+          },
+          // Never on a timer (an isolate has no timers between requests): requests flush it.
+          exportInterval: Duration.infinity,
+          shutdownTimeout: 0
+        })
+        return (yield* OtlpExporter.Flusher).flush
+      }).pipe(
+        Effect.provide(Layer.mergeAll(
+          OtlpExporter.layerFlusher,
+          FetchHttpClient.layer,
+          config.protocol === "json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf
+        ))
+      )
+      : undefined
+    const service = makeService(config, flushMetrics)
+    const logger = Logger.layer([jsonLogger(serviceName), Logger.tracerLogger])
+    if (!service.enabled) return Layer.merge(Layer.succeed(Telemetry, service), logger)
+    return Layer.mergeAll(
+      Layer.succeed(Telemetry, service),
+      Layer.succeed(Tracer.Tracer, service.tracer),
+      logger,
+      ErrorReporter.layer([errorTypeReporter])
+    )
+  }))

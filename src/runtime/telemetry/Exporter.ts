@@ -1,0 +1,280 @@
+/**
+ * The span exporter of one isolate: spans are kept per trace id and leave as
+ * OTLP/HTTP in one POST per drain, under `ctx.waitUntil` (see
+ * src/runtime/Telemetry.ts for when).
+ */
+import { Cause, Context, Duration, Effect, Exit, Metric, Option, Tracer } from "effect"
+import { OtlpResource, OtlpSerialization } from "effect/observability"
+import type { Settings } from "./Settings.ts"
+import { errorTag } from "./TraceContext.ts"
+
+/** Spans this isolate could not export (collector down, slow, refusing, or the buffer full). */
+export const droppedSpans = Metric.counter("meshwork.telemetry.spans.dropped", {
+  description: "Spans dropped by the exporter",
+  incremental: true
+})
+
+
+/** A span that, once ended and if sampled, waits in the isolate's buffer. */
+class RecordedSpan extends Tracer.NativeSpan {
+  constructor(options: ConstructorParameters<typeof Tracer.NativeSpan>[0], readonly sink: (span: RecordedSpan) => void) {
+    super(options)
+  }
+  override end(endTime: bigint, exit: Exit.Exit<unknown, unknown>): void {
+    if (this.status._tag === "Ended") return
+    super.end(endTime, exit)
+    if (this.sampled) this.sink(this)
+  }
+}
+
+const spanKinds = { internal: 1, server: 2, client: 3, producer: 4, consumer: 5 } as const
+
+/** The name OpenTelemetry asks of an HTTP server span: `{method} {route}` once the route is known. */
+const spanName = (span: RecordedSpan): string => {
+  if (span.kind !== "server") return span.name
+  const method = span.attributes.get("http.request.method")
+  const route = span.attributes.get("http.route")
+  return typeof method === "string" && typeof route === "string" ? `${method} ${route}` : span.name
+}
+
+const errorStatus = 2
+
+/** The OTLP status: HTTP spans by their status code (server 5xx, client 4xx and 5xx), others by their exit. */
+const spanStatus = (span: RecordedSpan, exit: Exit.Exit<unknown, unknown>): { code: number; message?: string } => {
+  const status = span.attributes.get("http.response.status_code")
+  const errorType = span.attributes.get("error.type")
+  if (typeof status === "number") {
+    const failed = status >= 500 || (span.kind === "client" && status >= 400)
+    return failed ? { code: errorStatus, message: String(errorType ?? status) } : { code: 0 }
+  }
+  if (Exit.isSuccess(exit)) return { code: 0 }
+  if (Cause.hasInterruptsOnly(exit.cause)) return { code: 0 }
+  const error = Cause.squash(exit.cause)
+  return { code: errorStatus, message: error instanceof Error ? error.message : String(error) }
+}
+
+const toOtlp = (span: RecordedSpan) => {
+  const status = span.status as Extract<Tracer.SpanStatus, { _tag: "Ended" }>
+  const events = (span._events ?? []).map(([name, time, attributes]) => ({
+    name,
+    timeUnixNano: String(time),
+    attributes: OtlpResource.entriesToAttributes(Object.entries(attributes)),
+    droppedAttributesCount: 0
+  }))
+  if (Exit.isFailure(status.exit) && !span.attributes.has("error.type")) {
+    const error = Cause.squash(status.exit.cause)
+    if (!Cause.hasInterruptsOnly(status.exit.cause)) {
+      events.push({
+        name: "exception",
+        timeUnixNano: String(status.endTime),
+        attributes: OtlpResource.entriesToAttributes(Object.entries({
+          "exception.type": errorTag(error) ?? (error instanceof Error ? error.name : typeof error),
+          "exception.message": error instanceof Error ? error.message : String(error)
+        })),
+        droppedAttributesCount: 0
+      })
+    }
+  }
+  const parent = Option.getOrUndefined(span.parent)
+  return {
+    traceId: span.traceId.padStart(32, "0"),
+    spanId: span.spanId,
+    parentSpanId: parent?.spanId,
+    name: spanName(span),
+    kind: spanKinds[span.kind],
+    startTimeUnixNano: String(status.startTime),
+    endTimeUnixNano: String(status.endTime),
+    attributes: OtlpResource.entriesToAttributes(span.attributes),
+    droppedAttributesCount: 0,
+    events,
+    droppedEventsCount: 0,
+    status: spanStatus(span, status.exit),
+    links: span.links.map((link) => ({
+      traceId: link.span.traceId.padStart(32, "0"),
+      spanId: link.span.spanId,
+      attributes: OtlpResource.entriesToAttributes(Object.entries(link.attributes)),
+      droppedAttributesCount: 0
+    })),
+    droppedLinksCount: 0
+  }
+}
+
+/** What an isolate's exporter has done so far. */
+export interface Stats {
+  exported: number
+  dropped: number
+  exports: number
+  failedExports: number
+}
+
+export interface Service {
+  readonly settings: Settings
+  /** False when `OTLP_ENDPOINT` is off: the runtime then serves without spans of its own. */
+  readonly enabled: boolean
+  readonly tracer: Tracer.Tracer
+  readonly stats: Readonly<Stats>
+  /** A request (or object call) of `traceId` starts in this isolate. */
+  readonly begin: (traceId: string) => void
+  /**
+   * A request of `traceId` ended (undefined: an invocation of no one trace,
+   * like a queue batch): exports the spans of every trace no request in this
+   * isolate is still serving. Never rejects; settles within the timeout.
+   */
+  readonly finish: (traceId: string | undefined) => Promise<void>
+  /** Exports the isolate's metrics if `METRICS_INTERVAL_SECONDS` have passed since the last export. */
+  readonly exportMetrics: () => Promise<void>
+}
+
+/** How long one request's waitUntil keeps exporting spans that other requests left to it. */
+const maxDrainMs = 10_000
+
+/** A trace whose requests have run this long no longer holds back its spans (a request may never settle). */
+const maxOpenMs = 60_000
+
+export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | undefined): Service => {
+  const stats: Stats = { exported: 0, dropped: 0, exports: 0, failedExports: 0 }
+  type OtlpSpan = ReturnType<typeof toOtlp>
+  // Spans are converted when they end: a span's Exit holds its request's values, which must not outlive it.
+  const buckets = new Map<string, Array<OtlpSpan>>()
+  // Requests in flight per trace, and when the trace's first one began: a request whose
+  // handler never settles (its client went away) must not hold its trace's spans for good.
+  const open = new Map<string, { count: number; since: number }>()
+  let buffered = 0
+  let lastMetricsExport = 0
+  const enabled = settings.endpoint !== undefined
+  const serialization = settings.protocol === "json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf
+  const serialize = Effect.runSync(Effect.provide(Effect.service(OtlpSerialization.OtlpSerialization), serialization))
+  const resource = OtlpResource.make({
+    serviceName: settings.serviceName,
+    serviceVersion: settings.serviceVersion,
+    attributes: {
+      "deployment.environment": settings.environment,
+      "deployment.environment.name": settings.environment,
+      "cloud.provider": "cloudflare",
+      "cloud.platform": "cloudflare_workers",
+      "telemetry.sdk.language": "webjs"
+    }
+  })
+  const scope = { name: "meshwork", version: "0.1.0" }
+
+  const drop = (count: number) => {
+    stats.dropped += count
+    droppedSpans.updateUnsafe(count, Context.empty())
+  }
+
+  const sink = (span: RecordedSpan) => {
+    if (!enabled) return
+    if (buffered >= settings.maxBufferedSpans) return drop(1)
+    buffered++
+    const otlp = toOtlp(span)
+    const bucket = buckets.get(otlp.traceId)
+    if (bucket === undefined) buckets.set(otlp.traceId, [otlp])
+    else bucket.push(otlp)
+  }
+
+  const tracer = Tracer.make({
+    span(options) {
+      // Head sampling: a new trace is sampled at the configured ratio; a
+      // child (local or carried in) keeps its parent's decision.
+      const sampled = Option.isNone(options.parent)
+        ? options.sampled && (settings.sampleRatio >= 1 || Math.random() < settings.sampleRatio)
+        : options.sampled
+      return new RecordedSpan({ ...options, sampled }, sink)
+    }
+  })
+
+  const post = (path: string, body: { readonly contentType: string; readonly text: string | undefined; readonly body: Uint8Array }) =>
+    fetch(`${settings.endpoint}${path}`, {
+      method: "POST",
+      headers: { ...settings.headers, "content-type": body.contentType },
+      body: body.text ?? body.body,
+      signal: AbortSignal.timeout(settings.timeoutMs)
+    }).then(async (response) => {
+      await response.body?.cancel().catch(() => undefined)
+      if (!response.ok) throw new Error(`collector answered ${response.status}`)
+    })
+
+  const exportSpans = async (spans: Array<OtlpSpan>): Promise<void> => {
+    stats.exports++
+    try {
+      const data = { resourceSpans: [{ resource, scopeSpans: [{ scope, spans }] }] }
+      await post("/v1/traces", serialize.traces(data as never) as never)
+      stats.exported += spans.length
+    } catch (error) {
+      stats.failedExports++
+      drop(spans.length)
+      if (stats.failedExports === 1 || stats.failedExports % 100 === 0) {
+        console.warn(JSON.stringify({
+          level: "WARN",
+          message: `${settings.serviceName}: spans dropped, the OTLP collector at ${settings.endpoint} failed`,
+          error: String(error),
+          dropped: stats.dropped
+        }))
+      }
+    }
+  }
+
+  /** The spans of every trace no request in this isolate is still serving. */
+  const takeReady = (): Array<OtlpSpan> => {
+    const ready: Array<OtlpSpan> = []
+    const now = Date.now()
+    // Unsampled traces have no bucket to clear theirs: sweep the stale ones now and then.
+    if (open.size > 1000) for (const [id, running] of open) if (now - running.since >= maxOpenMs) open.delete(id)
+    for (const [id, spans] of buckets) {
+      const running = open.get(id)
+      if (running !== undefined && now - running.since < maxOpenMs) continue
+      open.delete(id)
+      buckets.delete(id)
+      for (const span of spans) ready.push(span)
+    }
+    buffered -= ready.length
+    return ready
+  }
+
+  /**
+   * Exports what is ready, then what became ready meanwhile, until nothing
+   * is (or `maxDrainMs` passed: a request's waitUntil is limited). Requests
+   * that end while it runs leave their spans to it, so under load one export
+   * carries many requests' spans, each request's all in the same one.
+   */
+  // When the running drain started; a drain whose request was cancelled mid-export
+  // never clears it, so one older than it could possibly run is taken as gone.
+  let exportingSince: number | undefined
+  const exporting = () => exportingSince !== undefined && Date.now() - exportingSince < maxDrainMs + settings.timeoutMs
+  const drain = async (): Promise<void> => {
+    const started = exportingSince = Date.now()
+    try {
+      for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
+        await exportSpans(ready)
+        if (Date.now() - started > maxDrainMs) return
+      }
+    } finally {
+      if (exportingSince === started) exportingSince = undefined
+    }
+  }
+
+  return {
+    settings,
+    enabled,
+    tracer,
+    stats,
+    begin: (traceId) => {
+      const running = open.get(traceId)
+      if (running === undefined) open.set(traceId, { count: 1, since: Date.now() })
+      else running.count++
+    },
+    finish: (traceId) => {
+      const running = traceId === undefined ? undefined : open.get(traceId)
+      if (running !== undefined && --running.count === 0) open.delete(traceId!)
+      // An export in flight takes these spans with its next round.
+      return exporting() ? Promise.resolve() : drain()
+    },
+    exportMetrics: () => {
+      if (flushMetrics === undefined) return Promise.resolve()
+      const now = Date.now()
+      if (now - lastMetricsExport < settings.metricsIntervalMs) return Promise.resolve()
+      lastMetricsExport = now
+      return Effect.runPromise(flushMetrics.pipe(Effect.timeoutOption(Duration.millis(settings.timeoutMs)), Effect.asVoid))
+    }
+  }
+}

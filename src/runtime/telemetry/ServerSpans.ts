@@ -1,0 +1,149 @@
+/** Server spans: what the runtime wraps each request and object call in, and the export after it. */
+import { Cause, Clock, Context, Effect, Exit, Metric, Option, Tracer } from "effect"
+import type { Service } from "./Exporter.ts"
+import { type Carrier, errorTag, parseTraceparent, ServerSpan, TraceState } from "./TraceContext.ts"
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+/** Requests served, by method, route and status. */
+export const requests = Metric.counter("meshwork.http.server.requests", {
+  description: "Requests served",
+  incremental: true
+})
+
+/** Server latency, in seconds (OpenTelemetry's `http.server.request.duration`). */
+export const requestDuration = Metric.histogram("http.server.request.duration", {
+  description: "Duration of HTTP server requests, in seconds",
+  boundaries: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+})
+
+
+const clock = Clock.Clock.defaultValue()
+const now = (): bigint => clock.currentTimeNanosUnsafe()
+
+/** Ends `span` now with `exit`. */
+export const endSpan = (span: Tracer.Span, exit: Exit.Exit<unknown, unknown>): void => span.end(now(), exit)
+
+/** Starts the span of a request served by this Worker; its parent is the caller's span when trusted. */
+export const startServerSpan = (service: Service, request: Request, trustTraceparent: boolean) => {
+  const incoming = parseTraceparent(request.headers.get("traceparent"))
+  const trusted = incoming !== undefined && trustTraceparent
+  const url = new URL(request.url)
+  const span = service.tracer.span({
+    name: request.method,
+    parent: trusted ? Option.some(incoming) : Option.none(),
+    annotations: Context.empty(),
+    // An untrusted client trace is linked, not continued.
+    links: incoming !== undefined && !trusted ? [{ span: incoming, attributes: { "meshwork.link": "client traceparent" } }] : [],
+    startTime: now(),
+    kind: "server",
+    root: !trusted,
+    sampled: trusted ? incoming.sampled : true
+  })
+  span.attribute("http.request.method", request.method)
+  span.attribute("url.path", url.pathname)
+  span.attribute("url.scheme", url.protocol.slice(0, -1))
+  span.attribute("server.address", url.hostname)
+  const agent = request.headers.get("user-agent")
+  if (agent !== null) span.attribute("user_agent.original", agent)
+  const tracestate = trusted ? request.headers.get("tracestate") ?? undefined : undefined
+  return { span, tracestate }
+}
+
+/** Starts the span of a call carried in by `carrier` (a Durable Object call, a queue message). */
+export const startSpan = (service: Service, name: string, kind: Tracer.SpanKind, carrier: Carrier | undefined) => {
+  const parent = parseTraceparent(carrier?.traceparent)
+  return service.tracer.span({
+    name,
+    parent: parent === undefined ? Option.none() : Option.some(parent),
+    annotations: Context.empty(),
+    links: [],
+    startTime: now(),
+    kind,
+    root: parent === undefined,
+    sampled: parent?.sampled ?? true
+  })
+}
+
+/** Runs `effect` inside `span` (its parent span, `ServerSpan`, and the carried `tracestate`). */
+export const within = <A, E, R>(effect: Effect.Effect<A, E, R>, span: Tracer.Span, tracestate: string | undefined) =>
+  effect.pipe(
+    Effect.withParentSpan(span),
+    Effect.provideService(ServerSpan, span),
+    Effect.provideService(TraceState, tracestate)
+  )
+
+const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"])
+
+/** Ends a request's span with its answer, and records the request metrics. */
+export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unknown>, response: Response) => {
+  span.attribute("http.response.status_code", response.status)
+  if (Exit.isFailure(exit)) {
+    const error = Cause.findErrorOption(exit.cause)
+    const tag = Option.isSome(error) ? errorTag(error.value) : undefined
+    if (tag !== undefined) span.attribute("error.type", tag)
+    else if (!span.attributes.has("error.type") && Cause.hasDies(exit.cause)) span.attribute("error.type", "Defect")
+  }
+  if (response.status >= 500 && !span.attributes.has("error.type")) span.attribute("error.type", String(response.status))
+  const end = now()
+  span.end(end, exit)
+  const route = span.attributes.get("http.route")
+  const method = String(span.attributes.get("http.request.method"))
+  const attributes = {
+    // A client chooses the method: unknown ones are one series, as OpenTelemetry asks.
+    "http.request.method": knownMethods.has(method) ? method : "_OTHER",
+    "http.route": typeof route === "string" ? route : "unmatched",
+    "http.response.status_code": String(response.status)
+  }
+  const context = Context.empty()
+  Metric.withAttributes(requests, attributes).updateUnsafe(1, context)
+  const start = span.status._tag === "Ended" ? span.status.startTime : end
+  Metric.withAttributes(requestDuration, attributes).updateUnsafe(Number(end - start) / 1e9, context)
+}
+
+/**
+ * How long an export waits for the invocation's `waitUntil` work (a cache
+ * store waits for the client to read the body; a revalidation may take 30 s).
+ * Spans that work ends later leave with a later export of the isolate.
+ */
+const maxWaitForWorkMs = 5000
+
+/** Waits for `work` (within `maxWaitForWorkMs`), then exports the spans of `traceId` and (now and then) the metrics. */
+const exportAfter = (service: Service, traceId: string | undefined, work: () => Promise<void>): Promise<void> => {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, maxWaitForWorkMs)))
+  return Promise.race([work(), waited])
+    .then(() => {
+      if (timer !== undefined) clearTimeout(timer)
+      return Promise.all([service.finish(traceId), service.exportMetrics()])
+    })
+    .then(() => undefined, () => undefined)
+}
+
+/**
+ * One invocation of `traceId` (undefined: one of no single trace, like a
+ * queue batch). Its `waitUntil`, the `Invocation` to hand the handler, also
+ * remembers the work; `done()`, once the invocation has answered, exports
+ * its spans under `ctx.waitUntil` after that work (and work it added) settled.
+ */
+export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<unknown>): void }, traceId: string | undefined) => {
+  if (traceId !== undefined) service.begin(traceId)
+  const pending: Array<Promise<unknown>> = []
+  const settled = async () => {
+    let seen = 0
+    while (seen < pending.length) {
+      const batch = pending.slice(seen)
+      seen = pending.length
+      await Promise.allSettled(batch)
+    }
+  }
+  return {
+    waitUntil(promise: Promise<unknown>) {
+      pending.push(promise)
+      ctx.waitUntil(promise)
+    },
+    done: () => ctx.waitUntil(exportAfter(service, traceId, settled))
+  }
+}
+

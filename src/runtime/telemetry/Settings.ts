@@ -1,0 +1,77 @@
+/** The telemetry settings of a Worker, from its vars (the table in src/runtime/Telemetry.ts). */
+import { Config, Effect } from "effect"
+
+export interface Settings {
+  readonly serviceName: string
+  readonly serviceVersion: string
+  readonly environment: string
+  /** The collector's base URL, or undefined when exporting is off. */
+  readonly endpoint: string | undefined
+  readonly protocol: "json" | "protobuf"
+  readonly headers: Readonly<Record<string, string>>
+  readonly timeoutMs: number
+  readonly sampleRatio: number
+  readonly trustClientTraceparent: boolean
+  readonly metricsIntervalMs: number
+  readonly maxBufferedSpans: number
+}
+
+/** `key=value,key=value` (values may be percent-encoded), as OTEL_EXPORTER_OTLP_HEADERS has it. */
+const parseHeaders = (value: string): Record<string, string> => {
+  const decode = (part: string) => {
+    try {
+      return decodeURIComponent(part.trim())
+    } catch {
+      return part.trim()
+    }
+  }
+  const headers: Record<string, string> = {}
+  for (const pair of value.split(",")) {
+    const at = pair.indexOf("=")
+    if (at > 0) headers[decode(pair.slice(0, at))] = decode(pair.slice(at + 1))
+  }
+  return headers
+}
+
+/** The defaults of every setting but the service's name. */
+export const defaults = {
+  serviceVersion: "0.1.0",
+  environment: "development",
+  endpoint: "http://127.0.0.1:4318",
+  protocol: "json",
+  headers: {},
+  timeoutMs: 2000,
+  sampleRatio: 1,
+  trustClientTraceparent: false,
+  metricsIntervalMs: 60_000,
+  maxBufferedSpans: 4096
+} as const satisfies Omit<Settings, "serviceName">
+
+/** The settings of `serviceName`, from the Worker's vars. */
+export const settings = (serviceName: string) =>
+  Config.all({
+    endpoint: Config.String("OTLP_ENDPOINT").pipe(Config.withDefault(defaults.endpoint)),
+    protocol: Config.Literals(["json", "protobuf"], "OTLP_PROTOCOL").pipe(Config.withDefault(defaults.protocol)),
+    headers: Config.String("OTLP_HEADERS").pipe(Config.withDefault("")),
+    timeoutMs: Config.Int("OTLP_TIMEOUT_MS").pipe(Config.withDefault(defaults.timeoutMs)),
+    serviceVersion: Config.String("SERVICE_VERSION").pipe(Config.withDefault(defaults.serviceVersion)),
+    environment: Config.String("DEPLOYMENT_ENVIRONMENT").pipe(Config.withDefault(defaults.environment)),
+    sampleRatio: Config.Number("TRACE_SAMPLE_RATIO").pipe(Config.withDefault(defaults.sampleRatio)),
+    trustClientTraceparent: Config.Boolean("TRUST_CLIENT_TRACEPARENT").pipe(Config.withDefault(defaults.trustClientTraceparent)),
+    metricsIntervalSeconds: Config.Number("METRICS_INTERVAL_SECONDS").pipe(Config.withDefault(defaults.metricsIntervalMs / 1000))
+  }).pipe(Effect.map((c): Settings => {
+    const endpoint = c.endpoint.trim().replace(/\/+$/, "")
+    return {
+      serviceName,
+      serviceVersion: c.serviceVersion,
+      environment: c.environment,
+      endpoint: endpoint === "" || endpoint === "off" ? undefined : endpoint,
+      protocol: c.protocol,
+      headers: parseHeaders(c.headers),
+      timeoutMs: Math.max(1, c.timeoutMs),
+      sampleRatio: Math.min(1, Math.max(0, c.sampleRatio)),
+      trustClientTraceparent: c.trustClientTraceparent,
+      metricsIntervalMs: Math.max(0, c.metricsIntervalSeconds * 1000),
+      maxBufferedSpans: defaults.maxBufferedSpans
+    }
+  }))
