@@ -1,71 +1,39 @@
 /**
- * Tests run inside workerd. The runner Worker (test/fixtures/worker.ts) holds
- * the test files; the five mesh Workers run beside it as real Workers, bundled
- * from source and configured from their own wrangler files, so black-box tests
- * go through the gateway exactly as a client would.
+ * Two projects. `workers`: the tests of test/framework (the framework's own
+ * pieces) and test/mesh (black-box, through the gateway) run inside workerd;
+ * the runner Worker (test/fixtures/runner.ts) holds them, and the mesh's
+ * Workers run beside it as real Workers, bundled from source and configured
+ * from their own wrangler files, with the fixture upstreams of test/fixtures.
+ * `node`: the tests of test/node (the import rules, the command-line tools,
+ * the docs) run in Node.
+ *
+ * One workerd serves every test file (`isolate: false`): starting the mesh
+ * costs about ten seconds, and the tests never rely on a fresh one.
  */
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin"
 import { join } from "node:path"
 import { defineConfig } from "vitest/config"
 import { generateIdentitySecret, generateKey } from "./scripts/keys.ts"
-import { buildMesh, root } from "./scripts/mesh.ts"
+import { buildMesh, bundle, entry, miniflareOptions, root } from "./scripts/mesh.ts"
 import { startReceiver } from "./scripts/otlp.ts"
+import { installHint, startRedis } from "./scripts/redis.ts"
 
-/**
- * An upstream that answers with what it received, and with hop-by-hop
- * response headers, to test forwarding over a real service binding.
- */
-const echo = {
-  name: "echo",
+/** The examples' Workers, configured from their own wrangler files (test/framework/examples.test.ts). */
+const examples = [
+  { name: "hello", config: "examples/hello/wrangler.toml" },
+  { name: "greeter", config: "examples/hello/greeter.wrangler.toml" }
+]
+
+/** A fixture Worker of test/fixtures, bundled. */
+const fixture = async (name: string, extra: Record<string, unknown> = {}) => ({
+  name,
   modules: true,
   compatibilityDate: "2026-11-01",
-  script: `export default {
-    async fetch(request) {
-      return Response.json(
-        { method: request.method, url: request.url, headers: [...request.headers], body: await request.text() },
-        { headers: { connection: "x-upstream-secret", "x-upstream-secret": "1", "keep-alive": "timeout=5", "x-kept": "1" } }
-      )
-    }
-  }`
-}
+  scriptPath: await bundle(join(root, "test/fixtures", `${name}.ts`), join(root, ".build/test", `${name}.js`)),
+  ...extra
+})
 
-/**
- * An upstream that fails on request, for the resilience policies: it answers
- * `/status/<code>` with that status (and `?retryAfter=`), hangs on `/hang`
- * until the caller aborts, and reports per `?key=` how often it was called
- * and whether a hung call was aborted (`/count`).
- */
-const flaky = {
-  name: "flaky",
-  modules: true,
-  compatibilityDate: "2026-11-01",
-  compatibilityFlags: ["enable_request_signal"],
-  script: `
-    const calls = new Map()
-    const aborted = new Set()
-    export default {
-      async fetch(request) {
-        const url = new URL(request.url)
-        const key = url.searchParams.get("key") ?? ""
-        if (url.pathname === "/count") return Response.json({ calls: calls.get(key) ?? 0, aborted: aborted.has(key) })
-        calls.set(key, (calls.get(key) ?? 0) + 1)
-        if (url.pathname === "/hang") {
-          request.signal.addEventListener("abort", () => aborted.add(key))
-          await new Promise((resolve) => setTimeout(resolve, 30000))
-          return new Response("too late")
-        }
-        const status = Number(url.pathname.split("/")[2] ?? 200)
-        const retryAfter = url.searchParams.get("retryAfter")
-        return new Response(request.method + " " + status, {
-          status,
-          headers: retryAfter === null ? {} : { "retry-after": retryAfter }
-        })
-      }
-    }
-  `
-}
-
-export default defineConfig({
+const workers = {
   plugins: [
     cloudflareTest(async () => {
       // Fresh secrets for every run. The auth service publishes two keys (the
@@ -111,9 +79,22 @@ export default defineConfig({
             : {})
         })
       })
+      // Real Redis for the tests of the Redis store and pool: a server of their own, or they skip.
+      const redis = await startRedis()
+      const ci = process.env["CI"] === "true"
+      if (redis === undefined) {
+        console.log(`redis-server not found: the Redis tests ${ci ? "fail (CI needs it)" : "skip"} (${installHint})`)
+      }
+      const exampleWorkers = await Promise.all(examples.map(async (example) =>
+        miniflareOptions(example, await bundle(entry(example), join(root, ".build/test", `example-${example.name}.js`)), telemetry)
+      ))
+      // The import queues answer in tests within a second, not the deployed 2 and 5 (products' wrangler.toml).
+      for (const consumer of Object.values(mesh.find((options) => options.name === "meshwork-products")?.queueConsumers ?? {})) {
+        if (typeof consumer === "object") consumer.maxBatchTimeout = 1
+      }
       const d1 = (name: string) => mesh.find((options) => options.name === `meshwork-${name}`)?.d1Databases ?? {}
       return {
-        main: "test/fixtures/worker.ts",
+        main: "test/fixtures/runner.ts",
         miniflare: {
           compatibilityDate: "2026-11-01",
           serviceBindings: {
@@ -123,6 +104,7 @@ export default defineConfig({
             USERS: "meshwork-users",
             PRODUCTS: "meshwork-products",
             ECHO: "echo",
+            HELLO: "hello",
             FLAKY: "flaky"
           },
           d1Databases: { ...d1("users"), ...d1("products"), ...d1("auth"), QUEUE_TEST_DB: "queue-test" },
@@ -153,19 +135,34 @@ export default defineConfig({
           bindings: {
             ...telemetry,
             OTLP_RECEIVER: receiver.url,
+            REDIS_URL: redis?.url ?? "",
+            CI: ci ? "true" : "",
             MESH_IDENTITY_SECRET: identitySecret,
             TEST_SIGNING_KEYS: JSON.stringify({ signing, rotatedIn, retired }),
             AUTH_MIGRATIONS: await readD1Migrations(join(root, "src/services/auth/migrations")),
             USERS_MIGRATIONS: await readD1Migrations(join(root, "src/services/users/migrations")),
             PRODUCTS_MIGRATIONS: await readD1Migrations(join(root, "src/services/products/migrations"))
           },
-          workers: [...mesh, echo, flaky]
+          workers: [...mesh, ...exampleWorkers, await fixture("echo"), await fixture("flaky", { compatibilityFlags: ["enable_request_signal"] })]
         }
       }
     })
   ],
   test: {
+    name: "workers",
     setupFiles: ["test/setup.ts"],
-    include: ["test/**/*.test.ts"]
+    include: ["test/framework/**/*.test.ts", "test/mesh/**/*.test.ts"],
+    isolate: false
+  }
+}
+
+export default defineConfig({
+  test: {
+    // Logs of passing tests (many fail on purpose: refused tokens, injected faults) stay out of the way.
+    silent: "passed-only",
+    projects: [
+      workers,
+      { test: { name: "node", include: ["test/node/**/*.test.ts"], environment: "node" } }
+    ]
   }
 })

@@ -5,6 +5,8 @@ declare global {
     interface Env {
       readonly GATEWAY: Fetcher
       readonly ECHO: Fetcher
+      /** The hello example (examples/hello). */
+      readonly HELLO: Fetcher
       readonly FLAKY: Fetcher
       readonly AUTH: Fetcher
       readonly ROUTER: Fetcher
@@ -35,6 +37,10 @@ declare global {
       /** The test OTLP receiver (scripts/otlp.ts) every Worker exports to. */
       readonly OTLP_RECEIVER: string
       readonly OTLP_ENDPOINT: string
+      /** The test Redis (vitest.config.ts), or "" when redis-server is not installed. */
+      readonly REDIS_URL: string
+      /** "true" under CI, where every test must run. */
+      readonly CI: string
     }
   }
 }

@@ -161,3 +161,11 @@ export const meshIdentity = async (
   const signature = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(body)))
   return `${body}.${base64url(signature)}`
 }
+
+/**
+ * The test Redis: vitest.config.ts starts a redis-server of its own when one
+ * is installed. Without it the Redis tests skip, except under CI, where they
+ * run against a closed port and fail.
+ */
+export const hasRedis = env.REDIS_URL !== "" || env.CI === "true"
+export const redisUrl = env.REDIS_URL === "" ? "redis://127.0.0.1:1" : env.REDIS_URL

@@ -3,9 +3,9 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Fiber, Layer, Random } from "effect"
 import { TestClock } from "effect/testing"
-import { FaultInjection, type FaultSettings } from "../src/layers/resilience/FaultInjection.ts"
-import * as Proxy from "../src/layers/routing/Proxy.ts"
-import { envLayer } from "../src/runtime/Worker.ts"
+import { FaultInjection, type FaultSettings } from "../../src/layers/resilience/FaultInjection.ts"
+import * as Proxy from "../../src/layers/routing/Proxy.ts"
+import { envLayer } from "../../src/runtime/Worker.ts"
 
 const FaultsOn = FaultInjection.layer.pipe(Layer.provide(envLayer({ FAULT_INJECTION: "true" })))
 const FaultsOff = FaultInjection.layer.pipe(Layer.provide(envLayer({})))

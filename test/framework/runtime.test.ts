@@ -17,10 +17,10 @@ import { env } from "cloudflare:workers"
 import { Config, Context, Effect, Layer, Schema } from "effect"
 import { HttpApiError } from "effect/http-api"
 import { describe, expect, it } from "vitest"
-import * as Bindings from "../src/runtime/Bindings.ts"
-import * as Problem from "../src/runtime/Problem.ts"
-import * as Worker from "../src/runtime/Worker.ts"
-import { counterBuilds } from "./fixtures/worker.ts"
+import * as Bindings from "../../src/runtime/Bindings.ts"
+import * as Problem from "../../src/runtime/Problem.ts"
+import * as Worker from "../../src/runtime/Worker.ts"
+import { counterBuilds } from "../fixtures/runner.ts"
 
 const request = (path = "/") => new Request(`http://worker${path}`) as Request<unknown, IncomingRequestCfProperties>
 

@@ -5,12 +5,12 @@
 import { env } from "cloudflare:workers"
 import { ConfigProvider, Effect, Exit, Layer } from "effect"
 import { describe, expect, it } from "vitest"
-import { IdentityKey } from "../src/layers/security/Identity.ts"
-import * as Proxy from "../src/layers/routing/Proxy.ts"
-import { matchesPrefix, RoutingTable } from "../src/layers/routing/RoutingTable.ts"
-import { proxy } from "../src/layers/routing/Proxy.ts"
-import * as Bindings from "../src/runtime/Bindings.ts"
-import * as Worker from "../src/runtime/Worker.ts"
+import { IdentityKey } from "../../src/layers/security/Identity.ts"
+import * as Proxy from "../../src/layers/routing/Proxy.ts"
+import { matchesPrefix, RoutingTable } from "../../src/layers/routing/RoutingTable.ts"
+import { proxy } from "../../src/layers/routing/Proxy.ts"
+import * as Bindings from "../../src/runtime/Bindings.ts"
+import * as Worker from "../../src/runtime/Worker.ts"
 
 interface Echo {
   readonly method: string

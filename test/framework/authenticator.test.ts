@@ -8,9 +8,9 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { Authenticator } from "../src/layers/security/Authenticator.ts"
-import { envLayer } from "../src/runtime/Worker.ts"
-import { mint, seedUser, testKeys } from "./helpers.ts"
+import { Authenticator } from "../../src/layers/security/Authenticator.ts"
+import { envLayer } from "../../src/runtime/Worker.ts"
+import { mint, seedUser, testKeys } from "../helpers.ts"
 
 const countingRouter = () => {
   const calls: Array<string> = []

@@ -9,12 +9,12 @@ import { env } from "cloudflare:workers"
 import { Duration, Effect, Exit, Fiber, Layer } from "effect"
 import { CircuitBreaker } from "effect/persistence"
 import { TestClock } from "effect/testing"
-import { type BreakerSettings, CircuitBreakers, makeStore, probeLeaseMillis } from "../src/layers/resilience/CircuitBreakers.ts"
-import { IdentityKey } from "../src/layers/security/Identity.ts"
-import { RoutingTable } from "../src/layers/routing/RoutingTable.ts"
-import { proxy } from "../src/layers/routing/Proxy.ts"
-import * as Worker from "../src/runtime/Worker.ts"
-import { meshIdentity } from "./helpers.ts"
+import { type BreakerSettings, CircuitBreakers, makeStore, probeLeaseMillis } from "../../src/layers/resilience/CircuitBreakers.ts"
+import { IdentityKey } from "../../src/layers/security/Identity.ts"
+import { RoutingTable } from "../../src/layers/routing/RoutingTable.ts"
+import { proxy } from "../../src/layers/routing/Proxy.ts"
+import * as Worker from "../../src/runtime/Worker.ts"
+import { meshIdentity } from "../helpers.ts"
 
 const Breakers = CircuitBreakers.layer.pipe(Layer.provide(Worker.envLayer({})))
 

@@ -2,9 +2,9 @@
 import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Layer, Option } from "effect"
-import * as D1 from "../src/runtime/D1.ts"
-import { envLayer } from "../src/runtime/Worker.ts"
-import { RefreshTokens } from "../src/services/auth/Tokens.ts"
+import * as D1 from "../../src/runtime/D1.ts"
+import { envLayer } from "../../src/runtime/Worker.ts"
+import { RefreshTokens } from "../../src/services/auth/Tokens.ts"
 
 const StoreLive = RefreshTokens.layerNoDeps.pipe(Layer.provide(D1.layer("AUTH_DB")), Layer.provide(envLayer(env)))
 const userId = () => `user-${crypto.randomUUID()}`

@@ -7,10 +7,10 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Clock, Effect, Fiber, Random } from "effect"
 import { TestClock } from "effect/testing"
-import * as Proxy from "../src/layers/routing/Proxy.ts"
-import { Retries, RetryBudget, type RetrySettings } from "../src/layers/resilience/Retries.ts"
-import * as ServiceClient from "../src/runtime/ServiceClient.ts"
-import { envLayer } from "../src/runtime/Worker.ts"
+import * as Proxy from "../../src/layers/routing/Proxy.ts"
+import { Retries, RetryBudget, type RetrySettings } from "../../src/layers/resilience/Retries.ts"
+import * as ServiceClient from "../../src/runtime/ServiceClient.ts"
+import { envLayer } from "../../src/runtime/Worker.ts"
 
 const key = () => crypto.randomUUID()
 

@@ -9,12 +9,12 @@ import { evictDurableObject, runInDurableObject } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Deferred, Effect, Exit, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { LockTable, Locks } from "../src/layers/state/Locks.ts"
-import * as Sharding from "../src/layers/state/Sharding.ts"
-import { WorkerEnv } from "../src/runtime/Bindings.ts"
-import { Products } from "../src/services/products/Products.ts"
-import * as D1 from "../src/runtime/D1.ts"
-import { expectProblem, send, signedIn, unique } from "./helpers.ts"
+import { LockTable, Locks } from "../../src/layers/state/Locks.ts"
+import * as Sharding from "../../src/layers/state/Sharding.ts"
+import { WorkerEnv } from "../../src/runtime/Bindings.ts"
+import { Products } from "../../src/services/products/Products.ts"
+import * as D1 from "../../src/runtime/D1.ts"
+import { expectProblem, send, signedIn, unique } from "../helpers.ts"
 
 const locks = Locks.make(env.LOCKS)
 const stubOf = (key: string) => Sharding.objectFor(env.LOCKS, "lock", Sharding.perKey, key)

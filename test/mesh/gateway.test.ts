@@ -5,7 +5,7 @@
  */
 import { env } from "cloudflare:workers"
 import { beforeAll, describe, expect, it } from "vitest"
-import { expectProblem, gateway as rawGateway, meshIdentity, send as rawSend, signedIn, stream, unique } from "./helpers.ts"
+import { expectProblem, gateway as rawGateway, meshIdentity, send as rawSend, signedIn, stream, unique } from "../helpers.ts"
 
 // Every request but the public auth routes needs a token: these tests act as an admin.
 let adminToken = ""
@@ -78,63 +78,6 @@ describe("routing at the edge", () => {
         products: { status: "up" }
       }
     })
-  })
-})
-
-describe("users", () => {
-  it("creates, reads, updates and deletes a user", async () => {
-    const created = await createUser({ name: "Grace", role: "admin" })
-    expect(created).toMatchObject({ name: "Grace", role: "admin", active: true })
-    expect(typeof created.id).toBe("string")
-
-    expect(await (await gateway(`/api/users/${created.id}`)).json()).toEqual(created)
-
-    const patched = await send("PATCH", `/api/users/${created.id}`, { name: "Grace Hopper", active: false })
-    expect(patched.status).toBe(200)
-    expect(await patched.json()).toMatchObject({ id: created.id, name: "Grace Hopper", active: false, role: "admin" })
-
-    expect((await send("DELETE", `/api/users/${created.id}`)).status).toBe(204)
-    const gone = await expectProblem(await gateway(`/api/users/${created.id}`), 404)
-    expect(gone).toMatchObject({ type: "urn:meshwork:problem:user-not-found", userId: created.id })
-    await expectProblem(await send("DELETE", `/api/users/${created.id}`), 404)
-    await expectProblem(await send("PATCH", `/api/users/${created.id}`, { name: "x" }), 404)
-  })
-
-  it("refuses a second user with the same email, whatever its case, with 409", async () => {
-    const email = `${unique()}@example.com`
-    await createUser({ email })
-    const conflict = await expectProblem(await send("POST", "/api/users", { email: email.toUpperCase(), name: "B" }), 409)
-    expect(conflict).toMatchObject({ type: "urn:meshwork:problem:email-taken" })
-    const other = await createUser()
-    await expectProblem(await send("PATCH", `/api/users/${other.id}`, { email }), 409)
-  })
-
-  it("pages through every user once, in id order", async () => {
-    const mine = await Promise.all(Array.from({ length: 5 }, () => createUser()))
-    const seen: Array<string> = []
-    let cursor: string | null = null
-    do {
-      const query: string = cursor === null ? "?limit=2" : `?limit=2&cursor=${cursor}`
-      const response = await gateway(`/api/users${query}`)
-      expect(response.status).toBe(200)
-      const page = await response.json() as { items: Array<User>; nextCursor: string | null }
-      expect(page.items.length).toBeLessThanOrEqual(2)
-      seen.push(...page.items.map((user) => user.id))
-      cursor = page.nextCursor
-    } while (cursor !== null)
-    expect(new Set(seen).size).toBe(seen.length)
-    expect(seen).toEqual([...seen].sort())
-    expect(seen).toEqual(expect.arrayContaining(mine.map((user) => user.id)))
-  })
-
-  it.each([
-    ["limit=0", "limit"],
-    ["limit=101", "limit"],
-    ["limit=ten", "limit"],
-    ["cursor=not%20a%20cursor", "cursor"]
-  ])("refuses ?%s with a 400 naming the parameter", async (query, field) => {
-    const problem = await expectProblem(await gateway(`/api/users?${query}`), 400)
-    expect(JSON.stringify(problem["errors"])).toContain(field)
   })
 })
 
@@ -226,72 +169,5 @@ describe("bad input never reaches a 500", () => {
       headers: { "content-type": "application/json", "x-meshwork-identity": await meshIdentity() }
     })
     expect(await expectProblem(response, 413)).toMatchObject({ limit: 65_536 })
-  })
-})
-
-describe("products", () => {
-  const product = (sellerId: string, overrides: Record<string, unknown> = {}) => ({
-    sku: `SKU-${unique().toUpperCase()}`,
-    name: "Widget",
-    priceCents: 1999,
-    sellerId,
-    ...overrides
-  })
-
-  it("creates, reads, updates and deletes a product sold by an active user", async () => {
-    const seller = await createUser()
-    const created = await send("POST", "/api/products", product(seller.id, { stock: 3 }))
-    expect(created.status).toBe(201)
-    const item = await created.json() as { id: string; sku: string }
-    expect(item).toMatchObject({ name: "Widget", priceCents: 1999, currency: "USD", stock: 3, sellerId: seller.id })
-
-    expect(await (await gateway(`/api/products/${item.id}`)).json()).toEqual(item)
-    const patched = await send("PATCH", `/api/products/${item.id}`, { priceCents: 2499, stock: 0 })
-    expect(await patched.json()).toMatchObject({ priceCents: 2499, stock: 0, sku: item.sku })
-
-    expect((await send("DELETE", `/api/products/${item.id}`)).status).toBe(204)
-    const gone = await expectProblem(await gateway(`/api/products/${item.id}`), 404)
-    expect(gone).toMatchObject({ type: "urn:meshwork:problem:product-not-found" })
-  })
-
-  it("asks the users service, through its typed client, whether the seller exists and is active", async () => {
-    const unknownSeller = await expectProblem(await send("POST", "/api/products", product("no-such-user")), 422)
-    expect(unknownSeller).toMatchObject({ type: "urn:meshwork:problem:unknown-seller", sellerId: "no-such-user" })
-
-    const disabled = await createUser({ active: false })
-    await expectProblem(await send("POST", "/api/products", product(disabled.id)), 422)
-
-    const seller = await createUser()
-    const item = await (await send("POST", "/api/products", product(seller.id))).json() as { id: string }
-    await expectProblem(await send("PATCH", `/api/products/${item.id}`, { sellerId: disabled.id }), 422)
-  })
-
-  it("refuses a duplicate SKU with 409", async () => {
-    const seller = await createUser()
-    const first = product(seller.id)
-    expect((await send("POST", "/api/products", first)).status).toBe(201)
-    const conflict = await expectProblem(await send("POST", "/api/products", { ...first, name: "Other" }), 409)
-    expect(conflict).toMatchObject({ type: "urn:meshwork:problem:sku-taken", sku: first.sku })
-  })
-
-  it.each([
-    ["a negative price", { priceCents: -1 }, "priceCents"],
-    ["a fractional price", { priceCents: 1.5 }, "priceCents"],
-    ["a price given as a string", { priceCents: "19.99" }, "priceCents"],
-    ["a lower-case SKU", { sku: "abc" }, "sku"],
-    ["a bad currency", { currency: "dollars" }, "currency"]
-  ])("refuses %s with a 400 naming the field", async (_, overrides, field) => {
-    const problem = await expectProblem(await send("POST", "/api/products", product("any", overrides)), 400)
-    expect(problem["errors"]).toEqual(expect.arrayContaining([expect.objectContaining({ path: ["payload", field] })]))
-  })
-
-  it("pages through products with a cursor", async () => {
-    const seller = await createUser()
-    for (let i = 0; i < 3; i++) await send("POST", "/api/products", product(seller.id))
-    const first = await (await gateway("/api/products?limit=2")).json() as { items: Array<unknown>; nextCursor: string }
-    expect(first.items).toHaveLength(2)
-    expect(first.nextCursor).toEqual(expect.any(String))
-    const second = await gateway(`/api/products?limit=2&cursor=${first.nextCursor}`)
-    expect(second.status).toBe(200)
   })
 })

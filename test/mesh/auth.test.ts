@@ -18,7 +18,7 @@ import {
   signedIn,
   testKeys,
   unique
-} from "./helpers.ts"
+} from "../helpers.ts"
 
 const now = () => Math.floor(Date.now() / 1000)
 const b64 = (value: unknown) => btoa(JSON.stringify(value)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")

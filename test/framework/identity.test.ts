@@ -3,8 +3,8 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import * as Identity from "../src/layers/security/Identity.ts"
-import { envLayer } from "../src/runtime/Worker.ts"
+import * as Identity from "../../src/layers/security/Identity.ts"
+import { envLayer } from "../../src/runtime/Worker.ts"
 
 const KeyLive = Identity.IdentityKey.layer.pipe(Layer.provide(envLayer({ MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET })))
 const alice: Identity.Identity = { kind: "user", sub: "alice", roles: ["user"] }

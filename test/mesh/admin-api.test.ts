@@ -1,0 +1,87 @@
+/**
+ * Deployment strategies: traffic splits between versions (src/layers/Traffic.ts),
+ * feature flags (src/layers/FeatureFlags.ts), both over the mesh's real KV
+ * store, and the gateway's admin API that drives them.
+ */
+import { expect, it } from "@effect/vitest"
+import { env } from "cloudflare:workers"
+import { afterEach, describe } from "vitest"
+import { expectProblem, gateway, send, signedIn } from "../helpers.ts"
+
+const kv = env.MESH_CONFIG
+
+describe("the admin API and the router", () => {
+  afterEach(async () => {
+    await kv.delete("traffic/users")
+    await kv.delete("flags/new-checkout")
+  })
+
+  it("shifts users' traffic between blue and green, rolls back, and lets an admin pick a version", async () => {
+    const admin = await signedIn("admin")
+    const member = await signedIn()
+    const versionOf = async (token: string, headers: Record<string, string> = {}) => {
+      const response = await gateway(`/api/users/${member.id}`, { headers: { authorization: `Bearer ${token}`, ...headers } })
+      expect(response.status).toBe(200)
+      await response.body?.cancel()
+      return response.headers.get("x-meshwork-version")
+    }
+    expect(await versionOf(admin.token)).toBe("blue")
+
+    const shifted = await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 100 }, admin.token)
+    expect(shifted.status).toBe(200)
+    expect(await versionOf(admin.token)).toBe("green")
+    expect(await versionOf(member.token)).toBe("green")
+
+    const status = await (await send("GET", "/api/admin/status", undefined, admin.token)).json() as { traffic: Record<string, unknown> }
+    expect(status.traffic["users"]).toMatchObject({ stable: "blue", canary: "green", weight: 100 })
+
+    const rolledBack = await send("POST", "/api/admin/traffic/users/rollback", undefined, admin.token)
+    expect(rolledBack.status).toBe(200)
+    expect(await rolledBack.json()).toMatchObject({ weight: 0, rolledBack: { canary: "green" } })
+    expect(await versionOf(member.token)).toBe("blue")
+
+    // The override header is an admin's alone.
+    expect(await versionOf(admin.token, { "x-use-version": "green" })).toBe("green")
+    expect(await versionOf(member.token, { "x-use-version": "green" })).toBe("blue")
+  })
+
+  it("turns a flag on for a user, which the sessions service sees", async () => {
+    const admin = await signedIn("admin")
+    const member = await signedIn()
+    const created = await send("POST", "/api/sessions", {}, member.token)
+    const { id } = await created.json() as { id: string }
+    const checkout = async () => ((await (await send("GET", `/api/sessions/${id}/cart`, undefined, member.token)).json()) as { checkout: string }).checkout
+    expect(await checkout()).toBe("classic")
+    expect((await send("PUT", "/api/admin/flags/new-checkout", { enabled: true, percentage: 0, users: [member.id] }, admin.token)).status).toBe(200)
+    expect(await checkout()).toBe("new")
+    expect(await (await send("GET", "/api/admin/flags", undefined, admin.token)).json()).toMatchObject({ "new-checkout": { users: [member.id] } })
+    // The kill switch.
+    await send("PUT", "/api/admin/flags/new-checkout", { enabled: false, percentage: 100, users: [member.id] }, admin.token)
+    expect(await checkout()).toBe("classic")
+    expect((await send("DELETE", "/api/admin/flags/new-checkout", undefined, admin.token)).status).toBe(204)
+  })
+
+  it("refuses non-admins on every admin endpoint, and bad input with 400", async () => {
+    const admin = await signedIn("admin")
+    const member = await signedIn()
+    for (const [method, path, body] of [
+      ["GET", "/api/admin/status", undefined],
+      ["GET", "/api/admin/traffic", undefined],
+      ["PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 50 }],
+      ["POST", "/api/admin/traffic/users/rollback", undefined],
+      ["GET", "/api/admin/flags", undefined],
+      ["PUT", "/api/admin/flags/x", { enabled: true, percentage: 5 }],
+      ["DELETE", "/api/admin/flags/x", undefined],
+      ["POST", "/api/admin/cache/purge", { tags: ["x"] }]
+    ] as const) {
+      await expectProblem(await send(method, path, body, member.token), 403)
+    }
+    await expectProblem(await gateway("/api/admin/status"), 401)
+    await expectProblem(await send("PUT", "/api/admin/traffic/users", { stable: "blue", weight: 20 }, admin.token), 400)
+    await expectProblem(await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 120 }, admin.token), 400)
+    await expectProblem(await send("PUT", "/api/admin/traffic/Users", { stable: "blue", weight: 0 }, admin.token), 400)
+    await expectProblem(await send("PUT", "/api/admin/flags/new-checkout", { enabled: "yes" }, admin.token), 400)
+    await expectProblem(await send("POST", "/api/admin/traffic/nothing-here/rollback", undefined, admin.token), 404)
+    await expectProblem(await send("GET", "/api/admin/nope", undefined, admin.token), 404)
+  })
+})
