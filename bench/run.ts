@@ -254,8 +254,6 @@ const startWorkerd = async () => {
   const built = (await buildMesh(join(outdir, "mesh"), {
     minify,
     secrets: (name) => ({
-      // Tracing is off but in the "tracing" group's traced chain, which turns it on.
-      OTLP_ENDPOINT: "off",
       MESH_IDENTITY_SECRET: secrets.identitySecret,
       ...(name === "auth" ? { AUTH_SIGNING_KEYS: JSON.stringify({ active: secrets.key.kid, keys: [secrets.key] }) } : {}),
       // Every request is counted, none refused: the benchmark measures the policy's cost, not its 429s.

@@ -8,7 +8,7 @@
  *
  * | var | default | |
  * |---|---|---|
- * | `OTLP_ENDPOINT` | `http://127.0.0.1:4318` | the collector; `off` turns tracing off (no spans of the runtime's, nothing exported) |
+ * | `OTLP_ENDPOINT` | none: tracing off | the collector's base URL (`/v1/traces` is added). Without it (or `off`) no span is made, nothing exported. `npm start` sets it for the local mesh |
  * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
  * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
  * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
@@ -23,11 +23,16 @@
  * trace with no request still running in the isolate leave in one POST,
  * under `ctx.waitUntil`, within `OTLP_TIMEOUT_MS`; while one is in flight,
  * requests that end leave their spans to its next round, so under load one
- * POST carries many requests. The response never waits for it. A failed or timed-out export drops its spans and counts them
- * (`meshwork.telemetry.spans.dropped`, and `stats`); at most `maxBufferedSpans`
- * wait in an isolate, further ones are dropped and counted too.
+ * POST carries many requests. The response never waits for it. A failed or
+ * timed-out export drops its spans and counts them
+ * (`meshwork.telemetry.spans.dropped`, and `stats`), warns once, and backs
+ * the isolate's exports off (1 s doubling to 25 s): an unreachable collector
+ * costs one attempt per backoff, never one per request. Spans that end
+ * meanwhile wait (at most `maxBufferedSpans`; further ones are dropped and
+ * counted) for one retry at the backoff's end, under the `waitUntil` of a
+ * request that ended during it.
  */
-import { Context, Duration, Effect, ErrorReporter, Layer, Logger, Metric, Tracer } from "effect"
+import { Context, Duration, Effect, ErrorReporter, Layer, Logger, Metric, References, Tracer } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { OtlpExporter, OtlpMetrics, OtlpSerialization } from "effect/observability"
 import type { WorkerEnv } from "./Bindings.ts"
@@ -109,7 +114,8 @@ export const layer = (serviceName: string, options: { readonly metrics?: boolean
       : undefined
     const service = makeService(config, flushMetrics)
     const logger = Logger.layer([jsonLogger(serviceName), Logger.tracerLogger])
-    if (!service.enabled) return Layer.merge(Layer.succeed(Telemetry, service), logger)
+    // Off: Effect's own spans (Effect.fn, withSpan) are not even made.
+    if (!service.enabled) return Layer.mergeAll(Layer.succeed(Telemetry, service), logger, Layer.succeed(References.TracerEnabled, false))
     return Layer.mergeAll(
       Layer.succeed(Telemetry, service),
       Layer.succeed(Tracer.Tracer, service.tracer),

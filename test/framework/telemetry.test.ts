@@ -307,21 +307,28 @@ describe("a collector that is down or slow", () => {
           ? Telemetry.Telemetry.useSync((telemetry) => Response.json(telemetry.stats))
           : Effect.succeed(new Response("ok"))
     })
-    return async (path: string) => {
+    return async (path: string, options: { readonly waitForExports?: boolean } = {}) => {
       const ctx = createExecutionContext()
       const response = await worker.fetch!(new Request(`http://probe.test${path}`), { ...env, ...vars }, ctx)
-      await waitOnExecutionContext(ctx)
+      if (options.waitForExports !== false) await waitOnExecutionContext(ctx)
       return response
     }
   }
 
-  it("answers anyway, and counts the spans it could not export", async () => {
+  it("answers anyway, counts the spans it could not export, and backs off rather than trying per request", async () => {
     // Nothing listens on port 9: every export is refused.
     const refused = stats(`refused-${unique()}`, { OTLP_ENDPOINT: "http://127.0.0.1:9", OTLP_TIMEOUT_MS: "500" })
-    for (let i = 0; i < 3; i++) expect(await (await refused("/ok")).text()).toBe("ok")
-    const counted = await (await refused("/stats")).json() as Telemetry.Stats
-    expect(counted).toMatchObject({ exported: 0, dropped: 3 })
-    expect(counted.failedExports).toBe(3)
+    expect(await (await refused("/ok")).text()).toBe("ok")
+    // Within the first backoff (1 s) nine more requests end: none of them makes an export of its own.
+    for (let i = 0; i < 9; i++) expect(await (await refused("/ok", { waitForExports: false })).text()).toBe("ok")
+    const counted = await (await refused("/stats", { waitForExports: false })).json() as Telemetry.Stats
+    expect(counted).toMatchObject({ exported: 0, dropped: 1, exports: 1, failedExports: 1 })
+    // The one retry at the backoff's end takes the spans that waited, and fails too: counted, not lost silently.
+    const read = async () => await (await refused("/stats", { waitForExports: false })).json() as Telemetry.Stats
+    await eventually(async () => (await read()).failedExports === 2, 5)
+    const later = await read()
+    expect(later.exported).toBe(0)
+    expect(later.dropped).toBeGreaterThanOrEqual(11)
 
     // A collector that never answers: the export is cut at OTLP_TIMEOUT_MS, its spans counted as dropped.
     await setMode("hang")

@@ -131,6 +131,16 @@ const maxDrainMs = 10_000
 /** A trace whose requests have run this long no longer holds back its spans (a request may never settle). */
 const maxOpenMs = 60_000
 
+/**
+ * After a failed export the isolate makes no export for this long, doubling
+ * with each failure in a row up to `maxBackoffMs`: an unreachable collector
+ * costs one attempt per backoff, not one per request. Spans that end
+ * meanwhile wait in the buffer (at most `maxBufferedSpans`, then dropped).
+ */
+const firstBackoffMs = 1_000
+/** Within what a request's `waitUntil` may take after its response (30 s), so a retry can wait for it. */
+const maxBackoffMs = 25_000
+
 export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | undefined): Service => {
   const stats: Stats = { exported: 0, dropped: 0, exports: 0, failedExports: 0 }
   type OtlpSpan = ReturnType<typeof toOtlp>
@@ -194,23 +204,46 @@ export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void
       if (!response.ok) throw new Error(`collector answered ${response.status}`)
     })
 
-  const exportSpans = async (spans: Array<OtlpSpan>): Promise<void> => {
+  let backoffMs = 0
+  let backoffUntil = 0
+  const backingOff = () => backoffMs > 0 && Date.now() < backoffUntil
+  /** When the one retry waiting out the backoff will run; a retry whose request was cancelled is taken as gone soon after. */
+  let retryAt: number | undefined
+  const retryPending = () => retryAt !== undefined && Date.now() < retryAt + settings.timeoutMs
+  /** One drain when the backoff ends, so spans that ended meanwhile do not wait for a later request. */
+  const retryAfterBackoff = (): Promise<void> => {
+    if (retryPending()) return Promise.resolve()
+    const at = retryAt = backoffUntil
+    return new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, at - Date.now()))).then(() => {
+      if (retryAt === at) retryAt = undefined
+      return exporting() || backingOff() ? undefined : drain()
+    })
+  }
+
+  /** Exports `spans`; answers whether the collector took them. */
+  const exportSpans = async (spans: Array<OtlpSpan>): Promise<boolean> => {
     stats.exports++
     try {
       const data = { resourceSpans: [{ resource, scopeSpans: [{ scope, spans }] }] }
       await post("/v1/traces", serialize.traces(data as never) as never)
       stats.exported += spans.length
+      backoffMs = 0
+      return true
     } catch (error) {
       stats.failedExports++
       drop(spans.length)
-      if (stats.failedExports === 1 || stats.failedExports % 100 === 0) {
+      backoffMs = Math.min(maxBackoffMs, backoffMs === 0 ? firstBackoffMs : backoffMs * 2)
+      backoffUntil = Date.now() + backoffMs
+      if (stats.failedExports === 1) {
         console.warn(JSON.stringify({
           level: "WARN",
-          message: `${settings.serviceName}: spans dropped, the OTLP collector at ${settings.endpoint} failed`,
-          error: String(error),
-          dropped: stats.dropped
+          message: `${settings.serviceName}: the OTLP collector at ${settings.endpoint} failed; spans are dropped and counted ` +
+            `(meshwork.telemetry.spans.dropped) and exports back off up to ${maxBackoffMs / 1000} s. Start a collector ` +
+            `there (npm run traces, or Jaeger), or remove OTLP_ENDPOINT to turn tracing off.`,
+          error: String(error)
         }))
       }
+      return false
     }
   }
 
@@ -245,7 +278,7 @@ export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void
     const started = exportingSince = Date.now()
     try {
       for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
-        await exportSpans(ready)
+        if (!(await exportSpans(ready))) return
         if (Date.now() - started > maxDrainMs) return
       }
     } finally {
@@ -266,11 +299,12 @@ export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void
     finish: (traceId) => {
       const running = traceId === undefined ? undefined : open.get(traceId)
       if (running !== undefined && --running.count === 0) open.delete(traceId!)
-      // An export in flight takes these spans with its next round.
-      return exporting() ? Promise.resolve() : drain()
+      // An export in flight takes these spans with its next round; after a failure, the retry at the backoff's end.
+      if (exporting()) return Promise.resolve()
+      return backingOff() ? retryAfterBackoff() : drain()
     },
     exportMetrics: () => {
-      if (flushMetrics === undefined) return Promise.resolve()
+      if (flushMetrics === undefined || backingOff()) return Promise.resolve()
       const now = Date.now()
       if (now - lastMetricsExport < settings.metricsIntervalMs) return Promise.resolve()
       lastMetricsExport = now

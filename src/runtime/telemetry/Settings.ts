@@ -37,7 +37,8 @@ const parseHeaders = (value: string): Record<string, string> => {
 export const defaults = {
   serviceVersion: "0.1.0",
   environment: "development",
-  endpoint: "http://127.0.0.1:4318",
+  // No collector unless one is given: a deployed Worker never exports to a guess.
+  endpoint: "",
   protocol: "json",
   headers: {},
   timeoutMs: 2000,
