@@ -53,6 +53,7 @@ export {
   errorTag,
   event,
   formatTraceparent,
+  isTracing,
   parseTraceparent,
   ServerSpan,
   traceparent,

@@ -6,10 +6,9 @@
 import { expect, it } from "@effect/vitest"
 import { createExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers"
-import { Duration, Effect, Exit, Fiber, Layer } from "effect"
-import { CircuitBreaker } from "effect/persistence"
+import { Effect, Exit, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { type BreakerSettings, CircuitBreakers, makeStore, probeLeaseMillis } from "../../src/layers/resilience/CircuitBreakers.ts"
+import { type BreakerSettings, CircuitBreakers, memoryStore, probeLeaseMillis } from "../../src/layers/resilience/CircuitBreakers.ts"
 import { IdentityKey } from "../../src/layers/security/Identity.ts"
 import { RoutingTable } from "../../src/layers/routing/RoutingTable.ts"
 import { proxy } from "../../src/layers/routing/Proxy.ts"
@@ -106,18 +105,21 @@ it.effect("half-open admits exactly K of 50 concurrent calls, closes when they s
     expect(upstream.calls()).toBe(1 + 3)
     expect(yield* breakers.state("e")).toBe("Closed")
 
-    // Open again at once: the second consecutive opening lasts twice as long (2 s)...
+    // It recovered: the next opening is a first one again (1 s), not a doubled one...
     yield* call(upstream.answer(503))
-    yield* TestClock.adjust("1 second")
     expect(yield* breakers.state("e")).toBe("Open")
     yield* TestClock.adjust("1 second")
     expect(yield* breakers.state("e")).toBe("HalfOpen")
-    // ...a failed probe reopens it, and the third opening (4 s) is capped at maxOpenMs (3 s).
+    // ...while a failed probe doubles it (2 s), and the third opening in a row (4 s) is capped at maxOpenMs (3 s).
     yield* call(upstream.answer(503))
+    yield* TestClock.adjust("1900 millis")
     expect(yield* breakers.state("e")).toBe("Open")
+    yield* TestClock.adjust("100 millis")
+    expect(yield* breakers.state("e")).toBe("HalfOpen")
+    yield* call(upstream.answer(503))
     yield* TestClock.adjust("2900 millis")
     expect(yield* breakers.state("e")).toBe("Open")
-    yield* TestClock.adjust("200 millis")
+    yield* TestClock.adjust("100 millis")
     expect(yield* breakers.state("e")).toBe("HalfOpen")
   }).pipe(Effect.provide(Breakers)))
 
@@ -172,15 +174,13 @@ it.effect("a Durable Object store shares one breaker between isolates", () =>
     expect(upstream.calls()).toBe(2)
   }))
 
-it.effect("frees a half-open probe slot whose outcome never comes back, after the lease", () =>
-  Effect.gen(function*() {
-    const store = makeStore(() => 1)
-    const trip = { key: "lost", tripPolicy: CircuitBreaker.consecutive(1), openFor: Duration.seconds(1) }
-    const closed = yield* Effect.scoped(store.admit("lost"))
-    yield* store.record({ ...trip, generation: closed.generation, outcome: "Failure" })
-    yield* TestClock.adjust("1 second")
-    yield* Effect.scoped(store.admit("lost")) // the probe, whose outcome is lost
-    expect((yield* Effect.flip(Effect.scoped(store.admit("lost")))).reason._tag).toBe("CircuitHalfOpen")
-    yield* TestClock.adjust(probeLeaseMillis)
-    expect((yield* Effect.scoped(store.admit("lost"))).probe).toBe(true)
-  }))
+it("frees a half-open probe slot whose outcome never comes back, after the lease", () => {
+  const store = memoryStore()
+  const settings = { consecutiveFailures: 1, openMs: 1_000 }
+  const closed = store.admit("lost", settings, 0)
+  expect(closed._tag).toBe("Admitted")
+  if (closed._tag === "Admitted") store.record("lost", settings, closed.generation, "Failure", 0)
+  expect(store.admit("lost", settings, 1_000)._tag).toBe("Admitted") // the probe, whose outcome is lost
+  expect(store.admit("lost", settings, 1_000)._tag).toBe("HalfOpen")
+  expect(store.admit("lost", settings, 1_000 + probeLeaseMillis)._tag).toBe("Admitted")
+})

@@ -143,21 +143,23 @@ export class TrafficManager extends Context.Service<TrafficManager, {
     }
 
     return TrafficManager.of({
-      choose: (versions, identity, request) =>
-        Effect.gen(function*() {
-          const fetcherOf = (version: string) => ({ version, fetcher: versions.fetchers.get(version)! })
-          const override = request.headers.get(overrideHeader)
-          if (override !== null && identity !== undefined && hasRole(identity, "admin") && versions.fetchers.has(override)) {
-            return fetcherOf(override)
-          }
-          const split = usable(versions, yield* splits.get(prefix + versions.service))
+      choose: (versions, identity, request) => {
+        const fetcherOf = (version: string) => ({ version, fetcher: versions.fetchers.get(version)! })
+        const override = request.headers.get(overrideHeader)
+        if (override !== null && identity !== undefined && hasRole(identity, "admin") && versions.fetchers.has(override)) {
+          return Effect.succeed(fetcherOf(override))
+        }
+        return Effect.map(splits.get(prefix + versions.service), (found) => {
+          const split = usable(versions, found)
           if (split === undefined) return fetcherOf(versions.defaultVersion)
           return fetcherOf(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
-        }),
-      record: (versions, version, failed) =>
-        Effect.gen(function*() {
-          const split = usable(versions, splits.peek(prefix + versions.service))
-          if (split === undefined || split.canary !== version || split.weight === 0) return
+        })
+      },
+      record: (versions, version, failed) => {
+        const split = usable(versions, splits.peek(prefix + versions.service))
+        // Only a canary's answers are counted, and only while it has traffic.
+        if (split === undefined || split.canary !== version || split.weight === 0) return Effect.void
+        return Effect.gen(function*() {
           const settings = split.autoRollback ?? {}
           const now = yield* Clock.currentTimeMillis
           const windowMillis = (settings.windowSeconds ?? 60) * 1000
@@ -189,6 +191,7 @@ export class TrafficManager extends Context.Service<TrafficManager, {
             )
           }
         })
+      }
     })
   }
 

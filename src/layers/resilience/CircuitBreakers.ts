@@ -1,6 +1,5 @@
 /**
- * Circuit breakers per upstream, built on Effect's `CircuitBreaker`
- * (`effect/persistence`).
+ * Circuit breakers per upstream.
  *
  * Each route of the router's `ROUTES` table may carry `breaker` settings:
  *
@@ -13,18 +12,29 @@
  *   `window` calls once `minimumCalls` were seen. A failure is a 5xx answer,
  *   an unreachable upstream, a timeout, or (with `slowCallMs`) a call slower
  *   than that. 4xx answers are the client's, not the upstream's: successes.
- * - Stays open `openMs`, doubling with each consecutive opening up to
- *   `maxOpenMs`; while open every call is refused at once with 503 and a
- *   `Retry-After`, without reaching the upstream.
+ *   An interrupted call is not counted.
+ * - Stays open `openMs`; each reopening before the breaker has recovered
+ *   doubles it, up to `maxOpenMs`. A recovery (every half-open probe
+ *   succeeded) starts the next opening at `openMs` again, so an upstream that
+ *   fails now and then is not kept out longer each time. While open every
+ *   call is refused at once with 503 and a `Retry-After`, without reaching
+ *   the upstream.
  * - Half-open admits exactly `probes` calls, however many arrive at once; it
- *   closes when all of them succeed and reopens on any failure.
- * - State is per isolate by default (a memory store); with `BREAKER_STORE =
+ *   closes when all of them succeed and reopens on any failure. A probe whose
+ *   outcome never comes back frees its slot after `probeLeaseMillis`.
+ * - State is per isolate by default (a memory store, decided synchronously:
+ *   no effect machinery on the request path); with `BREAKER_STORE =
  *   "durable-object"` one Durable Object holds it for every isolate. Every
- *   transition is logged, and `/health` reports each breaker's state.
+ *   transition is logged, is an event on the request's span and sets the
+ *   `meshwork.breaker.state` gauge; `/health` reports each breaker's state.
+ *
+ * The trip policies are Effect's (`CircuitBreaker.TripPolicy` of
+ * `effect/persistence`); the guard is our own: Effect's `CircuitBreaker.execute`
+ * measured as half of the router's own cost per request.
  *
  * Add `CircuitBreakers.layer` to a proxy Worker's layer to turn them on.
  */
-import { Cause, Clock, Config, Context, Duration, Effect, Exit, Layer, Metric, Schedule, Schema, Scope } from "effect"
+import { Cause, Clock, Config, Context, Effect, Exit, Layer, Metric, Schema } from "effect"
 import { CircuitBreaker } from "effect/persistence"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
@@ -46,7 +56,7 @@ export const BreakerSettings = Schema.Struct({
   window: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 10_000 }))),
   /** A call slower than this counts as a failure. */
   slowCallMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))),
-  /** First open time (default 1 s), doubling per consecutive opening... */
+  /** First open time (default 1 s), doubling per reopening before a recovery... */
   openMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 3_600_000 }))),
   /** ...up to this (default 30 s). */
   maxOpenMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 3_600_000 }))),
@@ -64,24 +74,47 @@ export const tripPolicy = (settings: BreakerSettings): CircuitBreaker.TripPolicy
     })
     : CircuitBreaker.consecutive(settings.consecutiveFailures ?? 5)
 
-/** Open time: doubling from `openMs`, capped at `maxOpenMs`. */
-export const openDuration = (settings: BreakerSettings) => {
-  const cap = settings.maxOpenMs ?? 30_000
-  return Schedule.exponential(Duration.millis(settings.openMs ?? 1_000)).pipe(
-    Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.millis(cap))))
-  )
+/** The open time of the `opening`-th consecutive opening (1 for the first): doubling from `openMs`, capped at `maxOpenMs`. */
+export const openMillis = (settings: BreakerSettings, opening: number): number =>
+  Math.min(settings.maxOpenMs ?? 30_000, (settings.openMs ?? 1_000) * 2 ** Math.min(Math.max(0, opening - 1), 30))
+
+export type BreakerState = "Closed" | "Open" | "HalfOpen"
+export type Outcome = "Success" | "Failure" | "Ignored"
+
+export interface Transition {
+  readonly key: string
+  readonly from: BreakerState
+  readonly to: BreakerState
+}
+
+/** What a store answers a call that asks to go through. */
+export type Admission =
+  | { readonly _tag: "Admitted"; readonly generation: number; readonly transition?: Transition | undefined }
+  | { readonly _tag: "Open"; readonly retryAfterMillis: number }
+  | { readonly _tag: "HalfOpen" }
+
+/** Where breaker state lives: the isolate's memory (answers at once) or a Durable Object (answers over RPC). */
+export interface BreakerStore {
+  readonly admit: (key: string, settings: BreakerSettings, now: number) => Admission | Promise<Admission>
+  readonly record: (
+    key: string,
+    settings: BreakerSettings,
+    generation: number,
+    outcome: Outcome,
+    now: number
+  ) => Transition | undefined | Promise<Transition | undefined>
+  readonly state: (key: string, now: number) => BreakerState | Promise<BreakerState>
 }
 
 interface Entry {
-  state: "Closed" | "Open" | "HalfOpen"
+  state: BreakerState
   generation: number
   streak: number
   ring: Array<boolean>
   ringFailures: number
   openUntil: number
-  consecutiveOpenings: number
-  lastOpenFor: number
-  resetAt: number
+  /** Openings since the breaker last recovered. */
+  openings: number
   /** The probes admitted in this half-open period and not yet recorded: generation -> admitted at. */
   probesInFlight: Map<number, number>
   probesSucceeded: number
@@ -91,15 +124,20 @@ interface Entry {
 export const probeLeaseMillis = 30_000
 
 /**
- * An in-memory `CircuitBreakerStore` whose half-open state admits `probes(key)`
- * calls (Effect's own memory store admits one). `admit` and `record` run
- * without yielding, so concurrent callers in one isolate never see a state
- * between them: exactly `probes` are admitted. A probe whose outcome is not
- * recorded within `probeLeaseMillis` frees its slot. Transitions are logged.
- * Generations start at a random offset, so a store that restarted (an evicted
- * Durable Object) cannot take an old outcome for a new call.
+ * The breakers of one isolate (or of the shared object), in memory. Every
+ * method is synchronous, so concurrent callers in one isolate never see a
+ * state between an admission and its bookkeeping: exactly `probes` are
+ * admitted while half-open. Generations start at a random offset, so a store
+ * that restarted (an evicted Durable Object) cannot take an old outcome for a
+ * new call.
  */
-export const makeStore = (probes: (key: string) => number): CircuitBreaker.CircuitBreakerStore["Service"] => {
+export interface MemoryStore extends BreakerStore {
+  readonly admit: (key: string, settings: BreakerSettings, now: number) => Admission
+  readonly record: (key: string, settings: BreakerSettings, generation: number, outcome: Outcome, now: number) => Transition | undefined
+  readonly state: (key: string, now: number) => BreakerState
+}
+
+export const memoryStore = (): MemoryStore => {
   const entries = new Map<string, Entry>()
   let nextGeneration = crypto.getRandomValues(new Uint32Array(1))[0]! * 1024
   const entry = (key: string): Entry => {
@@ -112,9 +150,7 @@ export const makeStore = (probes: (key: string) => number): CircuitBreaker.Circu
         ring: [],
         ringFailures: 0,
         openUntil: 0,
-        consecutiveOpenings: 0,
-        lastOpenFor: 0,
-        resetAt: 0,
+        openings: 0,
         probesInFlight: new Map(),
         probesSucceeded: 0
       }
@@ -122,114 +158,83 @@ export const makeStore = (probes: (key: string) => number): CircuitBreaker.Circu
     }
     return found
   }
-  const open = (key: string, e: Entry, from: "Closed" | "HalfOpen", openFor: Duration.Duration, now: number) => {
-    e.state = "Open"
-    e.generation = nextGeneration++
-    e.lastOpenFor = Duration.toMillis(openFor)
-    e.openUntil = now + e.lastOpenFor
-    e.consecutiveOpenings++
+  const resetCounts = (e: Entry) => {
     e.streak = 0
     e.ring = []
     e.ringFailures = 0
+  }
+  const open = (key: string, e: Entry, from: BreakerState, settings: BreakerSettings, now: number): Transition => {
+    e.state = "Open"
+    e.generation = nextGeneration++
+    e.openings++
+    e.openUntil = now + openMillis(settings, e.openings)
+    resetCounts(e)
     e.probesInFlight.clear()
     e.probesSucceeded = 0
-    return { key, from, to: "Open" as const, retryAfter: openFor, consecutiveOpenings: e.consecutiveOpenings }
+    return { key, from, to: "Open" }
   }
   const trips = (e: Entry, policy: CircuitBreaker.TripPolicy) =>
     policy._tag === "Consecutive"
       ? e.streak >= policy.failures
       : e.ring.length >= policy.minimumCalls && e.ringFailures > 0 && e.ringFailures / e.ring.length >= policy.threshold
-  const log = (transition: CircuitBreaker.Transition | undefined) =>
-    transition === undefined
-      ? Effect.void
-      : Effect.logInfo("circuit breaker", transition.key, `${transition.from} -> ${transition.to}`).pipe(
-        Effect.annotateLogs({ breaker: transition.key, from: transition.from, to: transition.to })
-      )
+  const policies = new WeakMap<BreakerSettings, CircuitBreaker.TripPolicy>()
+  const policyOf = (settings: BreakerSettings) => {
+    let policy = policies.get(settings)
+    if (policy === undefined) policies.set(settings, policy = tripPolicy(settings))
+    return policy
+  }
 
-  return CircuitBreaker.CircuitBreakerStore.of({
-    admit: (key) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now): Effect.Effect<CircuitBreaker.Admission, CircuitBreaker.CircuitBreakerError> => {
-        const e = entry(key)
-        let transition: CircuitBreaker.Transition | undefined
-        if (e.state === "Closed") {
-          if (e.consecutiveOpenings > 0 && now >= e.resetAt) e.consecutiveOpenings = 0
-          return Effect.succeed({ generation: e.generation, probe: false, consecutiveOpenings: e.consecutiveOpenings, transition })
+  return {
+    admit: (key, settings, now) => {
+      const e = entry(key)
+      if (e.state === "Closed") return { _tag: "Admitted", generation: e.generation }
+      let transition: Transition | undefined
+      if (e.state === "Open") {
+        if (now < e.openUntil) return { _tag: "Open", retryAfterMillis: e.openUntil - now }
+        e.state = "HalfOpen"
+        e.probesInFlight.clear()
+        e.probesSucceeded = 0
+        transition = { key, from: "Open", to: "HalfOpen" }
+      }
+      for (const [generation, admittedAt] of e.probesInFlight) {
+        if (now - admittedAt >= probeLeaseMillis) e.probesInFlight.delete(generation)
+      }
+      if (e.probesInFlight.size + e.probesSucceeded >= (settings.probes ?? 1)) return { _tag: "HalfOpen" }
+      const generation = nextGeneration++
+      e.probesInFlight.set(generation, now)
+      return { _tag: "Admitted", generation, transition }
+    },
+    record: (key, settings, generation, outcome, now) => {
+      const e = entry(key)
+      if (e.state === "HalfOpen" && e.probesInFlight.delete(generation)) {
+        if (outcome === "Failure") return open(key, e, "HalfOpen", settings, now)
+        if (outcome === "Success" && ++e.probesSucceeded >= (settings.probes ?? 1)) {
+          e.state = "Closed"
+          e.generation = nextGeneration++
+          // Recovered: the next opening is a first one again.
+          e.openings = 0
+          resetCounts(e)
+          return { key, from: "HalfOpen", to: "Closed" }
         }
-        if (e.state === "Open") {
-          if (now < e.openUntil) {
-            return Effect.fail(
-              new CircuitBreaker.CircuitBreakerError({
-                reason: new CircuitBreaker.CircuitOpen({ key, retryAfter: Duration.millis(e.openUntil - now) })
-              })
-            )
-          }
-          e.state = "HalfOpen"
-          e.probesInFlight.clear()
-          e.probesSucceeded = 0
-          transition = { key, from: "Open", to: "HalfOpen" }
-        }
-        for (const [generation, admittedAt] of e.probesInFlight) {
-          if (now - admittedAt >= probeLeaseMillis) e.probesInFlight.delete(generation)
-        }
-        if (e.probesInFlight.size + e.probesSucceeded >= probes(key)) {
-          return Effect.fail(new CircuitBreaker.CircuitBreakerError({ reason: new CircuitBreaker.CircuitHalfOpen({ key }) }))
-        }
-        const generation = nextGeneration++
-        e.probesInFlight.set(generation, now)
-        return Effect.as(log(transition), {
-          generation,
-          probe: true,
-          consecutiveOpenings: e.consecutiveOpenings,
-          transition
-        })
-      }),
-    record: ({ generation, key, openFor, outcome, tripPolicy }) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => {
-        const e = entry(key)
-        let transition: CircuitBreaker.Transition | undefined
-        if (e.state === "HalfOpen" && e.probesInFlight.delete(generation)) {
-          if (outcome === "Failure") transition = open(key, e, "HalfOpen", openFor, now)
-          else if (outcome === "Success" && ++e.probesSucceeded >= probes(key)) {
-            e.state = "Closed"
-            e.generation = nextGeneration++
-            e.resetAt = now + e.lastOpenFor
-            e.streak = 0
-            e.ring = []
-            e.ringFailures = 0
-            transition = { key, from: "HalfOpen", to: "Closed" }
-          }
-        } else if (e.state === "Closed" && e.generation === generation && outcome !== "Ignored") {
-          const failed = outcome === "Failure"
-          e.streak = failed ? e.streak + 1 : 0
-          if (tripPolicy._tag === "Rate") {
-            e.ring.push(failed)
-            if (failed) e.ringFailures++
-            while (e.ring.length > tripPolicy.size) if (e.ring.shift()) e.ringFailures--
-          }
-          if (trips(e, tripPolicy)) transition = open(key, e, "Closed", openFor, now)
-        }
-        return Effect.as(log(transition), transition)
-      }),
-    state: (key) =>
-      Effect.map(Clock.currentTimeMillis, (now): CircuitBreaker.State => {
-        const e = entries.get(key)
-        if (e === undefined || e.state === "Closed") return { _tag: "Closed", key }
-        if (e.state === "Open" && now < e.openUntil) {
-          return {
-            _tag: "Open",
-            key,
-            retryAfter: Duration.millis(e.openUntil - now),
-            consecutiveOpenings: e.consecutiveOpenings
-          }
-        }
-        return {
-          _tag: "HalfOpen",
-          key,
-          probing: e.probesInFlight.size > 0,
-          consecutiveOpenings: e.consecutiveOpenings
-        }
-      })
-  })
+        return undefined
+      }
+      if (e.state !== "Closed" || e.generation !== generation || outcome === "Ignored") return undefined
+      const failed = outcome === "Failure"
+      e.streak = failed ? e.streak + 1 : 0
+      const policy = policyOf(settings)
+      if (policy._tag === "Rate") {
+        e.ring.push(failed)
+        if (failed) e.ringFailures++
+        while (e.ring.length > policy.size) if (e.ring.shift()) e.ringFailures--
+      }
+      return trips(e, policy) ? open(key, e, "Closed", settings, now) : undefined
+    },
+    state: (key, now) => {
+      const e = entries.get(key)
+      if (e === undefined || e.state === "Closed") return "Closed"
+      return e.state === "Open" && now < e.openUntil ? "Open" : "HalfOpen"
+    }
+  }
 }
 
 /**
@@ -237,165 +242,83 @@ export const makeStore = (probes: (key: string) => number): CircuitBreaker.Circu
  * must be the same in every isolate (`BREAKER_STORE = "durable-object"`). The
  * router exports it and binds it as BREAKERS; every key lives in one object
  * (`idFromName("breakers")`), so admissions are serialized exactly as in one
- * isolate. Durations cross the RPC boundary as milliseconds.
+ * isolate. The object's own clock decides.
  */
 export class CircuitBreakerObject extends DurableObjects.make({
   name: "CircuitBreakerObject",
   layer: Layer.empty
 }) {
-  readonly #probes = new Map<string, number>()
-  readonly #store = makeStore((key) => this.#probes.get(key) ?? 1)
+  readonly #store = memoryStore()
 
-  admit(key: string, probes: number): Promise<RemoteAdmission> {
-    this.#probes.set(key, probes)
-    return this.run(
-      this.#store.admit(key).pipe(
-        Effect.scoped,
-        Effect.map((admission): RemoteAdmission => ({ _tag: "Admitted", ...admission, transition: toRemote(admission.transition) })),
-        Effect.catch((error) =>
-          Effect.succeed<RemoteAdmission>(
-            error.reason._tag === "CircuitOpen"
-              ? { _tag: "Open", retryAfterMillis: Duration.toMillis(error.reason.retryAfter) }
-              : { _tag: "HalfOpen" }
-          )
-        )
-      )
-    )
+  admit(key: string, settings: BreakerSettings): Admission {
+    return this.#store.admit(key, settings, Date.now())
   }
 
-  record(options: {
-    readonly key: string
-    readonly generation: number
-    readonly outcome: "Success" | "Failure" | "Ignored"
-    readonly tripPolicy: CircuitBreaker.TripPolicy
-    readonly openForMillis: number
-  }): Promise<RemoteTransition | undefined> {
-    return this.run(
-      Effect.map(
-        Effect.orDie(this.#store.record({ ...options, openFor: Duration.millis(options.openForMillis) })),
-        toRemote
-      )
-    )
+  record(key: string, settings: BreakerSettings, generation: number, outcome: Outcome): Transition | undefined | Promise<Transition | undefined> {
+    return this.#store.record(key, settings, generation, outcome, Date.now())
   }
 
-  state(key: string): Promise<RemoteState> {
-    return this.run(
-      Effect.map(Effect.orDie(this.#store.state(key)), (state): RemoteState =>
-        state._tag === "Open"
-          ? { ...state, retryAfter: undefined, retryAfterMillis: Duration.toMillis(state.retryAfter) }
-          : state)
-    )
+  state(key: string): BreakerState | Promise<BreakerState> {
+    return this.#store.state(key, Date.now())
   }
 }
 
-type RemoteTransition = Omit<CircuitBreaker.Transition, "retryAfter"> & { readonly retryAfterMillis?: number }
-type RemoteState = (Omit<CircuitBreaker.State, "retryAfter"> & { readonly retryAfterMillis?: number; readonly retryAfter?: undefined })
-type RemoteAdmission =
-  | (Omit<CircuitBreaker.Admission, "transition"> & { readonly _tag: "Admitted"; readonly transition: RemoteTransition | undefined })
-  | { readonly _tag: "Open"; readonly retryAfterMillis: number }
-  | { readonly _tag: "HalfOpen" }
-
-const toRemote = (transition: CircuitBreaker.Transition | undefined): RemoteTransition | undefined =>
-  transition === undefined
-    ? undefined
-    : "retryAfter" in transition
-    ? { ...transition, retryAfter: undefined, retryAfterMillis: Duration.toMillis(transition.retryAfter) } as RemoteTransition
-    : transition
-
-const fromRemote = (transition: RemoteTransition | undefined): CircuitBreaker.Transition | undefined =>
-  transition === undefined
-    ? undefined
-    : transition.to === "Open"
-    ? { ...transition, to: "Open", retryAfter: Duration.millis(transition.retryAfterMillis ?? 0) } as CircuitBreaker.Transition
-    : transition as CircuitBreaker.Transition
-
 /** A breaker store that is the shared `CircuitBreakerObject`, reached over RPC. */
-export const durableObjectStore = (
-  namespace: DurableObjectNamespace,
-  probes: (key: string) => number
-): CircuitBreaker.CircuitBreakerStore["Service"] => {
-  const object = () => namespace.get(namespace.idFromName("breakers")) as unknown as Pick<
-    CircuitBreakerObject,
-    "admit" | "record" | "state"
-  >
-  const storeError = (cause: unknown) =>
-    new CircuitBreaker.CircuitBreakerError({
-      reason: new CircuitBreaker.CircuitBreakerStoreError({ message: "The breaker object did not answer", cause })
-    })
-  const call = <A>(f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: storeError })
-  return CircuitBreaker.CircuitBreakerStore.of({
-    admit: (key) =>
-      Effect.flatMap(call(() => object().admit(key, probes(key))), (answer) => {
-        switch (answer._tag) {
-          case "Admitted":
-            return Effect.succeed({ ...answer, transition: fromRemote(answer.transition) })
-          case "Open":
-            return Effect.fail(
-              new CircuitBreaker.CircuitBreakerError({
-                reason: new CircuitBreaker.CircuitOpen({ key, retryAfter: Duration.millis(answer.retryAfterMillis) })
-              })
-            )
-          case "HalfOpen":
-            return Effect.fail(new CircuitBreaker.CircuitBreakerError({ reason: new CircuitBreaker.CircuitHalfOpen({ key }) }))
-        }
-      }),
-    record: ({ openFor, ...options }) =>
-      Effect.map(call(() => object().record({ ...options, openForMillis: Duration.toMillis(openFor) })), fromRemote),
-    state: (key) =>
-      Effect.map(call(() => object().state(key)), (state): CircuitBreaker.State =>
-        state._tag === "Open"
-          ? {
-            _tag: "Open",
-            key: state.key,
-            retryAfter: Duration.millis(state.retryAfterMillis ?? 0),
-            consecutiveOpenings: (state as unknown as { consecutiveOpenings: number }).consecutiveOpenings
-          }
-          : state as CircuitBreaker.State)
-  })
+export const durableObjectStore = (namespace: DurableObjectNamespace): BreakerStore => {
+  const object = () => namespace.get(namespace.idFromName("breakers")) as unknown as Pick<CircuitBreakerObject, "admit" | "record" | "state">
+  return {
+    admit: (key, settings) => Promise.resolve(object().admit(key, settings)),
+    record: (key, settings, generation, outcome) => Promise.resolve(object().record(key, settings, generation, outcome)),
+    state: (key) => Promise.resolve(object().state(key))
+  }
 }
 
 /** What a call to an upstream returned, as a breaker sees it. */
-const classify = (startedAt: number, slowCallMs: number | undefined) => (exit: Exit.Exit<Response, unknown>) =>
-  Effect.map(Clock.currentTimeMillis, (now) => {
-    if (slowCallMs !== undefined && now - startedAt > slowCallMs) return CircuitBreaker.failure()
-    if (Exit.isSuccess(exit)) return exit.value.status >= 500 ? CircuitBreaker.failure() : CircuitBreaker.success
-    const error = Cause.findErrorOption(exit.cause)
-    return error._tag === "Some" && !(error.value instanceof Problem.BadGateway || error.value instanceof Problem.GatewayTimeout)
-      ? CircuitBreaker.success
-      : CircuitBreaker.failure()
-  })
+const classify = (exit: Exit.Exit<Response, unknown>, elapsedMillis: number, slowCallMs: number | undefined): Outcome => {
+  if (Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)) return "Ignored"
+  if (slowCallMs !== undefined && elapsedMillis > slowCallMs) return "Failure"
+  if (Exit.isSuccess(exit)) return exit.value.status >= 500 ? "Failure" : "Success"
+  const error = Cause.findErrorOption(exit.cause)
+  return error._tag === "Some" && !(error.value instanceof Problem.BadGateway || error.value instanceof Problem.GatewayTimeout)
+    ? "Success"
+    : "Failure"
+}
 
 const stateValue = { Closed: 0, HalfOpen: 1, Open: 2 } as const
 
-const observeState = (key: string, state: keyof typeof stateValue, event: string, attributes: Record<string, unknown> = {}) =>
+const observe = (key: string, state: BreakerState, event: string, attributes: Record<string, unknown> = {}) =>
   Effect.andThen(
     Telemetry.event(event, { "meshwork.breaker": key, "meshwork.breaker.state": state, ...attributes }),
     Telemetry.record(breakerState, stateValue[state], { upstream: key })
   )
 
-const observeTransition = (transition: CircuitBreaker.Transition | undefined) =>
-  transition === undefined
-    ? Effect.void
-    : observeState(transition.key, transition.to, "breaker.transition", { "meshwork.breaker.from": transition.from })
+const observeTransition = (transition: Transition | undefined) =>
+  transition === undefined ? Effect.void : Effect.andThen(
+    observe(transition.key, transition.to, "breaker.transition", { "meshwork.breaker.from": transition.from }),
+    Effect.logInfo("circuit breaker", transition.key, `${transition.from} -> ${transition.to}`).pipe(
+      Effect.annotateLogs({ breaker: transition.key, from: transition.from, to: transition.to })
+    )
+  )
 
-/**
- * `store`, with each decision seen: transitions and refusals are events on
- * the current span and set the `meshwork.breaker.state` gauge.
- */
-const observed = (store: CircuitBreaker.CircuitBreakerStore["Service"]): CircuitBreaker.CircuitBreakerStore["Service"] =>
-  CircuitBreaker.CircuitBreakerStore.of({
-    ...store,
-    admit: (key) =>
-      store.admit(key).pipe(
-        Effect.tap((admission) => observeTransition(admission.transition)),
-        Effect.tapError((error) =>
-          error.reason._tag === "CircuitOpen" || error.reason._tag === "CircuitHalfOpen"
-            ? observeState(key, error.reason._tag === "CircuitOpen" ? "Open" : "HalfOpen", "breaker.refused")
-            : Effect.void
-        )
-      ),
-    record: (options) => Effect.tap(store.record(options), observeTransition)
-  })
+/** An answer of the store: at once when it has one, else when its RPC settles. */
+const answer = <A>(value: A | Promise<A>): Effect.Effect<A, Problem.ServiceUnavailable> =>
+  value instanceof Promise
+    ? Effect.tryPromise({
+      try: () => value,
+      catch: () => new Problem.ServiceUnavailable({ detail: "The circuit breaker store did not answer", retryAfterSeconds: 1 })
+    })
+    : Effect.succeed(value)
+
+const refusal = (key: string, admission: Exclude<Admission, { _tag: "Admitted" }>) =>
+  Effect.andThen(
+    observe(key, admission._tag, "breaker.refused"),
+    Effect.fail(
+      new Problem.ServiceUnavailable({
+        detail: `The ${key} service is failing; its circuit is open`,
+        retryAfterSeconds: admission._tag === "Open" ? Math.max(1, Math.ceil(admission.retryAfterMillis / 1000)) : 1
+      })
+    )
+  )
 
 /** The breakers of a proxy Worker, one per upstream that has `breaker` settings. */
 export class CircuitBreakers extends Context.Service<CircuitBreakers, {
@@ -404,8 +327,44 @@ export class CircuitBreakers extends Context.Service<CircuitBreakers, {
     upstream: { readonly service: string; readonly breaker?: BreakerSettings | undefined },
     call: Effect.Effect<Response, E, R>
   ) => Effect.Effect<Response, E | Problem.ServiceUnavailable, R>
-  readonly state: (service: string) => Effect.Effect<CircuitBreaker.State["_tag"] | undefined>
+  readonly state: (service: string) => Effect.Effect<BreakerState | undefined>
 }>()("meshwork/layers/resilience/CircuitBreakers") {
+  static readonly make = (store: BreakerStore): CircuitBreakers["Service"] => {
+    const guard = <E, R>(
+      upstream: { readonly service: string; readonly breaker?: BreakerSettings | undefined },
+      call: Effect.Effect<Response, E, R>
+    ): Effect.Effect<Response, E | Problem.ServiceUnavailable, R> => {
+      const settings = upstream.breaker
+      if (settings === undefined) return call
+      const key = upstream.service
+      return Effect.withFiber((fiber) => {
+        const clock = fiber.getRef(Clock.Clock)
+        const startedAt = clock.currentTimeMillisUnsafe()
+        const run = (admission: Admission): Effect.Effect<Response, E | Problem.ServiceUnavailable, R> => {
+          if (admission._tag !== "Admitted") return refusal(key, admission)
+          const recorded = call.pipe(Effect.onExit((exit) => {
+            const now = clock.currentTimeMillisUnsafe()
+            const outcome = classify(exit, now - startedAt, settings.slowCallMs)
+            // A store that cannot record leaves the breaker as it was; the call's own outcome stands.
+            return Effect.flatMap(answer(store.record(key, settings, admission.generation, outcome, now)), observeTransition).pipe(
+              Effect.catch(() => Effect.void)
+            )
+          }))
+          return admission.transition === undefined ? recorded : Effect.andThen(observeTransition(admission.transition), recorded)
+        }
+        const admission = store.admit(key, settings, startedAt)
+        return admission instanceof Promise ? Effect.flatMap(answer(admission), run) : run(admission)
+      })
+    }
+    return CircuitBreakers.of({
+      guard,
+      state: (service) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          // A store that cannot answer leaves the state unknown; /health still answers.
+          Effect.orElseSucceed(answer(store.state(service, now)), () => undefined))
+    })
+  }
+
   /**
    * Breakers over `BREAKER_STORE`: `memory` (default, per isolate) or
    * `durable-object` (shared by every isolate: the BREAKERS binding).
@@ -413,59 +372,8 @@ export class CircuitBreakers extends Context.Service<CircuitBreakers, {
   static readonly layer = Layer.effect(
     CircuitBreakers,
     Effect.gen(function*() {
-      const scope = yield* Effect.scope
-      const settingsOf = new Map<string, BreakerSettings>()
-      const probes = (key: string) => settingsOf.get(key)?.probes ?? 1
       const kind = yield* Config.Literals(["memory", "durable-object"], "BREAKER_STORE").pipe(Config.withDefault("memory"))
-      const store = observed(
-        kind === "memory" ? makeStore(probes) : durableObjectStore(yield* Bindings.durableObject("BREAKERS"), probes)
-      )
-      // Built on first use (routes are known only to the caller), never torn down but with the isolate.
-      const breakers = new Map<string, CircuitBreaker.CircuitBreaker>()
-      const breakerFor = (service: string, settings: BreakerSettings) =>
-        Effect.suspend(() => {
-          const existing = breakers.get(service)
-          if (existing !== undefined) return Effect.succeed(existing)
-          settingsOf.set(service, settings)
-          return CircuitBreaker.make({ tripPolicy: tripPolicy(settings), openDuration: openDuration(settings) }).pipe(
-            Effect.provideService(CircuitBreaker.CircuitBreakerStore, store),
-            Scope.provide(scope),
-            Effect.tap((breaker) => Effect.sync(() => breakers.set(service, breaker)))
-          )
-        })
-      return CircuitBreakers.of({
-        guard: (upstream, call) => {
-          const settings = upstream.breaker
-          if (settings === undefined) return call
-          return Effect.gen(function*() {
-            const breaker = yield* breakerFor(upstream.service, settings)
-            const startedAt = yield* Clock.currentTimeMillis
-            return yield* breaker.execute(call, {
-              key: upstream.service,
-              classify: classify(startedAt, settings.slowCallMs)
-            }).pipe(
-              Effect.catchIf(
-                (error): error is CircuitBreaker.CircuitBreakerError =>
-                  error instanceof CircuitBreaker.CircuitBreakerError,
-                (error) =>
-                Effect.fail(
-                  new Problem.ServiceUnavailable({
-                    detail: `The ${upstream.service} service is failing; its circuit is open`,
-                    retryAfterSeconds: error.reason._tag === "CircuitOpen"
-                      ? Math.max(1, Math.ceil(Duration.toSeconds(error.reason.retryAfter)))
-                      : 1
-                  })
-                ))
-            )
-          })
-        },
-        state: (service) =>
-          store.state(service).pipe(
-            Effect.map((state) => state._tag),
-            // A store that cannot answer leaves the state unknown; /health still answers.
-            Effect.catch(() => Effect.succeed(undefined))
-          )
-      })
+      return CircuitBreakers.make(kind === "memory" ? memoryStore() : durableObjectStore(yield* Bindings.durableObject("BREAKERS")))
     })
   )
 }

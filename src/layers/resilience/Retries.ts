@@ -6,11 +6,11 @@
  *   answered 502, 503 or 504, could not be reached, or did not answer within
  *   the route's timeout. Any other answer, 4xx or 5xx, is final.
  * - Delays grow exponentially with full jitter, capped, at least what a
- *   `Retry-After` asks for: an Effect `Schedule` (`Schedule.fromStep`) that
- *   `Effect.retry` follows.
+ *   `Retry-After` asks for, drawn from Effect's `Random` and slept on its
+ *   `Clock` (so tests run them on virtual time).
  *   Every attempt stays inside the overall deadline: a retry whose delay
- *   would end past it is not made, and the attempt running at the deadline is
- *   cancelled.
+ *   would end past it is not made, and an attempt's timeout is cut to what is
+ *   left of the deadline, so the attempt running at the deadline is cancelled.
  * - A retry budget per upstream: over the last 10 s, retries may be at most
  *   20% of requests, or 10 per second, whichever allows more. A failing
  *   upstream then sees at most 1.2x its normal traffic, not 3x.
@@ -19,7 +19,7 @@
  * Settings come from each route of the `ROUTES` table (`timeoutMs`, `retry`);
  * add `Retries.layer` to a proxy Worker to turn retries on.
  */
-import { Cause, Clock, Context, Duration, Effect, Layer, Random, Schedule, Schema } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Layer, Option, Random, Schema } from "effect"
 import { HttpClientError, type HttpClientResponse } from "effect/http"
 import * as Problem from "../../runtime/Problem.ts"
 import type * as ServiceClient from "../../runtime/ServiceClient.ts"
@@ -56,12 +56,6 @@ export const parseRetryAfter = (value: string | null | undefined, now: number): 
   if (value.trim() !== "" && Number.isFinite(seconds) && seconds >= 0) return Duration.seconds(seconds)
   const date = Date.parse(value)
   return Number.isNaN(date) ? undefined : Duration.millis(Math.max(0, date - now))
-}
-
-/** An upstream answer worth retrying, held as a failure so `Effect.retry` sees it. */
-class RetryableAnswer<A> {
-  readonly _tag = "RetryableAnswer"
-  constructor(readonly answer: A, readonly retryAfter: string | null | undefined) {}
 }
 
 /**
@@ -173,8 +167,14 @@ export const webResponse: Answer<Response> = {
 
 /**
  * One upstream call with the route's timeout (it aborts the fetch), retried
- * by the route's policy when `Retries` is in the Worker's layer.
- * `unreachable` tells which failures mean the upstream could not be reached.
+ * by the route's policy when `Retries` is in the Worker's layer (or given as
+ * `retries`). `unreachable` tells which failures mean the upstream could not
+ * be reached.
+ *
+ * Written as a plain loop rather than `Effect.retry` over a schedule under an
+ * outer deadline race: each attempt's own timeout is cut to what is left of
+ * the deadline, so the call that succeeds at once (nearly every call) pays
+ * one timeout and nothing else.
  */
 export const withRetries = <A, E, R>(options: {
   readonly upstream: string
@@ -185,83 +185,80 @@ export const withRetries = <A, E, R>(options: {
   readonly attempt: Effect.Effect<A, E, R>
   readonly answer: Answer<A>
   readonly unreachable: (error: E) => boolean
+  /** The Worker's `Retries`, when the caller has already looked it up; otherwise it is read from the context. */
+  readonly retries?: Retries["Service"] | undefined
 }): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
-  const { answer, upstream } = options
-  const timeout = options.timeoutMs
-  const once = timeout === undefined
-    ? options.attempt
-    : Effect.timeoutOrElse(options.attempt, {
-      duration: Duration.millis(timeout),
-      orElse: () => Effect.fail(new Problem.GatewayTimeout({ detail: `${upstream} did not answer within ${timeout} ms` }))
+  const { answer, upstream, attempt } = options
+  const within = (millis: number, what: string): Effect.Effect<A, E | Problem.GatewayTimeout, R> =>
+    Effect.timeoutOrElse(attempt, {
+      duration: Duration.millis(Math.max(0, millis)),
+      orElse: () => Effect.fail(new Problem.GatewayTimeout({ detail: `${upstream} did not answer within ${what}` }))
     })
-  const retryable = (error: unknown): boolean =>
-    error instanceof RetryableAnswer || error instanceof Problem.GatewayTimeout || options.unreachable(error as E)
-  return Effect.flatMap(Effect.serviceOption(Retries), (retries) => {
-    if (retries._tag === "None" || !isIdempotent(options.method, options.hasIdempotencyKey)) return once
+  const timeout = options.timeoutMs
+  const once = timeout === undefined ? attempt : within(timeout, `${timeout} ms`)
+  const retryable = (error: E | Problem.GatewayTimeout): boolean =>
+    error instanceof Problem.GatewayTimeout || options.unreachable(error as E)
+  const run = (retries: Retries["Service"] | undefined): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
+    if (retries === undefined || !isIdempotent(options.method, options.hasIdempotencyKey)) return once
     const settings = { ...defaults, ...options.retry }
-    const budget = retries.value.budget(upstream)
-    return Effect.gen(function*() {
-      const started = yield* Clock.currentTimeMillis
+    const budget = retries.budget(upstream)
+    return Effect.withFiber((fiber) => {
+      const clock = fiber.getRef(Clock.Clock)
+      const started = clock.currentTimeMillisUnsafe()
       budget.request(started)
       const deadline = started + settings.deadlineMs
       // The latest retryable answer: what the caller gets if retrying runs out.
       let latest: A | undefined
-      const keep = (next: A) => {
-        if (latest !== undefined && latest !== next) answer.release(latest)
-        latest = next
+      const settle = (exit: Exit.Exit<A, E | Problem.GatewayTimeout>): Effect.Effect<A, E | Problem.GatewayTimeout> => {
+        if (latest === undefined) return exit
+        if (Exit.isSuccess(exit) && exit.value === latest) return exit
+        if (Exit.isSuccess(exit)) answer.release(latest)
+        return Exit.succeed(latest)
       }
-      // The retry schedule decides each retry, and draws its delay, before it
-      // is made: none past the attempts, the budget or the deadline (its delay
-      // included), and only a retry that will run takes from the budget.
-      const schedule = Schedule.fromStep(Effect.sync(() => {
-        let retries = 0
-        return (now: number, error: unknown) => {
-          if (!retryable(error) || retries >= settings.attempts - 1) return Cause.done(retries)
-          return Effect.flatMap(jitteredDelay(settings, retries), (jittered) => {
-            const asked = error instanceof RetryableAnswer ? parseRetryAfter(error.retryAfter, now) : undefined
+      const loop = (retry: number): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
+        const left = deadline - clock.currentTimeMillisUnsafe()
+        const limited = timeout === undefined || left < timeout ? within(left, "the deadline") : within(timeout, `${timeout} ms`)
+        return Effect.flatMap(Effect.exit(limited), (exit) => {
+          let reason: string
+          let retryAfter: string | null | undefined
+          if (Exit.isSuccess(exit)) {
+            const status = answer.status(exit.value)
+            if (!retryableStatuses.has(status)) {
+              if (latest !== undefined) answer.release(latest)
+              latest = undefined
+              return exit
+            }
+            if (latest !== undefined && latest !== exit.value) answer.release(latest)
+            latest = exit.value
+            reason = String(status)
+            retryAfter = answer.retryAfter(exit.value)
+          } else {
+            const error = Cause.findErrorOption(exit.cause)
+            if (error._tag === "None" || !retryable(error.value)) return settle(exit)
+            reason = Telemetry.errorTag(error.value) ?? "error"
+          }
+          if (retry >= settings.attempts - 1) return settle(exit)
+          // The delay is drawn before the retry is decided: none past the deadline (delay
+          // included) or the budget, and only a retry that will run takes from the budget.
+          return Effect.flatMap(jitteredDelay(settings, retry), (jittered) => {
+            const now = clock.currentTimeMillisUnsafe()
+            const asked = parseRetryAfter(retryAfter, now)
             const delay = Math.max(jittered, asked === undefined ? 0 : Duration.toMillis(asked))
-            if (now + delay >= deadline || !budget.tryRetry(now)) return Cause.done(retries)
-            retries++
-            return Effect.as(
-              Telemetry.event("retry", {
-                "meshwork.retry.upstream": upstream,
-                "meshwork.retry.attempt": retries + 1,
-                "meshwork.retry.delay_ms": Math.round(delay),
-                "meshwork.retry.reason": error instanceof RetryableAnswer ? String(answer.status(error.answer as A)) : Telemetry.errorTag(error) ?? "error"
-              }),
-              [retries, Duration.millis(delay)] as [number, Duration.Duration]
-            )
+            if (now + delay >= deadline || !budget.tryRetry(now)) return settle(exit)
+            return Telemetry.event("retry", {
+              "meshwork.retry.upstream": upstream,
+              "meshwork.retry.attempt": retry + 2,
+              "meshwork.retry.delay_ms": Math.round(delay),
+              "meshwork.retry.reason": reason
+            }).pipe(Effect.andThen(Effect.sleep(Duration.millis(delay))), Effect.andThen(loop(retry + 1)))
           })
-        }
-      }))
-      return yield* once.pipe(
-        Effect.flatMap((value) =>
-          retryableStatuses.has(answer.status(value))
-            ? Effect.fail(new RetryableAnswer(value, answer.retryAfter(value)))
-            : Effect.succeed(value)
-        ),
-        Effect.tapError((error) => Effect.sync(() => error instanceof RetryableAnswer && keep(error.answer as A))),
-        Effect.retry(schedule),
-        Effect.catchIf(
-          (error): error is RetryableAnswer<A> => error instanceof RetryableAnswer,
-          (error) => Effect.succeed(error.answer)
-        ),
-        Effect.timeoutOrElse({
-          duration: Duration.millis(settings.deadlineMs),
-          orElse: () =>
-            latest !== undefined
-              ? Effect.succeed(latest)
-              : Effect.fail(new Problem.GatewayTimeout({ detail: `${upstream} did not answer within the deadline` }))
-        }),
-        // A kept answer that is not the one returned is dropped: release its body.
-        Effect.onExit((exit) =>
-          Effect.sync(() => {
-            if (latest !== undefined && !(exit._tag === "Success" && exit.value === latest)) answer.release(latest)
-          })
-        )
-      )
+        })
+      }
+      // An interrupted call drops what it kept.
+      return Effect.onInterrupt(loop(0), () => Effect.sync(() => latest !== undefined && answer.release(latest)))
     })
-  })
+  }
+  return options.retries !== undefined ? run(options.retries) : Effect.flatMap(Effect.serviceOption(Retries), (retries) => run(Option.getOrUndefined(retries)))
 }
 
 /** Answers of a typed client (`effect/http` responses); their bodies are released by Effect's client. */

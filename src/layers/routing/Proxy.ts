@@ -5,7 +5,7 @@
  * path and query reach the upstream exactly as they were routed. Each
  * attempt is a client span whose W3C trace context the upstream continues.
  */
-import { Clock, Effect, Exit, Option } from "effect"
+import { Clock, Context, Effect, Exit, Option } from "effect"
 import { readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import { type BreakerSettings, CircuitBreakers } from "../resilience/CircuitBreakers.ts"
@@ -67,10 +67,10 @@ export const stripHopByHop = (headers: Headers): Headers => {
  */
 const ambiguousPath = /\/\/|%2f|%5c|\\|%00|(?:^|\/)(?:\.|%2e){1,2}(?:\/|$)/i
 
+const ambiguous = () => new Problem.BadRequest({ detail: "The path has empty, dot or encoded-separator segments" })
+
 export const checkPath = (pathname: string): Effect.Effect<void, Problem.BadRequest> =>
-  ambiguousPath.test(pathname)
-    ? Effect.fail(new Problem.BadRequest({ detail: "The path has empty, dot or encoded-separator segments" }))
-    : Effect.void
+  ambiguousPath.test(pathname) ? Effect.fail(ambiguous()) : Effect.void
 
 /** Largest request body a proxy forwards (1 MiB); services set their own, smaller, limits. */
 export const defaultMaxBodyBytes = 1024 * 1024
@@ -138,39 +138,46 @@ export const forward = (
   | Problem.BadRequest
   | Problem.ServiceUnavailable
 > =>
-  Effect.flatMap(upstreamRequest(request), (outgoing) => {
-    const call = Retry.withRetries<Response, Problem.BadGateway, never>({
-      upstream: target.service,
-      method: request.method,
-      hasIdempotencyKey: request.headers.has("idempotency-key"),
-      timeoutMs: target.timeoutMs,
-      retry: target.retry,
-      answer: Retry.webResponse,
-      unreachable: (error) => error instanceof Problem.BadGateway,
-      attempt: Faults.inject(
-        target.service,
-        target.faults,
-        Effect.flatMap(Telemetry.activeCarrier, (trace) =>
+  Effect.flatMap(upstreamRequest(request), (outgoing) =>
+    Effect.withFiber((fiber) => {
+      // Every optional policy is read from the context once, here, not per step.
+      const context = fiber.context
+      const tracing = Telemetry.isTracing(fiber)
+      const send = (trace: Telemetry.Carrier | undefined) =>
+        Effect.map(
           Effect.tryPromise({
             try: (signal) => target.fetcher.fetch(outgoing(trace), { signal }),
             catch: () =>
               new Problem.BadGateway({ service: target.service, detail: `The ${target.service} service could not be reached` })
-          })).pipe(
-            Effect.map(downstreamResponse),
-            Effect.tap((response) => Effect.annotateCurrentSpan("http.response.status_code", response.status)),
-            Effect.withSpan(`${request.method} ${target.service}`, {
-              kind: "client",
-              attributes: { "http.request.method": request.method, "server.address": target.service }
-            }, { captureStackTrace: false })
-          )
-      )
-    })
-    return Effect.flatMap(
-      Effect.serviceOption(CircuitBreakers),
-      (breakers): Effect.Effect<Response, Problem.BadGateway | Problem.GatewayTimeout | Problem.ServiceUnavailable> =>
-        breakers._tag === "Some" ? breakers.value.guard(target, call) : call
-    )
-  })
+          }),
+          downstreamResponse
+        )
+      // With tracing on, each attempt is a client span whose context the upstream continues.
+      const traced = tracing
+        ? Effect.flatMap(Telemetry.activeCarrier, send).pipe(
+          Effect.tap((response) => Effect.annotateCurrentSpan("http.response.status_code", response.status)),
+          Effect.withSpan(`${request.method} ${target.service}`, {
+            kind: "client",
+            attributes: { "http.request.method": request.method, "server.address": target.service }
+          }, { captureStackTrace: false })
+        )
+        : send(undefined)
+      const faults = Context.getOption(context, Faults.FaultInjection)
+      const attempt = faults._tag === "Some" && faults.value.enabled ? Faults.inject(target.service, target.faults, traced) : traced
+      const call = Retry.withRetries<Response, Problem.BadGateway, never>({
+        upstream: target.service,
+        method: request.method,
+        hasIdempotencyKey: request.headers.has("idempotency-key"),
+        timeoutMs: target.timeoutMs,
+        retry: target.retry,
+        answer: Retry.webResponse,
+        unreachable: (error) => error instanceof Problem.BadGateway,
+        attempt,
+        retries: Option.getOrNull(Context.getOption(context, Retry.Retries)) ?? undefined
+      })
+      const breakers = Context.getOption(context, CircuitBreakers)
+      return breakers._tag === "Some" ? breakers.value.guard(target, call) : call
+    }))
 
 type ProxyError =
   | Problem.BadRequest
@@ -190,28 +197,31 @@ export type Forward = (request: Request) => Effect.Effect<Response, ProxyError, 
  * its own breaker and retry budget (`users@green`), its outcome is counted
  * for automatic rollback, and the answer says which version served it.
  */
-const forwardTo = (upstream: Upstream, request: Request) =>
-  Effect.gen(function*() {
+const forwardTo = (upstream: Upstream, request: Request): Effect.Effect<Response, ProxyError, Bindings.Invocation> =>
+  Effect.withFiber((fiber) => {
     const versions = upstream.resolvedVersions
-    const traffic = versions === undefined ? undefined : yield* Traffic.trafficManager
-    if (versions === undefined || traffic === undefined) return yield* forward(upstream, request)
-    const identity = Option.getOrUndefined(yield* Effect.serviceOption(Identity.CurrentIdentity))
-    const chosen = yield* traffic.choose(versions, identity, request)
-    const service = chosen.version === versions.defaultVersion ? upstream.service : `${upstream.service}@${chosen.version}`
-    const exit = yield* Effect.exit(forward({ ...upstream, service, fetcher: chosen.fetcher }, request))
-    // Only the version's own failures count against it: not a request refused before it was sent.
-    const failed = exit._tag === "Success"
-      ? exit.value.status >= 500
-      : Exit.findErrorOption(exit).pipe(
-        Option.exists((error) =>
-          error instanceof Problem.BadGateway || error instanceof Problem.GatewayTimeout || error instanceof Problem.ServiceUnavailable
-        )
-      )
-    yield* traffic.record(versions, chosen.version, failed)
-    if (exit._tag === "Failure") return yield* exit
-    const response = new Response(exit.value.body, exit.value)
-    response.headers.set(Traffic.versionHeader, chosen.version)
-    return response
+    const traffic = versions === undefined ? undefined : Context.getOrUndefined(fiber.context, Traffic.TrafficManager)
+    if (versions === undefined || traffic === undefined) return forward(upstream, request)
+    const identity = Context.getOrUndefined(fiber.context, Identity.CurrentIdentity)
+    return Effect.flatMap(traffic.choose(versions, identity, request), (chosen) => {
+      const service = chosen.version === versions.defaultVersion ? upstream.service : `${upstream.service}@${chosen.version}`
+      return Effect.flatMap(Effect.exit(forward({ ...upstream, service, fetcher: chosen.fetcher }, request)), (exit) => {
+        // Only the version's own failures count against it: not a request refused before it was sent.
+        const failed = exit._tag === "Success"
+          ? exit.value.status >= 500
+          : Exit.findErrorOption(exit).pipe(
+            Option.exists((error) =>
+              error instanceof Problem.BadGateway || error instanceof Problem.GatewayTimeout || error instanceof Problem.ServiceUnavailable
+            )
+          )
+        return Effect.andThen(traffic.record(versions, chosen.version, failed), () => {
+          if (exit._tag === "Failure") return exit
+          const response = new Response(exit.value.body, exit.value)
+          response.headers.set(Traffic.versionHeader, chosen.version)
+          return Effect.succeed(response)
+        })
+      })
+    })
   })
 
 /**
@@ -241,11 +251,10 @@ export const proxy = <E = never, R = never>(
         ? Effect.andThen(Telemetry.annotateServerSpan("http.route", "/health"), Effect.map(health(table.upstreams), Health.toResponse))
         : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
     }
-    return Effect.flatMap(checkPath(path), (): Effect.Effect<Response, ProxyError | E, Bindings.Invocation | R> => {
-      const upstream = table.match(path)
-      return upstream === undefined
-        ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-        : Effect.andThen(Telemetry.annotateServerSpan("http.route", `${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
-    })
+    if (ambiguousPath.test(path)) return Effect.fail(ambiguous())
+    const upstream = table.match(path)
+    return upstream === undefined
+      ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
+      : Effect.andThen(Telemetry.annotateServerSpan("http.route", `${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
   })
 }

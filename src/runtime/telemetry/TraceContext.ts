@@ -3,7 +3,7 @@
  * records on spans: the carrier to send with a call, the served request's
  * span and `tracestate`, policy events, typed error tags.
  */
-import { Clock, Context, Effect, Tracer } from "effect"
+import { Clock, Context, Effect, type Fiber, References, Tracer } from "effect"
 
 export interface Carrier {
   readonly traceparent: string
@@ -47,9 +47,13 @@ export const carrier: Effect.Effect<Carrier | undefined> = Effect.withFiber((fib
   return Effect.succeed(tracestate === undefined ? { traceparent: formatTraceparent(span) } : { traceparent: formatTraceparent(span), tracestate })
 })
 
-/** `carrier` when tracing is on (a tracer other than Effect's native one is installed), else undefined. */
+/** Whether the fiber's spans go anywhere: tracing is on and a tracer other than Effect's native one is installed. */
+export const isTracing = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
+  fiber.getRef(References.TracerEnabled) && fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer
+
+/** `carrier` when tracing is on, else undefined. */
 export const activeCarrier: Effect.Effect<Carrier | undefined> = Effect.withFiber((fiber) =>
-  fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer ? Effect.succeed(undefined) : carrier
+  isTracing(fiber) ? carrier : Effect.succeed(undefined)
 )
 
 /** The current `traceparent`, if there is a current span. */
