@@ -36,7 +36,7 @@ const hopByHop = new Set([
  * header lists. One pass over the names present: requests carry few headers,
  * and each `has` is a call into the runtime.
  */
-const droppedHeaders = (headers: Headers): ReadonlyArray<string> => {
+export const hopByHopHeaders = (headers: Headers): ReadonlyArray<string> => {
   const dropped: Array<string> = []
   for (const name of headers.keys()) {
     if (!hopByHop.has(name)) continue
@@ -52,7 +52,7 @@ const droppedHeaders = (headers: Headers): ReadonlyArray<string> => {
 
 /** `headers` without hop-by-hop headers; the same object when there is nothing to drop. */
 export const stripHopByHop = (headers: Headers): Headers => {
-  const dropped = droppedHeaders(headers)
+  const dropped = hopByHopHeaders(headers)
   if (dropped.length === 0) return headers
   const copy = new Headers(headers)
   for (const name of dropped) copy.delete(name)

@@ -58,11 +58,18 @@ export const spoofableHeaders: ReadonlyArray<string> = [
   "remote-user"
 ]
 
-/** `headers` without any identity header a client could have forged (and any `x-meshwork-*` header). */
-export const stripSpoofable = (headers: Headers): Headers => {
+const spoofable = new Set(spoofableHeaders)
+
+/**
+ * A copy of `headers` without any identity header a client could have forged
+ * (and any `x-meshwork-*` header), nor the names in `alsoDrop`. One pass over
+ * the names present: each call into the runtime's Headers costs.
+ */
+export const stripSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string> = []): Headers => {
   const copy = new Headers(headers)
-  for (const name of spoofableHeaders) copy.delete(name)
-  for (const name of [...copy.keys()]) if (name.startsWith("x-meshwork-")) copy.delete(name)
+  const dropped: Array<string> = [...alsoDrop]
+  for (const name of headers.keys()) if (spoofable.has(name) || name.startsWith("x-meshwork-")) dropped.push(name)
+  for (const name of dropped) copy.delete(name)
   return copy
 }
 

@@ -5,8 +5,8 @@
  * `EdgeCache` and the route is cached), and put the `RateLimit` headers on
  * the answer. `/api/admin` is the gateway's own (admin.ts).
  */
-import { Effect } from "effect"
-import { adminPrefix, authenticate, EdgeCache, matchesPrefix, meshAdmin, Problem, type Proxy, type RateLimitDecision, rateLimitHeaders, rateLimitKey, RateLimits, withIdentity } from "meshwork"
+import { Context, Effect } from "effect"
+import { adminPrefix, authenticate, type Bindings, type Identity, EdgeCache, matchesPrefix, meshAdmin, Problem, type Proxy, type RateLimitDecision, rateLimitHeaders, rateLimitKey, RateLimits, withIdentity } from "meshwork"
 
 const withHeaders = (response: Response, values: Record<string, string>): Response => {
   const copy = new Response(response.body, response)
@@ -14,32 +14,36 @@ const withHeaders = (response: Response, values: Record<string, string>): Respon
   return copy
 }
 
+const anonymous = { kind: "anonymous" as const }
+
 export const edge = (request: Request, forward: Proxy.Forward) =>
-  Effect.gen(function*() {
+  Effect.withFiber((fiber) => {
+    const limits = Context.getOrUndefined(fiber.context, RateLimits)
+    const cache = Context.getOrUndefined(fiber.context, EdgeCache)
     // A request that fails authentication is still counted, against its address.
-    const authenticated = yield* Effect.exit(authenticate(request))
-    const identity = authenticated._tag === "Success" ? authenticated.value : { kind: "anonymous" as const }
-    const limits = yield* Effect.serviceOption(RateLimits)
-    const policy = limits._tag === "Some" ? limits.value.policyFor(request) : undefined
-    let decision: RateLimitDecision | undefined
-    if (limits._tag === "Some" && policy !== undefined) {
-      const counted = yield* limits.value.consume(policy, rateLimitKey(identity, request)).pipe(
-        Effect.catchTag("TooManyRequests", (refused) =>
-          Effect.succeed(withHeaders(
-            Problem.fromError(refused),
-            rateLimitHeaders({ policy, remaining: 0, resetSeconds: refused.retryAfterSeconds ?? policy.windowSeconds })
-          )))
+    return Effect.flatMap(Effect.exit(authenticate(request)), (authenticated) => {
+      const identity = authenticated._tag === "Success" ? authenticated.value : anonymous
+      const policy = limits?.policyFor(request)
+      const proceed = (decision: RateLimitDecision | undefined): Effect.Effect<Response, unknown, Identity.IdentityKey | Bindings.Invocation | Bindings.WorkerEnv> => {
+        if (authenticated._tag === "Failure") return Effect.failCause(authenticated.cause)
+        if (matchesPrefix(new URL(request.url).pathname, adminPrefix)) return meshAdmin(request, identity)
+        const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
+        const route = cache?.routeFor(request)
+        const response = cache !== undefined && route !== undefined ? cache.serve(request, route, identity, upstream) : upstream(request)
+        return decision === undefined ? response : Effect.map(response, (answer) => withHeaders(answer, rateLimitHeaders(decision)))
+      }
+      if (limits === undefined || policy === undefined) return proceed(undefined)
+      return limits.consume(policy, rateLimitKey(identity, request)).pipe(
+        Effect.matchEffect({
+          onSuccess: proceed,
+          onFailure: (error) =>
+            error._tag === "TooManyRequests"
+              ? Effect.succeed(withHeaders(
+                Problem.fromError(error),
+                rateLimitHeaders({ policy, remaining: 0, resetSeconds: error.retryAfterSeconds ?? policy.windowSeconds })
+              ))
+              : Effect.fail(error)
+        })
       )
-      if (counted instanceof Response) return counted
-      decision = counted
-    }
-    if (authenticated._tag === "Failure") return yield* Effect.failCause(authenticated.cause)
-    if (matchesPrefix(new URL(request.url).pathname, adminPrefix)) return yield* meshAdmin(request, identity)
-    const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
-    const cache = yield* Effect.serviceOption(EdgeCache)
-    const route = cache._tag === "Some" ? cache.value.routeFor(request) : undefined
-    const response = cache._tag === "Some" && route !== undefined
-      ? yield* cache.value.serve(request, route, identity, upstream)
-      : yield* upstream(request)
-    return decision === undefined ? response : withHeaders(response, rateLimitHeaders(decision))
+    })
   })
