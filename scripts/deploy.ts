@@ -6,18 +6,32 @@
  * do not exist yet.
  *
  *   npm run deploy                 # needs `wrangler login` (or CLOUDFLARE_API_TOKEN)
- *   npm run deploy -- --dry-run    # bundle each Worker, print its size, deploy nothing
+ *   npm run deploy -- --dry-run    # bundle each Worker, print its size and what fills it, deploy nothing
+ *   npm run deploy -- --worker users --color green   # one Worker (one colour of it)
  *
  * Before the first deploy, create the D1 databases (`wrangler d1 create
  * meshwork-users`, `wrangler d1 create meshwork-products`) and put the ids
  * they print into the `database_id` of each service's wrangler.toml.
  */
+import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
-import { join } from "node:path"
+import { join, relative } from "node:path"
 import { unstable_readConfig } from "wrangler"
-import { root, workers } from "./mesh.ts"
+import { main, usage } from "./cli.ts"
+import { entry, type MeshWorker, root, workers } from "./mesh.ts"
 
-const dryRun = process.argv.includes("--dry-run")
+const help = `
+npm run deploy: deploy the mesh's Workers to Cloudflare, each after the Workers it binds,
+with its D1 migrations applied first and its queues created if missing.
+
+  npm run deploy                                  every Worker (needs wrangler login or CLOUDFLARE_API_TOKEN)
+  npm run deploy -- --worker users                users, blue and green
+  npm run deploy -- --worker users --color green  green alone
+  npm run deploy -- --dry-run [--worker ...]      bundle, print each size and its largest parts; deploy nothing (offline)
+
+Workers: ${workers.map((worker) => worker.name).filter((name) => !name.includes("-")).join(", ")}
+`
+
 const wrangler = join(root, "node_modules/.bin/wrangler")
 
 const run = (args: ReadonlyArray<string>) =>
@@ -43,17 +57,70 @@ const ensureQueue = (name: string) => {
   }
 }
 
-for (const worker of workers) {
-  const config = unstable_readConfig({ config: join(root, worker.config) })
-  if (dryRun) {
-    const out = run(["deploy", "-c", worker.config, "--dry-run", "--outdir", join(root, ".build/deploy", worker.name)])
-    const size = /Total Upload: (.*)/.exec(out)?.[1] ?? "unknown size"
-    console.log(`${config.name}: ${size}`)
-    continue
+/** What fills a Worker's bundle: minified bytes by package (or source folder), the largest first. */
+const contributors = async (worker: MeshWorker, top: number): Promise<string> => {
+  const result = await build({
+    entryPoints: [entry(worker)],
+    bundle: true,
+    write: false,
+    metafile: true,
+    minify: true,
+    format: "esm",
+    platform: "neutral",
+    target: "es2024",
+    mainFields: ["module", "main"],
+    conditions: ["workerd", "worker", "browser"],
+    external: ["cloudflare:*", "node:*"],
+    logLevel: "silent",
+    outfile: "worker.js"
+  })
+  const bytes = new Map<string, number>()
+  for (const output of Object.values(result.metafile.outputs)) {
+    for (const [input, { bytesInOutput }] of Object.entries(output.inputs)) {
+      const path = relative(root, input)
+      const module = /node_modules\/((?:@[^/]+\/)?[^/]+)\/(?:dist\/)?(?:esm\/)?(?:internal\/)?([^/.]+)?/.exec(path)
+      const name = module === null ? path.split("/").slice(0, 3).join("/") : `${module[1]}/${module[2] ?? ""}`
+      bytes.set(name, (bytes.get(name) ?? 0) + bytesInOutput)
+    }
   }
-  for (const queue of queuesOf(config)) ensureQueue(queue)
-  for (const database of config.d1_databases) {
-    console.log(run(["d1", "migrations", "apply", database.database_name ?? database.binding, "--remote", "-c", worker.config]))
-  }
-  console.log(run(["deploy", "-c", worker.config]))
+  return [...bytes].sort((a, b) => b[1] - a[1]).slice(0, top)
+    .map(([name, size]) => `${name} ${(size / 1024).toFixed(0)} KiB`).join(", ")
 }
+
+const selected = (worker: string | undefined, color: string | undefined): ReadonlyArray<MeshWorker> => {
+  if (color !== undefined && worker === undefined) return usage("--color needs --worker, e.g. --worker users --color green")
+  if (worker === undefined) return workers
+  const chosen = workers.filter((candidate) => candidate.name === worker || candidate.name.startsWith(`${worker}-`))
+  if (chosen.length === 0) return usage(`no Worker "${worker}"`)
+  if (color === undefined) return chosen
+  const colored = chosen.filter((candidate) =>
+    color === "blue" ? candidate.name === worker : candidate.name === `${worker}-${color}`)
+  return colored.length > 0 ? colored : usage(`${worker} has no ${color} version`)
+}
+
+const deploy = async (options: { dryRun: boolean; worker: string | undefined; color: string | undefined }) => {
+  for (const worker of selected(options.worker, options.color)) {
+    const config = unstable_readConfig({ config: join(root, worker.config) })
+    if (options.dryRun) {
+      const out = run(["deploy", "-c", worker.config, "--dry-run", "--outdir", join(root, ".build/deploy", worker.name)])
+      const size = /Total Upload: (.*)/.exec(out)?.[1] ?? "unknown size"
+      console.log(`${config.name}: ${size}\n  largest parts: ${await contributors(worker, 6)}`)
+      continue
+    }
+    for (const queue of queuesOf(config)) ensureQueue(queue)
+    for (const database of config.d1_databases) {
+      console.log(run(["d1", "migrations", "apply", database.database_name ?? database.binding, "--remote", "-c", worker.config]))
+    }
+    console.log(run(["deploy", "-c", worker.config]))
+  }
+}
+
+await main({
+  name: "npm run deploy",
+  help,
+  options: { "dry-run": { type: "boolean" }, worker: { type: "string" }, color: { type: "string" } },
+  run: ({ values, positionals }) => {
+    if (positionals.length > 0) usage(`unexpected argument "${positionals[0]}"`)
+    return deploy({ dryRun: values["dry-run"] ?? false, worker: values.worker, color: values.color })
+  }
+})

@@ -20,6 +20,7 @@ import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { main, usage } from "./cli.ts"
 import { workers } from "./mesh.ts"
 
 export interface PrivateJwk {
@@ -70,13 +71,41 @@ const write = (file: string, contents: string) => {
   writeFileSync(file, contents, { mode: 0o600 })
 }
 
-const writeLocal = (set: KeySet) => {
+/** The first line of the block of a .dev.vars that this script and `npm start` own. */
+const managedStart = "# Managed by npm start and npm run keys: rewritten on each start. Your own lines go below the end line and are kept."
+const managedEnd = "# End of the managed block."
+
+/**
+ * Writes a .dev.vars: the managed block first, then every line the developer
+ * had outside it (dotenv takes the last value of a name, so theirs win).
+ * Lines of an older file that set a managed name are the managed block's.
+ */
+export const mergeDevVars = (existing: string, managed: Record<string, string>): string => {
+  const lines = existing.split("\n")
+  const from = lines.indexOf(managedStart)
+  const to = lines.indexOf(managedEnd)
+  const own = from >= 0 && to > from
+    ? [...lines.slice(0, from), ...lines.slice(to + 1)]
+    : lines.filter((line) => !Object.keys(managed).some((name) => line.startsWith(`${name}=`)))
+  const kept = own.join("\n").trim()
+  const block = [managedStart, ...Object.entries(managed).map(([name, value]) => `${name}=${value}`), managedEnd]
+  return block.join("\n") + "\n" + (kept === "" ? "" : kept + "\n")
+}
+
+interface LocalOptions {
+  /** OTLP_ENDPOINT for every Worker, for this start only. */
+  readonly otlpEndpoint?: string | undefined
+}
+
+const writeLocal = (set: KeySet, options: LocalOptions = {}) => {
   write(keyFile, JSON.stringify(set, null, 2) + "\n")
   const identity = readFileSync(identityFile, "utf8").trim()
   for (const { file, auth } of devVarsFiles) {
-    const lines = [`MESH_IDENTITY_SECRET=${identity}`]
-    if (auth) lines.push(`AUTH_SIGNING_KEYS='${JSON.stringify(set)}'`)
-    write(join(root, file), lines.join("\n") + "\n")
+    const managed: Record<string, string> = { MESH_IDENTITY_SECRET: identity }
+    if (auth) managed["AUTH_SIGNING_KEYS"] = `'${JSON.stringify(set)}'`
+    if (options.otlpEndpoint !== undefined) managed["OTLP_ENDPOINT"] = options.otlpEndpoint
+    const path = join(root, file)
+    write(path, mergeDevVars(existsSync(path) ? readFileSync(path, "utf8") : "", managed))
   }
 }
 
@@ -93,20 +122,41 @@ const pushRemote = (set: KeySet) => putSecret("AUTH_SIGNING_KEYS", JSON.stringif
 const configs = devVarsFiles.map(({ config, auth }) => ({ config, auth }))
 
 /** Creates the local secrets if they are missing; returns whether it created them. */
-export const ensureLocalSecrets = async (): Promise<boolean> => {
+export const ensureLocalSecrets = async (options: LocalOptions = {}): Promise<boolean> => {
   if (existsSync(keyFile) && existsSync(identityFile)) {
-    writeLocal(readKeySet())
+    writeLocal(readKeySet(), options)
     return false
   }
   write(identityFile, generateIdentitySecret() + "\n")
   const key = await generateKey()
-  writeLocal({ active: key.kid, keys: [key] })
+  writeLocal({ active: key.kid, keys: [key] }, options)
   return true
 }
 
-const main = async (args: ReadonlyArray<string>) => {
-  const [command, argument] = args.filter((arg) => !arg.startsWith("--"))
-  const remote = args.includes("--remote")
+const help = `
+npm run keys: the mesh's secrets, local (.keys/, each Worker's .dev.vars) and deployed.
+
+  npm run keys -- init              local secrets, if missing: identity secret + a signing key
+  npm run keys -- show              the signing key ids, and which one signs
+  npm run keys -- add               a new signing key: published in the JWKS, not signing yet
+  npm run keys -- activate <kid>    that key signs from now on (the others still verify)
+  npm run keys -- retire <kid>      remove a key: tokens it signed stop verifying
+  npm run keys -- rotate            add + activate in one step (local development)
+  npm run keys -- push              wrangler secret put both secrets to every deployed Worker
+  ... --remote                      after add, activate, retire or rotate: push the signing keys
+
+In production rotate in steps: add, wait the gateways' JWKS max age (5 min), activate,
+wait the longest token life (5 min), retire the old key. A running \`npm start\` uses
+changed keys once restarted.
+`
+
+const keyIn = (set: KeySet, kid: string | undefined, command: string): string => {
+  if (kid === undefined) return usage(`${command} needs a key id (npm run keys -- show lists them)`)
+  if (!set.keys.some((key) => key.kid === kid)) throw new Error(`no key ${kid} (npm run keys -- show lists them)`)
+  return kid
+}
+
+const run = async (command: string | undefined, argument: string | undefined, remote: boolean) => {
   let set: KeySet
   switch (command) {
     case "init":
@@ -134,23 +184,37 @@ const main = async (args: ReadonlyArray<string>) => {
     }
     case "activate": {
       const current = readKeySet()
-      if (!current.keys.some((key) => key.kid === argument)) throw new Error(`no key ${argument}`)
-      set = { ...current, active: argument! }
-      console.log(`${argument} signs from now on`)
+      const kid = keyIn(current, argument, "activate")
+      set = { ...current, active: kid }
+      console.log(`${kid} signs from now on`)
       break
     }
     case "retire": {
       const current = readKeySet()
-      if (argument === current.active) throw new Error(`${argument} is signing: activate another key first`)
-      set = { ...current, keys: current.keys.filter((key) => key.kid !== argument) }
-      console.log(`retired ${argument}`)
+      const kid = keyIn(current, argument, "retire")
+      if (kid === current.active) throw new Error(`${kid} is signing: activate another key first`)
+      set = { ...current, keys: current.keys.filter((key) => key.kid !== kid) }
+      console.log(`retired ${kid}`)
       break
     }
+    case undefined:
+      return usage("which command? init, show, add, activate <kid>, retire <kid>, rotate or push")
     default:
-      throw new Error("usage: npm run keys -- init | show | push | add | activate <kid> | retire <kid> | rotate [--remote]")
+      return usage(`unknown command "${command}"`)
   }
   writeLocal(set)
   if (remote) pushRemote(set)
+  else console.log("local .dev.vars updated: a running npm start uses them once restarted")
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) await main(process.argv.slice(2))
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  await main({
+    name: "npm run keys",
+    help,
+    options: { remote: { type: "boolean" } },
+    run: ({ values, positionals }) => {
+      if (positionals.length > 2) usage(`unexpected argument "${positionals[2]}"`)
+      return run(positionals[0], positionals[1], values.remote ?? false)
+    }
+  })
+}

@@ -1,6 +1,6 @@
 /**
  * `npm run mesh`: drive a mesh's traffic splits and feature flags through its
- * gateway's admin API (src/services/gateway/admin.ts).
+ * gateway's admin API (src/layers/release/MeshAdmin.ts).
  *
  *   npm run mesh -- status
  *   npm run mesh -- traffic users green 20        # 20% of users to green (stable stays as it is, else blue)
@@ -16,115 +16,193 @@
  * Where: `--url` or MESH_URL (default http://127.0.0.1:8787, the mesh of
  * `npm start`). Who: `--token` or MESH_TOKEN, else MESH_EMAIL and
  * MESH_PASSWORD to log in; against 127.0.0.1 it logs in as the demo admin.
+ * A token it logged in for is kept in .wrangler/mesh-cli-token.json until a
+ * minute before it expires, so a series of commands logs in once.
  */
-import { parseArgs } from "node:util"
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { dirname, join } from "node:path"
+import { integer, main, usage } from "./cli.ts"
+import { root } from "./mesh.ts"
 
-const { values: flags, positionals } = parseArgs({
-  allowPositionals: true,
+const help = `
+npm run mesh: a running mesh's traffic splits and feature flags, through its admin API.
+
+  npm run mesh -- status                           every traffic split and feature flag
+  npm run mesh -- traffic [<service>]              the splits (of one service)
+  npm run mesh -- traffic users green 20           20% of users to green (the stable version stays)
+  npm run mesh -- traffic users green 100 --stable blue
+  npm run mesh -- promote users green              green is the stable version, no canary
+  npm run mesh -- promote users blue               back to blue
+  npm run mesh -- rollback users                   weight 0 for the canary
+  npm run mesh -- flags                            every flag
+  npm run mesh -- flags <name>                     one flag
+  npm run mesh -- flags set new-checkout 10 [--users <id>,<id>] [--roles admin]
+  npm run mesh -- flags off new-checkout           the kill switch
+  npm run mesh -- flags delete new-checkout
+
+Options: --url (or MESH_URL; default http://127.0.0.1:8787, the mesh of npm start),
+--token (or MESH_TOKEN), else MESH_EMAIL and MESH_PASSWORD to log in (against
+127.0.0.1 the demo admin). A token it logged in for is reused until it expires.
+`
+
+interface Flags {
+  readonly url?: string | undefined
+  readonly token?: string | undefined
+  readonly stable?: string | undefined
+  readonly users?: string | undefined
+  readonly roles?: string | undefined
+}
+
+const tokenFile = join(root, ".wrangler/mesh-cli-token.json")
+
+const session = (flags: Flags) => {
+  const base = (flags.url ?? process.env["MESH_URL"] ?? "http://127.0.0.1:8787").replace(/\/$/, "")
+  const isLocal = /^https?:\/\/(127\.0\.0\.1|localhost)(:\d+)?$/.test(base)
+  const email = process.env["MESH_EMAIL"] ?? (isLocal ? "ada@meshwork.dev" : undefined)
+  const password = process.env["MESH_PASSWORD"] ?? (isLocal ? "ada-local-password" : undefined)
+  const cacheKey = `${base} ${email}`
+
+  const cached = (): string | undefined => {
+    if (!existsSync(tokenFile)) return undefined
+    const entry = (JSON.parse(readFileSync(tokenFile, "utf8")) as Record<string, { token: string; expiresAt: number }>)[cacheKey]
+    return entry !== undefined && entry.expiresAt - 60_000 > Date.now() ? entry.token : undefined
+  }
+
+  const login = async (): Promise<string> => {
+    if (email === undefined || password === undefined) {
+      return usage("who are you? give --token, MESH_TOKEN, or MESH_EMAIL and MESH_PASSWORD")
+    }
+    const response = await fetch(`${base}/api/auth/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email, password })
+    }).catch((error: unknown) => {
+      throw new Error(`no mesh answers at ${base} (${(error as Error).cause ?? error}); is npm start running?`)
+    })
+    if (!response.ok) throw new Error(`login as ${email} failed: ${response.status} ${await response.text()}`)
+    const body = (await response.json()) as { access_token: string; expires_in: number }
+    const all = existsSync(tokenFile) ? JSON.parse(readFileSync(tokenFile, "utf8")) : {}
+    all[cacheKey] = { token: body.access_token, expiresAt: Date.now() + body.expires_in * 1000 }
+    mkdirSync(dirname(tokenFile), { recursive: true })
+    writeFileSync(tokenFile, JSON.stringify(all), { mode: 0o600 })
+    return body.access_token
+  }
+
+  const given = flags.token ?? process.env["MESH_TOKEN"]
+  let token: string | undefined = given ?? cached()
+
+  const call = async (method: string, path: string, body?: unknown): Promise<unknown> => {
+    token ??= await login()
+    let response = await send(method, path, token, body)
+    if (response.status === 401 && given === undefined) {
+      // A kept token the mesh no longer takes (restarted with new keys, say): log in again once.
+      token = await login()
+      response = await send(method, path, token, body)
+    }
+    const text = await response.text()
+    if (!response.ok) {
+      const detail = (() => {
+        try {
+          return (JSON.parse(text) as { detail?: string }).detail ?? text
+        } catch {
+          return text
+        }
+      })()
+      throw new Error(`${method} /api/admin${path}: ${response.status} ${detail}`)
+    }
+    return text === "" ? undefined : JSON.parse(text)
+  }
+
+  const send = (method: string, path: string, bearer: string, body?: unknown) =>
+    fetch(`${base}/api/admin${path}`, {
+      method,
+      headers: { authorization: `Bearer ${bearer}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    }).catch((error: unknown) => {
+      throw new Error(`no mesh answers at ${base} (${(error as Error).cause ?? error}); is npm start running?`)
+    })
+
+  return { call }
+}
+
+const print = (value: unknown) => console.log(JSON.stringify(value, null, 2))
+const list = (value: string | undefined) => value === undefined ? undefined : value.split(",").map((item) => item.trim()).filter(Boolean)
+const need = (value: string | undefined, what: string): string => value ?? usage(what)
+
+const run = async (flags: Flags, [command, ...args]: ReadonlyArray<string>) => {
+  const { call } = session(flags)
+  switch (command) {
+    case "status":
+      return print(await call("GET", "/status"))
+    case "traffic": {
+      const [service, canary, weight] = args
+      if (service === undefined) return print(await call("GET", "/traffic"))
+      if (canary === undefined) return print(await call("GET", `/traffic/${service}`))
+      const percent = integer(weight, "the weight (percent of users)", { min: 0, max: 100 })
+      const current = (await call("GET", "/traffic")) as Record<string, { stable: string }>
+      const stable = flags.stable ?? current[service]?.stable ?? "blue"
+      return print(await call("PUT", `/traffic/${service}`, { stable, canary, weight: percent }))
+    }
+    case "promote": {
+      const [service, version] = args
+      if (service === undefined || version === undefined) return usage("promote <service> <version>, e.g. promote users green")
+      return print(await call("PUT", `/traffic/${service}`, { stable: version, weight: 0 }))
+    }
+    case "rollback": {
+      const service = need(args[0], "rollback <service>, e.g. rollback users")
+      try {
+        return print(await call("POST", `/traffic/${service}/rollback`))
+      } catch (error) {
+        throw new Error(`${(error as Error).message}. To make another version stable: npm run mesh -- promote ${service} blue`)
+      }
+    }
+    case "flags": {
+      const [action, name, percentage] = args
+      if (action === undefined) return print(await call("GET", "/flags"))
+      if (action === "set") {
+        const flag = need(name, "flags set <name> <percentage>")
+        const percent = integer(percentage, "the percentage", { min: 0, max: 100 })
+        // Targets not given on the command line stay as they are.
+        const current = ((await call("GET", "/flags")) as Record<string, { users?: Array<string>; roles?: Array<string> }>)[flag]
+        const users = list(flags.users) ?? current?.users
+        const roles = list(flags.roles) ?? current?.roles
+        return print(await call("PUT", `/flags/${flag}`, {
+          enabled: true,
+          percentage: percent,
+          ...(users === undefined ? {} : { users }),
+          ...(roles === undefined ? {} : { roles })
+        }))
+      }
+      if (action === "off") {
+        const flag = need(name, "flags off <name>")
+        const current = (await call("GET", "/flags")) as Record<string, Record<string, unknown>>
+        const found = current[flag]
+        if (found === undefined) throw new Error(`no flag ${flag} (npm run mesh -- flags lists them)`)
+        return print(await call("PUT", `/flags/${flag}`, { ...found, enabled: false }))
+      }
+      if (action === "delete") {
+        const flag = need(name, "flags delete <name>")
+        await call("DELETE", `/flags/${flag}`)
+        return console.log(`deleted ${flag}`)
+      }
+      return print(await call("GET", `/flags/${action}`))
+    }
+    case undefined:
+      return usage("which command? status, traffic, promote, rollback or flags")
+    default:
+      return usage(`unknown command "${command}"`)
+  }
+}
+
+await main({
+  name: "npm run mesh",
+  help,
   options: {
     url: { type: "string" },
     token: { type: "string" },
     stable: { type: "string" },
     users: { type: "string" },
     roles: { type: "string" }
-  }
+  },
+  run: ({ values, positionals }) => run(values, positionals)
 })
-
-const base = (flags.url ?? process.env["MESH_URL"] ?? "http://127.0.0.1:8787").replace(/\/$/, "")
-const isLocal = /^https?:\/\/(127\.0\.0\.1|localhost)(:\d+)?$/.test(base)
-
-const fail = (message: string): never => {
-  console.error(message)
-  process.exit(1)
-}
-
-const token = async (): Promise<string> => {
-  const given = flags.token ?? process.env["MESH_TOKEN"]
-  if (given !== undefined) return given
-  const email = process.env["MESH_EMAIL"] ?? (isLocal ? "ada@meshwork.dev" : undefined)
-  const password = process.env["MESH_PASSWORD"] ?? (isLocal ? "ada-local-password" : undefined)
-  if (email === undefined || password === undefined) return fail("Give --token, MESH_TOKEN, or MESH_EMAIL and MESH_PASSWORD")
-  const response = await fetch(`${base}/api/auth/login`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ email, password })
-  })
-  if (!response.ok) return fail(`Login as ${email} failed: ${response.status} ${await response.text()}`)
-  return ((await response.json()) as { access_token: string }).access_token
-}
-
-const call = async (method: string, path: string, body?: unknown): Promise<unknown> => {
-  const response = await fetch(`${base}/api/admin${path}`, {
-    method,
-    headers: { authorization: `Bearer ${await token()}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) })
-  })
-  const text = await response.text()
-  if (!response.ok) return fail(`${method} ${path}: ${response.status} ${text}`)
-  return text === "" ? undefined : JSON.parse(text)
-}
-
-const print = (value: unknown) => console.log(JSON.stringify(value, null, 2))
-const number = (value: string | undefined, what: string) => {
-  const parsed = Number(value)
-  return value === undefined || !Number.isFinite(parsed) ? fail(`${what} must be a number`) : parsed
-}
-const list = (value: string | undefined) => value === undefined ? undefined : value.split(",").map((item) => item.trim()).filter(Boolean)
-
-const [command, ...args] = positionals
-switch (command) {
-  case "status":
-    print(await call("GET", "/status"))
-    break
-  case "traffic": {
-    const [service, canary, weight] = args
-    if (service === undefined) {
-      print(await call("GET", "/traffic"))
-      break
-    }
-    if (canary === undefined) {
-      print(await call("GET", `/traffic/${service}`))
-      break
-    }
-    const current = (await call("GET", "/traffic")) as Record<string, { stable: string }>
-    const stable = flags.stable ?? current[service]?.stable ?? "blue"
-    print(await call("PUT", `/traffic/${service}`, { stable, canary, weight: number(weight, "weight") }))
-    break
-  }
-  case "promote": {
-    const [service, version] = args
-    if (service === undefined || version === undefined) fail("promote <service> <version>")
-    print(await call("PUT", `/traffic/${service}`, { stable: version, weight: 0 }))
-    break
-  }
-  case "rollback":
-    print(await call("POST", `/traffic/${args[0] ?? fail("rollback <service>")}/rollback`))
-    break
-  case "flags": {
-    const [action, name, percentage] = args
-    if (action === undefined) print(await call("GET", "/flags"))
-    else if (action === "set") {
-      if (name === undefined) fail("flags set <name> <percentage>")
-      // Targets not given on the command line stay as they are.
-      const current = ((await call("GET", "/flags")) as Record<string, { users?: Array<string>; roles?: Array<string> }>)[name!]
-      const users = list(flags.users) ?? current?.users
-      const roles = list(flags.roles) ?? current?.roles
-      print(await call("PUT", `/flags/${name}`, {
-        enabled: true,
-        percentage: number(percentage, "percentage"),
-        ...(users === undefined ? {} : { users }),
-        ...(roles === undefined ? {} : { roles })
-      }))
-    } else if (action === "off") {
-      const current = (await call("GET", "/flags")) as Record<string, Record<string, unknown>>
-      const flag = current[name ?? fail("flags off <name>")] ?? fail(`No flag ${name}`)
-      print(await call("PUT", `/flags/${name}`, { ...flag, enabled: false }))
-    } else if (action === "delete") {
-      await call("DELETE", `/flags/${name ?? fail("flags delete <name>")}`)
-      console.log(`deleted ${name}`)
-    } else print(await call("GET", `/flags/${action}`))
-    break
-  }
-  default:
-    fail("npm run mesh -- status | traffic <service> <canary> <weight> | promote <service> <version> | rollback <service> | flags [set|off|delete] ...")
-}

@@ -3,7 +3,7 @@
  * trace as a waterfall once it has been quiet for a moment, for watching the
  * local mesh without a Jaeger.
  *
- *   npm run traces                     # on http://127.0.0.1:4318, the mesh's default OTLP_ENDPOINT
+ *   npm run traces                     # on http://127.0.0.1:4318: npm start -- --otlp http://127.0.0.1:4318 sends there
  *   npm run traces -- --port 4319 --host 0.0.0.0 --quiet-ms 3000
  */
 import { startReceiver, type ReceivedMetric, type ReceivedSpan } from "./otlp.ts"
@@ -89,6 +89,15 @@ export const renderTrace = (spans: Array<ReceivedSpan>, options: { color?: boole
 }
 
 const main = async () => {
+  if (process.argv.includes("--help") || process.argv.includes("-h")) {
+    console.log(`npm run traces: a local OTLP receiver that prints each trace as a waterfall.
+
+  npm run traces                                  on http://127.0.0.1:4318
+  npm run traces -- --port 4319 --host 0.0.0.0 --quiet-ms 3000
+
+Send the mesh's traces there with: npm start -- --otlp http://127.0.0.1:4318`)
+    return
+  }
   const flag = (name: string) => {
     const i = process.argv.indexOf(`--${name}`)
     return i === -1 ? undefined : process.argv[i + 1]
@@ -135,8 +144,7 @@ const main = async () => {
       }
     }
   })
-  const hint = receiver.url === "http://127.0.0.1:4318" ? " (the default)" : ""
-  console.log(`OTLP receiver on ${receiver.url}: run the mesh with OTLP_ENDPOINT=${receiver.url}${hint}; Ctrl-C to stop`)
+  console.log(`OTLP receiver on ${receiver.url}: start the mesh with \`npm start -- --otlp ${receiver.url}\`; Ctrl-C to stop`)
   const stop = async () => {
     for (const traceId of [...pending.keys()]) flush(traceId)
     await receiver.close()

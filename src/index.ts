@@ -10,8 +10,8 @@
  *   line (`CircuitBreakers.layer`, `Locks.layer("LOCKS")`); settings schemas
  *   and the Durable Object classes a Worker must export sit beside it.
  *
- * docs/ has a page per concern; docs/configuration.md lists every var,
- * binding and Durable Object class each export needs.
+ * docs/ has a page per concern, each with the vars, bindings and Durable
+ * Object classes its exports need.
  */
 
 // The runtime: Workers, Durable Objects, HTTP, errors, bindings, storage, queues, clients, telemetry.

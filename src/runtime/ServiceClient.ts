@@ -22,7 +22,7 @@ import { TraceState } from "./telemetry/TraceContext.ts"
 /**
  * What a resilience policy does to each call: given one attempt (with its
  * timeout) and the request, the effect that makes the call, perhaps several
- * attempts of it (`Retries.forClient` in src/layers/resilience/Retries.ts).
+ * attempts of it (`Retries.policy` in src/layers/resilience/Retries.ts).
  */
 export type Policy = (
   attempt: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>,
@@ -32,7 +32,7 @@ export type Policy = (
 export interface Options {
   /** Each attempt's timeout in ms; it aborts the request. Default: none. */
   readonly timeoutMs?: number | undefined
-  /** Wraps every call, e.g. `Retries.forClient("users", { attempts: 3 })`. Default: one attempt. */
+  /** Wraps every call, e.g. `Retries.policy("users", { attempts: 3 })`. Default: one attempt. */
   readonly policy?: Policy | undefined
 }
 

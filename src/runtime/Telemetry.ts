@@ -8,7 +8,7 @@
  *
  * | var | default | |
  * |---|---|---|
- * | `OTLP_ENDPOINT` | none: tracing off | the collector's base URL (`/v1/traces` is added). Without it (or `off`) no span is made, nothing exported. `npm start` sets it for the local mesh |
+ * | `OTLP_ENDPOINT` | none: tracing off | the collector's base URL (`/v1/traces` is added). Without it (or `off`) no span is made, nothing exported. `npm start -- --otlp <url>` sets it for the local mesh |
  * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
  * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
  * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
@@ -114,7 +114,7 @@ export const layer = (serviceName: string, options: { readonly metrics?: boolean
       )
       : undefined
     const service = makeService(config, flushMetrics)
-    const logger = Logger.layer([jsonLogger(serviceName), Logger.tracerLogger])
+    const logger = Logger.layer([jsonLogger(serviceName, config.serviceVersion), Logger.tracerLogger])
     // Off: Effect's own spans (Effect.fn, withSpan) are not even made.
     if (!service.enabled) return Layer.mergeAll(Layer.succeed(Telemetry, service), logger, Layer.succeed(References.TracerEnabled, false))
     return Layer.mergeAll(

@@ -17,7 +17,7 @@
  * service of each call. A typed failure becomes its RFC 9457 problem response;
  * a defect becomes a bare 500 and is logged.
  *
- * Every Worker gets the telemetry layer (src/layers/Telemetry.ts) with its
+ * Every Worker gets the telemetry layer (src/runtime/Telemetry.ts) with its
  * name as `service.name`: each request runs in a server span (continuing the
  * caller's trace), and its spans are exported under `ctx.waitUntil` once the
  * request and its `waitUntil` work are done.

@@ -1,5 +1,5 @@
 /**
- * Batched lookups (src/layers/Batching.ts): the resolver on its own, the
+ * Batched lookups (src/layers/edge/Batching.ts): the resolver on its own, the
  * products client against the real products Worker, and the sessions cart
  * fan-out through the gateway.
  */

@@ -1,4 +1,4 @@
-/** The sharding rule of src/layers/Sharding.ts: where a key's Durable Object is. */
+/** The sharding rule of src/layers/state/Sharding.ts: where a key's Durable Object is. */
 import { describe, expect, it } from "vitest"
 import * as Sharding from "../../src/layers/state/Sharding.ts"
 

@@ -1,6 +1,6 @@
 /**
- * Deployment strategies: traffic splits between versions (src/layers/Traffic.ts),
- * feature flags (src/layers/FeatureFlags.ts), both over the mesh's real KV
+ * Deployment strategies: traffic splits between versions (src/layers/release/TrafficManager.ts),
+ * feature flags (src/layers/release/FeatureFlags.ts), both over the mesh's real KV
  * store, and the gateway's admin API that drives them.
  */
 import { expect, it } from "@effect/vitest"

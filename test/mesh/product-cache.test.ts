@@ -1,5 +1,5 @@
 /**
- * The edge cache (src/layers/EdgeCache.ts) over the real Cache API, on
+ * The edge cache (src/layers/edge/EdgeCache.ts) over the real Cache API, on
  * virtual time, with an upstream the tests control; then the gateway's
  * cache of product reads, through the mesh.
  */

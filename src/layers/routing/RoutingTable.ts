@@ -41,7 +41,7 @@ export const Route = Schema.Struct({
   /**
    * Versions of the service by name, each with its binding (blue-green,
    * canary); the one whose binding is `binding` is the default. The split
-   * between them is the traffic manager's (src/layers/Traffic.ts).
+   * between them is the traffic manager's (src/layers/release/TrafficManager.ts).
    */
   versions: Schema.optionalKey(Schema.Record(
     Schema.String.check(Schema.isPattern(/^[a-z][a-z0-9-]{0,31}$/)),

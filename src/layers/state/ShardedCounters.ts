@@ -10,7 +10,7 @@
  *
  * One object serialises every write sent to it, so a single counter object
  * tops out at roughly a thousand increments a second. Keys are spread over
- * `shards` objects by the sharding rule (src/layers/Sharding.ts): a key's
+ * `shards` objects by the sharding rule (src/layers/state/Sharding.ts): a key's
  * writes and reads go to its one shard; a question about all keys (the top
  * ten) asks every shard for its own top and merges the answers. Every shard
  * keeps each of its keys exactly, so the merge is exact too.

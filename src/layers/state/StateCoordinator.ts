@@ -25,7 +25,7 @@
  * input gate holds further events while the current one awaits storage, and
  * its output gate holds replies until its writes are durable. A change read,
  * computed and written without awaiting anything else is therefore atomic,
- * even under a thousand concurrent callers. A lock (src/layers/Locks.ts) is
+ * even under a thousand concurrent callers. A lock (src/layers/state/Locks.ts) is
  * needed when a read-modify-write spans something the gates do not cover: a
  * `fetch` to another service, a D1 query, or several objects. Then the
  * object's state can change between the read and the write, and the write

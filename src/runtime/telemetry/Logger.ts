@@ -2,8 +2,12 @@
 import { Context, ErrorReporter, Logger, Tracer } from "effect"
 import { errorTag, ServerSpan } from "./TraceContext.ts"
 
-/** Writes each log line as one JSON object naming the trace and span it belongs to. */
-export const jsonLogger = (serviceName: string) =>
+/**
+ * Writes each log line as one JSON object naming the service, its version
+ * (two versions of one service, blue and green, tell apart by it) and the
+ * trace and span it belongs to.
+ */
+export const jsonLogger = (serviceName: string, serviceVersion?: string) =>
   Logger.make((options) => {
     const entry = Logger.formatStructured.log(options) as Record<string, unknown>
     const span = Context.getOrUndefined(options.fiber.context, Tracer.ParentSpan)
@@ -14,6 +18,7 @@ export const jsonLogger = (serviceName: string) =>
       level: entry["level"],
       message: entry["message"],
       service: serviceName,
+      ...(serviceVersion === undefined ? {} : { version: serviceVersion }),
       ...(span === undefined ? {} : { trace_id: span.traceId.padStart(32, "0"), span_id: span.spanId }),
       ...(entry["cause"] === undefined ? {} : { cause: entry["cause"] }),
       ...(Object.keys(entry["spans"] as object).length === 0 ? {} : { spans: entry["spans"] })

@@ -3,7 +3,7 @@
  * duplicate SKU is the typed `SkuTaken`.
  *
  * Updates are fenced: each carries the fencing token of the product's lock
- * (src/layers/Locks.ts), the row keeps the highest token it has seen, and an
+ * (src/layers/state/Locks.ts), the row keeps the highest token it has seen, and an
  * update with a lower one is refused with `StaleFencingToken`, so a writer
  * whose lock expired mid-update cannot overwrite its successor.
  */

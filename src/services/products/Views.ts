@@ -1,6 +1,6 @@
 /**
  * Product view counts, sharded over `VIEW_SHARDS` counter objects (default
- * 8) by product id (src/layers/ShardedCounters.ts).
+ * 8) by product id (src/layers/state/ShardedCounters.ts).
  */
 import { Config, Context, Effect, Layer } from "effect"
 import { Bindings, ShardedCounters, Sharding } from "meshwork"

@@ -154,7 +154,7 @@ export const ProductViewCount = Schema.Struct({ productId: ProductId, views: Sch
 export const ProductStats = Schema.Struct({
   productId: ProductId,
   views: Schema.Number,
-  /** The counter shard that holds the product (src/layers/Sharding.ts). */
+  /** The counter shard that holds the product (src/layers/state/Sharding.ts). */
   shard: Schema.Number
 })
 export const PopularProducts = Schema.Struct({ items: Schema.Array(ProductViewCount) })
@@ -173,7 +173,7 @@ export class ProductsGroup extends HttpApiGroup.make("products")
     HttpApiEndpoint.get("popular", "/popular", { query: PopularQuery, success: PopularProducts, error: [Problem.ServiceUnavailable, Problem.Forbidden] }),
     HttpApiEndpoint.get("get", "/:id", {
       params: byId,
-      // Cacheable at the edge (src/layers/EdgeCache.ts), tagged for purges.
+      // Cacheable at the edge (src/layers/edge/EdgeCache.ts), tagged for purges.
       success: HttpApiSchema.WithHeaders(Product, { "cache-control": Schema.String, "cache-tag": Schema.String }),
       error: [ProductNotFound, Problem.Forbidden]
     }),

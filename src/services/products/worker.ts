@@ -11,9 +11,9 @@ import { Products } from "./Products.ts"
 import { Sellers } from "./Sellers.ts"
 import { ProductViews } from "./Views.ts"
 
-/** Product locks (src/layers/Locks.ts), bound as LOCKS. */
+/** Product locks (src/layers/state/Locks.ts), bound as LOCKS. */
 export { LockObject } from "meshwork"
-/** View counter shards (src/layers/ShardedCounters.ts), bound as VIEW_COUNTERS. */
+/** View counter shards (src/layers/state/ShardedCounters.ts), bound as VIEW_COUNTERS. */
 export class CounterShardObject extends ShardedCounters.CounterShardObject {}
 
 const services = Layer.mergeAll(Products.layer, Imports.layer, Locks.layer(), ProductViews.layer).pipe(Layer.provideMerge(Sellers.layer))

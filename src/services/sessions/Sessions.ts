@@ -1,6 +1,6 @@
 /**
  * A user's session: attributes, a cart and counters, kept by the state
- * coordinator (src/layers/StateCoordinator.ts), one Durable Object per
+ * coordinator (src/layers/state/StateCoordinator.ts), one Durable Object per
  * session. Changes are applied atomically, in order, inside the object.
  */
 import { Context, Effect, Layer, Result, Schema } from "effect"

@@ -8,7 +8,7 @@ import { ProductsClient } from "../products/client.ts"
 import { SessionsRoutes } from "./http.ts"
 import { Sessions, SessionState } from "./Sessions.ts"
 
-/** One object per session (src/layers/StateCoordinator.ts), bound as SESSIONS. */
+/** One object per session (src/layers/state/StateCoordinator.ts), bound as SESSIONS. */
 export class SessionObject extends SessionState.StateObject {}
 
 export default Worker.make({

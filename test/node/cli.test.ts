@@ -1,0 +1,80 @@
+/**
+ * The command-line tools guide a newcomer: --help answers, a misuse is one
+ * line and exit code 2, a developer's own .dev.vars lines survive `npm
+ * start`, and the tour runs what the README shows, status checks included.
+ */
+import { spawnSync } from "node:child_process"
+import { join } from "node:path"
+import { describe, expect, it } from "vitest"
+import { mergeDevVars } from "../../scripts/keys.ts"
+import { root } from "../../scripts/mesh.ts"
+import { checked, tourBlocks } from "../../scripts/tour.ts"
+
+const run = (script: string, ...args: Array<string>) => {
+  const result = spawnSync(process.execPath, [join(root, "scripts", script), ...args], { cwd: root, encoding: "utf8" })
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr }
+}
+
+describe.concurrent("the command-line tools", () => {
+  it.each([
+    ["start.ts"], ["keys.ts"], ["mesh-cli.ts"], ["deploy.ts"], ["tour.ts"], ["traces.ts"]
+  ])("%s answers --help with its usage and exit code 0", (script) => {
+    const { status, stdout, stderr } = run(script, "--help")
+    expect(stderr).toBe("")
+    expect(status).toBe(0)
+    expect(stdout).toMatch(/^npm (start|run \w+)/)
+  })
+
+  it.each([
+    ["keys.ts", [], /which command\?/],
+    ["keys.ts", ["activate"], /activate needs a key id/],
+    ["keys.ts", ["frobnicate"], /unknown command "frobnicate"/],
+    ["mesh-cli.ts", ["bogus"], /unknown command "bogus"/],
+    ["mesh-cli.ts", ["traffic", "users", "green", "120"], /weight .* from 0 to 100, not "120"/],
+    ["start.ts", ["--port", "x"], /--port must be a whole number/],
+    ["start.ts", ["--nonsense"], /Unknown option '--nonsense'/],
+    ["deploy.ts", ["--worker", "nope", "--dry-run"], /no Worker "nope"/],
+    ["deploy.ts", ["--color", "green"], /--color needs --worker/]
+  ] as const)("%s %j is a usage error: one line, exit code 2, no stack", (script, args, message) => {
+    const { status, stdout, stderr } = run(script, ...args)
+    expect(status).toBe(2)
+    expect(stdout).toBe("")
+    expect(stderr.trim().split("\n")).toHaveLength(1)
+    expect(stderr).toMatch(message)
+    expect(stderr).toMatch(/-- --help\)$/m)
+  })
+})
+
+describe("a .dev.vars, as npm start writes it", () => {
+  it("rewrites the managed block and keeps every line of the developer's, which win", () => {
+    const first = mergeDevVars("", { MESH_IDENTITY_SECRET: "one" })
+    const edited = first + "FAULT_INJECTION=true\nOTLP_ENDPOINT=http://127.0.0.1:4318\n"
+    const second = mergeDevVars(edited, { MESH_IDENTITY_SECRET: "two" })
+    expect(second).toContain("MESH_IDENTITY_SECRET=two")
+    expect(second).not.toContain("MESH_IDENTITY_SECRET=one")
+    expect(second.indexOf("FAULT_INJECTION=true")).toBeGreaterThan(second.indexOf("MESH_IDENTITY_SECRET=two"))
+    expect(second).toContain("OTLP_ENDPOINT=http://127.0.0.1:4318")
+    // Merging again changes nothing.
+    expect(mergeDevVars(second, { MESH_IDENTITY_SECRET: "two" })).toBe(second)
+  })
+
+  it("adopts a file from before the managed block, keeping the lines it does not manage", () => {
+    const merged = mergeDevVars("MESH_IDENTITY_SECRET=old\nFAULT_INJECTION=true\n", { MESH_IDENTITY_SECRET: "new" })
+    expect(merged).toContain("MESH_IDENTITY_SECRET=new")
+    expect(merged).not.toContain("=old")
+    expect(merged).toContain("FAULT_INJECTION=true")
+  })
+})
+
+describe("the tour", () => {
+  it("takes the ```sh tour blocks only, and checks the statuses their comments promise", () => {
+    const blocks = tourBlocks("README.md", "```sh\nnot this\n```\n```sh tour\ncurl -s \\\n  http://127.0.0.1:8787/x   # 412: stale\necho ok\n```\n")
+    expect(blocks).toEqual([{ doc: "README.md", line: 5, code: "curl -s \\\n  http://127.0.0.1:8787/x   # 412: stale\necho ok" }])
+    const script = checked(blocks[0]!.code, 9999)
+    expect(script).toContain("http://127.0.0.1:9999/x")
+    expect(script).toMatch(/grep -q "412"/)
+    const failing = spawnSync("bash", ["-c", `set -euo pipefail\n${checked("echo 200   # 412: stale", 1)}`], { encoding: "utf8" })
+    expect(failing.status).not.toBe(0)
+    expect(failing.stderr).toContain("expected 412")
+  })
+})
