@@ -93,7 +93,7 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
 
     override fetch(request: Request): Response | Promise<Response> {
       const handler = options.fetch
-      if (handler === undefined) return Problem.fromError(new Problem.MethodNotAllowed({ detail: `${options.name} has no fetch handler` }))
+      if (handler === undefined) return Problem.fromError(new Problem.MethodNotAllowed({ allow: [], detail: `${options.name} has no fetch handler` }))
       return serveFetch(this.services, request, this.ctx, handler, { annotations, edge: false })
     }
 

@@ -49,10 +49,13 @@ export class NotFound extends HttpApiError.Problem<NotFound>()("NotFound", {
   title: "Not Found"
 }) {}
 
+/** 405. `allow` lists the methods the resource takes; it is also sent as the `Allow` header (RFC 9110). */
 export class MethodNotAllowed extends HttpApiError.Problem<MethodNotAllowed>()("MethodNotAllowed", {
   type: ProblemDetails.blankType,
   status: 405,
   title: "Method Not Allowed"
+}, {
+  allow: Schema.Array(Schema.String)
 }) {}
 
 export class PayloadTooLarge extends HttpApiError.Problem<PayloadTooLarge>()("PayloadTooLarge", {
@@ -127,6 +130,7 @@ export const fromError = (error: unknown): Response => {
   if ((error instanceof ServiceUnavailable || error instanceof TooManyRequests) && error.retryAfterSeconds !== undefined) {
     response.headers.set("retry-after", String(error.retryAfterSeconds))
   }
+  if (error instanceof MethodNotAllowed) response.headers.set("allow", error.allow.join(", "))
   return response
 }
 

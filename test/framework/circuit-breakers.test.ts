@@ -184,3 +184,33 @@ it("frees a half-open probe slot whose outcome never comes back, after the lease
   expect(store.admit("lost", settings, 1_000)._tag).toBe("HalfOpen")
   expect(store.admit("lost", settings, 1_000 + probeLeaseMillis)._tag).toBe("Admitted")
 })
+
+it.effect("lets about half the calls through when half fail, with the reference mesh's rate-based settings; a streak-based breaker lets a fraction through", () =>
+  Effect.gen(function*() {
+    const breakers = yield* CircuitBreakers
+    // A fixed pseudo-random sequence of outcomes, half of them failures.
+    const outcomes = (seed: number) => {
+      let state = seed
+      return () => {
+        state = (state * 1103515245 + 12345) % 2 ** 31
+        return state / 2 ** 31 < 0.5 ? 503 : 200
+      }
+    }
+    const successes = function*(service: string, breaker: BreakerSettings) {
+      const next = outcomes(42)
+      const call = run(breakers, { service, breaker })
+      let ok = 0
+      for (let i = 0; i < 400; i++) {
+        if (statusOf(yield* call(counter().answer(next()))) === 200) ok++
+        yield* TestClock.adjust("10 millis") // 100 calls a second
+      }
+      return ok / 400
+    }
+    // The router's routes (src/services/router/wrangler.toml).
+    const reference = { failureRate: 0.75, minimumCalls: 20, window: 50, slowCallMs: 2000, openMs: 1000, maxOpenMs: 30000, probes: 2 }
+    const rateBased = yield* successes("half-failing", reference)
+    expect(rateBased).toBeGreaterThan(0.4)
+    expect(rateBased).toBeLessThan(0.6)
+    const streakBased = yield* successes("half-failing-streak", { consecutiveFailures: 5, openMs: 1000, maxOpenMs: 30000, probes: 2 })
+    expect(streakBased).toBeLessThan(rateBased / 2)
+  }).pipe(Effect.provide(Breakers)), 60_000)

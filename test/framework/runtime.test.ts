@@ -105,7 +105,7 @@ describe("Worker.make", () => {
     const cases = [
       [new Problem.BadRequest({ errors: [{ path: ["payload", "name"], message: "Expected string" }] }), 400],
       [new Problem.NotFound({}), 404],
-      [new Problem.MethodNotAllowed({}), 405],
+      [new Problem.MethodNotAllowed({ allow: ["GET"] }), 405],
       [new Problem.PayloadTooLarge({ limit: 10 }), 413],
       [new Problem.UnsupportedMediaType({}), 415],
       [new Problem.BadGateway({ service: "users" }), 502],

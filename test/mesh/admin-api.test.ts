@@ -84,4 +84,21 @@ describe("the admin API and the router", () => {
     await expectProblem(await send("POST", "/api/admin/traffic/nothing-here/rollback", undefined, admin.token), 404)
     await expectProblem(await send("GET", "/api/admin/nope", undefined, admin.token), 404)
   })
+
+  it("answers a method a resource does not take with 405 and the Allow header it must carry (RFC 9110)", async () => {
+    const admin = await signedIn("admin")
+    for (const [method, path, allow] of [
+      ["DELETE", "/api/admin/status", "GET"],
+      ["POST", "/api/admin/traffic/users", "GET, PUT"],
+      ["PATCH", "/api/admin/flags/x", "GET, PUT, DELETE"],
+      ["GET", "/api/admin/cache/purge", "POST"]
+    ] as const) {
+      const response = await send(method, path, undefined, admin.token)
+      await expectProblem(response.clone(), 405)
+      expect(response.headers.get("allow")).toBe(allow)
+    }
+    const health = await gateway("/health", { method: "POST" })
+    expect(health.status).toBe(405)
+    expect(health.headers.get("allow")).toBe("GET, HEAD")
+  })
 })

@@ -68,6 +68,18 @@ describe("products", () => {
     await expectProblem(await send("PATCH", `/api/products/${item.id}`, { sellerId: disabled.id }), 422)
   })
 
+  it("refuses an id that is no path segment (`.`, `..`, `a/b`) at its edge with a 400 naming the field, never a 500", async () => {
+    const seller = await createUser()
+    const item = await (await send("POST", "/api/products", product(seller.id))).json() as { id: string }
+    for (const sellerId of [".", "..", "a/b", "a b"]) {
+      const created = await expectProblem(await send("POST", "/api/products", product(sellerId)), 400)
+      expect(JSON.stringify(created)).toContain("sellerId")
+      await expectProblem(await send("PATCH", `/api/products/${item.id}`, { sellerId }), 400)
+      // An import checks its items when it is submitted, not on a queue that would retry them.
+      await expectProblem(await send("POST", "/api/products/imports", { products: [product(sellerId)] }), 400)
+    }
+  })
+
   it("refuses a duplicate SKU with 409", async () => {
     const seller = await createUser()
     const first = product(seller.id)

@@ -55,7 +55,9 @@ const config = Bindings.kv("MESH_CONFIG").pipe(
     Effect.fail(new Problem.ServiceUnavailable({ detail: "The mesh configuration store (MESH_CONFIG) is not bound" })))
 )
 
-const notAllowed = (allowed: string) => Effect.fail(new Problem.MethodNotAllowed({ detail: allowed }))
+/** 405 with `Allow`: `allowed` is "<METHODS> <path>", e.g. "GET, PUT /api/admin/traffic/{service}". */
+const notAllowed = (allowed: string) =>
+  Effect.fail(new Problem.MethodNotAllowed({ allow: allowed.split(" ").slice(0, -1).join(" ").split(", "), detail: allowed }))
 
 /** Answers an `/api/admin/...` request. */
 export const meshAdmin = (request: Request, identity: Identity) =>

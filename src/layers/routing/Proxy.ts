@@ -249,7 +249,7 @@ export const proxy = <E = never, R = never>(
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
         ? Effect.andThen(Telemetry.annotateServerSpan("http.route", "/health"), Effect.map(health(table.upstreams), Health.toResponse))
-        : Effect.fail(new Problem.MethodNotAllowed({ detail: "GET /health" }))
+        : Effect.fail(new Problem.MethodNotAllowed({ allow: ["GET", "HEAD"], detail: "GET /health" }))
     }
     if (ambiguousPath.test(path)) return Effect.fail(ambiguous())
     const upstream = table.match(path)

@@ -5,9 +5,9 @@
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { Health, Identity, Pagination, Problem } from "meshwork"
-import { UserId } from "../users/api.ts"
+import { Id, UserId } from "../users/api.ts"
 
-export const ProductId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+export const ProductId = Id
 export const Sku = Schema.String.check(Schema.isPattern(/^[A-Z0-9][A-Z0-9-]{0,39}$/))
 export const ProductName = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1), Schema.isMaxLength(200))
 export const Description = Schema.String.check(Schema.isMaxLength(2000))

@@ -6,7 +6,17 @@ import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { Health, Identity, Pagination, Problem } from "meshwork"
 
-export const UserId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+/**
+ * An id as it appears in a path: letters, digits, `-` and `_`. Anything else
+ * (`.` and `..` above all, which URL normalisation would resolve) is refused
+ * at the API's edge, so no typed client is ever asked to put it in a path.
+ */
+export const Id = Schema.String.check(
+  Schema.isMinLength(1),
+  Schema.isMaxLength(64),
+  Schema.isPattern(/^[A-Za-z0-9_-]+$/, { message: "An id is 1 to 64 letters, digits, '-' or '_'" })
+)
+export const UserId = Id
 export const Email = Schema.String.check(Schema.isMaxLength(254), Schema.isPattern(/^[^\s@]+@[^\s@]+\.[^\s@]+$/))
 export const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1), Schema.isMaxLength(100))
 export const Role = Schema.Literals(["admin", "user"])
