@@ -13,7 +13,7 @@
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin"
 import { join } from "node:path"
 import { defineConfig } from "vitest/config"
-import { generateIdentitySecret, generateKey } from "./scripts/keys.ts"
+import { generateKey, generateMeshKeys, meshNameOf } from "./scripts/keys.ts"
 import { buildMesh, bundle, entry, miniflareOptions, root } from "./scripts/mesh.ts"
 import { startReceiver } from "./scripts/otlp.ts"
 import { installHint, startRedis } from "./scripts/redis.ts"
@@ -40,7 +40,14 @@ const workers = {
       // second as if freshly rotated in) and signs with the first; the third
       // is a retired key it no longer publishes. Tests get all three to forge with.
       const [signing, rotatedIn, retired] = await Promise.all([generateKey(), generateKey(), generateKey()])
-      const identitySecret = generateIdentitySecret()
+      // A mesh identity key per Worker (blue and green users share one), and one
+      // the mesh never published, for the tests to forge with.
+      const meshKeys = await generateMeshKeys(["gateway", "router", "auth", "users", "products", "sessions"])
+      const stranger = await generateMeshKeys(["gateway"])
+      const meshEnv = (name: string) => ({
+        MESH_SIGNING_KEY: JSON.stringify(meshKeys.signing[meshNameOf(name)]),
+        MESH_PUBLIC_KEYS: JSON.stringify(meshKeys.published)
+      })
       // Every Worker exports its traces and metrics to a real OTLP/HTTP
       // receiver (scripts/otlp.ts) on a free port; the tests read what it got.
       const receiver = await startReceiver({ port: 0, unref: true })
@@ -55,12 +62,17 @@ const workers = {
         secrets: (name) => ({
           ...telemetry,
           ...(name === "gateway" ? { OTLP_PROTOCOL: "json" } : {}),
-          MESH_IDENTITY_SECRET: identitySecret,
+          ...meshEnv(name),
           ...(name === "auth"
             ? {
               AUTH_SIGNING_KEYS: JSON.stringify({ active: signing.kid, keys: [signing, rotatedIn] }),
               // Fast hashing keeps the suite quick; production uses the 100,000 default.
-              PBKDF2_ITERATIONS: "1000"
+              PBKDF2_ITERATIONS: "1000",
+              // Login throttling the tests can reach and wait out (production: 5 and 900 s, 20 and 300 s).
+              LOGIN_CLIENT_FREE_FAILURES: "3",
+              LOGIN_CLIENT_MAX_BLOCK_SECONDS: "2",
+              LOGIN_ACCOUNT_FREE_FAILURES: "10",
+              LOGIN_ACCOUNT_MAX_BLOCK_SECONDS: "2"
             }
             : {}),
           // Traffic splits and flags take effect at once in tests (production keeps them 10 s).
@@ -137,7 +149,8 @@ const workers = {
             OTLP_RECEIVER: receiver.url,
             REDIS_URL: redis?.url ?? "",
             CI: ci ? "true" : "",
-            MESH_IDENTITY_SECRET: identitySecret,
+            MESH_PUBLIC_KEYS: JSON.stringify(meshKeys.published),
+            TEST_MESH_KEYS: JSON.stringify({ ...meshKeys.signing, stranger: stranger.signing["gateway"] }),
             TEST_SIGNING_KEYS: JSON.stringify({ signing, rotatedIn, retired }),
             AUTH_MIGRATIONS: await readD1Migrations(join(root, "src/services/auth/migrations")),
             USERS_MIGRATIONS: await readD1Migrations(join(root, "src/services/users/migrations")),

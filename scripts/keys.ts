@@ -1,23 +1,16 @@
 /**
- * `npm run keys`: the mesh's secrets.
+ * `npm run keys`: the mesh's keys, local (.keys/, each Worker's .dev.vars)
+ * and deployed. Two kinds, neither shared between Workers:
+ * - the auth service's token signing keys (`AUTH_SIGNING_KEYS`, published in
+ *   its JWKS);
+ * - each Worker's own mesh identity key (`MESH_SIGNING_KEY`), whose public
+ *   half every Worker knows (`MESH_PUBLIC_KEYS`): see docs/security.md.
  *
- *   npm run keys -- init                 # local secrets (.dev.vars) if missing: identity secret + a signing key
- *   npm run keys -- add                  # new signing key, published in the JWKS, not yet signing
- *   npm run keys -- activate <kid>       # that key signs from now on (old keys still verify)
- *   npm run keys -- retire <kid>         # remove a key: tokens it signed stop verifying
- *   npm run keys -- rotate               # add + activate in one step (local development)
- *   npm run keys -- show                 # the key ids, and which one signs
- *   npm run keys -- push                 # `wrangler secret put` both secrets to every deployed Worker
- *   ... --remote                         # after add/activate/retire/rotate: push the signing keys
- *
- * The signing key set lives in .keys/auth-signing-keys.json (git-ignored; keep it
- * somewhere safe for production, Cloudflare never gives a secret back). Rotate in
- * production in steps: `add`, wait longer than the gateways' JWKS max age (5 min)
- * so every gateway holds the new key, then `activate`; `retire` the old key once
- * the longest token lifetime (5 minutes) has passed.
+ * The key files live in .keys/ (git-ignored; keep them somewhere safe for
+ * production, Cloudflare never gives a secret back). See `--help`.
  */
 import { execFileSync } from "node:child_process"
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { main, usage } from "./cli.ts"
@@ -38,32 +31,59 @@ export interface KeySet {
   readonly keys: ReadonlyArray<PrivateJwk>
 }
 
-/** A new ES256 signing key, as a private JWK with a fresh `kid`. */
-export const generateKey = async (): Promise<PrivateJwk> => {
-  const pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])
-  const jwk = await crypto.subtle.exportKey("jwk", pair.privateKey)
-  const kid = `k${new Date().toISOString().slice(0, 10).replaceAll("-", "")}-${crypto.randomUUID().slice(0, 8)}`
-  return { kty: "EC", crv: "P-256", x: jwk.x!, y: jwk.y!, d: jwk.d!, kid, alg: "ES256" }
+/** A mesh identity key: an ES256 private JWK naming the Worker it speaks for. */
+export interface MeshKey {
+  readonly kty: "EC"
+  readonly crv: "P-256"
+  readonly x: string
+  readonly y: string
+  readonly d: string
+  readonly kid: string
+  readonly worker: string
 }
 
-/** A random secret for the mesh's identity assertions (HMAC-SHA256). */
-export const generateIdentitySecret = (): string =>
-  Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url")
+/** Every Worker's mesh keys: the one it signs with, and the ones published for it. */
+export type MeshKeyStore = Record<string, { readonly active: string; readonly keys: ReadonlyArray<MeshKey> }>
+
+const stamp = () => `${new Date().toISOString().slice(0, 10).replaceAll("-", "")}-${crypto.randomUUID().slice(0, 8)}`
+
+const newPair = async () => {
+  const pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])
+  const jwk = await crypto.subtle.exportKey("jwk", pair.privateKey)
+  return { x: jwk.x!, y: jwk.y!, d: jwk.d! }
+}
+
+/** A new ES256 token signing key, as a private JWK with a fresh `kid`. */
+export const generateKey = async (): Promise<PrivateJwk> => ({ kty: "EC", crv: "P-256", ...(await newPair()), kid: `k${stamp()}`, alg: "ES256" })
+
+/** A new mesh identity key for `worker` (its kid names the Worker). */
+export const generateMeshKey = async (worker: string): Promise<MeshKey> =>
+  ({ kty: "EC", crv: "P-256", ...(await newPair()), kid: `${worker}-${stamp()}`, worker })
+
+/** The public half of every key in the store, by key id: what every Worker gets as MESH_PUBLIC_KEYS. */
+export const publicKeysOf = (keys: ReadonlyArray<MeshKey>) =>
+  Object.fromEntries(keys.map(({ kid, kty, crv, x, y, worker }) => [kid, { kty, crv, x, y, worker }]))
+
+/** The mesh name of a deployed Worker: both versions of a service (users, users-green) are one name with one key. */
+export const meshNameOf = (worker: string): string => worker.replace(/-green$/, "")
+
+/** Fresh mesh keys, one per name: for tests and benchmarks. */
+export const generateMeshKeys = async (names: ReadonlyArray<string>) => {
+  const keys = await Promise.all(names.map(generateMeshKey))
+  return { signing: Object.fromEntries(keys.map((key) => [key.worker, key])), published: publicKeysOf(keys) }
+}
 
 const root = join(import.meta.dirname, "..")
-const keyFile = join(root, ".keys/auth-signing-keys.json")
-const identityFile = join(root, ".keys/mesh-identity-secret")
+const tokenKeyFile = join(root, ".keys/auth-signing-keys.json")
+const meshKeyFile = join(root, ".keys/mesh-keys.json")
+// The shared HMAC secret of earlier versions: removed wherever it is found.
+const legacySecretFile = join(root, ".keys/mesh-identity-secret")
 
-/** Every Worker's config directory gets a .dev.vars; the auth Worker's also has the signing keys. */
-const devVarsFiles = workers.map((worker) => ({
-  file: join(dirname(worker.config), ".dev.vars"),
-  config: worker.config,
-  auth: worker.name === "auth"
-}))
+const meshNames = [...new Set(workers.map((worker) => meshNameOf(worker.name)))]
 
-const readKeySet = (): KeySet => {
-  if (!existsSync(keyFile)) throw new Error(`no key set at ${keyFile}: run \`npm run keys -- init\` first`)
-  return JSON.parse(readFileSync(keyFile, "utf8")) as KeySet
+const readJson = <A>(file: string): A => {
+  if (!existsSync(file)) throw new Error(`no keys at ${file}: run \`npm run keys -- init\` first`)
+  return JSON.parse(readFileSync(file, "utf8")) as A
 }
 
 const write = (file: string, contents: string) => {
@@ -86,7 +106,7 @@ export const mergeDevVars = (existing: string, managed: Record<string, string>):
   const to = lines.indexOf(managedEnd)
   const own = from >= 0 && to > from
     ? [...lines.slice(0, from), ...lines.slice(to + 1)]
-    : lines.filter((line) => !Object.keys(managed).some((name) => line.startsWith(`${name}=`)))
+    : lines.filter((line) => !["MESH_IDENTITY_SECRET", ...Object.keys(managed)].some((name) => line.startsWith(`${name}=`)))
   const kept = own.join("\n").trim()
   const block = [managedStart, ...Object.entries(managed).map(([name, value]) => `${name}=${value}`), managedEnd]
   return block.join("\n") + "\n" + (kept === "" ? "" : kept + "\n")
@@ -97,14 +117,28 @@ interface LocalOptions {
   readonly otlpEndpoint?: string | undefined
 }
 
-const writeLocal = (set: KeySet, options: LocalOptions = {}) => {
-  write(keyFile, JSON.stringify(set, null, 2) + "\n")
-  const identity = readFileSync(identityFile, "utf8").trim()
-  for (const { file, auth } of devVarsFiles) {
-    const managed: Record<string, string> = { MESH_IDENTITY_SECRET: identity }
-    if (auth) managed["AUTH_SIGNING_KEYS"] = `'${JSON.stringify(set)}'`
+const activeKey = (store: MeshKeyStore, name: string): MeshKey => {
+  const set = store[name]
+  const key = set?.keys.find((candidate) => candidate.kid === set.active)
+  if (key === undefined) throw new Error(`${name} has no active mesh key: run \`npm run keys -- rotate --worker ${name}\``)
+  return key
+}
+
+const allMeshKeys = (store: MeshKeyStore) => Object.values(store).flatMap((set) => set.keys)
+
+/** Writes the key files and every Worker's .dev.vars (users and users-green share one, and one key). */
+const writeLocal = (tokens: KeySet, mesh: MeshKeyStore, options: LocalOptions = {}) => {
+  write(tokenKeyFile, JSON.stringify(tokens, null, 2) + "\n")
+  write(meshKeyFile, JSON.stringify(mesh, null, 2) + "\n")
+  const published = JSON.stringify(publicKeysOf(allMeshKeys(mesh)))
+  for (const worker of workers) {
+    const managed: Record<string, string> = {
+      MESH_SIGNING_KEY: `'${JSON.stringify(activeKey(mesh, meshNameOf(worker.name)))}'`,
+      MESH_PUBLIC_KEYS: `'${published}'`
+    }
+    if (worker.name === "auth") managed["AUTH_SIGNING_KEYS"] = `'${JSON.stringify(tokens)}'`
     if (options.otlpEndpoint !== undefined) managed["OTLP_ENDPOINT"] = options.otlpEndpoint
-    const path = join(root, file)
+    const path = join(root, dirname(worker.config), ".dev.vars")
     write(path, mergeDevVars(existsSync(path) ? readFileSync(path, "utf8") : "", managed))
   }
 }
@@ -116,85 +150,127 @@ const putSecret = (name: string, value: string, config: string) =>
     stdio: ["pipe", "inherit", "inherit"]
   })
 
-const pushRemote = (set: KeySet) => putSecret("AUTH_SIGNING_KEYS", JSON.stringify(set), "src/services/auth/wrangler.toml")
-
-/** The wrangler config of each Worker, beside the .dev.vars that holds its local secrets. */
-const configs = devVarsFiles.map(({ config, auth }) => ({ config, auth }))
-
-/** Creates the local secrets if they are missing; returns whether it created them. */
-export const ensureLocalSecrets = async (options: LocalOptions = {}): Promise<boolean> => {
-  if (existsSync(keyFile) && existsSync(identityFile)) {
-    writeLocal(readKeySet(), options)
-    return false
+/** Pushes what changed to the deployed Workers: the token keys to auth; mesh keys (each its own, and the public set) to all. */
+const pushRemote = (tokens: KeySet | undefined, mesh: MeshKeyStore | undefined) => {
+  if (tokens !== undefined) putSecret("AUTH_SIGNING_KEYS", JSON.stringify(tokens), "src/services/auth/wrangler.toml")
+  if (mesh === undefined) return
+  const published = JSON.stringify(publicKeysOf(allMeshKeys(mesh)))
+  for (const worker of workers) {
+    putSecret("MESH_PUBLIC_KEYS", published, worker.config)
+    putSecret("MESH_SIGNING_KEY", JSON.stringify(activeKey(mesh, meshNameOf(worker.name))), worker.config)
   }
-  write(identityFile, generateIdentitySecret() + "\n")
-  const key = await generateKey()
-  writeLocal({ active: key.kid, keys: [key] }, options)
-  return true
+}
+
+/** Creates the local keys that are missing and writes every .dev.vars; returns whether it created any. */
+export const ensureLocalSecrets = async (options: LocalOptions = {}): Promise<boolean> => {
+  let created = false
+  let tokens: KeySet
+  if (existsSync(tokenKeyFile)) tokens = readJson<KeySet>(tokenKeyFile)
+  else {
+    const key = await generateKey()
+    tokens = { active: key.kid, keys: [key] }
+    created = true
+  }
+  const mesh: MeshKeyStore = existsSync(meshKeyFile) ? { ...readJson<MeshKeyStore>(meshKeyFile) } : {}
+  for (const name of meshNames) {
+    if (mesh[name] !== undefined) continue
+    const key = await generateMeshKey(name)
+    mesh[name] = { active: key.kid, keys: [key] }
+    created = true
+  }
+  rmSync(legacySecretFile, { force: true })
+  writeLocal(tokens, mesh, options)
+  return created
 }
 
 const help = `
-npm run keys: the mesh's secrets, local (.keys/, each Worker's .dev.vars) and deployed.
+npm run keys: the mesh's keys, local (.keys/, each Worker's .dev.vars) and deployed.
 
-  npm run keys -- init              local secrets, if missing: identity secret + a signing key
-  npm run keys -- show              the signing key ids, and which one signs
-  npm run keys -- add               a new signing key: published in the JWKS, not signing yet
-  npm run keys -- activate <kid>    that key signs from now on (the others still verify)
-  npm run keys -- retire <kid>      remove a key: tokens it signed stop verifying
-  npm run keys -- rotate            add + activate in one step (local development)
-  npm run keys -- push              wrangler secret put both secrets to every deployed Worker
-  ... --remote                      after add, activate, retire or rotate: push the signing keys
+Token signing keys (the auth service's, published in its JWKS):
+  npm run keys -- show                    the key ids, and which one signs
+  npm run keys -- add                     a new key: published, not signing yet
+  npm run keys -- activate <kid>          that key signs from now on (the others still verify)
+  npm run keys -- retire <kid>            remove a key: what it signed stops verifying
+  npm run keys -- rotate                  add + activate in one step (local development)
 
-In production rotate in steps: add, wait the gateways' JWKS max age (5 min), activate,
-wait the longest token life (5 min), retire the old key. A running \`npm start\` uses
-changed keys once restarted.
+Each Worker's mesh identity key (the same commands with --worker):
+  npm run keys -- show --worker users     users' key ids
+  npm run keys -- add --worker users      a new key for users: every Worker learns it, users does not sign with it yet
+  npm run keys -- activate <kid>          (a mesh key's kid names its Worker: users-20261203-...)
+  npm run keys -- retire <kid>
+  npm run keys -- rotate --worker users
+
+  npm run keys -- init                    the local keys that are missing
+  npm run keys -- push                    wrangler secret put every key to every deployed Worker
+  ... --remote                            after add, activate, retire or rotate: push what changed
+
+Workers: ${meshNames.join(", ")}. In production rotate in steps, each pushed with --remote: add,
+wait until every Worker runs with the new public key (token keys: the gateways' JWKS max age,
+5 min), activate, wait the longest lifetime of what the old key signed (tokens 5 min, mesh
+assertions 60 s), retire the old key. A running \`npm start\` uses changed keys once restarted.
 `
 
-const keyIn = (set: KeySet, kid: string | undefined, command: string): string => {
-  if (kid === undefined) return usage(`${command} needs a key id (npm run keys -- show lists them)`)
-  if (!set.keys.some((key) => key.kid === kid)) throw new Error(`no key ${kid} (npm run keys -- show lists them)`)
-  return kid
-}
-
-const run = async (command: string | undefined, argument: string | undefined, remote: boolean) => {
-  let set: KeySet
-  switch (command) {
-    case "init":
-      console.log((await ensureLocalSecrets()) ? "created local secrets" : "local secrets already exist")
-      return
-    case "push": {
-      const identity = readFileSync(identityFile, "utf8").trim()
-      for (const { config, auth } of configs) {
-        putSecret("MESH_IDENTITY_SECRET", identity, config)
-        if (auth) pushRemote(readKeySet())
-      }
-      return
+const run = async (command: string | undefined, argument: string | undefined, options: { remote: boolean; worker: string | undefined }) => {
+  if (options.worker !== undefined && !meshNames.includes(options.worker)) {
+    return usage(`no Worker "${options.worker}" (one of ${meshNames.join(", ")})`)
+  }
+  if (command === "init") {
+    console.log((await ensureLocalSecrets()) ? "created the missing local keys" : "local keys already exist")
+    return
+  }
+  if (command === "push") {
+    pushRemote(readJson<KeySet>(tokenKeyFile), readJson<MeshKeyStore>(meshKeyFile))
+    return
+  }
+  let tokens = readJson<KeySet>(tokenKeyFile)
+  let mesh = readJson<MeshKeyStore>(meshKeyFile)
+  const meshKeyOwner = (kid: string) => Object.entries(mesh).find(([, set]) => set.keys.some((key) => key.kid === kid))?.[0]
+  const needKid = (verb: string): string => {
+    if (argument === undefined) return usage(`${verb} needs a key id (npm run keys -- show [--worker <name>] lists them)`)
+    if (!tokens.keys.some((key) => key.kid === argument) && meshKeyOwner(argument) === undefined) {
+      throw new Error(`no key ${argument} (npm run keys -- show [--worker <name>] lists them)`)
     }
-    case "show":
-      set = readKeySet()
+    return argument
+  }
+  let changed: "tokens" | "mesh"
+  switch (command) {
+    case "show": {
+      const set = options.worker === undefined ? tokens : mesh[options.worker]!
       for (const key of set.keys) console.log(`${key.kid}${key.kid === set.active ? "  (signing)" : ""}`)
       return
+    }
     case "add":
     case "rotate": {
-      const current = readKeySet()
-      const key = await generateKey()
-      set = { active: command === "rotate" ? key.kid : current.active, keys: [...current.keys, key] }
-      console.log(`added ${key.kid}${command === "rotate" ? ", now signing" : ", published, not signing yet"}`)
+      const signs = command === "rotate"
+      if (options.worker === undefined) {
+        const key = await generateKey()
+        tokens = { active: signs ? key.kid : tokens.active, keys: [...tokens.keys, key] }
+        console.log(`added ${key.kid}${signs ? ", now signing" : ", published, not signing yet"}`)
+        changed = "tokens"
+      } else {
+        const set = mesh[options.worker]!
+        const key = await generateMeshKey(options.worker)
+        mesh = { ...mesh, [options.worker]: { active: signs ? key.kid : set.active, keys: [...set.keys, key] } }
+        console.log(`added ${key.kid}${signs ? `, ${options.worker} signs with it now` : ", published to every Worker, not signing yet"}`)
+        changed = "mesh"
+      }
       break
     }
-    case "activate": {
-      const current = readKeySet()
-      const kid = keyIn(current, argument, "activate")
-      set = { ...current, active: kid }
-      console.log(`${kid} signs from now on`)
-      break
-    }
+    case "activate":
     case "retire": {
-      const current = readKeySet()
-      const kid = keyIn(current, argument, "retire")
-      if (kid === current.active) throw new Error(`${kid} is signing: activate another key first`)
-      set = { ...current, keys: current.keys.filter((key) => key.kid !== kid) }
-      console.log(`retired ${kid}`)
+      const kid = needKid(command)
+      const owner = meshKeyOwner(kid)
+      const set = owner === undefined ? tokens : mesh[owner]!
+      if (command === "retire" && kid === set.active) throw new Error(`${kid} is signing: activate another key first`)
+      const next = command === "activate" ? { ...set, active: kid } : { ...set, keys: set.keys.filter((key) => key.kid !== kid) }
+      if (owner === undefined) {
+        tokens = next as KeySet
+        changed = "tokens"
+      } else {
+        mesh = { ...mesh, [owner]: next as MeshKeyStore[string] }
+        changed = "mesh"
+      }
+      console.log(command === "activate" ? `${kid} signs from now on` : `retired ${kid}`)
       break
     }
     case undefined:
@@ -202,8 +278,8 @@ const run = async (command: string | undefined, argument: string | undefined, re
     default:
       return usage(`unknown command "${command}"`)
   }
-  writeLocal(set)
-  if (remote) pushRemote(set)
+  writeLocal(tokens, mesh)
+  if (options.remote) pushRemote(changed === "tokens" ? tokens : undefined, changed === "mesh" ? mesh : undefined)
   else console.log("local .dev.vars updated: a running npm start uses them once restarted")
 }
 
@@ -211,10 +287,10 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   await main({
     name: "npm run keys",
     help,
-    options: { remote: { type: "boolean" } },
+    options: { remote: { type: "boolean" }, worker: { type: "string" } },
     run: ({ values, positionals }) => {
       if (positionals.length > 2) usage(`unexpected argument "${positionals[2]}"`)
-      return run(positionals[0], positionals[1], values.remote ?? false)
+      return run(positionals[0], positionals[1], { remote: values.remote ?? false, worker: values.worker })
     }
   })
 }

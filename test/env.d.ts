@@ -15,7 +15,10 @@ declare global {
       readonly RATE_LIMITER: DurableObjectNamespace
       readonly BREAKERS: DurableObjectNamespace
       readonly RATE_LIMIT: RateLimit
-      readonly MESH_IDENTITY_SECRET: string
+      /** Every mesh Worker's public identity keys. */
+      readonly MESH_PUBLIC_KEYS: string
+      /** Every mesh Worker's private identity key by name, and an unpublished "stranger": the tests sign as any of them. */
+      readonly TEST_MESH_KEYS: string
       readonly TEST_SIGNING_KEYS: string
       readonly AUTH_DB: D1Database
       readonly AUTH_MIGRATIONS: Array<D1Migration>

@@ -1,4 +1,5 @@
 /** Shared helpers for black-box tests through the gateway. */
+import * as Identity from "../src/layers/security/Identity.ts"
 import { env } from "cloudflare:workers"
 import { importJWK, type JWTPayload, SignJWT } from "jose"
 import { expect } from "vitest"
@@ -140,26 +141,45 @@ export const stream = (chunks: number, size: number) => {
   })
 }
 
-const base64url = (bytes: Uint8Array) =>
-  btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
+const meshKeys = (): Record<string, Identity.SigningKey> => JSON.parse(env.TEST_MESH_KEYS)
 
-/** A mesh identity assertion, signed with the run's secret, as the gateway would sign it. */
-export const meshIdentity = async (
-  identity: unknown = { kind: "service", sub: "test" },
-  times: { readonly iat?: number; readonly exp?: number } = {}
-) => {
-  const iat = times.iat ?? Date.now()
-  const payload = { identity, iat, exp: times.exp ?? iat + 60_000 }
-  const key = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(env.MESH_IDENTITY_SECRET),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"]
-  )
-  const body = `v1.${base64url(new TextEncoder().encode(JSON.stringify(payload)))}`
-  const signature = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(body)))
-  return `${body}.${base64url(signature)}`
+/**
+ * The vars that make a test Worker the mesh Worker `worker` (its own key, and
+ * every Worker's public keys), with `policy` as its MESH_POLICY.
+ */
+export const meshEnv = (worker: string, policy?: ReadonlyArray<Identity.PolicyRule>) => ({
+  MESH_SIGNING_KEY: JSON.stringify(meshKeys()[worker]),
+  MESH_PUBLIC_KEYS: env.MESH_PUBLIC_KEYS,
+  ...(policy === undefined ? {} : { MESH_POLICY: policy })
+})
+
+/** Signs `claims` with the key of `worker` (or the unpublished "stranger"), as that Worker would. */
+export const signAs = async (worker: string, claims: object) => {
+  const jwk = meshKeys()[worker]!
+  return Identity.signJws(await Identity.importSigningKey(jwk), jwk.kid, claims)
+}
+
+/**
+ * The identity headers of a call to `to` for `method path`: the service
+ * assertion of `from` (default: the router, or the gateway when calling the
+ * router), and the principal `principal` asserted by the gateway, if given.
+ */
+export const meshHeaders = async (options: {
+  readonly to: string
+  readonly path: string
+  readonly method?: string
+  readonly from?: string
+  readonly principal?: Identity.Identity
+  readonly iat?: number
+  readonly exp?: number
+}): Promise<Record<string, string>> => {
+  const from = options.from ?? (options.to === "router" ? "gateway" : "router")
+  const iat = options.iat ?? Date.now()
+  const exp = options.exp ?? iat + 60_000
+  const service = await signAs(from, { iss: from, aud: options.to, htm: options.method ?? "GET", htp: options.path, iat, exp })
+  if (options.principal === undefined) return { [Identity.header]: service }
+  const principal = await signAs("gateway", { iss: "gateway", principal: options.principal, iat, exp })
+  return { [Identity.header]: service, [Identity.principalHeader]: principal }
 }
 
 /**

@@ -10,7 +10,7 @@ import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { Authenticator } from "../../src/layers/security/Authenticator.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
-import { mint, seedUser, testKeys } from "../helpers.ts"
+import { meshEnv, mint, seedUser, testKeys } from "../helpers.ts"
 
 const countingRouter = () => {
   const calls: Array<string> = []
@@ -28,9 +28,9 @@ const authenticatorWith = (router: unknown, vars: Record<string, string> = {}) =
     binding: "ROUTER",
     jwksUrl: "http://router.internal/api/auth/.well-known/jwks.json",
     userUrl: (id) => `http://router.internal/api/users/${encodeURIComponent(id)}`,
-    caller: "gateway"
+    audience: "router"
   }).pipe(
-    Layer.provide(envLayer({ ROUTER: router, MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET, ...vars }))
+    Layer.provide(envLayer({ ROUTER: router, ...meshEnv("gateway"), ...vars }))
   )
 
 it.effect("refreshes the JWKS for unknown key ids at most once per cooldown (3 s here, 30 s by default)", () => {

@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest"
 import * as Batching from "../../src/layers/edge/Batching.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
 import { ProductsClient, productLookups } from "../../src/services/products/client.ts"
-import { send, signedIn, unique } from "../helpers.ts"
+import { meshEnv, send, signedIn, unique } from "../helpers.ts"
 
 class Missing {
   readonly _tag = "Missing"
@@ -99,7 +99,7 @@ describe("batched lookups", () => {
     }
     const worker = Worker.make({
       name: "lookup-test",
-      layer: ProductsClient.layer("test"),
+      layer: ProductsClient.layer,
       fetch: () =>
         Effect.gen(function*() {
           const product = yield* productLookups()
@@ -107,7 +107,7 @@ describe("batched lookups", () => {
           return Response.json(exits.map((exit) => Exit.isSuccess(exit) ? exit.value.id : (exit.cause.reasons[0] as { error?: { _tag: string } }).error?._tag))
         })
     })
-    const response = await worker.fetch!(new Request("http://test/"), { PRODUCTS: counted, MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET, OTLP_ENDPOINT: env.OTLP_ENDPOINT }, { waitUntil: () => {}, passThroughOnException: () => {}, props: {} } as never)
+    const response = await worker.fetch!(new Request("http://test/"), { PRODUCTS: counted, ...meshEnv("sessions"), OTLP_ENDPOINT: env.OTLP_ENDPOINT }, { waitUntil: () => {}, passThroughOnException: () => {}, props: {} } as never)
     const results = await response.json() as Array<string>
     expect(results).toEqual(Array.from({ length: 100 }, (_, i) => i % 30 < 25 ? wanted[i % 30] : "ProductNotFound"))
     expect(requests).toHaveLength(3)

@@ -13,7 +13,7 @@ import { IdentityKey } from "../../src/layers/security/Identity.ts"
 import { RoutingTable } from "../../src/layers/routing/RoutingTable.ts"
 import { proxy } from "../../src/layers/routing/Proxy.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
-import { meshIdentity } from "../helpers.ts"
+import { meshEnv } from "../helpers.ts"
 
 const Breakers = CircuitBreakers.layer.pipe(Layer.provide(Worker.envLayer({})))
 
@@ -134,13 +134,13 @@ it.effect("answers 503 with Retry-After at the edge while open, and /health show
     const edgeEnv = {
       ROUTES: [{ service: "flaky", prefix: "/status", binding: "FLAKY", breaker: { consecutiveFailures: 2, openMs: 30_000 } }],
       FLAKY: env.FLAKY,
-      MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET,
+      ...meshEnv("gateway"),
       OTLP_ENDPOINT: env.OTLP_ENDPOINT
     }
     const get = (path: string) =>
       Effect.promise(async () =>
         worker.fetch!(
-          new Request(`http://edge${path}`, { headers: { "x-meshwork-identity": await meshIdentity() } }) as never,
+          new Request(`http://edge${path}`) as never,
           edgeEnv,
           createExecutionContext()
         )

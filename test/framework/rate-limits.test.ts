@@ -147,3 +147,22 @@ it("counts a signed-in client by user, anyone else by address", () => {
   expect(rateLimitKey({ kind: "user", sub: "u1", roles: [] }, request)).toBe("user:u1")
   expect(rateLimitKey({ kind: "anonymous" }, request)).toBe("ip:203.0.113.7")
 })
+
+it("counts IPv6 clients by their /64, so rotating through one's own prefix gains nothing", () => {
+  const keyOf = (address: string) =>
+    rateLimitKey({ kind: "anonymous" }, new Request("http://gw/api/x", { headers: { "cf-connecting-ip": address } }))
+  const bucket = "ip:2001:db8:1:2::/64"
+  for (const address of ["2001:db8:1:2::1", "2001:0DB8:0001:0002:ffff:ffff:ffff:ffff", "2001:db8:1:2:a:b:c:d", "2001:db8:1:2::1%eth0", "2001:db8:1:2::192.0.2.1"]) {
+    expect(keyOf(address)).toBe(bucket)
+  }
+  expect(keyOf("2001:db8:1:3::1")).toBe("ip:2001:db8:1:3::/64")
+  expect(keyOf("2001:db8::1")).toBe("ip:2001:db8:0:0::/64")
+  expect(keyOf("::1")).toBe("ip:0:0:0:0::/64")
+  // IPv4-mapped IPv6 is the IPv4 address; IPv4 and anything else stay as they are.
+  expect(keyOf("::ffff:203.0.113.7")).toBe("ip:203.0.113.7")
+  expect(keyOf("::ffff:cb00:7107")).toBe("ip:203.0.113.7")
+  expect(keyOf("203.0.113.7")).toBe("ip:203.0.113.7")
+  expect(keyOf("1::2::3")).toBe("ip:1::2::3")
+  expect(keyOf("2001:db8:1:2:3:4:5:6:7")).toBe("ip:2001:db8:1:2:3:4:5:6:7")
+  expect(rateLimitKey({ kind: "anonymous" }, new Request("http://gw/api/x"))).toBe("ip:unknown")
+})

@@ -11,6 +11,7 @@ import { matchesPrefix, RoutingTable } from "../../src/layers/routing/RoutingTab
 import { proxy } from "../../src/layers/routing/Proxy.ts"
 import * as Bindings from "../../src/runtime/Bindings.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
+import { meshEnv } from "../helpers.ts"
 
 interface Echo {
   readonly method: string
@@ -182,7 +183,7 @@ describe("proxy handler", () => {
   const edgeEnv = {
     ROUTES: [{ service: "echo", prefix: "/api/echo", binding: "ECHO" }],
     ECHO: env.ECHO,
-    MESH_IDENTITY_SECRET: env.MESH_IDENTITY_SECRET,
+    ...meshEnv("gateway"),
     OTLP_ENDPOINT: env.OTLP_ENDPOINT
   }
   const call = async (path: string, init?: RequestInit) =>

@@ -15,7 +15,7 @@ import { proxy } from "../../src/layers/routing/Proxy.ts"
 import * as Telemetry from "../../src/runtime/Telemetry.ts"
 import * as Problem from "../../src/runtime/Problem.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
-import { eventually, gateway, meshIdentity, send, signedIn, unique } from "../helpers.ts"
+import { eventually, gateway, meshEnv, send, signedIn, unique } from "../helpers.ts"
 
 // Traces arrive after their requests, under waitUntil: each test waits for them up to 20 s.
 const it = (name: string, test: () => Promise<void> | void) => vitestIt(name, test, 30_000)
@@ -165,6 +165,7 @@ describe("span content", () => {
     })
     const vars = {
       ...env,
+      ...meshEnv("gateway"),
       ROUTES: [{
         service: "flaky",
         prefix: "/status",
@@ -177,7 +178,7 @@ describe("span content", () => {
     for (let i = 0; i < 3; i++) {
       const ctx = createExecutionContext()
       const response = await worker.fetch!(
-        new Request(`http://edge/status/503?key=${key}`, { headers: { "x-meshwork-identity": await meshIdentity() } }),
+        new Request(`http://edge/status/503?key=${key}`),
         vars,
         ctx
       )

@@ -10,7 +10,8 @@ import {
   expectProblem,
   gateway,
   login,
-  meshIdentity,
+  meshHeaders,
+  signAs,
   mint,
   seedUser,
   send,
@@ -294,12 +295,14 @@ describe("login, refresh and logout", () => {
 })
 
 describe("identity inside the mesh", () => {
-  const adminAssertion = () => meshIdentity({ kind: "user", sub: "someone", roles: ["admin"] })
+  /** A valid pair of assertions making the caller an admin, as a client might replay them. */
+  const adminHeaders = (path: string) =>
+    meshHeaders({ to: "router", path, principal: { kind: "user", sub: "someone", roles: ["admin"] } })
 
-  it("ignores identity headers a client sends, even a validly signed assertion", async () => {
+  it("ignores identity headers a client sends, even validly signed assertions", async () => {
     const plain = await signedIn()
     const spoofed = {
-      "x-meshwork-identity": await adminAssertion(),
+      ...await adminHeaders("/api/users"),
       "x-user-id": "admin",
       "x-user-roles": "admin",
       "x-forwarded-user": "admin"
@@ -310,7 +313,7 @@ describe("identity inside the mesh", () => {
     await expectProblem(await gateway("/api/users", { headers: { ...spoofed, authorization: `Bearer ${plain.token}` } }), 403)
     const created = await gateway("/api/products", {
       method: "POST",
-      headers: { ...spoofed, authorization: `Bearer ${plain.token}`, "content-type": "application/json" },
+      headers: { ...await adminHeaders("/api/products"), authorization: `Bearer ${plain.token}`, "content-type": "application/json" },
       body: JSON.stringify({ sku: `SKU-${unique().toUpperCase()}`, name: "X", priceCents: 1, sellerId: plain.id })
     })
     await expectProblem(created, 403)
@@ -318,7 +321,7 @@ describe("identity inside the mesh", () => {
 
   it("defeats Connection-header removal of the identity the gateway adds", async () => {
     const plain = await signedIn()
-    for (const connection of ["x-meshwork-identity", "X-Meshwork-Identity, keep-alive", "authorization, x-meshwork-identity"]) {
+    for (const connection of ["x-meshwork-principal", "X-Meshwork-Identity, keep-alive", "authorization, x-meshwork-principal"]) {
       const response = await gateway(`/api/users/${plain.id}`, {
         headers: { authorization: `Bearer ${plain.token}`, connection }
       })
@@ -327,21 +330,29 @@ describe("identity inside the mesh", () => {
     }
   })
 
-  it("internal Workers refuse requests without a valid assertion", async () => {
-    const jwks = (headers?: Record<string, string>) =>
-      env.AUTH.fetch("http://auth.internal/api/auth/.well-known/jwks.json", headers === undefined ? {} : { headers })
+  it("internal Workers refuse requests without valid assertions addressed to them, and callers outside their policy", async () => {
+    const path = "/api/auth/.well-known/jwks.json"
+    const jwks = async (headers?: Record<string, string>) =>
+      env.AUTH.fetch(`http://auth.internal${path}`, headers === undefined ? {} : { headers })
     await expectProblem(await jwks(), 401)
     await expectProblem(await jwks({ "x-meshwork-identity": "v1.garbage.garbage" }), 401)
-    const valid = await meshIdentity({ kind: "anonymous" })
-    const [version, payload] = valid.split(".")
-    // Same payload, signed with another secret: the HMAC differs.
-    const key = await crypto.subtle.importKey("raw", new TextEncoder().encode("x".repeat(40)), { name: "HMAC", hash: "SHA-256" }, false, ["sign"])
-    const foreign = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(`${version}.${payload}`)))
-    const wrongSecret = `${version}.${payload}.${btoa(String.fromCharCode(...foreign)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")}`
-    await expectProblem(await jwks({ "x-meshwork-identity": wrongSecret }), 401)
-    const expired = await meshIdentity({ kind: "anonymous" }, { iat: Date.now() - 120_000, exp: Date.now() - 60_000 })
-    await expectProblem(await jwks({ "x-meshwork-identity": expired }), 401)
-    expect((await jwks({ "x-meshwork-identity": valid })).status).toBe(200)
+    // Signed by a key the mesh never published, addressed elsewhere, for another path, expired.
+    await expectProblem(await jwks(await meshHeaders({ to: "auth", path, from: "stranger" })), 401)
+    await expectProblem(await jwks(await meshHeaders({ to: "users", path })), 401)
+    await expectProblem(await jwks(await meshHeaders({ to: "auth", path: "/api/auth/login" })), 401)
+    await expectProblem(await jwks(await meshHeaders({ to: "auth", path, iat: Date.now() - 120_000, exp: Date.now() - 60_000 })), 401)
+    // A valid assertion from a Worker auth's policy does not name: 403.
+    await expectProblem(await jwks(await meshHeaders({ to: "auth", path, from: "sessions" })), 403)
+    expect((await jwks(await meshHeaders({ to: "auth", path }))).status).toBe(200)
+  })
+
+  it("refuses a principal minted by a Worker other than the gateway, even on a valid hop", async () => {
+    const target = await signedIn()
+    const path = `/api/users/${target.id}`
+    const hop = await meshHeaders({ to: "users", path })
+    const minted = await signAs("products", { iss: "products", principal: { kind: "user", sub: "x", roles: ["admin"] }, iat: Date.now(), exp: Date.now() + 60_000 })
+    await expectProblem(await env.USERS.fetch(`http://users.internal${path}`, { headers: { ...hop, "x-meshwork-principal": minted } }), 401)
+    expect((await env.USERS.fetch(`http://users.internal${path}`, { headers: hop })).status).toBe(200)
   })
 })
 

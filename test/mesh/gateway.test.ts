@@ -5,7 +5,7 @@
  */
 import { env } from "cloudflare:workers"
 import { beforeAll, describe, expect, it } from "vitest"
-import { expectProblem, gateway as rawGateway, meshIdentity, send as rawSend, signedIn, stream, unique } from "../helpers.ts"
+import { expectProblem, gateway as rawGateway, meshHeaders, send as rawSend, signedIn, stream, unique } from "../helpers.ts"
 
 // Every request but the public auth routes needs a token: these tests act as an admin.
 let adminToken = ""
@@ -166,7 +166,7 @@ describe("bad input never reaches a 500", () => {
     const response = await env.USERS.fetch("http://users.internal/api/users", {
       method: "POST",
       body: stream(8, 16_384),
-      headers: { "content-type": "application/json", "x-meshwork-identity": await meshIdentity() }
+      headers: { "content-type": "application/json", ...await meshHeaders({ to: "users", method: "POST", path: "/api/users" }) }
     })
     expect(await expectProblem(response, 413)).toMatchObject({ limit: 65_536 })
   })

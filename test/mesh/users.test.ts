@@ -87,3 +87,66 @@ describe("users", () => {
     expect(JSON.stringify(problem["errors"])).toContain(field)
   })
 })
+
+describe("changing one's own email", () => {
+  const changeEmail = (self: { id: string; token: string }, body: Record<string, unknown>) =>
+    rawSend("PUT", `/api/auth/users/${self.id}/email`, body, self.token)
+
+  /** What a client can tell two answers apart by. */
+  const observable = async (response: Response) => ({
+    status: response.status,
+    contentType: response.headers.get("content-type"),
+    retryAfter: response.headers.get("retry-after"),
+    body: await response.text()
+  })
+
+  it("needs the current password, and answers alike whether the address is taken or free", async () => {
+    const self = await signedIn()
+    const taken = await createUser()
+    const takenByDisabled = await createUser({ active: false })
+    const free = `${unique()}@example.com`
+
+    // Not through users: that would tell whether the address is taken, and asks for no password.
+    const refused = await expectProblem(await rawSend("PATCH", `/api/users/${self.id}`, { email: free }, self.token), 403)
+    expect(refused["detail"]).toContain("/api/auth/users/{id}/email")
+    await expectProblem(await rawSend("PATCH", `/api/users/${self.id}`, { name: "N", email: taken.email }, self.token), 403)
+    // Without the current password, or with a wrong one.
+    await expectProblem(await changeEmail(self, { email: free }), 400)
+    await expectProblem(await changeEmail(self, { email: free, current_password: "not-the-password" }), 401)
+
+    const answers = [
+      await observable(await changeEmail(self, { email: taken.email.toUpperCase(), current_password: self.password })),
+      await observable(await changeEmail(self, { email: takenByDisabled.email, current_password: self.password })),
+      await observable(await changeEmail(self, { email: free, current_password: self.password }))
+    ]
+    expect(answers[0]).toEqual({ status: 202, contentType: null, retryAfter: null, body: "" })
+    expect(answers[1]).toEqual(answers[0])
+    expect(answers[2]).toEqual(answers[0])
+    // The free address was taken on; the others' owners kept theirs.
+    const me = await rawSend("GET", `/api/users/${self.id}`, undefined, self.token)
+    expect(await me.json()).toMatchObject({ id: self.id, email: free })
+    expect(await (await gateway(`/api/users/${taken.id}`)).json()).toMatchObject({ email: taken.email })
+  })
+
+  it("is for one's own email only, and a few changes an hour", async () => {
+    const self = await signedIn()
+    const other = await createUser()
+    await expectProblem(await changeEmail({ id: other.id, token: self.token }, { email: `${unique()}@example.com`, current_password: self.password }), 403)
+    // Five changes, made or not, then the sixth waits (1 min, doubling up to an hour).
+    for (let change = 0; change < 5; change++) {
+      expect((await changeEmail(self, { email: `${unique()}@example.com`, current_password: self.password })).status).toBe(202)
+    }
+    const blocked = await changeEmail(self, { email: `${unique()}@example.com`, current_password: self.password })
+    const problem = await expectProblem(blocked, 429)
+    expect(problem).toMatchObject({ type: "urn:meshwork:problem:too-many-attempts" })
+    expect(Number(blocked.headers.get("retry-after"))).toBeGreaterThan(50)
+  })
+
+  it("still tells an admin that an address is taken, with 409, for disabled accounts too", async () => {
+    const target = await createUser()
+    const disabled = await createUser({ active: false })
+    const conflict = await expectProblem(await send("PATCH", `/api/users/${target.id}`, { email: disabled.email }), 409)
+    expect(conflict).toMatchObject({ type: "urn:meshwork:problem:email-taken" })
+    expect((await send("PATCH", `/api/users/${target.id}`, { email: `${unique()}@example.com` })).status).toBe(200)
+  })
+})

@@ -15,7 +15,8 @@ const run = (script: string, ...args: Array<string>) => {
   return { status: result.status, stdout: result.stdout, stderr: result.stderr }
 }
 
-describe.concurrent("the command-line tools", () => {
+// Each case starts a Node process that loads wrangler: seconds each on a busy machine.
+describe.concurrent("the command-line tools", { timeout: 60_000 }, () => {
   it.each([
     ["start.ts"], ["keys.ts"], ["mesh-cli.ts"], ["deploy.ts"], ["tour.ts"], ["traces.ts"]
   ])("%s answers --help with its usage and exit code 0", (script) => {
@@ -29,6 +30,7 @@ describe.concurrent("the command-line tools", () => {
     ["keys.ts", [], /which command\?/],
     ["keys.ts", ["activate"], /activate needs a key id/],
     ["keys.ts", ["frobnicate"], /unknown command "frobnicate"/],
+    ["keys.ts", ["show", "--worker", "nobody"], /no Worker "nobody"/],
     ["mesh-cli.ts", ["bogus"], /unknown command "bogus"/],
     ["mesh-cli.ts", ["traffic", "users", "green", "120"], /weight .* from 0 to 100, not "120"/],
     ["start.ts", ["--port", "x"], /--port must be a whole number/],
@@ -47,21 +49,23 @@ describe.concurrent("the command-line tools", () => {
 
 describe("a .dev.vars, as npm start writes it", () => {
   it("rewrites the managed block and keeps every line of the developer's, which win", () => {
-    const first = mergeDevVars("", { MESH_IDENTITY_SECRET: "one" })
+    const first = mergeDevVars("", { MESH_SIGNING_KEY: "one" })
     const edited = first + "FAULT_INJECTION=true\nOTLP_ENDPOINT=http://127.0.0.1:4318\n"
-    const second = mergeDevVars(edited, { MESH_IDENTITY_SECRET: "two" })
-    expect(second).toContain("MESH_IDENTITY_SECRET=two")
-    expect(second).not.toContain("MESH_IDENTITY_SECRET=one")
-    expect(second.indexOf("FAULT_INJECTION=true")).toBeGreaterThan(second.indexOf("MESH_IDENTITY_SECRET=two"))
+    const second = mergeDevVars(edited, { MESH_SIGNING_KEY: "two" })
+    expect(second).toContain("MESH_SIGNING_KEY=two")
+    expect(second).not.toContain("MESH_SIGNING_KEY=one")
+    expect(second.indexOf("FAULT_INJECTION=true")).toBeGreaterThan(second.indexOf("MESH_SIGNING_KEY=two"))
     expect(second).toContain("OTLP_ENDPOINT=http://127.0.0.1:4318")
     // Merging again changes nothing.
-    expect(mergeDevVars(second, { MESH_IDENTITY_SECRET: "two" })).toBe(second)
+    expect(mergeDevVars(second, { MESH_SIGNING_KEY: "two" })).toBe(second)
   })
 
   it("adopts a file from before the managed block, keeping the lines it does not manage", () => {
-    const merged = mergeDevVars("MESH_IDENTITY_SECRET=old\nFAULT_INJECTION=true\n", { MESH_IDENTITY_SECRET: "new" })
-    expect(merged).toContain("MESH_IDENTITY_SECRET=new")
+    const merged = mergeDevVars("MESH_SIGNING_KEY=old\nMESH_IDENTITY_SECRET=shared\nFAULT_INJECTION=true\n", { MESH_SIGNING_KEY: "new" })
+    expect(merged).toContain("MESH_SIGNING_KEY=new")
     expect(merged).not.toContain("=old")
+    // The shared secret of earlier versions is gone for good.
+    expect(merged).not.toContain("MESH_IDENTITY_SECRET")
     expect(merged).toContain("FAULT_INJECTION=true")
   })
 })

@@ -44,16 +44,15 @@ export const cacheMillis = 5_000
 const down = (detail: string): UpstreamHealth => ({ status: "down", detail })
 
 /**
- * Probes one upstream as the service `from` (probes carry the mesh identity
- * like any internal call); never fails: an unreachable upstream is `down`.
+ * Probes one upstream (probes carry this Worker's assertion like any internal
+ * call); never fails: an unreachable upstream is `down`.
  */
 export const probe = (
-  from: string,
   upstream: Probed,
   timeout: Duration.Duration = defaultProbeTimeout
 ) =>
   Effect.gen(function*() {
-    const assertion = yield* Identity.sign({ kind: "service", sub: from })
+    const assertion = yield* Identity.signFor(upstream.service, "GET", "/health")
     const trace = yield* Telemetry.activeCarrier
     const started = Date.now()
     const response = yield* Effect.tryPromise((signal) =>
@@ -96,7 +95,7 @@ const withBreakers = (upstreams: ReadonlyArray<Pick<Probed, "service">>, entries
 /** The health report of `service`, probing all of `upstreams`. */
 export const report = (service: string, upstreams: ReadonlyArray<Probed>) =>
   Effect.flatMap(
-    Effect.forEach(upstreams, (upstream) => probe(service, upstream), { concurrency: "unbounded" }),
+    Effect.forEach(upstreams, (upstream) => probe(upstream), { concurrency: "unbounded" }),
     (entries) =>
       Effect.map(withBreakers(upstreams, Object.assign({}, ...entries)), (merged): HealthReport => {
         const ok = Object.values(merged).every((entry) => entry.status === "up")

@@ -79,16 +79,22 @@ export const defaultMaxBodyBytes = 1024 * 1024
  * The request to send upstream, as a function that makes it (once per
  * attempt, so a retry can send it again): same URL and method, hop-by-hop
  * headers dropped, the trace context of `trace` when given, the body read
- * first (at most `maxBodyBytes`, else 413).
+ * first (at most `maxBodyBytes`, else 413), and `assertion` (this Worker's
+ * mesh identity for the upstream) when given.
  * Buffering matters on Workers: an upstream may answer before reading a
  * streamed body, and a stream still being pumped after our response is sent
  * fails.
  */
 export const upstreamRequest = (
   request: Request,
-  maxBodyBytes: number = defaultMaxBodyBytes
+  maxBodyBytes: number = defaultMaxBodyBytes,
+  assertion?: string
 ): Effect.Effect<(trace?: Telemetry.Carrier) => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
-  const headers = stripHopByHop(request.headers)
+  let headers = stripHopByHop(request.headers)
+  if (assertion !== undefined) {
+    if (headers === request.headers) headers = new Headers(headers)
+    headers.set(Identity.header, assertion)
+  }
   if (request.body === null) {
     const outgoing = headers === request.headers ? request : new Request(request, { headers })
     return Effect.succeed((trace) => trace === undefined ? outgoing : new Request(request, { headers: Telemetry.withCarrier(headers, trace) }))
@@ -138,7 +144,7 @@ export const forward = (
   | Problem.BadRequest
   | Problem.ServiceUnavailable
 > =>
-  Effect.flatMap(upstreamRequest(request), (outgoing) =>
+  Effect.flatMap(assertionFor(target, request), (assertion) => Effect.flatMap(upstreamRequest(request, defaultMaxBodyBytes, assertion), (outgoing) =>
     Effect.withFiber((fiber) => {
       // Every optional policy is read from the context once, here, not per step.
       const context = fiber.context
@@ -177,7 +183,20 @@ export const forward = (
       })
       const breakers = Context.getOption(context, CircuitBreakers)
       return breakers._tag === "Some" ? breakers.value.guard(target, call) : call
-    }))
+    })))
+
+/**
+ * This Worker's assertion for the upstream (audience: the route's service,
+ * without its version), when the Worker has mesh keys; none otherwise.
+ */
+const assertionFor = (target: Target, request: Request): Effect.Effect<string | undefined> =>
+  Effect.withFiber((fiber) => {
+    const keys = Context.getOrUndefined(fiber.context, Identity.IdentityKey)
+    if (keys === undefined) return Effect.succeed(undefined)
+    const at = target.service.indexOf("@")
+    const audience = at === -1 ? target.service : target.service.slice(0, at)
+    return Effect.provideService(Identity.signFor(audience, request.method, Identity.pathOf(request.url)), Identity.IdentityKey, keys)
+  })
 
 type ProxyError =
   | Problem.BadRequest

@@ -117,8 +117,8 @@ export interface AuthenticatorOptions {
    * `{ id, role, active }`, or 404. Optional.
    */
   readonly userUrl?: ((userId: string) => string) | undefined
-  /** This Worker's name, which its lookups are signed as. */
-  readonly caller: string
+  /** The mesh name of the Worker behind `binding`, which its lookups are addressed to (e.g. "router"). */
+  readonly audience: string
 }
 
 /** The identity provider as the gateway sees it: keys, token verification, user status. */
@@ -143,7 +143,7 @@ export class Authenticator extends Context.Service<Authenticator, {
         // Internal calls carry this Worker's own identity, like any other Worker's.
         const internal = (url: string) =>
           Effect.gen(function*() {
-            const assertion = yield* Identity.sign({ kind: "service", sub: options.caller })
+            const assertion = yield* Identity.signFor(options.audience, "GET", Identity.pathOf(url))
             const trace = yield* Telemetry.activeCarrier
             const response = yield* Effect.tryPromise({
               try: () => upstream.fetch(url, { headers: { ...trace, [Identity.header]: assertion } }),
@@ -333,10 +333,10 @@ const anonymous: Identity.Identity = { kind: "anonymous" }
  * mesh's signed assertion of `identity` attached.
  */
 export const withIdentity = (request: Request, identity: Identity.Identity) =>
-  Effect.map(Identity.sign(identity), (assertion) => {
-    // Hop-by-hop headers go first: a client's `Connection: x-meshwork-identity`
+  Effect.map(Identity.signPrincipal(identity), (assertion) => {
+    // Hop-by-hop headers go first: a client's `Connection: x-meshwork-principal`
     // then has nothing left to name when a later hop strips what Connection lists.
     const headers = Identity.stripSpoofable(request.headers, Proxy.hopByHopHeaders(request.headers))
-    headers.set(Identity.header, assertion)
+    headers.set(Identity.principalHeader, assertion)
     return new Request(request, { headers })
   })

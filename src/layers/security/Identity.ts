@@ -1,30 +1,47 @@
 /**
- * Identity inside the mesh.
+ * Identity inside the mesh: every Worker has a key of its own, and no secret
+ * is shared between Workers.
  *
- * The gateway verifies the client's token, drops every identity header the
- * client sent, and passes the verified identity on as one header the other
- * Workers can trust: `x-meshwork-identity`, an assertion signed with
- * HMAC-SHA256 under the mesh's shared secret `MESH_IDENTITY_SECRET`, valid for
- * one minute. Internal Workers refuse any request without a valid assertion
- * (defence in depth: service bindings are private, but a bug in one Worker
- * should not hand another its users). Workers calling each other sign an
- * assertion of their own, as a `service` identity.
+ * Each hop carries two assertions, compact JWS signed with ES256:
+ * - `x-meshwork-identity`, the calling Worker's service assertion: issuer
+ *   (the caller), audience (the Worker called), the request's method and
+ *   path, valid for at most 60 s. A Worker accepts only assertions addressed
+ *   to itself for the request it is serving, signed by the issuer's own key.
+ * - `x-meshwork-principal`, who the request is for: a user and roles, or
+ *   anonymous. Only the edge (`MESH_EDGE`, default the gateway) may sign one;
+ *   later hops pass it on unchanged. Without one, the request is the calling
+ *   Worker's own (a `service` identity).
+ *
+ * Before a handler runs, the Worker's `MESH_POLICY` must allow the caller the
+ * method and path (default deny): a refusal is a 403 problem and an event on
+ * the request's span. Keys come from the Worker's vars: `MESH_SIGNING_KEY`
+ * (its private key, a JWK with `kid` and `worker`) and `MESH_PUBLIC_KEYS`
+ * (every Worker's public keys by key id; `npm run keys` writes both).
  *
  * ```ts
- * // an HttpApi service: the middleware provides CurrentIdentity to handlers
+ * // an HttpApi service: the middleware verifies and provides CurrentIdentity to handlers
  * class Api extends HttpApi.make("users").add(UsersGroup).middleware(MeshIdentity) {}
  * Layer.provide(MeshIdentity.layer)
+ * // a typed client: each call signed for its audience
+ * Layer.provide(MeshIdentity.layerClient("users"))
  * // a plain handler
  * fetch: requireIdentity(handler)
  * ```
  */
 import { Clock, Config, Context, Effect, Layer, Redacted, Result, Schema } from "effect"
 import { Base64Url } from "effect/encoding"
+import { HttpClientRequest, HttpServerRequest } from "effect/http"
 import { HttpApiMiddleware, HttpApiSecurity } from "effect/http-api"
-import { HttpClientRequest } from "effect/http"
 import * as Problem from "../../runtime/Problem.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
+import { ecdsa, es256, importSigningKey, type Key, pathOf, signJws } from "./Jws.ts"
 
+export { importSigningKey, pathOf, signJws } from "./Jws.ts"
+
+/** The calling Worker's service assertion. */
 export const header = "x-meshwork-identity"
+/** The end user (or anonymous) the request is for, asserted by the edge, carried unchanged. */
+export const principalHeader = "x-meshwork-principal"
 
 /** Who is asking: a verified user, another Worker of the mesh, or nobody (public routes). */
 export const Identity = Schema.Union([
@@ -34,13 +51,52 @@ export const Identity = Schema.Union([
 ])
 export type Identity = typeof Identity.Type
 
-const Assertion = Schema.Struct({
-  identity: Identity,
+/** An ES256 private key as a JWK, naming its key id and the Worker it speaks for. */
+export const SigningKey = Schema.Struct({
+  kty: Schema.Literal("EC"),
+  crv: Schema.Literal("P-256"),
+  x: Schema.String,
+  y: Schema.String,
+  d: Schema.String,
+  kid: Schema.String,
+  worker: Schema.String
+})
+export type SigningKey = typeof SigningKey.Type
+
+/** Every Worker's public keys, by key id. */
+export const PublicKeys = Schema.Record(
+  Schema.String,
+  Schema.Struct({ kty: Schema.Literal("EC"), crv: Schema.Literal("P-256"), x: Schema.String, y: Schema.String, worker: Schema.String })
+)
+export type PublicKeys = typeof PublicKeys.Type
+
+/**
+ * One rule of a Worker's `MESH_POLICY`: callers (Worker names, or `*` for any
+ * Worker of the mesh) allowed `methods` (default all) on `paths` (exact, or a
+ * prefix ending in `/*`, or `*`).
+ */
+export const PolicyRule = Schema.Struct({
+  from: Schema.Array(Schema.String),
+  methods: Schema.optionalKey(Schema.Array(Schema.String)),
+  paths: Schema.Array(Schema.String)
+})
+export type PolicyRule = typeof PolicyRule.Type
+
+const ServiceClaims = Schema.Struct({
+  iss: Schema.String,
+  aud: Schema.String,
+  /** The method and path of the request the assertion is for. */
+  htm: Schema.String,
+  htp: Schema.String,
   /** Issued at and expires, epoch milliseconds. */
   iat: Schema.Number,
   exp: Schema.Number
 })
-const decodeAssertion = Schema.decodeUnknownEffect(Schema.fromJsonString(Assertion))
+type ServiceClaims = typeof ServiceClaims.Type
+const PrincipalClaims = Schema.Struct({ iss: Schema.String, principal: Identity, iat: Schema.Number, exp: Schema.Number })
+type PrincipalClaims = typeof PrincipalClaims.Type
+const decodeService = Schema.decodeUnknownResult(ServiceClaims)
+const decodePrincipal = Schema.decodeUnknownResult(PrincipalClaims)
 
 /** How long an assertion stays valid, and how far ahead of our clock its issuer's may be. */
 export const lifetimeMillis = 60_000
@@ -49,6 +105,7 @@ const skewMillis = 5_000
 /** Identity headers a client might send to impersonate someone; the gateway drops them all. */
 export const spoofableHeaders: ReadonlyArray<string> = [
   header,
+  principalHeader,
   "x-user-id",
   "x-user-roles",
   "x-user-email",
@@ -77,7 +134,7 @@ export const stripSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string>
 const encoder = new TextEncoder()
 const decoder = new TextDecoder()
 
-/** How long a signer reuses one assertion for the same identity (well inside its lifetime). */
+/** How long a signer reuses one assertion for the same audience and request (well inside its lifetime). */
 const reuseMillis = 10_000
 
 interface Signed {
@@ -85,41 +142,53 @@ interface Signed {
   readonly reuseUntil: number
 }
 
-interface Verified {
-  readonly identity: Identity
-  readonly iat: number
-  readonly exp: number
-}
-
 /**
- * The mesh's shared HMAC key, imported once per isolate from
- * `MESH_IDENTITY_SECRET`, with the isolate's memory of assertions: those it
- * signed (reused for the same identity for 10 s) and those it verified (until
- * they expire), so a busy caller does not pay an HMAC and a JSON parse per
- * request. Both maps hold strings and parsed values only, never I/O.
+ * This Worker's keys and policy, read once per isolate, with its memory of
+ * assertions: those it signed (reused for the same audience and request for
+ * 10 s) and those it verified (until they expire), so a busy hop does not pay
+ * an ECDSA operation and a JSON parse per request. Both maps hold strings and
+ * parsed values only, never I/O.
  */
 export class IdentityKey extends Context.Service<IdentityKey, {
-  readonly key: CryptoKey
+  /** The Worker's name in the mesh: the issuer of what it signs, the audience it accepts. */
+  readonly self: string
+  readonly kid: string
+  readonly key: Key
+  readonly publicKeys: ReadonlyMap<string, { readonly worker: string; readonly key: Key }>
+  /** The Workers whose principal assertions are believed. */
+  readonly edge: ReadonlySet<string>
+  readonly policy: ReadonlyArray<PolicyRule> | undefined
   readonly signed: Map<string, Signed>
-  readonly verified: Map<string, Verified>
+  readonly verified: Map<string, ServiceClaims | PrincipalClaims>
 }>()("meshwork/layers/security/Identity/IdentityKey") {
   static readonly layer = Layer.effect(
     IdentityKey,
     Effect.gen(function*() {
-      const secret = yield* Config.schema(
-        Schema.Redacted(Schema.String.check(Schema.isMinLength(32))),
-        "MESH_IDENTITY_SECRET"
+      const signing = yield* Config.schema(Schema.Redacted(Schema.fromJsonString(SigningKey)), "MESH_SIGNING_KEY")
+      const published = yield* Config.schema(Schema.fromJsonString(PublicKeys), "MESH_PUBLIC_KEYS")
+      const policy = yield* Config.schema(Schema.Array(PolicyRule), "MESH_POLICY").pipe(
+        Config.option
       )
-      const key = yield* Effect.promise(() =>
-        crypto.subtle.importKey(
-          "raw",
-          encoder.encode(Redacted.value(secret)),
-          { name: "HMAC", hash: "SHA-256" },
-          false,
-          ["sign", "verify"]
+      const edge = yield* Config.String("MESH_EDGE").pipe(Config.withDefault("gateway"))
+      const jwk = Redacted.value(signing)
+      const key = yield* Effect.promise(() => importSigningKey(jwk))
+      const publicKeys = new Map<string, { worker: string; key: Key }>()
+      for (const [kid, entry] of Object.entries(published)) {
+        const imported = yield* Effect.promise(() =>
+          crypto.subtle.importKey("jwk", { kty: entry.kty, crv: entry.crv, x: entry.x, y: entry.y }, ecdsa, false, ["verify"])
         )
-      )
-      return { key, signed: new Map<string, Signed>(), verified: new Map<string, Verified>() }
+        publicKeys.set(kid, { worker: entry.worker, key: imported })
+      }
+      return IdentityKey.of({
+        self: jwk.worker,
+        kid: jwk.kid,
+        key,
+        publicKeys,
+        edge: new Set(edge.split(",").map((name) => name.trim()).filter(Boolean)),
+        policy: policy._tag === "Some" ? policy.value : undefined,
+        signed: new Map(),
+        verified: new Map()
+      })
     })
   )
 }
@@ -131,51 +200,121 @@ const remember = <V>(map: Map<string, V>, key: string, value: V) => {
 
 const fromBase64url = (text: string): Uint8Array | undefined => Result.getOrUndefined(Base64Url.decode(text))
 
-/** Signs `identity` as an assertion header value, valid for `lifetimeMillis`. */
-export const sign = (identity: Identity) =>
+const reuse = (name: string, make: (now: number) => object) =>
   Effect.gen(function*() {
-    const { key, signed } = yield* IdentityKey
+    const keys = yield* IdentityKey
     const now = yield* Clock.currentTimeMillis
-    const cacheKey = JSON.stringify(identity)
-    const reusable = signed.get(cacheKey)
+    const reusable = keys.signed.get(name)
     if (reusable !== undefined && now < reusable.reuseUntil) return reusable.value
-    const payload = Base64Url.encode(JSON.stringify({ identity, iat: now, exp: now + lifetimeMillis }))
-    const body = `v1.${payload}`
-    const signature = yield* Effect.promise(() => crypto.subtle.sign("HMAC", key, encoder.encode(body)))
-    const value = `${body}.${Base64Url.encode(new Uint8Array(signature))}`
-    remember(signed, cacheKey, { value, reuseUntil: now + reuseMillis })
+    const value = yield* Effect.promise(() => signJws(keys.key, keys.kid, make(now)))
+    remember(keys.signed, name, { value, reuseUntil: now + reuseMillis })
     return value
   })
 
+/** This Worker's assertion for a call to `audience`: `method` and `path` are the request's. */
+export const signFor = (audience: string, method: string, path: string) =>
+  Effect.flatMap(IdentityKey, (keys) =>
+    reuse(`s ${audience} ${method} ${path}`, (now): ServiceClaims => ({
+      iss: keys.self,
+      aud: audience,
+      htm: method,
+      htp: path,
+      iat: now,
+      exp: now + lifetimeMillis
+    })))
+
+/** The edge's assertion of who a request is for; any other Worker asking for one is a defect. */
+export const signPrincipal = (principal: Identity) =>
+  Effect.flatMap(IdentityKey, (keys) =>
+    keys.edge.has(keys.self)
+      ? reuse(`p ${JSON.stringify(principal)}`, (now): PrincipalClaims => ({ iss: keys.self, principal, iat: now, exp: now + lifetimeMillis }))
+      : Effect.die(new Error(`${keys.self} is not the edge (MESH_EDGE): it cannot assert who a request is for`)))
+
 const refused = (detail: string) => new Problem.Unauthorized({ detail })
 
-const checkTimes = (assertion: { readonly iat: number; readonly exp: number }, now: number) =>
-  assertion.exp >= now && assertion.iat <= now + skewMillis && assertion.exp - assertion.iat <= lifetimeMillis
+const checkTimes = (claims: { readonly iat: number; readonly exp: number }, now: number) =>
+  claims.exp >= now && claims.iat <= now + skewMillis && claims.exp - claims.iat <= lifetimeMillis
 
-/** Verifies an assertion header value; anything but a valid, unexpired assertion is refused. */
-export const verify = (value: string | null | undefined) =>
+/**
+ * Verifies a compact JWS: ES256 only (the algorithm is ours, never the
+ * header's), a key id of the published set, signed by that key, speaking for
+ * the Worker the key belongs to; remembered until it expires.
+ */
+const verifyJws = <C extends ServiceClaims | PrincipalClaims>(
+  value: string,
+  decode: (input: unknown) => Result.Result<C, unknown>,
+  what: string
+) =>
   Effect.gen(function*() {
-    if (value === null || value === undefined || value.length > 4096) return yield* refused("A mesh identity is required")
-    const { key, verified } = yield* IdentityKey
+    const keys = yield* IdentityKey
     const now = yield* Clock.currentTimeMillis
-    const known = verified.get(value)
-    if (known !== undefined) {
-      if (checkTimes(known, now)) return known.identity
-      return yield* refused("The mesh identity has expired")
-    }
+    const known = keys.verified.get(value) as C | undefined
+    if (known !== undefined) return checkTimes(known, now) ? known : yield* refused(`The ${what} has expired`)
+    if (value.length > 4096) return yield* refused(`The ${what} is malformed`)
     const parts = value.split(".")
-    const signature = parts.length === 3 && parts[0] === "v1" ? fromBase64url(parts[2]!) : undefined
-    if (signature === undefined) return yield* refused("The mesh identity is malformed")
-    const valid = yield* Effect.promise(() =>
-      crypto.subtle.verify("HMAC", key, signature, encoder.encode(`${parts[0]}.${parts[1]}`))
-    )
-    if (!valid) return yield* refused("The mesh identity is not signed by this mesh")
-    const json = decoder.decode(fromBase64url(parts[1]!) ?? new Uint8Array())
-    const assertion = yield* Effect.mapError(decodeAssertion(json), () => refused("The mesh identity is malformed"))
-    if (!checkTimes(assertion, now)) return yield* refused("The mesh identity has expired")
-    remember(verified, value, assertion)
-    return assertion.identity
+    if (parts.length !== 3) return yield* refused(`The ${what} is malformed`)
+    const header = parseJson(parts[0]!) as { alg?: unknown; kid?: unknown } | undefined
+    if (header?.alg !== "ES256" || typeof header.kid !== "string") return yield* refused(`The ${what} is not ES256 with a key id`)
+    const signer = keys.publicKeys.get(header.kid)
+    if (signer === undefined) return yield* refused(`The ${what} names an unknown key`)
+    const signature = fromBase64url(parts[2]!)
+    const valid = signature !== undefined && signature.length === 64 &&
+      (yield* Effect.promise(() => crypto.subtle.verify(es256, signer.key, signature, encoder.encode(`${parts[0]}.${parts[1]}`))))
+    if (!valid) return yield* refused(`The ${what} is not signed by its key`)
+    const claims = Result.getOrUndefined(decode(parseJson(parts[1]!)))
+    if (claims === undefined) return yield* refused(`The ${what} is malformed`)
+    if (claims.iss !== signer.worker) return yield* refused(`The ${what} claims another Worker than its key's`)
+    if (!checkTimes(claims, now)) return yield* refused(`The ${what} has expired`)
+    remember(keys.verified, value, claims)
+    return claims
   })
+
+const parseJson = (part: string): unknown => {
+  const bytes = fromBase64url(part)
+  if (bytes === undefined) return undefined
+  try {
+    return JSON.parse(decoder.decode(bytes))
+  } catch {
+    return undefined
+  }
+}
+
+const matchesPath = (pattern: string, path: string) =>
+  pattern === "*" || pattern === path || (pattern.endsWith("/*") && path.startsWith(pattern.slice(0, -1)))
+
+/** Whether `policy` lets `caller` call `method path`: one rule must name the caller, the method and the path. */
+export const allows = (policy: ReadonlyArray<PolicyRule> | undefined, caller: string, method: string, path: string): boolean =>
+  policy !== undefined && policy.some((rule) =>
+    (rule.from.includes(caller) || rule.from.includes("*")) &&
+    (rule.methods === undefined || rule.methods.includes(method)) &&
+    rule.paths.some((pattern) => matchesPath(pattern, path)))
+
+/**
+ * Verifies the request's assertions for `method path` on this Worker and
+ * applies its policy: the identity the request is for, 401 without a valid
+ * service assertion addressed here, 403 outside the policy.
+ */
+export const verifyRequest = (method: string, path: string, assertion: string | null | undefined, principal: string | null | undefined) =>
+  Effect.gen(function*() {
+    if (assertion === null || assertion === undefined) return yield* refused("A mesh identity is required")
+    const keys = yield* IdentityKey
+    const claims = yield* verifyJws(assertion, decodeService, "mesh identity")
+    if (claims.aud !== keys.self) return yield* refused(`The mesh identity is addressed to ${claims.aud}, not ${keys.self}`)
+    if (claims.htm !== method || claims.htp !== path) return yield* refused("The mesh identity is for another request")
+    if (!allows(keys.policy, claims.iss, method, path)) {
+      yield* Telemetry.event("identity.refused", { "meshwork.caller": claims.iss, "http.request.method": method, "url.path": path })
+      return yield* new Problem.Forbidden({
+        detail: keys.policy === undefined
+          ? `${keys.self} has no MESH_POLICY: no caller is allowed`
+          : `${claims.iss} may not call ${method} ${path} on ${keys.self}`
+      })
+    }
+    if (principal === null || principal === undefined) return { kind: "service", sub: claims.iss } satisfies Identity as Identity
+    const asserted = yield* verifyJws(principal, decodePrincipal, "principal")
+    if (!keys.edge.has(asserted.iss)) return yield* refused(`${asserted.iss} is not the edge: it cannot assert who a request is for`)
+    return asserted.principal
+  })
+
 
 /** The identity of the current request, as the mesh asserted it. */
 export class CurrentIdentity extends Context.Service<CurrentIdentity, Identity>()(
@@ -183,16 +322,16 @@ export class CurrentIdentity extends Context.Service<CurrentIdentity, Identity>(
 ) {}
 
 /**
- * HttpApi middleware: verifies the assertion header and provides
- * `CurrentIdentity` to every handler. Its typed clients sign one for the
- * calling Worker (see `layerClient`).
+ * HttpApi middleware: verifies the request's assertions, applies the policy
+ * and provides `CurrentIdentity` to every handler. Its typed clients sign each
+ * call for their audience (see `layerClient`).
  */
 export class MeshIdentity extends HttpApiMiddleware.Service<MeshIdentity, {
   provides: CurrentIdentity
   requires: never
 }>()("meshwork/layers/security/Identity/MeshIdentity", {
   security: { assertion: HttpApiSecurity.apiKey({ key: header, in: "header" }) },
-  error: Problem.Unauthorized,
+  error: [Problem.Unauthorized, Problem.Forbidden],
   requiredForClient: true
 }) {
   /** The server side, for Workers that serve an API using this middleware. */
@@ -201,27 +340,34 @@ export class MeshIdentity extends HttpApiMiddleware.Service<MeshIdentity, {
     IdentityKey.useSync((key) =>
       MeshIdentity.of({
         assertion: (httpEffect, { credential }) =>
-          Effect.flatMap(
-            Effect.provideService(verify(Redacted.value(credential)), IdentityKey, key),
-            (identity) => Effect.provideService(httpEffect, CurrentIdentity, identity)
-          )
+          HttpServerRequest.HttpServerRequest.use((request) =>
+            Effect.flatMap(
+              Effect.provideService(
+                verifyRequest(request.method, pathOf(request.url), Redacted.value(credential), request.headers[principalHeader]),
+                IdentityKey,
+                key
+              ),
+              (identity) => Effect.provideService(httpEffect, CurrentIdentity, identity)
+            ))
       }))
   ).pipe(Layer.provide(IdentityKey.layer))
 
-  /** The client side: every call is signed as the service `name`. */
-  static readonly layerClient = (name: string) =>
+  /** The client side: every call is signed by this Worker for `audience`, the Worker the client calls. */
+  static readonly layerClient = (audience: string) =>
     HttpApiMiddleware.layerClient(MeshIdentity, ({ next, request }) =>
       Effect.flatMap(
-        Effect.orDie(sign({ kind: "service", sub: name })),
+        Effect.orDie(signFor(audience, request.method, pathOf(request.url))),
         (assertion) => next(HttpClientRequest.setHeader(request, header, assertion))
       )).pipe(Layer.provide(IdentityKey.layer))
 }
 
-/** Wraps a plain fetch handler: refuse requests without a valid assertion, provide CurrentIdentity to the rest. */
+/** Wraps a plain fetch handler: refuse requests without valid assertions or outside the policy, provide CurrentIdentity to the rest. */
 export const requireIdentity = <E, R>(handler: (request: Request) => Effect.Effect<Response, E, R>) =>
-(request: Request): Effect.Effect<Response, E | Problem.Unauthorized, Exclude<R, CurrentIdentity> | IdentityKey> =>
-  Effect.flatMap(verify(request.headers.get(header)), (identity) =>
-    Effect.provideService(handler(request), CurrentIdentity, identity))
+(request: Request): Effect.Effect<Response, E | Problem.Unauthorized | Problem.Forbidden, Exclude<R, CurrentIdentity> | IdentityKey> =>
+  Effect.flatMap(
+    verifyRequest(request.method, pathOf(request.url), request.headers.get(header), request.headers.get(principalHeader)),
+    (identity) => Effect.provideService(handler(request), CurrentIdentity, identity)
+  )
 
 /** Whether the identity is a user with one of `roles`. */
 export const hasRole = (identity: Identity, ...roles: ReadonlyArray<string>): boolean =>

@@ -1,6 +1,7 @@
 /**
  * The auth service's HTTP contract: login, refresh and logout (public
- * through the gateway), the JWKS, and setting a password.
+ * through the gateway), the JWKS, and what needs the current password:
+ * setting a password and changing one's own email.
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
@@ -15,6 +16,11 @@ export const Refresh = Schema.Struct({ refresh_token: Schema.String.check(Schema
 export const SetPassword = Schema.Struct({
   password: Password,
   current_password: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(256)))
+})
+/** A user changing its own email proves it knows its password. */
+export const ChangeEmail = Schema.Struct({
+  email: Email,
+  current_password: Schema.String.check(Schema.isMaxLength(256))
 })
 
 /** RFC 6749 section 5.1 token response. */
@@ -46,6 +52,26 @@ export class InvalidCredentials extends HttpApiError.Problem<InvalidCredentials>
   title: "Invalid email or password"
 }) {}
 
+/**
+ * 429 while a password-guessing (or email-change) counter blocks. The same
+ * for every email, known or not; the wait is also sent as `Retry-After`.
+ */
+export class TooManyAttempts extends HttpApiError.Problem<TooManyAttempts>()("TooManyAttempts", {
+  type: "urn:meshwork:problem:too-many-attempts",
+  status: 429,
+  title: "Too many attempts"
+}, {
+  retryAfterSeconds: Schema.Int
+}) {}
+
+const TooManyAttemptsWithRetryAfter = TooManyAttempts.pipe(HttpApiSchema.encodeToWithHeaders({
+  body: TooManyAttempts,
+  headers: { "retry-after": Schema.String }
+}, {
+  decode: ({ body }) => body,
+  encode: (error) => ({ body: error, headers: { "retry-after": String(error.retryAfterSeconds) } })
+}))
+
 export class InvalidRefreshToken extends HttpApiError.Problem<InvalidRefreshToken>()("InvalidRefreshToken", {
   type: "urn:meshwork:problem:invalid-refresh-token",
   status: 401,
@@ -57,7 +83,7 @@ export class AuthGroup extends HttpApiGroup.make("auth")
     HttpApiEndpoint.post("login", "/login", {
       payload: Login,
       success: TokenResponse,
-      error: [InvalidCredentials, Problem.BadGateway]
+      error: [InvalidCredentials, TooManyAttemptsWithRetryAfter, Problem.BadGateway]
     }),
     HttpApiEndpoint.post("refresh", "/refresh", {
       payload: Refresh,
@@ -70,7 +96,18 @@ export class AuthGroup extends HttpApiGroup.make("auth")
       params: { id: UserId },
       payload: SetPassword,
       success: HttpApiSchema.NoContent,
-      error: [Problem.Forbidden, InvalidCredentials]
+      error: [Problem.Forbidden, InvalidCredentials, TooManyAttemptsWithRetryAfter]
+    }),
+    /**
+     * 202 whether the new address was free (the change is made) or taken (it
+     * is not): the answer tells nobody who has an address. Admins change
+     * anyone's email with `PATCH /api/users/{id}`, conflicts explicit.
+     */
+    HttpApiEndpoint.put("changeEmail", "/users/:id/email", {
+      params: { id: UserId },
+      payload: ChangeEmail,
+      success: HttpApiSchema.Accepted,
+      error: [Problem.Forbidden, InvalidCredentials, TooManyAttemptsWithRetryAfter, Problem.BadGateway]
     })
   )
   .prefix("/api/auth")

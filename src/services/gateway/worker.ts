@@ -29,7 +29,7 @@ export default Worker.make({
       binding: "ROUTER",
       jwksUrl: "http://router.internal/api/auth/.well-known/jwks.json",
       userUrl: (id) => `http://router.internal/api/users/${encodeURIComponent(id)}`,
-      caller: "gateway"
+      audience: "router"
     }),
     PublicRoutes.layer,
     RateLimits.layer,

@@ -32,5 +32,5 @@ export class Sellers extends Context.Service<Sellers, {
             Effect.withSpan("Sellers.requireActive")
           )
       }))
-  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(Identity.MeshIdentity.layerClient("products")))
+  ).pipe(Layer.provide(UsersClient.layer), Layer.provide(Identity.MeshIdentity.layerClient("users")))
 }

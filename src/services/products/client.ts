@@ -10,15 +10,14 @@ import { type Product, ProductNotFound, ProductsApi } from "./api.ts"
 export class ProductsClient extends Context.Service<ProductsClient, HttpApiClient.ForApi<typeof ProductsApi>>()(
   "meshwork/services/products/ProductsClient"
 ) {
-  /** Calls are signed as the service `caller`, time out after 3 s, and are retried when the caller's layer has `Retries`. */
-  static readonly layer = (caller: string) =>
-    Layer.effect(
-      ProductsClient,
-      ServiceClient.make(ProductsApi, "PRODUCTS", {
-        timeoutMs: 3_000,
-        policy: Retries.policy("products", { attempts: 3, deadlineMs: 5_000 })
-      })
-    ).pipe(Layer.provide(Identity.MeshIdentity.layerClient(caller)))
+  /** Calls are signed by the calling Worker for products, time out after 3 s, and are retried when the caller's layer has `Retries`. */
+  static readonly layer = Layer.effect(
+    ProductsClient,
+    ServiceClient.make(ProductsApi, "PRODUCTS", {
+      timeoutMs: 3_000,
+      policy: Retries.policy("products", { attempts: 3, deadlineMs: 5_000 })
+    })
+  ).pipe(Layer.provide(Identity.MeshIdentity.layerClient("products")))
 }
 
 /**

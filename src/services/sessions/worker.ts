@@ -13,6 +13,6 @@ export class SessionObject extends SessionState.StateObject {}
 
 export default Worker.make({
   name: "sessions",
-  layer: Http.layer(SessionsRoutes).pipe(Layer.provide([Sessions.layer, ProductsClient.layer("sessions"), FeatureFlags.layer])),
+  layer: Http.layer(SessionsRoutes).pipe(Layer.provide([Sessions.layer, ProductsClient.layer, FeatureFlags.layer])),
   fetch: Http.serve
 })

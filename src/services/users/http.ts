@@ -2,7 +2,7 @@
 import { Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
 import { Health, Identity, Pagination } from "meshwork"
-import { UsersApi } from "./api.ts"
+import { type UpdateUser, UsersApi } from "./api.ts"
 import { Users } from "./Users.ts"
 
 const adminOrService = Identity.authorize(
@@ -10,6 +10,9 @@ const adminOrService = Identity.authorize(
   "Only admins may list users"
 )
 const admin = Identity.authorize((identity) => Identity.hasRole(identity, "admin"), "Requires the admin role")
+const onlyName = (patch: UpdateUser) => Object.keys(patch).every((field) => field === "name")
+const onlyEmail = (patch: UpdateUser) => Object.keys(patch).every((field) => field === "email")
+
 const selfAdminOrService = (id: string) =>
   Identity.authorize(
     (identity) => Identity.isUser(identity, id) || Identity.hasRole(identity, "admin") || Identity.isService(identity),
@@ -17,9 +20,12 @@ const selfAdminOrService = (id: string) =>
   )
 
 /**
- * Who may do what: admins everything; a user reads itself and updates its own
- * name and email (not its role or whether it is active); other Workers of the
- * mesh read users (the gateway checks a token's user, products a seller).
+ * Who may do what: admins everything; a user reads itself and changes its own
+ * name (not its role or whether it is active). Its email it changes through
+ * the auth service, which checks its password and answers alike whether the
+ * address was taken or not: here only the auth Worker may set an email
+ * without being an admin, and only the email. Other Workers of the mesh read
+ * users (the gateway checks a token's user, products a seller, auth a login).
  */
 const UsersHandlers = HttpApiBuilder.group(
   UsersApi,
@@ -41,8 +47,9 @@ const UsersHandlers = HttpApiBuilder.group(
           Identity.authorize(
             (identity) =>
               Identity.hasRole(identity, "admin") ||
-              (Identity.isUser(identity, params.id) && payload.role === undefined && payload.active === undefined),
-            "A user may only change its own name and email"
+              (Identity.isUser(identity, params.id) && onlyName(payload)) ||
+              (identity.kind === "service" && identity.sub === "auth" && onlyEmail(payload)),
+            "A user may only change its own name here, and its email with PUT /api/auth/users/{id}/email and its current password"
           ),
           users.update(params.id, payload)
         ))
