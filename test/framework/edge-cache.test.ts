@@ -4,12 +4,24 @@
  * cache of product reads, through the mesh.
  */
 import { expect, it } from "@effect/vitest"
+import { listDurableObjectIds, runInDurableObject } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Context, Effect, Fiber } from "effect"
 import { TestClock } from "effect/testing"
 import { describe } from "vitest"
-import { type CacheRoute, EdgeCache, freshness, normalisedUrl } from "../../src/layers/edge/EdgeCache.ts"
+import {
+  type CacheRoute,
+  defaultTagShards,
+  EdgeCache,
+  freshness,
+  makeTagIndex,
+  normalisedUrl,
+  purgeMemoryMillis,
+  sweepMillis,
+  tagIndexPrefix
+} from "../../src/layers/edge/EdgeCache.ts"
 import type { Identity } from "../../src/layers/security/Identity.ts"
+import * as Sharding from "../../src/layers/state/Sharding.ts"
 import { Invocation } from "../../src/runtime/Bindings.ts"
 import { unique } from "../helpers.ts"
 
@@ -268,6 +280,105 @@ describe("edge cache revalidation and purges", () => {
       expect((yield* get("/p/race")).cache).toBe("MISS")
       yield* settle
       expect((yield* get("/p/race")).cache).toBe("HIT")
+    }))
+})
+
+describe("the tag index stays bounded", () => {
+  /** The tag index's objects that exist now (workerd keeps one for every object ever started). */
+  const objects = Effect.promise(async () => new Set((await listDurableObjectIds(env.CACHE_TAGS)).map((id) => id.toString())))
+  const shardIds = new Set(
+    Sharding.allObjectNames(tagIndexPrefix, Sharding.shards(defaultTagShards)).map((name) => env.CACHE_TAGS.idFromName(name).toString())
+  )
+  const shard = (n: number) => env.CACHE_TAGS.get(env.CACHE_TAGS.idFromName(`${tagIndexPrefix}/${n}`))
+  /** Rows of the index, in every shard, whose tag matches `like`. */
+  const rows = (like: string) =>
+    Effect.promise(async () => {
+      let total = 0
+      for (let n = 0; n < defaultTagShards; n++) {
+        total += await runInDurableObject(shard(n), (_, state) =>
+          state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM entries WHERE tag LIKE ?", like).one().n)
+      }
+      return total
+    })
+
+  it.effect("indexes 2000 reads of random query strings in at most 16 objects, and forgets them when they expire", () =>
+    Effect.gen(function*() {
+      const { edge, upstream, get, settle } = yield* setup()
+      const product = `bounded-${unique()}`
+      upstream.answer = { status: 200, headers: { "cache-control": "max-age=60", "cache-tag": `product:${product}` } }
+      yield* at(0)
+      const before = yield* objects
+      yield* Effect.forEach(Array.from({ length: 2000 }, () => crypto.randomUUID()), (query) =>
+        Effect.andThen(get(`/p/${product}?q=${query}`), settle), { concurrency: 50 })
+      const created = [...(yield* objects)].filter((id) => !before.has(id))
+      // At most the shards, whatever the number of URLs and tags (before: one object per tag, 2001 here).
+      expect(created.every((id) => shardIds.has(id))).toBe(true)
+      expect(created.length).toBeLessThanOrEqual(defaultTagShards)
+      // Each copy is indexed under its URL and its product's tag, and purges still find every copy.
+      expect(yield* rows(`url:/p/${product}?%`)).toBe(2000)
+      expect(yield* rows(`product:${product}`)).toBe(2000)
+      expect(yield* edge.purge({ urls: [`/p/${product}?q=nope`] })).toBe(0)
+      expect(yield* edge.purge({ tags: [`product:${product}`] })).toBe(2000)
+      expect(yield* rows(`product:${product}`)).toBe(0)
+
+      // The copies live a minute; every shard holding their rows has its alarm set by then, and the
+      // alarm's sweep, once the minute is over (on the objects' clocks), leaves none of them.
+      const expired = Date.now() + 60_000
+      for (let n = 0; n < defaultTagShards; n++) {
+        yield* Effect.promise(() =>
+          runInDurableObject(shard(n), (_, state) =>
+            Effect.runPromise(Effect.gen(function*() {
+              const held = state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM entries WHERE tag LIKE ?", `url:/p/${product}?%`)
+                .one().n
+              const alarm = yield* Effect.promise(() => state.storage.getAlarm())
+              if (held > 0) expect(alarm).not.toBeNull()
+              if (alarm !== null) expect(alarm).toBeLessThanOrEqual(expired + sweepMillis)
+              yield* TestClock.setTime(expired + 1)
+              yield* makeTagIndex(state).sweep
+            }).pipe(Effect.provide(TestClock.layer())))
+          )
+        )
+      }
+      expect(yield* rows(`url:/p/${product}?%`)).toBe(0)
+    }), { timeout: 120_000 })
+
+  it.effect("remembers a purge for a bounded time, and then refuses copies fetched before it", () =>
+    Effect.gen(function*() {
+      const stub = env.CACHE_TAGS.get(env.CACHE_TAGS.idFromName(`purge-memory-${unique()}`))
+      yield* Effect.promise(() =>
+        runInDurableObject(stub, (_, state) =>
+          Effect.runPromise(Effect.gen(function*() {
+            // The object's own clock, an hour ahead: its real alarm stays out of the way.
+            const start = Math.ceil(Date.now() / 1000) * 1000 + 3_600_000
+            yield* TestClock.setTime(start)
+            const index = makeTagIndex(state)
+            const count = (table: string) => state.storage.sql.exec<{ n: number }>(`SELECT count(*) AS n FROM ${table}`).one().n
+            expect(yield* index.add("t", "a", start - 1_000, start + 59_000)).toBe(true)
+            expect(yield* index.purge("t", start)).toEqual(["a"])
+            // Fetched before the purge, stored after it: dropped. Fetched after: kept.
+            expect(yield* index.add("t", "b", start - 1, start + 59_999)).toBe(false)
+            expect(yield* index.add("t", "c", start + 1, start + 60_001)).toBe(true)
+            expect({ entries: count("entries"), purges: count("purges") }).toEqual({ entries: 3, purges: 1 })
+            expect(yield* Effect.promise(() => state.storage.getAlarm())).toBe(start + 60_000 + sweepMillis)
+
+            yield* TestClock.adjust(60_001)
+            yield* index.sweep
+            expect({ entries: count("entries"), purges: count("purges") }).toEqual({ entries: 0, purges: 1 })
+            expect(yield* Effect.promise(() => state.storage.getAlarm())).toBe(start + purgeMemoryMillis + sweepMillis)
+            yield* TestClock.adjust(purgeMemoryMillis)
+            yield* index.sweep
+            expect({ entries: count("entries"), purges: count("purges") }).toEqual({ entries: 0, purges: 0 })
+            expect(yield* Effect.promise(() => state.storage.getAlarm())).toBeNull()
+            // The purge is forgotten, not its effect: a copy fetched before it (of any tag of the shard, since
+            // the shard no longer knows which) is refused; one fetched after it is kept.
+            expect(yield* index.add("t", "d", start - 1, start + 60_000)).toBe(false)
+            expect(yield* index.add("other", "e", start - 1, start + 60_000)).toBe(false)
+            expect(yield* index.add("other", "f", start, start + 60_000)).toBe(true)
+            const now = start + 60_001 + purgeMemoryMillis
+            expect(yield* index.add("t", "g", now, now + 60_000)).toBe(true)
+          }).pipe(Effect.provide(TestClock.layer())))
+        )
+      )
     }))
 })
 

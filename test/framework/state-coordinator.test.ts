@@ -9,6 +9,7 @@ import { env } from "cloudflare:workers"
 import { Effect, Result, Schema } from "effect"
 import { TestClock } from "effect/testing"
 import { describe } from "vitest"
+import * as Sharding from "../../src/layers/state/Sharding.ts"
 import * as StateCoordinator from "../../src/layers/state/StateCoordinator.ts"
 import { SessionState } from "../../src/services/sessions/Sessions.ts"
 
@@ -81,3 +82,39 @@ it.effect("deletes an entry once it has not been written for its idle ttl, by al
       )
     )
   }))
+
+/** The stats of the session object of `id` (a read-only diagnostic of the object itself). */
+export const sessionStorage = (id: string) =>
+  Effect.promise(() => {
+    const stub = env.SESSIONS.get(env.SESSIONS.idFromName(Sharding.objectName("session", Sharding.perKey, id)))
+    return (stub as unknown as { stats(): Promise<StateCoordinator.StorageStats> }).stats()
+  })
+
+it.live("creates no storage for reads (and refused writes) of keys never written: 2000 random keys", () =>
+  Effect.gen(function*() {
+    const sessions = SessionState.client(env.SESSIONS)
+    // The measure sees storage: a created session is one table and one row.
+    const created = crypto.randomUUID()
+    yield* sessions.create(created, "owner")
+    expect(yield* sessionStorage(created)).toMatchObject({ tables: 1, rows: 1 })
+
+    const ids = Array.from({ length: 2000 }, () => crypto.randomUUID())
+    const refusals = yield* Effect.forEach(ids, (id, i) => {
+      // Mostly reads; every tenth key a write of something that does not exist, which is refused.
+      const attempt = i % 10 === 1
+        ? sessions.update(id, "owner", [{ _tag: "Increment", counter: "n" }])
+        : i % 10 === 2
+        ? sessions.replace(id, "owner", { attributes: {}, cart: {}, counters: {} }, [1])
+        : i % 10 === 3
+        ? sessions.remove(id, "owner", { ifMatch: "*" })
+        : sessions.get(id, "owner")
+      return Effect.map(Effect.flip(attempt), (error) => error._tag)
+    }, { concurrency: 50 })
+    expect(new Set(refusals)).toEqual(new Set(["meshwork/StateCoordinator/StateNotFound", "meshwork/StateCoordinator/VersionMismatch"]))
+
+    const stored = yield* Effect.forEach(ids, sessionStorage, { concurrency: 50 })
+    const tables = stored.reduce((sum, stats) => sum + stats.tables, 0)
+    const rows = stored.reduce((sum, stats) => sum + stats.rows, 0)
+    // 2000 objects were asked, and none wrote anything: no table, no row (so Cloudflare keeps none of them).
+    expect({ tables, rows }).toEqual({ tables: 0, rows: 0 })
+  }), { timeout: 120_000 })

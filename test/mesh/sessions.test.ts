@@ -1,6 +1,9 @@
 /** Sessions (a state coordinator per session) through the gateway. */
 import { expect, it } from "@effect/vitest"
+import { env } from "cloudflare:workers"
 import { describe } from "vitest"
+import * as Sharding from "../../src/layers/state/Sharding.ts"
+import type { StorageStats } from "../../src/layers/state/StateCoordinator.ts"
 import { expectProblem, gateway, signedIn } from "../helpers.ts"
 
 interface SessionView {
@@ -170,4 +173,37 @@ describe("sessions through the gateway", () => {
     expect(read.counters).toEqual({})
     expect(Object.keys(read.cart)).toHaveLength(100)
   })
+
+  it("leaves no storage behind for 1000 reads of sessions that do not exist", async () => {
+    const user = await signedIn()
+    /** What the session's object stores (its read-only diagnostic). */
+    const stored = (id: string) => {
+      const stub = env.SESSIONS.get(env.SESSIONS.idFromName(Sharding.objectName("session", Sharding.perKey, id)))
+      return (stub as unknown as { stats(): Promise<StorageStats> }).stats()
+    }
+    const ids = Array.from({ length: 1000 }, () => crypto.randomUUID())
+    const read = async (id: string, i: number) => {
+      const path = i % 5 === 1 ? `/api/sessions/${id}/cart` : `/api/sessions/${id}`
+      const response = await request(i % 10 === 2 ? "DELETE" : "GET", path, user.token)
+      await response.body?.cancel()
+      return response.status
+    }
+    // One first (the gateway warms up: its signing keys), then 50 at a time, as a client hammering
+    // the API would: GET, its cart, and now and then a DELETE.
+    const statuses = [await read(ids[0]!, 0)]
+    for (let start = 1; start < ids.length; start += 50) {
+      statuses.push(...await Promise.all(ids.slice(start, start + 50).map((id, i) => read(id, start + i))))
+    }
+    expect(new Set(statuses)).toEqual(new Set([404]))
+    const stats: Array<StorageStats> = []
+    for (let start = 0; start < ids.length; start += 50) stats.push(...await Promise.all(ids.slice(start, start + 50).map(stored)))
+    // No table and no row in any of the 1000 objects asked: none of them is kept.
+    expect({
+      tables: stats.reduce((sum, object) => sum + object.tables, 0),
+      rows: stats.reduce((sum, object) => sum + object.rows, 0)
+    }).toEqual({ tables: 0, rows: 0 })
+    // The measure sees storage: a session that exists is one table and one row.
+    const { session } = await createSession(user.token)
+    expect(await stored(session.id)).toMatchObject({ tables: 1, rows: 1 })
+  }, 180_000)
 })

@@ -32,8 +32,10 @@
  *
  * Purge: by URL (every user's and encoding's copy) or by tag (the upstream's
  * `Cache-Tag` header). A write (POST, PUT, PATCH, DELETE) that succeeds
- * purges its own URL before it is answered, so its writer reads it back. Entries are indexed by tag in a Durable Object
- * (`CacheTagIndexObject`, bound as CACHE_TAGS) when stored. The Cache API is
+ * purges its own URL before it is answered, so its writer reads it back. Entries are indexed by tag when stored,
+ * in Durable Objects (`CacheTagIndexObject`, bound as CACHE_TAGS) over which
+ * tags are sharded by hash; an index entry expires with its copy, and a purge
+ * is remembered for `purgeMemoryMillis`, so the index stays bounded. The Cache API is
  * per data center: a purge clears this location; purging every location is
  * Cloudflare's zone purge API, which this does not call.
  */
@@ -153,71 +155,145 @@ export const urlTag = (url: string, dropParams: ReadonlyArray<string> = []) => `
 
 // The tag index: which cache keys carry a tag, and when the tag was last purged.
 
-interface TagTable {
+/** How many objects hold the tag index by default: tags are hashed onto `cache-tags/<shard>`. */
+export const defaultTagShards = 16
+
+/**
+ * How long a purge is remembered. The memory matters only for a copy fetched
+ * before the purge and stored after it, and a store follows its fetch within
+ * seconds (it runs under `waitUntil`, which ends 30 s after the response).
+ * Once a shard forgets a purge, a copy fetched before it is dropped, whatever
+ * its tags (the shard can no longer tell whether it was purged).
+ */
+export const purgeMemoryMillis = 10 * 60_000
+
+/** Expired rows are deleted by the alarm at most this long after they expire, many at a time. */
+export const sweepMillis = 5_000
+
+/** The tag index of one shard, over its SQLite storage. Time is Effect's `Clock` (the object's own clock). */
+export interface TagIndexTable {
   /**
-   * Indexes `key` under `tag` until `expiresAt`; answers false when the tag
-   * was purged after `fetchedAt` (the copy is older than the purge: drop it).
+   * Indexes `key` under `tag` for as long as the copy lives (`expiresAt -
+   * fetchedAt`, from now); answers false when the tag was purged after
+   * `fetchedAt` (the copy is older than the purge: drop it).
    */
-  readonly add: (tag: string, key: string, fetchedAt: number, expiresAt: number) => boolean
-  /** Marks the tag purged at `at`, and answers the keys to delete. */
-  readonly purge: (tag: string, at: number) => Array<string>
+  readonly add: (tag: string, key: string, fetchedAt: number, expiresAt: number) => Effect.Effect<boolean>
+  /** Marks the tag purged at `at` (the caller's clock, as `fetchedAt`), and answers the keys to delete. */
+  readonly purge: (tag: string, at: number) => Effect.Effect<Array<string>>
   /** Forgets keys whose copies were deleted. */
-  readonly forget: (tag: string, keys: ReadonlyArray<string>) => void
+  readonly forget: (tag: string, keys: ReadonlyArray<string>) => Effect.Effect<void>
+  /** Deletes expired entries and purges past their memory, and sets the alarm for the next: the alarm handler. */
+  readonly sweep: Effect.Effect<void>
 }
 
-class TagIndex extends Context.Service<TagIndex, TagTable>()("meshwork/layers/edge/EdgeCache/TagIndex") {
-  static readonly layer = Layer.effect(
-    TagIndex,
-    DurableObjects.State.useSync((state) => {
-      const sql = state.storage.sql
-      sql.exec(`CREATE TABLE IF NOT EXISTS tagged (
-        tag TEXT NOT NULL, key TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (tag, key))`)
-      sql.exec("CREATE TABLE IF NOT EXISTS purges (tag TEXT PRIMARY KEY, purged_at INTEGER NOT NULL)")
-      const purgedAt = (tag: string) =>
-        sql.exec<{ purged_at: number }>("SELECT purged_at FROM purges WHERE tag = ?", tag).toArray()[0]?.purged_at ?? 0
-      return TagIndex.of({
-        add: (tag, key, fetchedAt, expiresAt) =>
-          state.storage.transactionSync(() => {
-            // Rows of copies the Cache API has dropped by now go, a few at a time.
-            sql.exec("DELETE FROM tagged WHERE rowid IN (SELECT rowid FROM tagged WHERE tag = ? AND expires_at < ? LIMIT 100)", tag, fetchedAt)
-            sql.exec(
-              "INSERT INTO tagged (tag, key, expires_at) VALUES (?, ?, ?) ON CONFLICT (tag, key) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
-              tag,
-              key,
-              expiresAt
-            )
-            return purgedAt(tag) <= fetchedAt
-          }),
-        purge: (tag, at) =>
-          state.storage.transactionSync(() => {
-            sql.exec(
-              "INSERT INTO purges (tag, purged_at) VALUES (?, ?) ON CONFLICT (tag) DO UPDATE SET purged_at = MAX(purged_at, excluded.purged_at)",
-              tag,
-              at
-            )
-            return sql.exec<{ key: string }>("SELECT key FROM tagged WHERE tag = ? AND expires_at >= ?", tag, at).toArray().map((row) => row.key)
-          }),
-        forget: (tag, keys) =>
-          state.storage.transactionSync(() => {
-            for (const key of keys) sql.exec("DELETE FROM tagged WHERE tag = ? AND key = ?", tag, key)
-          })
-      })
+/**
+ * Rows: one per (tag, cached copy), kept until the copy expires; one per
+ * purged tag, kept for `purgeMemoryMillis`; and the horizon, the latest purge
+ * forgotten: a copy fetched before it may have been purged, so it is refused.
+ */
+export const makeTagIndex = (state: DurableObjectState): TagIndexTable => {
+  const storage = state.storage
+  const sql = storage.sql
+  sql.exec(`CREATE TABLE IF NOT EXISTS entries (
+    tag TEXT NOT NULL, key TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (tag, key))`)
+  sql.exec("CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at)")
+  sql.exec("CREATE TABLE IF NOT EXISTS purges (tag TEXT PRIMARY KEY, purged_at INTEGER NOT NULL, forget_at INTEGER NOT NULL)")
+  sql.exec("CREATE INDEX IF NOT EXISTS purges_by_expiry ON purges (forget_at)")
+  sql.exec("CREATE TABLE IF NOT EXISTS horizon (id INTEGER PRIMARY KEY CHECK (id = 0), purged_at INTEGER NOT NULL)")
+  const purgedAt = (tag: string) =>
+    sql.exec<{ purged_at: number }>("SELECT purged_at FROM purges WHERE tag = ?", tag).toArray()[0]?.purged_at ?? 0
+  const horizon = () => sql.exec<{ purged_at: number }>("SELECT purged_at FROM horizon WHERE id = 0").toArray()[0]?.purged_at ?? 0
+  /** Makes sure the alarm runs by `at` plus the sweep interval, so one alarm deletes many rows. */
+  const sweepBy = (at: number) =>
+    Effect.promise(async () => {
+      const current = await storage.getAlarm()
+      if (current === null || current > at + sweepMillis) await storage.setAlarm(at + sweepMillis)
     })
-  )
+  const now = Clock.currentTimeMillis
+  return {
+    add: (tag, key, fetchedAt, expiresAt) =>
+      Effect.flatMap(now, (now) => {
+        // The copy lives `expiresAt - fetchedAt` from its put, just before this: counted on this object's clock.
+        const until = now + Math.max(0, expiresAt - fetchedAt)
+        const current = storage.transactionSync(() => {
+          sql.exec(
+            "INSERT INTO entries (tag, key, expires_at) VALUES (?, ?, ?) ON CONFLICT (tag, key) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+            tag,
+            key,
+            until
+          )
+          return purgedAt(tag) <= fetchedAt && horizon() <= fetchedAt
+        })
+        return Effect.as(sweepBy(until), current)
+      }),
+    purge: (tag, at) =>
+      Effect.flatMap(now, (now) => {
+        const forgetAt = now + purgeMemoryMillis
+        const keys = storage.transactionSync(() => {
+          sql.exec(
+            `INSERT INTO purges (tag, purged_at, forget_at) VALUES (?, ?, ?) ON CONFLICT (tag) DO UPDATE
+               SET purged_at = MAX(purged_at, excluded.purged_at), forget_at = MAX(forget_at, excluded.forget_at)`,
+            tag,
+            at,
+            forgetAt
+          )
+          return sql.exec<{ key: string }>("SELECT key FROM entries WHERE tag = ? AND expires_at >= ?", tag, now).toArray().map((row) => row.key)
+        })
+        return Effect.as(sweepBy(forgetAt), keys)
+      }),
+    forget: (tag, keys) =>
+      Effect.sync(() =>
+        storage.transactionSync(() => {
+          for (const key of keys) sql.exec("DELETE FROM entries WHERE tag = ? AND key = ?", tag, key)
+        })
+      ),
+    sweep: Effect.flatMap(now, (now) => {
+      const next = storage.transactionSync(() => {
+        sql.exec("DELETE FROM entries WHERE expires_at < ?", now)
+        const forgotten = sql.exec<{ at: number | null }>("SELECT MAX(purged_at) AS at FROM purges WHERE forget_at <= ?", now).one().at
+        if (forgotten !== null) {
+          sql.exec(
+            "INSERT INTO horizon (id, purged_at) VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET purged_at = MAX(purged_at, excluded.purged_at)",
+            forgotten
+          )
+          sql.exec("DELETE FROM purges WHERE forget_at <= ?", now)
+        }
+        return sql.exec<{ next: number | null }>(
+          "SELECT MIN(at) AS next FROM (SELECT MIN(expires_at) AS at FROM entries UNION ALL SELECT MIN(forget_at) FROM purges)"
+        ).one().next
+      })
+      return Effect.promise(() => next === null ? storage.deleteAlarm() : storage.setAlarm(next + sweepMillis))
+    })
+  }
 }
 
-/** Which cache keys carry each tag; one object per tag. Export it and bind it as CACHE_TAGS. */
-export class CacheTagIndexObject extends DurableObjects.make({ name: "CacheTagIndexObject", layer: TagIndex.layer }) {
+class TagIndex extends Context.Service<TagIndex, TagIndexTable>()("meshwork/layers/edge/EdgeCache/TagIndex") {
+  static readonly layer = Layer.effect(TagIndex, DurableObjects.State.useSync(makeTagIndex))
+}
+
+/**
+ * Which cache keys carry each tag; tags are hashed onto a fixed number of
+ * these objects, and entries expire with their copies (by alarm). Export it
+ * and bind it as CACHE_TAGS.
+ */
+export class CacheTagIndexObject extends DurableObjects.make({
+  name: "CacheTagIndexObject",
+  layer: TagIndex.layer,
+  alarm: () => TagIndex.use((index) => index.sweep)
+}) {
   add(tag: string, key: string, fetchedAt: number, expiresAt: number): Promise<boolean> {
-    return this.run(TagIndex.use((index) => Effect.sync(() => index.add(tag, key, fetchedAt, expiresAt))))
+    return this.run(TagIndex.use((index) => index.add(tag, key, fetchedAt, expiresAt)))
   }
   purge(tag: string, at: number): Promise<Array<string>> {
-    return this.run(TagIndex.use((index) => Effect.sync(() => index.purge(tag, at))))
+    return this.run(TagIndex.use((index) => index.purge(tag, at)))
   }
   forget(tag: string, keys: ReadonlyArray<string>): Promise<void> {
-    return this.run(TagIndex.use((index) => Effect.sync(() => index.forget(tag, keys))))
+    return this.run(TagIndex.use((index) => index.forget(tag, keys)))
   }
 }
+
+/** The tag index objects' names: `cache-tags/<shard>`. */
+export const tagIndexPrefix = "cache-tags"
 
 type TagStub = Pick<CacheTagIndexObject, "add" | "purge" | "forget">
 
@@ -248,6 +324,8 @@ export interface CacheOptions {
   readonly cache: Cache
   /** The tag index; without it, purges by URL and by tag find nothing. */
   readonly tags?: DurableObjectNamespace | undefined
+  /** How many objects the tag index is sharded over (`cache-tags/<shard>`). Default `defaultTagShards` (16). */
+  readonly tagShards?: number | undefined
 }
 
 export class EdgeCache extends Context.Service<EdgeCache, {
@@ -271,8 +349,9 @@ export class EdgeCache extends Context.Service<EdgeCache, {
     const cache = options.cache
     /** Keys being revalidated in this isolate, with when it started. */
     const revalidating = new Map<string, number>()
+    const shards = Sharding.shards(options.tagShards ?? defaultTagShards)
     const tagIndex = (tag: string): TagStub | undefined =>
-      options.tags === undefined ? undefined : Sharding.objectFor(options.tags, "cache-tag", Sharding.perKey, tag) as unknown as TagStub
+      options.tags === undefined ? undefined : Sharding.objectFor(options.tags, tagIndexPrefix, shards, tag) as unknown as TagStub
     /** A Cache API or tag index call: its failure is logged and becomes `fallback`, never the request's failure. */
     const attempt = <A>(what: string, f: () => Promise<A>, fallback: A) =>
       Effect.tryPromise(f).pipe(

@@ -36,6 +36,10 @@
  * and writes no longer see them) and are deleted by the object's alarm; only
  * writes keep an entry alive. Deleted entries keep their version as a tombstone, so
  * a key created again never repeats an ETag a client may still hold.
+ *
+ * Reads write nothing: the object's table is created by its first write, so a
+ * `get` (or a refused `update`/`replace`/`remove`) of a key never written leaves
+ * the object without storage, and Cloudflare keeps no object without storage.
  */
 import { Clock, Context, Duration, Effect, Layer, Result, Schema } from "effect"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
@@ -152,21 +156,44 @@ export interface Table {
   readonly remove: (key: string, owner: string, expected: Precondition | undefined) => Effect.Effect<Answer>
   /** Deletes idle entries and sets the alarm for the next: the alarm handler. */
   readonly expire: Effect.Effect<void>
+  /** What the object stores; reads nothing but the schema and a count. */
+  readonly stats: Effect.Effect<StorageStats>
+}
+
+/** What one object stores: its tables, its rows (tombstones included) and its database's size. */
+export interface StorageStats {
+  readonly tables: number
+  readonly rows: number
+  readonly bytes: number
 }
 
 const defaultMaxBytes = 128 * 1024
 const encoder = new TextEncoder()
 
+const schema = `CREATE TABLE IF NOT EXISTS entries (
+  key TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  value TEXT,
+  expires_at INTEGER
+)`
+
+/**
+ * The table is created by the first write, not when the object starts: a
+ * read (or a refused write) of a key that was never written leaves the
+ * object without storage, and an object without storage is not kept.
+ */
 export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObjectState): Table => {
   const storage = state.storage
   const sql = storage.sql
-  sql.exec(`CREATE TABLE IF NOT EXISTS entries (
-    key TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    value TEXT,
-    expires_at INTEGER
-  )`)
+  const tableExists = () =>
+    sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'").toArray().length > 0
+  let created = tableExists()
+  const createTable = () => {
+    if (created) return
+    sql.exec(schema)
+    created = true
+  }
   const maxBytes = definition.maxBytes ?? defaultMaxBytes
   const idleMillis = definition.idleTtl === undefined ? undefined : Duration.toMillis(definition.idleTtl)
   const decodeState = Schema.decodeUnknownExit(definition.state)
@@ -174,7 +201,7 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
   const decodeChanges = Schema.decodeUnknownExit(Schema.Array(definition.change))
 
   const row = (key: string): Row | undefined =>
-    sql.exec<Row>("SELECT owner, version, value, expires_at FROM entries WHERE key = ?", key).toArray()[0]
+    created ? sql.exec<Row>("SELECT owner, version, value, expires_at FROM entries WHERE key = ?", key).toArray()[0] : undefined
   /** Whether the row holds an entry now: not removed, and not idle past its expiry (the alarm may not have run yet). */
   const isLive = (entry: Row | undefined, now: number): boolean =>
     entry !== undefined && entry.value !== null && (entry.expires_at === null || entry.expires_at > now)
@@ -201,6 +228,7 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
     if (encoder.encode(value).byteLength > maxBytes) {
       return { _tag: "Invalid", reason: `The ${definition.name} would exceed ${maxBytes} bytes` }
     }
+    createTable()
     sql.exec(
       `INSERT INTO entries (key, owner, version, value, expires_at) VALUES (?, ?, ?, ?, ?)
        ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, version = excluded.version,
@@ -224,15 +252,25 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
   const scheduleAlarm = idleMillis === undefined
     ? Effect.void
     : Effect.promise(async () => {
+      if (!created) return
       const next = sql.exec<{ next: number | null }>("SELECT MIN(expires_at) AS next FROM entries WHERE value IS NOT NULL")
         .one().next
       if (next === null) await storage.deleteAlarm()
       else await storage.setAlarm(next)
     })
 
-  /** One synchronous transaction: no other event of this object interleaves with it. */
+  /**
+   * One synchronous transaction: no other event of this object interleaves
+   * with it. Before the first write there is nothing to read or change, and no
+   * transaction is opened: `f` answers without touching storage, or creates the
+   * table and inserts the first row (writes within one event commit together).
+   */
   const transaction = (f: (now: number) => Answer) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => storage.transactionSync(() => f(now))))
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.sync(() => {
+        if (!created) return f(now)
+        return storage.transactionSync(() => f(now))
+      }))
   const writing = (f: (now: number) => Answer) =>
     Effect.tap(transaction(f), (answer) => answer._tag === "Ok" || answer._tag === "Removed" ? scheduleAlarm : Effect.void)
 
@@ -284,8 +322,16 @@ export const makeTable = <S, C>(definition: Definition<S, C>, state: DurableObje
         sql.exec("UPDATE entries SET value = NULL, expires_at = NULL, version = version + 1 WHERE key = ?", key)
         return { _tag: "Removed" }
       }),
+    stats: Effect.sync(() => ({
+      tables: sql.exec<{ n: number }>(
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"
+      ).one().n,
+      rows: created ? sql.exec<{ n: number }>("SELECT count(*) AS n FROM entries").one().n : 0,
+      bytes: sql.databaseSize
+    })),
     expire: Effect.andThen(
       transaction((now) => {
+        if (!created) return { _tag: "Removed" }
         sql.exec(
           "UPDATE entries SET value = NULL, expires_at = NULL, version = version + 1 WHERE value IS NOT NULL AND expires_at <= ?",
           now
@@ -323,7 +369,7 @@ export interface Client<S, C> {
 }
 
 type ObjectStub = {
-  readonly [Method in Exclude<keyof Table, "expire">]: (
+  readonly [Method in Exclude<keyof Table, "expire" | "stats">]: (
     ...args: [...Parameters<Table[Method]>, trace: Telemetry.Carrier | undefined]
   ) => Promise<Answer>
 }
@@ -356,6 +402,10 @@ export const define = <S, C>(definition: Definition<S, C>) => {
     }
     remove(key: string, owner: string, expected: Precondition | undefined, trace?: Telemetry.Carrier): Promise<Answer> {
       return this.run(use((table) => table.remove(key, owner, expected)), { method: "remove", trace })
+    }
+    /** What this object stores (a diagnostic: reads only, never creates storage). */
+    stats(): Promise<StorageStats> {
+      return this.run(use((table) => table.stats))
     }
   }
 
