@@ -61,6 +61,18 @@ it.effect("refreshes the JWKS for unknown key ids at most once per cooldown (3 s
   }).pipe(Effect.provide(authenticatorWith(router.fetcher, { JWKS_COOLDOWN_SECONDS: "3" })))
 })
 
+it.effect("lets a cold isolate's first burst of valid tokens through: none is refused while the first JWKS fetch is in flight", () => {
+  const router = countingRouter()
+  return Effect.gen(function*() {
+    yield* TestClock.setTime(Date.now())
+    const authenticator = yield* Authenticator
+    const user = yield* Effect.promise(() => seedUser())
+    const tokens = yield* Effect.promise(() => Promise.all(Array.from({ length: 20 }, () => mint(user.id))))
+    const exits = yield* Effect.forEach(tokens, (token) => Effect.exit(authenticator.authenticate(token)), { concurrency: "unbounded" })
+    expect(exits.filter(Exit.isFailure)).toEqual([])
+  }).pipe(Effect.provide(authenticatorWith(router.fetcher)))
+})
+
 it.effect("caches a user's status for USER_STATUS_TTL_SECONDS (3 s here, 30 s by default), then sees it disabled", () => {
   const router = countingRouter()
   return Effect.gen(function*() {

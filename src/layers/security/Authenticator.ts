@@ -165,10 +165,15 @@ export class Authenticator extends Context.Service<Authenticator, {
         const verified = new Map<string, VerifiedToken>()
         let lastRefresh = Number.NEGATIVE_INFINITY
         let fetches = 0
+        // `lastRefresh` is when a refresh last *finished*: requests that arrive while one is in
+        // flight (a cold isolate's first burst) fetch too rather than wait on another request's
+        // I/O, which Workers forbid, or be refused by a cooldown whose keys have not come yet.
         const refresh = Effect.gen(function*() {
-          lastRefresh = yield* Clock.currentTimeMillis
           fetches++
-          const { status, body } = yield* internal(options.jwksUrl)
+          const { status, body } = yield* Effect.ensuring(
+            internal(options.jwksUrl),
+            Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => (lastRefresh = now)))
+          )
           if (status !== 200) return yield* new Problem.BadGateway({ service: "auth", detail: "The JWKS is unavailable" })
           const jwks = yield* Effect.mapError(decodeJwks(body), () => new Problem.BadGateway({ service: "auth" }))
           const next = new Map<string, CryptoKey>()
