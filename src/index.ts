@@ -33,7 +33,8 @@ export * as HealthReport from "./layers/routing/HealthReport.ts"
 export * as Proxy from "./layers/routing/Proxy.ts"
 export { matchesPrefix, PathPrefix, Route, RoutingTable } from "./layers/routing/RoutingTable.ts"
 
-// Resilience: timeouts and retries, circuit breakers, fault injection.
+// Resilience: timeouts and retries, circuit breakers, bulkheads, fault injection.
+export { BulkheadSettings, Bulkheads } from "./layers/resilience/Bulkheads.ts"
 export { BreakerSettings, CircuitBreakerObject, CircuitBreakers } from "./layers/resilience/CircuitBreakers.ts"
 export { FaultInjection, FaultSettings } from "./layers/resilience/FaultInjection.ts"
 export { Retries, RetrySettings } from "./layers/resilience/Retries.ts"

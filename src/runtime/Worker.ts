@@ -251,13 +251,14 @@ export const make = <Provided, LE = never, FE = never, QE = never, SE = never, B
   if (queue !== undefined) {
     handler.queue = async (batch, env, ctx) => {
       const services = await isolate.get(env)
-      return runInvocation(services, ctx, undefined, () => queue(batch), rethrow(services, annotations))
+      // Awaited, not returned: an event handler's value is ignored, and workerd warns about one.
+      await runInvocation(services, ctx, undefined, () => queue(batch), rethrow(services, annotations))
     }
   }
   if (scheduled !== undefined) {
     handler.scheduled = async (controller, env, ctx) => {
       const services = await isolate.get(env)
-      return runInvocation(services, ctx, `cron ${controller.cron}`, () => scheduled(controller), rethrow(services, annotations))
+      await runInvocation(services, ctx, `cron ${controller.cron}`, () => scheduled(controller), rethrow(services, annotations))
     }
   }
   return handler

@@ -9,6 +9,7 @@ import { Clock, Context, Effect, Exit, Option } from "effect"
 import { readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import { type BreakerSettings, CircuitBreakers } from "../resilience/CircuitBreakers.ts"
+import { type BulkheadSettings, Bulkheads } from "../resilience/Bulkheads.ts"
 import * as Faults from "../resilience/FaultInjection.ts"
 import type { FaultSettings } from "../resilience/FaultInjection.ts"
 import * as Retry from "../resilience/Retries.ts"
@@ -125,6 +126,7 @@ export interface Target {
   readonly retry?: Retry.RetrySettings | undefined
   readonly breaker?: BreakerSettings | undefined
   readonly faults?: FaultSettings | undefined
+  readonly bulkhead?: BulkheadSettings | undefined
 }
 
 /**
@@ -182,7 +184,10 @@ export const forward = (
         retries: Option.getOrNull(Context.getOption(context, Retry.Retries)) ?? undefined
       })
       const breakers = Context.getOption(context, CircuitBreakers)
-      return breakers._tag === "Some" ? breakers.value.guard(target, call) : call
+      const guarded = breakers._tag === "Some" ? breakers.value.guard(target, call) : call
+      // Outermost: a call over the upstream's concurrency cap is shed before anything else runs.
+      const bulkheads = Context.getOrUndefined(context, Bulkheads)
+      return bulkheads === undefined ? guarded : bulkheads.guard(target, guarded)
     })))
 
 /**

@@ -18,6 +18,7 @@ import { Config, Context, Effect, Layer, Schema } from "effect"
 import * as Bindings from "../../runtime/Bindings.ts"
 import type { Versions } from "../release/TrafficManager.ts"
 import { BreakerSettings } from "../resilience/CircuitBreakers.ts"
+import { BulkheadSettings } from "../resilience/Bulkheads.ts"
 import { FaultSettings } from "../resilience/FaultInjection.ts"
 import { RetrySettings } from "../resilience/Retries.ts"
 
@@ -38,6 +39,8 @@ export const Route = Schema.Struct({
   breaker: Schema.optionalKey(BreakerSettings),
   /** Injected faults, used only when the Worker's layer has `FaultInjection`. */
   faults: Schema.optionalKey(FaultSettings),
+  /** A cap on calls in flight, used when the Worker's layer has `Bulkheads`. */
+  bulkhead: Schema.optionalKey(BulkheadSettings),
   /**
    * Versions of the service by name, each with its binding (blue-green,
    * canary); the one whose binding is `binding` is the default. The split

@@ -5,7 +5,7 @@
  * a service's traffic between its versions as MESH_CONFIG says.
  */
 import { Layer } from "effect"
-import { CircuitBreakers, FaultInjection, Identity, Proxy, Retries, RoutingTable, TrafficManager, Worker } from "meshwork"
+import { Bulkheads, CircuitBreakers, FaultInjection, Identity, Proxy, Retries, RoutingTable, TrafficManager, Worker } from "meshwork"
 
 /** The Durable Object behind BREAKER_STORE = "durable-object", bound as BREAKERS. */
 export { CircuitBreakerObject } from "meshwork"
@@ -17,6 +17,7 @@ export default Worker.make({
     Identity.IdentityKey.layer,
     Retries.layer,
     CircuitBreakers.layer,
+    Bulkheads.layer,
     FaultInjection.layer,
     TrafficManager.layer
   ),
