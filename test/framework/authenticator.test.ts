@@ -8,7 +8,8 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { Authenticator } from "../../src/layers/security/Authenticator.ts"
+import { Authenticator, withIdentity } from "../../src/layers/security/Authenticator.ts"
+import * as Identity from "../../src/layers/security/Identity.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
 import { meshEnv, mint, seedUser, testKeys } from "../helpers.ts"
 
@@ -157,3 +158,24 @@ it.effect("accepts a newly added key once a token shows it, and stops accepting 
     { JWKS_COOLDOWN_SECONDS: "1", JWKS_MAX_AGE_SECONDS: "2" }
   )))
 })
+
+it.effect("passes a request on without the client's identity or version headers, with the gateway's principal and the user's version key", () =>
+  Effect.gen(function*() {
+    const incoming = new Request("http://gateway/api/users/u1", {
+      headers: {
+        "x-meshwork-principal": "forged",
+        "x-user-id": "admin",
+        "cloudflare-workers-version-overrides": `meshwork-users="canary-id"`,
+        "cloudflare-workers-version-key": "someone-else",
+        "accept": "application/json"
+      }
+    })
+    const user = yield* withIdentity(incoming, { kind: "user", sub: "u1", roles: ["user"] })
+    expect(user.headers.get("x-meshwork-principal")).toMatch(/^ey/)
+    expect(user.headers.get("x-user-id")).toBeNull()
+    expect(user.headers.get("cloudflare-workers-version-overrides")).toBeNull()
+    expect(user.headers.get("cloudflare-workers-version-key")).toBe("u1")
+    expect(user.headers.get("accept")).toBe("application/json")
+    const anonymous = yield* withIdentity(incoming, { kind: "anonymous" })
+    expect(anonymous.headers.get("cloudflare-workers-version-key")).toBeNull()
+  }).pipe(Effect.provide(Identity.IdentityKey.layer.pipe(Layer.provide(envLayer(meshEnv("gateway")))))))

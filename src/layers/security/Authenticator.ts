@@ -333,15 +333,21 @@ export const authenticate = (
 
 const anonymous: Identity.Identity = { kind: "anonymous" }
 
+/** Headers that pick a version of a Worker deployed gradually: the mesh sets them, never a client. */
+const versionHeaders = ["cloudflare-workers-version-key", "cloudflare-workers-version-overrides"]
+
 /**
- * The request to pass on: every identity header the client sent dropped, the
- * mesh's signed assertion of `identity` attached.
+ * The request to pass on: every identity header the client sent dropped (and
+ * any choice of version), the mesh's signed assertion of `identity` attached,
+ * and a signed-in user's id as the version key of gradual deployments.
  */
 export const withIdentity = (request: Request, identity: Identity.Identity) =>
   Effect.map(Identity.signPrincipal(identity), (assertion) => {
     // Hop-by-hop headers go first: a client's `Connection: x-meshwork-principal`
     // then has nothing left to name when a later hop strips what Connection lists.
-    const headers = Identity.stripSpoofable(request.headers, Proxy.hopByHopHeaders(request.headers))
+    const headers = Identity.stripSpoofable(request.headers, [...Proxy.hopByHopHeaders(request.headers), ...versionHeaders])
     headers.set(Identity.principalHeader, assertion)
+    // Version affinity for Cloudflare's Gradual Deployments of the Workers behind: one user, one version.
+    if (identity.kind === "user") headers.set("cloudflare-workers-version-key", identity.sub)
     return new Request(request, { headers })
   })
