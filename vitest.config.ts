@@ -141,7 +141,8 @@ const workers = {
             REDIS_POOL: { className: "RedisPoolObject", useSQLite: true },
             SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true },
             RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },
-            BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true }
+            BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true },
+            ROLLOUTS: { className: "RolloutObject", scriptName: "meshwork-router", useSQLite: true }
           },
           ratelimits: { RATE_LIMIT: { namespace_id: "1001", simple: { limit: 10, period: 60 } } },
           bindings: {

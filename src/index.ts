@@ -71,4 +71,4 @@ export { CacheRoute, CacheTagIndexObject, EdgeCache } from "./layers/edge/EdgeCa
 // Releasing: traffic splits, feature flags, the admin API over both.
 export { FeatureFlags, Flag } from "./layers/release/FeatureFlags.ts"
 export { adminPrefix, meshAdmin } from "./layers/release/MeshAdmin.ts"
-export { TrafficManager, TrafficSplit } from "./layers/release/TrafficManager.ts"
+export { RolloutObject, TrafficManager, TrafficSplit } from "./layers/release/TrafficManager.ts"

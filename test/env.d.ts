@@ -14,6 +14,7 @@ declare global {
       readonly PRODUCTS: Fetcher
       readonly RATE_LIMITER: DurableObjectNamespace
       readonly BREAKERS: DurableObjectNamespace
+      readonly ROLLOUTS: DurableObjectNamespace
       readonly RATE_LIMIT: RateLimit
       /** Every mesh Worker's public identity keys. */
       readonly MESH_PUBLIC_KEYS: string

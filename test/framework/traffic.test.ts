@@ -116,6 +116,37 @@ describe("traffic splits", () => {
       expect(stableFailing?.rolledBack).toBeUndefined()
     }))
 
+  it.effect("counts a canary's answers across isolates: two routers each below the threshold roll it back together, once", () =>
+    Effect.gen(function*() {
+      const service = `thin-${unique()}`
+      yield* Traffic.writeSplit(kv, service, {
+        stable: "blue",
+        canary: "green",
+        weight: 100,
+        autoRollback: { errorRate: 0.2, minRequests: 30, windowSeconds: 60 }
+      })
+      // Two isolates: the split cached for a minute, the counts shared in one RolloutObject.
+      const isolates = [Traffic.TrafficManager.make(kv, 60_000, env.ROLLOUTS), Traffic.TrafficManager.make(kv, 60_000, env.ROLLOUTS)]
+      const perIsolate = [Traffic.TrafficManager.make(kv, 60_000), Traffic.TrafficManager.make(kv, 60_000)]
+      const versions = versionsOf(service)
+      const answer = (manager: Traffic.TrafficManager["Service"], n: number) =>
+        Effect.gen(function*() {
+          const background: Array<Promise<unknown>> = []
+          const { version } = yield* manager.choose(versions, user(n), request)
+          yield* manager.record(versions, version, true).pipe(
+            Effect.provideService(Invocation, { waitUntil: (promise) => void background.push(promise) })
+          )
+          yield* Effect.promise(() => Promise.all(background))
+        })
+      // 20 failed answers in each isolate: below 30 in either, so counted per isolate nothing happens...
+      for (let n = 0; n < 20; n++) for (const manager of perIsolate) yield* answer(manager, n)
+      expect(yield* Traffic.readSplit(kv, service)).toMatchObject({ weight: 100 })
+      // ...while counted across both, the 30th answer trips it, once.
+      for (let n = 0; n < 20; n++) for (const manager of isolates) yield* answer(manager, n)
+      const rolledBack = yield* Traffic.readSplit(kv, service)
+      expect(rolledBack).toMatchObject({ weight: 0, rolledBack: { canary: "green", reason: expect.stringMatching(/^automatic: 30 of 30 answers of green failed/) } })
+    }))
+
   it.effect("keeps its last split when KV fails, and never fails the request", () =>
     Effect.gen(function*() {
       const service = `kv-down-${unique()}`

@@ -38,6 +38,7 @@
  */
 import { Clock, Context, Effect, Layer, Option, Schema } from "effect"
 import * as Bindings from "../../runtime/Bindings.ts"
+import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as ConfigStore from "./ConfigStore.ts"
 import { hasRole, type Identity } from "../security/Identity.ts"
 import { fnv1a64 } from "../state/Sharding.ts"
@@ -112,12 +113,58 @@ export interface Versions {
   readonly defaultVersion: string
 }
 
-/** The canary's answers in the current window, per isolate. */
-interface Window {
+/** The canary's answers in the current window. */
+export interface Window {
   readonly canary: string
   readonly start: number
   total: number
   failed: number
+}
+
+type RollbackSettings = NonNullable<TrafficSplit["autoRollback"]>
+
+/**
+ * Counts `answers` of `canary` into `window` (a new one when the canary
+ * changed or the window passed) and says whether the canary must be rolled
+ * back: at least `minRequests` answers in the window, more than `errorRate`
+ * of them failed. A rollback starts a new window.
+ */
+export const countAnswers = (
+  window: Window | undefined,
+  canary: string,
+  answers: { readonly total: number; readonly failed: number },
+  settings: RollbackSettings,
+  now: number
+): { readonly window: Window | undefined; readonly reason?: string } => {
+  const windowMillis = (settings.windowSeconds ?? 60) * 1000
+  const current = window === undefined || window.canary !== canary || now - window.start > windowMillis
+    ? { start: now, total: 0, failed: 0, canary }
+    : window
+  current.total += answers.total
+  current.failed += answers.failed
+  if (current.total < (settings.minRequests ?? 20) || current.failed / current.total <= (settings.errorRate ?? 0.2)) {
+    return { window: current }
+  }
+  const reason = `automatic: ${current.failed} of ${current.total} answers of ${canary} failed in ${Math.round((now - current.start) / 1000)} s`
+  return { window: undefined, reason }
+}
+
+/**
+ * Every router isolate's count of a service's canary answers, in one object
+ * per service (bound as ROLLOUTS): a canary spread thin over many isolates
+ * still reaches its threshold, and exactly one answer trips its rollback.
+ * The window lives in the object's storage, so an eviction loses no count.
+ */
+export class RolloutObject extends DurableObjects.make({ name: "RolloutObject", layer: Layer.empty }) {
+  record(canary: string, answers: { total: number; failed: number }, settings: RollbackSettings): Promise<string | undefined> {
+    return this.run(DurableObjects.State.useSync((state) => {
+      const kv = state.storage.kv
+      const { window, reason } = countAnswers(kv.get<Window>("window"), canary, answers, settings, Date.now())
+      if (window === undefined) kv.delete("window")
+      else kv.put("window", window)
+      return reason
+    }))
+  }
 }
 
 export class TrafficManager extends Context.Service<TrafficManager, {
@@ -130,7 +177,15 @@ export class TrafficManager extends Context.Service<TrafficManager, {
   /** Counts an answer of `version`; may trip the automatic rollback of a canary. */
   readonly record: (versions: Versions, version: string, failed: boolean) => Effect.Effect<void, never, Bindings.Invocation>
 }>()("meshwork/layers/release/TrafficManager") {
-  static readonly make = (kv: KVNamespace | undefined, cacheMillis: number): TrafficManager["Service"] => {
+  /**
+   * Splits from `kv`, cached `cacheMillis` per isolate; canary answers counted
+   * per isolate, or across every isolate in `rollouts` (RolloutObject) when given.
+   */
+  static readonly make = (
+    kv: KVNamespace | undefined,
+    cacheMillis: number,
+    rollouts?: DurableObjectNamespace
+  ): TrafficManager["Service"] => {
     const splits = ConfigStore.cached(kv, cacheMillis, TrafficSplit)
     const windows = new Map<string, Window>()
 
@@ -159,37 +214,41 @@ export class TrafficManager extends Context.Service<TrafficManager, {
         const split = usable(versions, splits.peek(prefix + versions.service))
         // Only a canary's answers are counted, and only while it has traffic.
         if (split === undefined || split.canary !== version || split.weight === 0) return Effect.void
-        return Effect.gen(function*() {
-          const settings = split.autoRollback ?? {}
-          const now = yield* Clock.currentTimeMillis
-          const windowMillis = (settings.windowSeconds ?? 60) * 1000
-          let window = windows.get(versions.service)
-          if (window === undefined || window.canary !== version || now - window.start > windowMillis) {
-            window = { start: now, total: 0, failed: 0, canary: version }
-            windows.set(versions.service, window)
-          }
-          window.total++
-          if (failed) window.failed++
-          const rate = window.failed / window.total
-          if (window.total < (settings.minRequests ?? 20) || rate <= (settings.errorRate ?? 0.2)) return
-          windows.delete(versions.service)
-          const reason = `automatic: ${window.failed} of ${window.total} answers of ${version} failed in ${Math.round((now - window.start) / 1000)} s`
-          // This isolate stops sending the canary traffic now; KV tells the others, after the answer.
-          splits.put(
-            prefix + versions.service,
-            { ...split, weight: 0, rolledBack: { at: new Date(now).toISOString(), reason, canary: version } },
-            now
-          )
-          yield* Effect.logWarning(`Rolling ${versions.service} back from ${version}`).pipe(
-            Effect.annotateLogs({ service: versions.service, canary: version, reason })
-          )
-          if (kv !== undefined) {
-            yield* Bindings.waitUntil(
-              rollback(kv, versions.service, reason, version).pipe(
-                Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", (error) => Effect.logError(`Writing the rollback of ${versions.service} failed`, error.cause))
-              )
+        const settings = split.autoRollback ?? {}
+        // Rolls back at once in this isolate; KV tells the others, after the answer.
+        const trip = (reason: string, now: number) =>
+          Effect.gen(function*() {
+            splits.put(
+              prefix + versions.service,
+              { ...split, weight: 0, rolledBack: { at: new Date(now).toISOString(), reason, canary: version } },
+              now
             )
-          }
+            yield* Effect.logWarning(`Rolling ${versions.service} back from ${version}`).pipe(
+              Effect.annotateLogs({ service: versions.service, canary: version, reason })
+            )
+            if (kv !== undefined) {
+              yield* rollback(kv, versions.service, reason, version).pipe(
+                Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", (error) =>
+                  Effect.logError(`Writing the rollback of ${versions.service} failed`, error.cause))
+              )
+            }
+          })
+        if (rollouts !== undefined) {
+          // Counted across isolates, after the answer: the object decides, once.
+          return Bindings.waitUntil(Effect.gen(function*() {
+            const object = rollouts.get(rollouts.idFromName(versions.service)) as unknown as Pick<RolloutObject, "record">
+            const reason = yield* Effect.tryPromise(() => object.record(version, { total: 1, failed: failed ? 1 : 0 }, settings)).pipe(
+              Effect.catch((error) => Effect.as(Effect.logWarning(`Counting ${versions.service}'s canary answer failed`, error), undefined))
+            )
+            if (reason !== undefined) yield* trip(reason, yield* Clock.currentTimeMillis)
+          }))
+        }
+        return Effect.gen(function*() {
+          const now = yield* Clock.currentTimeMillis
+          const { window, reason } = countAnswers(windows.get(versions.service), version, { total: 1, failed: failed ? 1 : 0 }, settings, now)
+          if (window === undefined) windows.delete(versions.service)
+          else windows.set(versions.service, window)
+          if (reason !== undefined) yield* Bindings.waitUntil(trip(reason, now))
         })
       }
     })
@@ -202,10 +261,12 @@ export class TrafficManager extends Context.Service<TrafficManager, {
    */
   static readonly layer = Layer.effect(
     TrafficManager,
-    Effect.map(
-      ConfigStore.fromEnv("TRAFFIC_CACHE_SECONDS", "every route uses its default version"),
-      ({ kv, cacheMillis }) => TrafficManager.make(kv, cacheMillis)
-    )
+    Effect.gen(function*() {
+      const { kv, cacheMillis } = yield* ConfigStore.fromEnv("TRAFFIC_CACHE_SECONDS", "every route uses its default version")
+      // With a ROLLOUTS binding, canary answers are counted across every isolate.
+      const rollouts = yield* Effect.option(Bindings.durableObject("ROLLOUTS"))
+      return TrafficManager.make(kv, cacheMillis, Option.getOrUndefined(rollouts))
+    })
   )
 }
 

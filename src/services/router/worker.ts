@@ -9,6 +9,8 @@ import { Bulkheads, CircuitBreakers, FaultInjection, Identity, Proxy, Retries, R
 
 /** The Durable Object behind BREAKER_STORE = "durable-object", bound as BREAKERS. */
 export { CircuitBreakerObject } from "meshwork"
+/** Canary answers counted across isolates, for automatic rollback; bound as ROLLOUTS. */
+export { RolloutObject } from "meshwork"
 
 export default Worker.make({
   name: "router",
