@@ -8,6 +8,7 @@ import { describe } from "vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
+import { evictDurableObject } from "cloudflare:test"
 import { rateLimitKey, type RateLimitPolicy, RateLimits } from "../../src/layers/security/RateLimits.ts"
 import { Redis } from "../../src/runtime/Redis.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
@@ -166,3 +167,13 @@ it("counts IPv6 clients by their /64, so rotating through one's own prefix gains
   expect(keyOf("2001:db8:1:2:3:4:5:6:7")).toBe("ip:2001:db8:1:2:3:4:5:6:7")
   expect(rateLimitKey({ kind: "anonymous" }, new Request("http://gw/api/x"))).toBe("ip:unknown")
 })
+
+it.effect.each([["token-bucket"], ["fixed-window"]] as const)("the Durable Object store forgets no count when its object is evicted (%s)", ([algorithm]) =>
+  Effect.gen(function*() {
+    const key = `evicted-${crypto.randomUUID()}`
+    const first = yield* burst(6, key)
+    expect(first).toEqual({ admitted: 6, refused: 0 })
+    // Every key has its own object, named by the policy and the key.
+    yield* Effect.promise(() => evictDurableObject(env.RATE_LIMITER.get(env.RATE_LIMITER.idFromName(`burst:${key}`))))
+    expect(yield* burst(6, key)).toEqual({ admitted: 4, refused: 2 })
+  }).pipe(Effect.provide(limitsWith([policy("durable-object", { algorithm })]))))

@@ -143,22 +143,46 @@ const noAdaptive = {
 }
 
 /**
- * A Durable Object holding Effect's in-memory store for the keys routed to
- * it. The gateway exports it and binds it as RATE_LIMITER.
+ * A Durable Object per key (bound as RATE_LIMITER; the gateway exports it),
+ * counting in its own storage, so an eviction or restart forgets no count.
+ * Each call is one synchronous read and write of the object's SQLite-backed
+ * key-value storage: atomic under any number of concurrent callers.
  */
 export class RateLimiterObject extends DurableObjects.make({
   name: "RateLimiterObject",
-  layer: RateLimiter.layerStoreMemory
+  layer: Layer.empty
 }) {
-  fixedWindow(key: string, tokens: number, refillMillis: number, limit: number | undefined) {
-    return this.run(RateLimiter.RateLimiterStore.use((store) =>
-      store.fixedWindow({ key, tokens, refillRate: Duration.millis(refillMillis), limit })
-    ))
+  /** A fixed window: `[count after this call (or what it would be, when refused), ms until the window ends]`. */
+  fixedWindow(key: string, tokens: number, refillMillis: number, limit: number | undefined): Promise<readonly [number, number]> {
+    return this.run(DurableObjects.State.useSync((state) => {
+      const kv = state.storage.kv
+      const now = Date.now()
+      const stored = kv.get<{ count: number; endsAt: number }>(key)
+      const counter = stored === undefined || stored.endsAt <= now ? { count: 0, endsAt: now } : stored
+      if (limit !== undefined && counter.count + tokens > limit) return [counter.count + tokens, counter.endsAt - now] as const
+      const next = { count: counter.count + tokens, endsAt: counter.endsAt + refillMillis * tokens }
+      kv.put(key, next)
+      return [next.count, next.endsAt - now] as const
+    }))
   }
-  tokenBucket(key: string, tokens: number, refillMillis: number, limit: number, allowOverflow: boolean) {
-    return this.run(RateLimiter.RateLimiterStore.use((store) =>
-      store.tokenBucket({ key, tokens, refillRate: Duration.millis(refillMillis), limit, allowOverflow })
-    ))
+
+  /** A token bucket refilled one token per `refillMillis`: `[tokens left after this call, ms since the last refill]`. */
+  tokenBucket(key: string, tokens: number, refillMillis: number, limit: number, allowOverflow: boolean): Promise<readonly [number, number]> {
+    return this.run(DurableObjects.State.useSync((state) => {
+      const kv = state.storage.kv
+      const now = Date.now()
+      const bucket = kv.get<{ tokens: number; lastRefill: number }>(key) ?? { tokens: limit, lastRefill: now }
+      const refills = Math.floor((now - bucket.lastRefill) / refillMillis)
+      if (refills > 0) {
+        bucket.tokens = Math.min(limit, bucket.tokens + refills)
+        bucket.lastRefill += refills * refillMillis
+      }
+      if (bucket.tokens >= limit) bucket.lastRefill = now
+      const left = bucket.tokens - tokens
+      if (allowOverflow || left >= 0) bucket.tokens = left
+      kv.put(key, bucket)
+      return [left, Math.max(0, now - bucket.lastRefill)] as const
+    }))
   }
 }
 
