@@ -11,6 +11,7 @@
  */
 import { execFileSync } from "node:child_process"
 import { join } from "node:path"
+import { usage } from "./cli.ts"
 import { root, scriptName, workers } from "./mesh.ts"
 
 const wrangler = join(root, "node_modules/.bin/wrangler")
@@ -29,7 +30,7 @@ export const gradualPlan = (worker: string, percent: number): ReadonlyArray<stri
 
 const configOf = (worker: string): string => {
   const found = workers.find((candidate) => candidate.name === worker)
-  if (found === undefined) throw new Error(`no Worker "${worker}" (one of ${workers.map((w) => w.name).join(", ")})`)
+  if (found === undefined) return usage(`no Worker "${worker}" (one of ${workers.map((w) => w.name).join(", ")})`)
   return found.config
 }
 

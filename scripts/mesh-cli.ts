@@ -12,6 +12,8 @@
  *   npm run mesh -- flags set new-checkout 0 --users <id>,<id> --roles admin
  *   npm run mesh -- flags off new-checkout         # the kill switch
  *   npm run mesh -- flags delete new-checkout
+  npm run mesh -- gradual users 10 [--dry-run]     Cloudflare's Gradual Deployments: upload users' code
+                                                   as a new version, deploy it to 10% beside the current one
  *
  * Where: `--url` or MESH_URL (default http://127.0.0.1:8787, the mesh of
  * `npm start`). Who: `--token` or MESH_TOKEN, else MESH_EMAIL and
@@ -22,6 +24,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { integer, main, usage } from "./cli.ts"
+import { gradual } from "./gradual.ts"
 import { root } from "./mesh.ts"
 
 const help = `
@@ -51,6 +54,7 @@ interface Flags {
   readonly stable?: string | undefined
   readonly users?: string | undefined
   readonly roles?: string | undefined
+  readonly "dry-run"?: boolean | undefined
 }
 
 const tokenFile = join(root, ".wrangler/mesh-cli-token.json")
@@ -103,7 +107,12 @@ const session = (flags: Flags) => {
     if (!response.ok) {
       const detail = (() => {
         try {
-          return (JSON.parse(text) as { detail?: string }).detail ?? text
+          const problem = JSON.parse(text) as { detail?: string; errors?: ReadonlyArray<{ path: ReadonlyArray<unknown>; message: string }> }
+          // A 400 names each invalid field: say which, not only "Request validation failed".
+          if (problem.errors !== undefined && problem.errors.length > 0) {
+            return problem.errors.map((issue) => `${issue.path.join(".")}: ${issue.message}`).join("; ")
+          }
+          return problem.detail ?? text
         } catch {
           return text
         }
@@ -187,8 +196,13 @@ const run = async (flags: Flags, [command, ...args]: ReadonlyArray<string>) => {
       }
       return print(await call("GET", `/flags/${action}`))
     }
+    case "gradual": {
+      const [worker, percent] = args
+      if (worker === undefined) return usage("gradual <worker> <percent>, e.g. gradual users 10")
+      return gradual(worker, integer(percent, "the percentage", { min: 1, max: 100 }), { dryRun: flags["dry-run"] ?? false })
+    }
     case undefined:
-      return usage("which command? status, traffic, promote, rollback or flags")
+      return usage("which command? status, traffic, promote, rollback, flags or gradual")
     default:
       return usage(`unknown command "${command}"`)
   }
@@ -202,7 +216,8 @@ await main({
     token: { type: "string" },
     stable: { type: "string" },
     users: { type: "string" },
-    roles: { type: "string" }
+    roles: { type: "string" },
+    "dry-run": { type: "boolean" }
   },
   run: ({ values, positionals }) => run(values, positionals)
 })

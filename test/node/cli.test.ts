@@ -6,6 +6,7 @@
 import { spawnSync } from "node:child_process"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
+import { currentVersion } from "../../scripts/gradual.ts"
 import { mergeDevVars } from "../../scripts/keys.ts"
 import { root } from "../../scripts/mesh.ts"
 import { checked, tourBlocks } from "../../scripts/tour.ts"
@@ -32,6 +33,8 @@ describe.concurrent("the command-line tools", { timeout: 60_000 }, () => {
     ["keys.ts", ["frobnicate"], /unknown command "frobnicate"/],
     ["keys.ts", ["show", "--worker", "nobody"], /no Worker "nobody"/],
     ["mesh-cli.ts", ["bogus"], /unknown command "bogus"/],
+    ["mesh-cli.ts", ["gradual", "nope", "10", "--dry-run"], /no Worker "nope"/],
+    ["mesh-cli.ts", ["gradual", "users", "0", "--dry-run"], /percentage must be a whole number from 1 to 100/],
     ["mesh-cli.ts", ["traffic", "users", "green", "120"], /weight .* from 0 to 100, not "120"/],
     ["start.ts", ["--port", "x"], /--port must be a whole number/],
     ["start.ts", ["--nonsense"], /Unknown option '--nonsense'/],
@@ -44,6 +47,24 @@ describe.concurrent("the command-line tools", { timeout: 60_000 }, () => {
     expect(stderr.trim().split("\n")).toHaveLength(1)
     expect(stderr).toMatch(message)
     expect(stderr).toMatch(/-- --help\)$/m)
+  })
+})
+
+describe("npm run mesh -- gradual", () => {
+  it("finds the version serving most of the traffic in wrangler's latest deployment", () => {
+    const listing = JSON.stringify([
+      { versions: [{ version_id: "old", percentage: 100 }] },
+      { versions: [{ version_id: "canary", percentage: 10 }, { version_id: "stable", percentage: 90 }] }
+    ])
+    expect(currentVersion(listing)).toBe("stable")
+    expect(() => currentVersion("[]")).toThrow(/no deployment yet/)
+  })
+
+  it("prints, offline, the wrangler commands a gradual step would run", { timeout: 60_000 }, () => {
+    const { status, stdout } = run("mesh-cli.ts", "gradual", "users", "10", "--dry-run")
+    expect(status).toBe(0)
+    expect(stdout).toContain("wrangler versions upload -c src/services/users/wrangler.toml")
+    expect(stdout).toContain("wrangler versions deploy <new version>@10% <current version>@90%")
   })
 })
 
