@@ -14,7 +14,7 @@ import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin"
 import { join } from "node:path"
 import { defineConfig } from "vitest/config"
 import { generateKey, generateMeshKeys, meshNameOf } from "./scripts/keys.ts"
-import { buildMesh, bundle, entry, miniflareOptions, root } from "./scripts/mesh.ts"
+import { buildMesh, bundle, entry, miniflareOptions, root, workers as meshWorkers } from "./scripts/mesh.ts"
 import { startReceiver } from "./scripts/otlp.ts"
 import { installHint, startRedis } from "./scripts/redis.ts"
 
@@ -42,7 +42,7 @@ const workers = {
       const [signing, rotatedIn, retired] = await Promise.all([generateKey(), generateKey(), generateKey()])
       // A mesh identity key per Worker (blue and green users share one), and one
       // the mesh never published, for the tests to forge with.
-      const meshKeys = await generateMeshKeys(["gateway", "router", "auth", "users", "products", "sessions"])
+      const meshKeys = await generateMeshKeys([...new Set(meshWorkers.map((worker) => meshNameOf(worker.name)))])
       const stranger = await generateMeshKeys(["gateway"])
       const meshEnv = (name: string) => ({
         MESH_SIGNING_KEY: JSON.stringify(meshKeys.signing[meshNameOf(name)]),

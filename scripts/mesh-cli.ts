@@ -1,6 +1,7 @@
 /**
  * `npm run mesh`: drive a mesh's traffic splits and feature flags through its
- * gateway's admin API (src/layers/release/MeshAdmin.ts).
+ * gateway's admin API (src/layers/release/MeshAdmin.ts), and its API keys
+ * through the auth service's (`/api/auth/keys`).
  *
  *   npm run mesh -- status
  *   npm run mesh -- traffic users green 20        # 20% of users to green (stable stays as it is, else blue)
@@ -12,8 +13,7 @@
  *   npm run mesh -- flags set new-checkout 0 --users <id>,<id> --roles admin
  *   npm run mesh -- flags off new-checkout         # the kill switch
  *   npm run mesh -- flags delete new-checkout
-  npm run mesh -- gradual users 10 [--dry-run]     Cloudflare's Gradual Deployments: upload users' code
-                                                   as a new version, deploy it to 10% beside the current one
+ *   npm run mesh -- gradual users 10 [--dry-run]  # Gradual Deployments of one Worker (scripts/gradual.ts)
  *
  * Where: `--url` or MESH_URL (default http://127.0.0.1:8787, the mesh of
  * `npm start`). Who: `--token` or MESH_TOKEN, else MESH_EMAIL and
@@ -28,7 +28,7 @@ import { gradual } from "./gradual.ts"
 import { root } from "./mesh.ts"
 
 const help = `
-npm run mesh: a running mesh's traffic splits and feature flags, through its admin API.
+npm run mesh: a running mesh's traffic splits, feature flags and API keys, through its API.
 
   npm run mesh -- status                           every traffic split and feature flag
   npm run mesh -- traffic [<service>]              the splits (of one service)
@@ -42,6 +42,13 @@ npm run mesh: a running mesh's traffic splits and feature flags, through its adm
   npm run mesh -- flags set new-checkout 10 [--users <id>,<id>] [--roles admin]
   npm run mesh -- flags off new-checkout           the kill switch
   npm run mesh -- flags delete new-checkout
+  npm run mesh -- gradual users 10 [--dry-run]     Cloudflare's Gradual Deployments: upload users' code
+                                                   as a new version, deploy it to 10% beside the current one
+  npm run mesh -- keys create <name> [--user <id>] [--roles user,admin] [--plan free]
+                  [--per-minute 60] [--per-day 10000] [--expires-in <days>]
+                                                   an API key for a machine client, shown once
+  npm run mesh -- keys list [--user <id>]          API keys (yours, or with --user, that user's)
+  npm run mesh -- keys revoke <id>                 the gateway refuses it within 10 s
 
 Options: --url (or MESH_URL; default http://127.0.0.1:8787, the mesh of npm start),
 --token (or MESH_TOKEN), else MESH_EMAIL and MESH_PASSWORD to log in (against
@@ -55,6 +62,11 @@ interface Flags {
   readonly users?: string | undefined
   readonly roles?: string | undefined
   readonly "dry-run"?: boolean | undefined
+  readonly user?: string | undefined
+  readonly plan?: string | undefined
+  readonly "per-minute"?: string | undefined
+  readonly "per-day"?: string | undefined
+  readonly "expires-in"?: string | undefined
 }
 
 const tokenFile = join(root, ".wrangler/mesh-cli-token.json")
@@ -95,7 +107,8 @@ const session = (flags: Flags) => {
   const given = flags.token ?? process.env["MESH_TOKEN"]
   let token: string | undefined = given ?? cached()
 
-  const call = async (method: string, path: string, body?: unknown): Promise<unknown> => {
+  /** `method path` of the mesh's API (`/api/...`), as the signed-in admin; the answer's JSON. */
+  const api = async (method: string, path: string, body?: unknown): Promise<unknown> => {
     token ??= await login()
     let response = await send(method, path, token, body)
     if (response.status === 401 && given === undefined) {
@@ -117,13 +130,16 @@ const session = (flags: Flags) => {
           return text
         }
       })()
-      throw new Error(`${method} /api/admin${path}: ${response.status} ${detail}`)
+      throw new Error(`${method} ${path}: ${response.status} ${detail}`)
     }
     return text === "" ? undefined : JSON.parse(text)
   }
 
+  /** The admin API: `path` under `/api/admin`. */
+  const call = (method: string, path: string, body?: unknown) => api(method, `/api/admin${path}`, body)
+
   const send = (method: string, path: string, bearer: string, body?: unknown) =>
-    fetch(`${base}/api/admin${path}`, {
+    fetch(`${base}${path}`, {
       method,
       headers: { authorization: `Bearer ${bearer}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
@@ -131,15 +147,50 @@ const session = (flags: Flags) => {
       throw new Error(`no mesh answers at ${base} (${(error as Error).cause ?? error}); is npm start running?`)
     })
 
-  return { call }
+  return { api, call }
 }
 
 const print = (value: unknown) => console.log(JSON.stringify(value, null, 2))
 const list = (value: string | undefined) => value === undefined ? undefined : value.split(",").map((item) => item.trim()).filter(Boolean)
 const need = (value: string | undefined, what: string): string => value ?? usage(what)
 
+/** `keys create|list|revoke`: API keys through the auth service. */
+const keys = async (api: (method: string, path: string, body?: unknown) => Promise<unknown>, flags: Flags, [action, ...args]: ReadonlyArray<string>) => {
+  switch (action) {
+    case "create": {
+      const name = need(args[0], "keys create <name>, e.g. keys create \"nightly import\"")
+      const days = flags["expires-in"] === undefined ? undefined : integer(flags["expires-in"], "--expires-in (days)", { min: 1, max: 3650 })
+      const roles = list(flags.roles)
+      const issued = (await api("POST", "/api/auth/keys", {
+        name,
+        ...(flags.user === undefined ? {} : { userId: flags.user }),
+        ...(roles === undefined ? {} : { roles }),
+        ...(flags.plan === undefined ? {} : { plan: flags.plan }),
+        ...(flags["per-minute"] === undefined ? {} : { perMinute: integer(flags["per-minute"], "--per-minute", { min: 1, max: 1_000_000 }) }),
+        ...(flags["per-day"] === undefined ? {} : { perDay: integer(flags["per-day"], "--per-day", { min: 1, max: 1_000_000_000 }) }),
+        ...(days === undefined ? {} : { expiresAt: new Date(Date.now() + days * 86_400_000).toISOString() })
+      })) as { key: string }
+      print(issued)
+      return console.error("Store the key now: it is not shown again. Send it as  Authorization: ApiKey <key>")
+    }
+    case "list": {
+      const query = new URLSearchParams({ limit: "100", ...(flags.user === undefined ? {} : { userId: flags.user }) })
+      return print(await api("GET", `/api/auth/keys?${query}`))
+    }
+    case "revoke": {
+      const id = need(args[0], "keys revoke <id> (npm run mesh -- keys list shows them)")
+      await api("DELETE", `/api/auth/keys/${encodeURIComponent(id)}`)
+      return console.log(`revoked ${id}; the gateway refuses it within 10 s`)
+    }
+    case undefined:
+      return usage("keys needs create, list or revoke")
+    default:
+      return usage(`unknown keys command "${action}"`)
+  }
+}
+
 const run = async (flags: Flags, [command, ...args]: ReadonlyArray<string>) => {
-  const { call } = session(flags)
+  const { api, call } = session(flags)
   switch (command) {
     case "status":
       return print(await call("GET", "/status"))
@@ -201,8 +252,10 @@ const run = async (flags: Flags, [command, ...args]: ReadonlyArray<string>) => {
       if (worker === undefined) return usage("gradual <worker> <percent>, e.g. gradual users 10")
       return gradual(worker, integer(percent, "the percentage", { min: 1, max: 100 }), { dryRun: flags["dry-run"] ?? false })
     }
+    case "keys":
+      return keys(api, flags, args)
     case undefined:
-      return usage("which command? status, traffic, promote, rollback, flags or gradual")
+      return usage("which command? status, traffic, promote, rollback, flags, gradual or keys")
     default:
       return usage(`unknown command "${command}"`)
   }
@@ -217,7 +270,12 @@ await main({
     stable: { type: "string" },
     users: { type: "string" },
     roles: { type: "string" },
-    "dry-run": { type: "boolean" }
+    "dry-run": { type: "boolean" },
+    user: { type: "string" },
+    plan: { type: "string" },
+    "per-minute": { type: "string" },
+    "per-day": { type: "string" },
+    "expires-in": { type: "string" }
   },
   run: ({ values, positionals }) => run(values, positionals)
 })

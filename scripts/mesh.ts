@@ -23,6 +23,7 @@ export const workers: ReadonlyArray<MeshWorker> = [
   { name: "products", config: "src/services/products/wrangler.toml" },
   { name: "auth", config: "src/services/auth/wrangler.toml" },
   { name: "sessions", config: "src/services/sessions/wrangler.toml" },
+  { name: "docs", config: "src/services/docs/wrangler.toml" },
   { name: "router", config: "src/services/router/wrangler.toml" },
   { name: "gateway", config: "wrangler.toml" }
 ]

@@ -213,7 +213,7 @@ const run = async (options: { port: number; fresh: boolean; otlp: string | undef
       const line = raw.replace(ansi, "")
       if (/Ready on http/.test(line)) {
         const seconds = ((Date.now() - started) / 1000).toFixed(1)
-        console.log(`\nMeshwork is up on http://127.0.0.1:${options.port} in ${seconds} s (7 Workers; Ctrl+C stops it)`)
+        console.log(`\nMeshwork is up on http://127.0.0.1:${options.port} in ${seconds} s (${workers.length} Workers; Ctrl+C stops it)`)
         console.log(`  curl http://127.0.0.1:${options.port}/health`)
         console.log(options.otlp === undefined
           ? "  tracing is off: npm start -- --otlp http://127.0.0.1:4318, with npm run traces\n"

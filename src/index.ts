@@ -39,7 +39,7 @@ export { BreakerSettings, CircuitBreakerObject, CircuitBreakers } from "./layers
 export { FaultInjection, FaultSettings } from "./layers/resilience/FaultInjection.ts"
 export { Retries, RetrySettings } from "./layers/resilience/Retries.ts"
 
-// Security: identity inside the mesh, authentication at the edge, rate limits.
+// Security: identity inside the mesh, authentication at the edge (tokens, API keys), rate limits.
 export {
   authenticate,
   Authenticator,
@@ -48,6 +48,17 @@ export {
   PublicRoutes,
   withIdentity
 } from "./layers/security/Authenticator.ts"
+export {
+  ApiKeyAuthenticator,
+  type ApiKeyAuthenticatorOptions,
+  ApiKeyQuotaObject,
+  authenticateClient,
+  type Client,
+  type QuotaDecision,
+  quotaHeaders,
+  quotaRefusal,
+  type VerifiedKey
+} from "./layers/security/ApiKeyAuthenticator.ts"
 export * as Identity from "./layers/security/Identity.ts"
 export {
   RateLimiterObject,
@@ -64,9 +75,10 @@ export * as ShardedCounters from "./layers/state/ShardedCounters.ts"
 export * as Sharding from "./layers/state/Sharding.ts"
 export * as StateCoordinator from "./layers/state/StateCoordinator.ts"
 
-// The edge: the edge cache, batched lookups.
+// The edge: the edge cache, batched lookups, CORS.
 export * as Batching from "./layers/edge/Batching.ts"
 export { CacheRoute, CacheTagIndexObject, EdgeCache } from "./layers/edge/EdgeCache.ts"
+export { Cors, CorsOrigin, CorsRoute, withCors } from "./layers/edge/Cors.ts"
 
 // Releasing: traffic splits, feature flags, the admin API over both.
 export { FeatureFlags, Flag } from "./layers/release/FeatureFlags.ts"

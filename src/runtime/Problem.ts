@@ -6,7 +6,7 @@
  * themselves; this module declares the generic HTTP problems the mesh uses and
  * turns any failure into an `application/problem+json` Response.
  */
-import { Cause, Effect, Exit, Schema } from "effect"
+import { Cause, Effect, Exit, Schema, SchemaIssue } from "effect"
 import { HttpServerRespondable, HttpServerResponse, ProblemDetails } from "effect/http"
 import { HttpApiError } from "effect/http-api"
 
@@ -24,6 +24,27 @@ export class BadRequest extends HttpApiError.Problem<BadRequest>()("BadRequest",
 }, {
   errors: Schema.optionalKey(Schema.Array(Issue))
 }) {}
+
+const formatIssues = SchemaIssue.makeFormatterStandardSchemaV1()
+
+/**
+ * The 400 for input that does not decode, exactly as the services'
+ * `effect/http-api` routes answer it (`HttpApiMiddleware.layerProblemDetails`):
+ * `detail: "Request validation failed"` and one issue per invalid value, its
+ * path starting with the part of the request it was in (`params`, `query`,
+ * `headers`, `payload`).
+ */
+export const validationFailed = (issues: ReadonlyArray<Issue>) => new BadRequest({ detail: "Request validation failed", errors: issues })
+
+/** The issues of a schema error, their paths under `slot` (`["payload", "weight"]`). */
+export const issuesOf = (slot: string, error: Schema.SchemaError): ReadonlyArray<Issue> =>
+  formatIssues(error.issue).issues.map((issue) => ({
+    path: [slot, ...(issue.path ?? []).map((segment) => {
+      const key = typeof segment === "object" && segment !== null ? segment.key : segment
+      return typeof key === "number" ? key : String(key)
+    })],
+    message: issue.message
+  }))
 
 /**
  * 401. `challenge` is sent as the `WWW-Authenticate` header (RFC 6750 for
@@ -50,6 +71,13 @@ export class NotFound extends HttpApiError.Problem<NotFound>()("NotFound", {
 }) {}
 
 /** 405. `allow` lists the methods the resource takes; it is also sent as the `Allow` header (RFC 9110). */
+/** 409: the request conflicts with the current state of the resource. */
+export class Conflict extends HttpApiError.Problem<Conflict>()("Conflict", {
+  type: ProblemDetails.blankType,
+  status: 409,
+  title: "Conflict"
+}) {}
+
 export class MethodNotAllowed extends HttpApiError.Problem<MethodNotAllowed>()("MethodNotAllowed", {
   type: ProblemDetails.blankType,
   status: 405,

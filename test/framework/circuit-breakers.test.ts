@@ -9,11 +9,11 @@ import { env } from "cloudflare:workers"
 import { Effect, Exit, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { type BreakerSettings, CircuitBreakers, memoryStore, probeLeaseMillis } from "../../src/layers/resilience/CircuitBreakers.ts"
-import { IdentityKey } from "../../src/layers/security/Identity.ts"
+import { IdentityKey, requireIdentity } from "../../src/layers/security/Identity.ts"
 import { RoutingTable } from "../../src/layers/routing/RoutingTable.ts"
 import { proxy } from "../../src/layers/routing/Proxy.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
-import { meshEnv } from "../helpers.ts"
+import { meshEnv, meshHeaders } from "../helpers.ts"
 
 const Breakers = CircuitBreakers.layer.pipe(Layer.provide(Worker.envLayer({})))
 
@@ -125,22 +125,25 @@ it.effect("half-open admits exactly K of 50 concurrent calls, closes when they s
 
 it.effect("answers 503 with Retry-After at the edge while open, and /health shows the state", () =>
   Effect.gen(function*() {
+    // A proxy inside the mesh (as the router is): its detailed /health is for other Workers of the mesh.
     const worker = Worker.make({
       name: "edge",
       layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, CircuitBreakers.layer),
-      fetch: proxy("edge")
+      fetch: requireIdentity(proxy("edge"))
     })
     const key = crypto.randomUUID()
     const edgeEnv = {
       ROUTES: [{ service: "flaky", prefix: "/status", binding: "FLAKY", breaker: { consecutiveFailures: 2, openMs: 30_000 } }],
       FLAKY: env.FLAKY,
-      ...meshEnv("gateway"),
+      ...meshEnv("router", [{ from: ["gateway"], paths: ["*"] }]),
       OTLP_ENDPOINT: env.OTLP_ENDPOINT
     }
     const get = (path: string) =>
       Effect.promise(async () =>
         worker.fetch!(
-          new Request(`http://edge${path}`) as never,
+          new Request(`http://edge${path}`, {
+            headers: await meshHeaders({ to: "router", from: "gateway", path: new URL(`http://edge${path}`).pathname })
+          }) as never,
           edgeEnv,
           createExecutionContext()
         )

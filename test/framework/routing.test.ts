@@ -5,13 +5,17 @@
 import { env } from "cloudflare:workers"
 import { ConfigProvider, Effect, Exit, Layer } from "effect"
 import { describe, expect, it } from "vitest"
-import { IdentityKey } from "../../src/layers/security/Identity.ts"
+import { IdentityKey, requireIdentity } from "../../src/layers/security/Identity.ts"
+import { CircuitBreakers } from "../../src/layers/resilience/CircuitBreakers.ts"
+import * as HealthReport from "../../src/layers/routing/HealthReport.ts"
 import * as Proxy from "../../src/layers/routing/Proxy.ts"
 import { matchesPrefix, RoutingTable } from "../../src/layers/routing/RoutingTable.ts"
 import { proxy } from "../../src/layers/routing/Proxy.ts"
 import * as Bindings from "../../src/runtime/Bindings.ts"
+import * as Problem from "../../src/runtime/Problem.ts"
+import { meshAdmin } from "../../src/layers/release/MeshAdmin.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
-import { meshEnv } from "../helpers.ts"
+import { meshEnv, meshHeaders } from "../helpers.ts"
 
 interface Echo {
   readonly method: string
@@ -208,10 +212,94 @@ describe("proxy handler", () => {
     expect(await response.json()).toMatchObject({ status: 400, title: "Bad Request" })
   })
 
-  it("answers GET /health with the upstreams' reachability, and 405 for other methods", async () => {
+  it("answers GET /health with its status only to a caller outside the mesh, and 405 for other methods", async () => {
     const health = await call("/health")
-    expect(health.status).toBe(503) // the echo Worker has no health endpoint: it is reported down
-    expect(await health.json()).toMatchObject({ service: "edge", status: "degraded", upstreams: { echo: { status: "down" } } })
+    expect(health.status).toBe(200)
+    expect(await health.json()).toEqual({ status: "ok" })
     expect((await call("/health", { method: "POST" })).status).toBe(405)
+  })
+
+  it("reports its upstreams' health to another Worker of the mesh", async () => {
+    const internal = Worker.make({
+      name: "router",
+      layer: Layer.merge(RoutingTable.layer, IdentityKey.layer),
+      fetch: requireIdentity(proxy("router"))
+    })
+    const response = await internal.fetch!(
+      new Request("http://mesh/health", { headers: await meshHeaders({ to: "router", from: "gateway", path: "/health" }) }) as Request<
+        unknown,
+        IncomingRequestCfProperties
+      >,
+      { ...edgeEnv, ...meshEnv("router", [{ from: ["gateway"], paths: ["*"] }]) },
+      { waitUntil: () => {}, passThroughOnException: () => {}, props: {} } as unknown as ExecutionContext
+    )
+    expect(response.status).toBe(503) // the echo Worker has no health endpoint: it is reported down
+    expect(await response.json()).toMatchObject({ service: "router", status: "degraded", upstreams: { echo: { status: "down" } } })
+  })
+})
+
+describe("HealthReport", () => {
+  /** A Worker's health endpoint, answering `status`. */
+  const answering = (status: "ok" | "degraded") =>
+    ({
+      fetch: async (url: string) => Response.json({ service: new URL(url).hostname.split(".")[0], status }, { status: status === "ok" ? 200 : 503 })
+    }) as unknown as Fetcher
+  const services = Layer.mergeAll(IdentityKey.layer, CircuitBreakers.layer).pipe(Layer.provide(Worker.envLayer(meshEnv("router"))))
+  const reportOf = (upstreams: Parameters<typeof HealthReport.report>[1], before: (breakers: CircuitBreakers["Service"]) => Effect.Effect<unknown, unknown> = () => Effect.void) =>
+    Effect.runPromise(
+      Effect.gen(function*() {
+        yield* Effect.exit(before(yield* CircuitBreakers))
+        return yield* HealthReport.report("router", upstreams)
+      }).pipe(Effect.provide(services))
+    )
+
+  it("probes every version of a route, each named as its breaker is", async () => {
+    const versions = { service: "users", defaultVersion: "blue", fetchers: new Map([["blue", answering("ok")], ["green", answering("degraded")]]) }
+    const report = await reportOf([{ service: "users", fetcher: answering("ok"), resolvedVersions: versions }])
+    expect(report).toMatchObject({
+      status: "degraded",
+      upstreams: {
+        users: { status: "up", version: "blue" },
+        "users@green": { status: "down", version: "green", detail: "users@green reported degraded (HTTP 503)" }
+      }
+    })
+  })
+
+  it("refuses to send traffic to a version that is not ready, saying why, and allows what goes to healthy versions", async () => {
+    const vars = {
+      ...meshEnv("gateway"),
+      ROUTES: [{ service: "users", prefix: "/api/users", binding: "BLUE", versions: { blue: "BLUE", green: "GREEN" } }],
+      BLUE: answering("ok"),
+      GREEN: answering("degraded"),
+      MESH_CONFIG: env.MESH_CONFIG
+    }
+    const admin = { kind: "user", sub: "ada", roles: ["admin"] } as const
+    const put = (split: object) =>
+      Effect.runPromise(
+        meshAdmin(
+          new Request("http://gateway/api/admin/traffic/users", { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(split) }),
+          admin
+        ).pipe(
+          Effect.catch((error) => Effect.succeed(Problem.fromError(error))),
+          Effect.provide(Layer.mergeAll(RoutingTable.layer, IdentityKey.layer).pipe(Layer.provideMerge(Worker.envLayer(vars)))),
+          Effect.provideService(Bindings.Invocation, { waitUntil: () => {} })
+        )
+      )
+    for (const split of [{ stable: "blue", canary: "green", weight: 10 }, { stable: "green", weight: 0 }]) {
+      const refused = await put(split)
+      expect(refused.status).toBe(409)
+      expect(await refused.json()).toMatchObject({ detail: expect.stringMatching(/^users@green is not ready, so no traffic is sent to it: users@green reported degraded/) })
+    }
+    // Weight 0 for the canary sends it nothing: allowed.
+    expect((await put({ stable: "blue", canary: "green", weight: 0 })).status).toBe(200)
+    await env.MESH_CONFIG.delete("traffic/users")
+  })
+
+  it("is degraded while a breaker is open, though every upstream answers", async () => {
+    const healthy = [{ service: "products", fetcher: answering("ok") }]
+    expect(await reportOf(healthy)).toMatchObject({ status: "ok", upstreams: { products: { status: "up", breaker: "Closed" } } })
+    const report = await reportOf(healthy, (breakers) =>
+      breakers.guard({ service: "products", breaker: { consecutiveFailures: 1, openMs: 60_000 } }, Effect.succeed(new Response(null, { status: 503 }))))
+    expect(report).toMatchObject({ status: "degraded", upstreams: { products: { status: "up", breaker: "Open" } } })
   })
 })

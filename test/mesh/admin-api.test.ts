@@ -6,7 +6,7 @@
 import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { afterEach, describe } from "vitest"
-import { expectProblem, gateway, send, signedIn } from "../helpers.ts"
+import { eventually, expectProblem, gateway, login, seedUser, send, signedIn } from "../helpers.ts"
 
 const kv = env.MESH_CONFIG
 
@@ -100,5 +100,96 @@ describe("the admin API and the router", () => {
     const health = await gateway("/health", { method: "POST" })
     expect(health.status).toBe(405)
     expect(health.headers.get("allow")).toBe("GET, HEAD")
+  })
+})
+
+describe("the admin API's limits and checks", () => {
+  afterEach(async () => {
+    for (const key of ["traffic/users", "traffic/nothing-here", "traffic/products", "flags/huge"]) await kv.delete(key)
+  })
+
+  it("refuses a body over its limit (413), and one that is not JSON (415), storing nothing", async () => {
+    const admin = await signedIn("admin")
+    const huge = { enabled: true, percentage: 5, users: Array.from({ length: 1000 }, (_, i) => `${i}`.padEnd(3000, "x")) }
+    const tooLarge = await expectProblem(await send("PUT", "/api/admin/flags/huge", huge, admin.token), 413)
+    expect(tooLarge).toMatchObject({ limit: 128 * 1024 })
+    const notJson = await gateway("/api/admin/flags/huge", {
+      method: "PUT",
+      headers: { authorization: `Bearer ${admin.token}`, "content-type": "text/plain" },
+      body: JSON.stringify({ enabled: true, percentage: 5 })
+    })
+    await expectProblem(notJson, 415)
+    // A user id is at most 64 characters, as everywhere in the mesh.
+    const longId = await expectProblem(await send("PUT", "/api/admin/flags/huge", { enabled: true, percentage: 5, users: ["x".repeat(65)] }, admin.token), 400)
+    expect(longId["errors"]).toEqual([expect.objectContaining({ path: ["payload", "users", 0] })])
+    expect(await kv.get("flags/huge")).toBeNull()
+  })
+
+  it("refuses a split for a service the mesh does not route, or for versions it lacks", async () => {
+    const admin = await signedIn("admin")
+    await expectProblem(await send("PUT", "/api/admin/traffic/nothing-here", { stable: "blue", weight: 0 }, admin.token), 404)
+    const noVersions = await expectProblem(await send("PUT", "/api/admin/traffic/products", { stable: "blue", weight: 0 }, admin.token), 400)
+    expect(noVersions["errors"]).toEqual([expect.objectContaining({ path: ["params", "service"] })])
+    const purple = await expectProblem(
+      await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "purple", weight: 10 }, admin.token),
+      400
+    )
+    expect(purple["errors"]).toEqual([{ path: ["payload", "canary"], message: "users has no version purple; its versions are blue, green" }])
+    const status = await (await send("GET", "/api/admin/status", undefined, admin.token)).json() as { traffic: Record<string, unknown> }
+    expect(Object.keys(status.traffic)).not.toContain("nothing-here")
+    expect(status.traffic["users"]).toBeUndefined()
+    expect((await send("PUT", "/api/admin/traffic/users", { stable: "green", weight: 0 }, admin.token)).status).toBe(200)
+  })
+
+  it("answers invalid input with the services' problem: about:blank, errors naming each field", async () => {
+    const admin = await signedIn("admin")
+    const fromService = await expectProblem(await send("POST", "/api/users", { email: "x@example.com", name: 5 }, admin.token), 400)
+    const fromAdmin = await expectProblem(
+      await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 120 }, admin.token),
+      400
+    )
+    for (const problem of [fromService, fromAdmin]) {
+      expect(Object.keys(problem).sort()).toEqual(["detail", "errors", "status", "title", "type"])
+      expect(problem).toMatchObject({ type: "about:blank", title: "Bad Request", detail: "Request validation failed" })
+    }
+    expect(fromService["errors"]).toEqual([expect.objectContaining({ path: ["payload", "name"] })])
+    expect(fromAdmin["errors"]).toEqual([expect.objectContaining({ path: ["payload", "weight"] })])
+    const badName = await expectProblem(await send("PUT", "/api/admin/traffic/Users", { stable: "blue", weight: 0 }, admin.token), 400)
+    expect(badName["errors"]).toEqual([expect.objectContaining({ path: ["params", "service"] })])
+    const noCanary = await expectProblem(await send("PUT", "/api/admin/traffic/users", { stable: "blue", weight: 20 }, admin.token), 400)
+    expect(noCanary["errors"]).toEqual([{ path: ["payload", "canary"], message: "A weight above 0 needs a canary" }])
+  })
+})
+
+describe("credentials follow their user", () => {
+  const credentialRows = async (userId: string) =>
+    (await env.AUTH_DB.prepare("SELECT COUNT(*) AS n FROM credentials WHERE user_id = ?").bind(userId).first<{ n: number }>())!.n
+  const refreshRows = async (userId: string) =>
+    (await env.AUTH_DB.prepare("SELECT COUNT(*) AS n FROM refresh_tokens WHERE user_id = ?").bind(userId).first<{ n: number }>())!.n
+
+  it("refuses to set a password for a user that does not exist, creating no credential", async () => {
+    const admin = await signedIn("admin")
+    const unknown = crypto.randomUUID()
+    const problem = await expectProblem(
+      await send("PUT", `/api/auth/users/${unknown}/password`, { password: "a-long-enough-password" }, admin.token),
+      404
+    )
+    expect(problem).toMatchObject({ type: "urn:meshwork:problem:user-not-found", userId: unknown })
+    expect(await credentialRows(unknown)).toBe(0)
+    // An existing user's password is still set.
+    const member = await seedUser()
+    expect((await send("PUT", `/api/auth/users/${member.id}/password`, { password: "a-long-enough-password" }, admin.token)).status).toBe(204)
+  })
+
+  it("forgets a deleted user's credentials and refresh tokens", async () => {
+    const admin = await signedIn("admin")
+    const member = await seedUser()
+    await login(member)
+    await login(member)
+    expect(await credentialRows(member.id)).toBe(1)
+    expect(await refreshRows(member.id)).toBe(2)
+    expect((await send("DELETE", `/api/users/${member.id}`, undefined, admin.token)).status).toBe(204)
+    await eventually(async () => (await credentialRows(member.id)) === 0 && (await refreshRows(member.id)) === 0)
+    await expectProblem(await send("DELETE", `/api/users/${member.id}`, undefined, admin.token), 404)
   })
 })

@@ -65,19 +65,35 @@ describe("routing at the edge", () => {
     expect(page.items).toHaveLength(1)
   })
 
-  it("reports every Worker of the mesh on GET /health", async () => {
-    const response = await gateway("/health")
+  it("answers the public GET /health with its status only: no Worker, latency or breaker behind it", async () => {
+    for (const headers of [{}, { authorization: `Bearer ${adminToken}` }]) {
+      const response = await rawGateway("/health", { headers })
+      expect(response.status).toBe(200)
+      expect(response.headers.get("cache-control")).toBe("no-store")
+      expect(await response.json()).toEqual({ status: "ok" })
+    }
+  })
+
+  it("reports every Worker and version of the mesh, with readiness, to admins at GET /api/admin/health", async () => {
+    const response = await gateway("/api/admin/health")
     expect(response.status).toBe(200)
-    expect(await response.json()).toMatchObject({
+    const report = await response.json() as { status: string; upstreams: Record<string, Record<string, unknown>> }
+    const d1 = { d1: { status: "up" } }
+    expect(report).toMatchObject({
       service: "gateway",
       status: "ok",
       upstreams: {
         router: { status: "up" },
-        auth: { status: "up" },
-        users: { status: "up" },
-        products: { status: "up" }
+        auth: { status: "up", breaker: "Closed", checks: d1 },
+        users: { status: "up", version: "blue", breaker: "Closed", checks: d1 },
+        "users@green": { status: "up", version: "green", breaker: "Closed", checks: d1 },
+        products: { status: "up", breaker: "Closed", checks: { ...d1, durableObjects: { status: "up" } } },
+        sessions: { status: "up", breaker: "Closed", checks: { durableObjects: { status: "up" } } }
       }
     })
+    const member = await signedIn()
+    await expectProblem(await rawGateway("/api/admin/health", { headers: { authorization: `Bearer ${member.token}` } }), 403)
+    await expectProblem(await rawGateway("/api/admin/health"), 401)
   })
 })
 

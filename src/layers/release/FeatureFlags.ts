@@ -31,10 +31,10 @@ export const Flag = Schema.Struct({
   enabled: Schema.Boolean,
   /** Percent of users the flag is on for, 0 to 100 (two decimals). */
   percentage: Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 })),
-  /** Users it is always on for, by id. */
-  users: Schema.optionalKey(Schema.Array(Schema.String).check(Schema.isMaxLength(1000))),
-  /** Roles it is always on for. */
-  roles: Schema.optionalKey(Schema.Array(Schema.String).check(Schema.isMaxLength(100)))
+  /** Users it is always on for, by id (at most 1000, each at most 64 characters). */
+  users: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))).check(Schema.isMaxLength(1000))),
+  /** Roles it is always on for (at most 100, each at most 64 characters). */
+  roles: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))).check(Schema.isMaxLength(100)))
 })
 export type Flag = typeof Flag.Type
 

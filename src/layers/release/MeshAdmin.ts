@@ -3,6 +3,8 @@
  * only; the gateway authenticates and rate limits the request first):
  *
  *   GET    /api/admin/status                      traffic splits and flags
+ *   GET    /api/admin/audit?limit=50              the newest changes made here (Audit.ts records every one)
+ *   GET    /api/admin/health                      the mesh's detailed health (HealthReport.ts)
  *   GET    /api/admin/traffic                     every service's split
  *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback? }
  *   POST   /api/admin/traffic/{service}/rollback  weight 0 for the canary (routers follow within their cache time)
@@ -12,22 +14,37 @@
  *   POST   /api/admin/cache/purge                 { urls?, tags? }
  *
  * Splits and flags live in the `MESH_CONFIG` KV namespace the routers and
- * services read (TrafficManager.ts, FeatureFlags.ts).
+ * services read (TrafficManager.ts, FeatureFlags.ts). A split may name only
+ * a service the mesh routes and versions that service has: the admin API
+ * learns both from the mesh's health report, which lists every route and
+ * version the routers serve. Bodies are JSON, at most `maxBodyBytes`, and
+ * input that does not decode is the services' 400 (`errors: [{ path, message }]`).
  */
 import { Effect, Schema } from "effect"
 import * as Bindings from "../../runtime/Bindings.ts"
+import { readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import { EdgeCache } from "../edge/EdgeCache.ts"
-import { hasRole, type Identity } from "../security/Identity.ts"
+import * as HealthReport from "../routing/HealthReport.ts"
+import { RoutingTable } from "../routing/RoutingTable.ts"
+import { hasRole, type Identity, IdentityKey } from "../security/Identity.ts"
+import * as Audit from "./Audit.ts"
 import * as FeatureFlags from "./FeatureFlags.ts"
 import * as Traffic from "./TrafficManager.ts"
 
 export const adminPrefix = "/api/admin"
 
+/** Largest request body the admin API reads (128 KiB: a flag with 1000 user ids fits). */
+export const maxBodyBytes = 128 * 1024
+
 /** What a purge names: URLs (every user's and encoding's copy) and tags (`Cache-Tag`). */
 const Purge = Schema.Struct({
-  urls: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isStartingWith("/"))).check(Schema.isMaxLength(1000))),
-  tags: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isMinLength(1))).check(Schema.isMaxLength(1000)))
+  urls: Schema.optionalKey(
+    Schema.Array(Schema.String.check(Schema.isStartingWith("/"), Schema.isMaxLength(2048))).check(Schema.isMaxLength(1000))
+  ),
+  tags: Schema.optionalKey(
+    Schema.Array(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(1024))).check(Schema.isMaxLength(1000))
+  )
 })
 
 const SetSplit = Schema.Struct({
@@ -37,15 +54,42 @@ const SetSplit = Schema.Struct({
   autoRollback: Schema.optionalKey(Traffic.AutoRollback)
 })
 
-const body = <S extends Schema.Codec<any, any>>(request: Request, schema: S) =>
-  Effect.tryPromise({ try: () => request.json(), catch: () => new Problem.BadRequest({ detail: "The body must be JSON" }) }).pipe(
-    Effect.flatMap((json) =>
-      Schema.decodeUnknownEffect(schema)(json).pipe(Effect.mapError((error) => new Problem.BadRequest({ detail: error.message })))
-    )
-  ) as Effect.Effect<S["Type"], Problem.BadRequest>
+const isJson = (contentType: string | null) =>
+  contentType !== null && contentType.split(";", 1)[0]!.trim().toLowerCase() === "application/json"
 
-const name = (value: string | undefined, schema: Schema.Codec<string, string>, what: string) =>
-  Schema.decodeUnknownEffect(schema)(value).pipe(Effect.mapError(() => new Problem.BadRequest({ detail: `Not a ${what} name: ${value}` })))
+/**
+ * The request's JSON body decoded with `schema`, as a service reads one
+ * (Http.serve): 415 unless `application/json`, 413 past `maxBodyBytes`,
+ * 400 when it does not parse or decode.
+ */
+const body = <S extends Schema.Codec<any, any>>(request: Request, schema: S) =>
+  Effect.gen(function*() {
+    if (!isJson(request.headers.get("content-type"))) {
+      if (request.body !== null) yield* Effect.promise(() => request.body!.cancel())
+      return yield* new Problem.UnsupportedMediaType({ detail: "Request bodies must be application/json" })
+    }
+    const declared = Number(request.headers.get("content-length") ?? "0")
+    if (declared > maxBodyBytes) {
+      if (request.body !== null) yield* Effect.promise(() => request.body!.cancel())
+      return yield* new Problem.PayloadTooLarge({ limit: maxBodyBytes })
+    }
+    const bytes = request.body === null ? new Uint8Array(0) : yield* readLimited(request.body, maxBodyBytes)
+    const json = yield* Effect.try({
+      try: () => JSON.parse(new TextDecoder().decode(bytes)) as unknown,
+      catch: () => new Problem.BadRequest({ detail: "The request could not be parsed" })
+    })
+    return yield* Schema.decodeUnknownEffect(schema)(json).pipe(
+      Effect.mapError((error) => Problem.validationFailed(Problem.issuesOf("payload", error)))
+    )
+  }) as Effect.Effect<S["Type"], Problem.BadRequest | Problem.UnsupportedMediaType | Problem.PayloadTooLarge>
+
+/** A name from the path, decoded with `schema`; else the 400 naming the parameter. */
+const name = (value: string | undefined, schema: Schema.Codec<string, string>, parameter: string) =>
+  Schema.decodeUnknownEffect(schema)(value).pipe(
+    Effect.mapError((error) => Problem.validationFailed(Problem.issuesOf("params", error).map((issue) => ({ ...issue, path: ["params", parameter] }))))
+  )
+
+const invalidPayload = (field: string, message: string) => Problem.validationFailed([{ path: ["payload", field], message }])
 
 /** A configuration store failure, as the admin sees it. */
 const storeDown = () => Effect.fail(new Problem.ServiceUnavailable({ detail: "The mesh configuration store failed; try again" }))
@@ -55,13 +99,71 @@ const config = Bindings.kv("MESH_CONFIG").pipe(
     Effect.fail(new Problem.ServiceUnavailable({ detail: "The mesh configuration store (MESH_CONFIG) is not bound" })))
 )
 
+/**
+ * The detailed health of everything behind this Worker: its routing table's
+ * upstreams probed, every version and readiness check, as this Worker's mesh
+ * identity (IdentityKey) names it.
+ */
+const meshHealth = Effect.gen(function*() {
+  const table = yield* Effect.serviceOption(RoutingTable)
+  if (table._tag === "None") {
+    return yield* new Problem.ServiceUnavailable({ detail: "This Worker has no routing table to report on" })
+  }
+  const keys = yield* IdentityKey
+  return yield* HealthReport.report(keys.self, table.value.upstreams)
+})
+
+/**
+ * Checks that the mesh routes `service` and that it has the versions a split
+ * names: 404 for a service no route serves, 400 for a version it lacks, 503
+ * when the report could not be complete (a proxy that did not answer).
+ */
+const checkSplit = (service: string, split: typeof SetSplit.Type) =>
+  Effect.gen(function*() {
+    const report = yield* meshHealth
+    const versions = HealthReport.servicesOf(report).get(service)
+    if (versions === undefined) {
+      const unanswered = Object.entries(report.upstreams ?? {}).filter(([, entry]) => entry.status === "down").map(([name]) => name)
+      return yield* unanswered.length > 0
+        ? new Problem.ServiceUnavailable({
+          detail: `The mesh's routes could not all be read (${unanswered.join(", ")} did not answer); try again`
+        })
+        : new Problem.NotFound({ detail: `No route serves a service named ${service}` })
+    }
+    if (versions.length === 0) {
+      return yield* Problem.validationFailed([{ path: ["params", "service"], message: `${service} has no versions to split between` }])
+    }
+    const missing = (["stable", "canary"] as const).filter((field) => {
+      const version = split[field]
+      return version !== undefined && !versions.includes(version)
+    })
+    if (missing.length > 0) {
+      return yield* Problem.validationFailed(missing.map((field) => ({
+        path: ["payload", field],
+        message: `${service} has no version ${split[field]}; its versions are ${versions.join(", ")}`
+      })))
+    }
+    // Traffic goes only to a version whose probes and readiness checks pass now: a promotion
+    // (or a canary weight) that would send users to a version that is down is refused, and says why.
+    const receiving = [split.stable, ...(split.canary !== undefined && split.weight > 0 ? [split.canary] : [])]
+    for (const version of receiving) {
+      const entry = Object.entries(report.upstreams ?? {}).find(([name, candidate]) =>
+        name.split("@", 1)[0] === service && candidate.version === version)?.[1]
+      if (entry !== undefined && entry.status !== "up") {
+        return yield* new Problem.Conflict({
+          detail: `${service}@${version} is not ready, so no traffic is sent to it: ${entry.detail ?? "its health check failed"}`
+        })
+      }
+    }
+  })
+
 /** 405 with `Allow`: `allowed` is "<METHODS> <path>", e.g. "GET, PUT /api/admin/traffic/{service}". */
 const notAllowed = (allowed: string) =>
   Effect.fail(new Problem.MethodNotAllowed({ allow: allowed.split(" ").slice(0, -1).join(" ").split(", "), detail: allowed }))
 
 /** Answers an `/api/admin/...` request. */
 export const meshAdmin = (request: Request, identity: Identity) =>
-  answer(request, identity).pipe(Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", storeDown))
+  Audit.audited(request, identity, answer(request, identity)).pipe(Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", storeDown))
 
 const answer = (request: Request, identity: Identity) =>
   Effect.gen(function*() {
@@ -76,6 +178,17 @@ const answer = (request: Request, identity: Identity) =>
         if (method !== "GET" || item !== undefined) return yield* notAllowed("GET /api/admin/status")
         const kv = yield* config
         return Response.json({ traffic: yield* Traffic.readAllSplits(kv), flags: yield* FeatureFlags.readFlags(kv) })
+      }
+      case "audit": {
+        if (item !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })
+        if (method !== "GET") return yield* notAllowed("GET /api/admin/audit")
+        const limit = Number(new URL(request.url).searchParams.get("limit") ?? "50")
+        return Response.json({ entries: yield* Audit.read(yield* config, Number.isInteger(limit) ? limit : 50) }, { headers: { "cache-control": "no-store" } })
+      }
+      case "health": {
+        if (item !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })
+        if (method !== "GET") return yield* notAllowed("GET /api/admin/health")
+        return HealthReport.toResponse(yield* meshHealth)
       }
       case "traffic": {
         const kv = yield* config
@@ -97,10 +210,9 @@ const answer = (request: Request, identity: Identity) =>
         }
         if (method !== "PUT") return yield* notAllowed("GET, PUT /api/admin/traffic/{service}")
         const split = yield* body(request, SetSplit)
-        if (split.canary === undefined && split.weight > 0) {
-          return yield* new Problem.BadRequest({ detail: "A weight above 0 needs a canary" })
-        }
-        if (split.canary === split.stable) return yield* new Problem.BadRequest({ detail: "The canary and the stable version differ" })
+        if (split.canary === undefined && split.weight > 0) return yield* invalidPayload("canary", "A weight above 0 needs a canary")
+        if (split.canary === split.stable) return yield* invalidPayload("canary", "The canary and the stable version differ")
+        yield* checkSplit(service, split)
         yield* Traffic.writeSplit(kv, service, split)
         return Response.json(split)
       }
@@ -110,7 +222,7 @@ const answer = (request: Request, identity: Identity) =>
           return method === "GET" ? Response.json(yield* FeatureFlags.readFlags(kv)) : yield* notAllowed("GET /api/admin/flags")
         }
         if (action !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })
-        const flag = yield* name(item, FeatureFlags.FlagName, "flag")
+        const flag = yield* name(item, FeatureFlags.FlagName, "name")
         switch (method) {
           case "GET": {
             const found = yield* FeatureFlags.readFlag(kv, flag)

@@ -37,9 +37,10 @@ export class FaultInjection extends Context.Service<FaultInjection, { readonly e
   )
 }
 
+/** Its own problem type: `about:blank` would have to carry the status's own title (RFC 9457, section 4.2.1). */
 const aborted = (service: string, status: number) =>
   new Response(
-    JSON.stringify({ type: "about:blank", status, title: "Injected fault", detail: `Fault injected for ${service}` }),
+    JSON.stringify({ type: "urn:meshwork:problem:injected-fault", status, title: "Injected fault", detail: `Fault injected for ${service}` }),
     { status, headers: { "content-type": "application/problem+json" } }
   )
 

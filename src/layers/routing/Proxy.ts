@@ -6,7 +6,7 @@
  * attempt is a client span whose W3C trace context the upstream continues.
  */
 import { Clock, Context, Effect, Exit, Option } from "effect"
-import { readLimited } from "../../runtime/Http.ts"
+import { readBody } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import { type BreakerSettings, CircuitBreakers } from "../resilience/CircuitBreakers.ts"
 import { type BulkheadSettings, Bulkheads } from "../resilience/Bulkheads.ts"
@@ -100,12 +100,9 @@ export const upstreamRequest = (
     const outgoing = headers === request.headers ? request : new Request(request, { headers })
     return Effect.succeed((trace) => trace === undefined ? outgoing : new Request(request, { headers: Telemetry.withCarrier(headers, trace) }))
   }
-  const declared = request.headers.get("content-length")
-  if (declared !== null && Number(declared) > maxBodyBytes) {
-    return Effect.fail(new Problem.PayloadTooLarge({ limit: maxBodyBytes }))
-  }
+  // One read: a declared length within the limit in one call, a streamed body up to the limit.
   return Effect.map(
-    readLimited(request.body, maxBodyBytes),
+    readBody(request, maxBodyBytes),
     (body) => (trace) => new Request(request, { headers: trace === undefined ? headers : Telemetry.withCarrier(headers, trace), body })
   )
 }
@@ -250,7 +247,8 @@ const forwardTo = (upstream: Upstream, request: Request): Effect.Effect<Response
 
 /**
  * The fetch handler of a proxy Worker (the gateway, the router): refuse
- * ambiguous paths, answer `GET /health` with the upstreams' health, forward
+ * ambiguous paths, answer `GET /health` (the upstreams' detailed health to
+ * other Workers of the mesh, `{"status":"ok"}` to anyone else), forward
  * everything else to the upstream whose prefix matches, through `around`, the
  * Worker's own step (the gateway authenticates and rate limits there), 404
  * otherwise.
@@ -260,7 +258,7 @@ export const proxy = <E = never, R = never>(
   around: (request: Request, forward: Forward) => Effect.Effect<Response, E | ProxyError, Bindings.Invocation | R> = (request, forward) =>
     forward(request)
 ) => {
-  // The gateway's /health is public: one probe of the mesh per 5 s per isolate, however often it is asked.
+  // One probe of the mesh per 5 s per isolate, however often the report is asked for.
   let cached: { readonly report: Health.HealthReport; readonly at: number } | undefined
   const health = (upstreams: ReadonlyArray<Upstream>) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -272,7 +270,14 @@ export const proxy = <E = never, R = never>(
     const path = new URL(request.url).pathname
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
-        ? Effect.andThen(Telemetry.annotateServerSpan("http.route", "/health"), Effect.map(health(table.upstreams), Health.toResponse))
+        ? Effect.andThen(
+          Telemetry.annotateServerSpan("http.route", "/health"),
+          // The detailed report lists internal Workers and breaker states: for the mesh's own Workers only.
+          Effect.flatMap(Effect.serviceOption(Identity.CurrentIdentity), (caller) =>
+            caller._tag === "Some" && Identity.isService(caller.value)
+              ? Effect.map(health(table.upstreams), Health.toResponse)
+              : Effect.succeed(Health.liveness()))
+        )
         : Effect.fail(new Problem.MethodNotAllowed({ allow: ["GET", "HEAD"], detail: "GET /health" }))
     }
     if (ambiguousPath.test(path)) return Effect.fail(ambiguous())

@@ -4,8 +4,10 @@ import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
 import type { HttpServerRequest } from "effect/http"
 import { Health, Identity, rateLimitKey } from "meshwork"
 import { Accounts } from "./Accounts.ts"
+import { UserNotFound } from "../users/api.ts"
 import { AuthApi, InvalidCredentials } from "./api.ts"
 import type { TokenResponse } from "./api.ts"
+import { KeyHandlers } from "./keys.ts"
 import { Credentials } from "./Passwords.ts"
 import { emailChangeBackoff, Throttle } from "./Throttle.ts"
 import { AccessTokens, RefreshTokens } from "./Tokens.ts"
@@ -83,6 +85,8 @@ const AuthHandlers = HttpApiBuilder.group(
           "A user may only set its own password"
         )
         if (Identity.isUser(identity, params.id)) yield* reauthenticate(params.id, payload.current_password, request)
+        // A credential only for a user that exists: no orphan for an id users does not know.
+        if (Option.isNone(yield* accounts.byId(params.id))) return yield* new UserNotFound({ userId: params.id })
         yield* credentials.set(params.id, payload.password)
         // Sessions started with the old password end with it.
         yield* refresh.revokeUser(params.id)
@@ -101,9 +105,9 @@ const AuthHandlers = HttpApiBuilder.group(
   })
 )
 
-const HealthHandlers = HttpApiBuilder.group(AuthApi, "health", (handlers) => handlers.handle("health", Health.healthy("auth")))
+const HealthHandlers = HttpApiBuilder.group(AuthApi, "health", (handlers) => handlers.handle("health", Health.ready("auth", { d1: Health.d1("AUTH_DB") })))
 
 export const AuthRoutes = HttpApiBuilder.layer(AuthApi).pipe(
-  Layer.provide([AuthHandlers, HealthHandlers]),
+  Layer.provide([AuthHandlers, KeyHandlers, HealthHandlers]),
   Layer.provide([HttpApiMiddleware.layerProblemDetails({ includeDetails: true }), Identity.MeshIdentity.layer])
 )

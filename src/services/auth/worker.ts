@@ -1,7 +1,10 @@
 /** The auth Worker: internal, reached through the router; asks users who has an email. */
 import { Layer } from "effect"
-import { Http, Retries, Worker } from "meshwork"
+import { Http, Queues, Retries, Worker } from "meshwork"
+import { userDeletionsQueue } from "../users/api.ts"
 import { Accounts } from "./Accounts.ts"
+import { ApiKeys } from "./ApiKeys.ts"
+import { Deletions, deletionsConsumer } from "./Deletions.ts"
 import { AuthRoutes } from "./http.ts"
 import { Credentials } from "./Passwords.ts"
 import { Throttle } from "./Throttle.ts"
@@ -9,9 +12,11 @@ import { AccessTokens, RefreshTokens } from "./Tokens.ts"
 
 export default Worker.make({
   name: "auth",
-  layer: Http.layer(AuthRoutes).pipe(
-    Layer.provide([Accounts.layer, Credentials.layer, AccessTokens.layer, RefreshTokens.layer, Throttle.layer]),
+  layer: Layer.mergeAll(Http.layer(AuthRoutes), Deletions.layer).pipe(
+    Layer.provide([Accounts.layer, Credentials.layer, AccessTokens.layer, RefreshTokens.layer, Throttle.layer, ApiKeys.layer]),
     Layer.provideMerge(Retries.layer)
   ),
-  fetch: Http.serve
+  fetch: Http.serve,
+  // Users the users service deleted: their credentials and refresh tokens go too.
+  queue: Queues.route({ [userDeletionsQueue]: deletionsConsumer })
 })

@@ -1,12 +1,38 @@
 /**
- * The gateway's step around forwarding: authenticate, rate limit (when the
- * layer has `RateLimits`), replace the client's claimed identity with the
+ * The gateway's step around forwarding: authenticate (a bearer token, or an
+ * API key when the layer has `ApiKeyAuthenticator`), rate limit (when the
+ * layer has `RateLimits`), count an API key's quota, replace the client's claimed identity with the
  * mesh's signed one, forward through the edge cache (when the layer has
  * `EdgeCache` and the route is cached), and put the `RateLimit` headers on
- * the answer. `/api/admin` is the gateway's own (admin.ts).
+ * the answer. `/api/admin` (MeshAdmin) and the API's description
+ * (`/api/openapi.json`, `/api/docs`: docs.ts) are the gateway's own, answered
+ * here after authentication and rate limits, never forwarded.
  */
 import { Context, Effect } from "effect"
-import { adminPrefix, authenticate, type Bindings, type Identity, EdgeCache, matchesPrefix, meshAdmin, Problem, type Proxy, type RateLimitDecision, rateLimitHeaders, rateLimitKey, RateLimits, withIdentity } from "meshwork"
+import { ApiDocs } from "./docs.ts"
+import {
+  adminPrefix,
+  ApiKeyAuthenticator,
+  authenticate,
+  authenticateClient,
+  type Authenticator,
+  type Bindings,
+  type Client,
+  EdgeCache,
+  type Identity,
+  matchesPrefix,
+  meshAdmin,
+  Problem,
+  type Proxy,
+  type PublicRoutes,
+  quotaHeaders,
+  quotaRefusal,
+  type RateLimitDecision,
+  rateLimitHeaders,
+  rateLimitKey,
+  RateLimits,
+  withIdentity
+} from "meshwork"
 
 const withHeaders = (response: Response, values: Record<string, string>): Response => {
   const copy = new Response(response.body, response)
@@ -16,21 +42,48 @@ const withHeaders = (response: Response, values: Record<string, string>): Respon
 
 const anonymous = { kind: "anonymous" as const }
 
+/** Two sets of `RateLimit` headers as one: each field's lists joined (a structured-field list). */
+const joinHeaders = (first: Record<string, string> | undefined, second: Record<string, string>): Record<string, string> => {
+  if (first === undefined) return second
+  const joined = { ...first }
+  for (const [name, value] of Object.entries(second)) joined[name] = joined[name] === undefined ? value : `${joined[name]}, ${value}`
+  return joined
+}
+
 export const edge = (request: Request, forward: Proxy.Forward) =>
   Effect.withFiber((fiber) => {
     const limits = Context.getOrUndefined(fiber.context, RateLimits)
     const cache = Context.getOrUndefined(fiber.context, EdgeCache)
+    const docs = Context.getOrUndefined(fiber.context, ApiDocs)
+    const keys = Context.getOrUndefined(fiber.context, ApiKeyAuthenticator)
     // A request that fails authentication is still counted, against its address.
-    return Effect.flatMap(Effect.exit(authenticate(request)), (authenticated) => {
-      const identity = authenticated._tag === "Success" ? authenticated.value : anonymous
+    const authenticating: Effect.Effect<Identity.Identity | Client, unknown, PublicRoutes | Authenticator> = keys === undefined
+      ? authenticate(request)
+      : authenticateClient(request)
+    return Effect.flatMap(Effect.exit(authenticating), (authenticated) => {
+      const client = authenticated._tag === "Success" ? authenticated.value : anonymous
+      const identity = "kind" in client ? client : client.identity
+      const key = "kind" in client ? undefined : client.key
       const policy = limits?.policyFor(request)
-      const proceed = (decision: RateLimitDecision | undefined): Effect.Effect<Response, unknown, Identity.IdentityKey | Bindings.Invocation | Bindings.WorkerEnv> => {
-        if (authenticated._tag === "Failure") return Effect.failCause(authenticated.cause)
-        if (matchesPrefix(new URL(request.url).pathname, adminPrefix)) return meshAdmin(request, identity)
+      type Answer = Effect.Effect<Response, unknown, Identity.IdentityKey | Bindings.Invocation | Bindings.WorkerEnv>
+      const answer = (headers: Record<string, string> | undefined): Answer => {
+        const path = new URL(request.url).pathname
+        if (matchesPrefix(path, adminPrefix)) return meshAdmin(request, identity)
+        if (docs !== undefined && docs.serves(path)) return docs.serve(request)
         const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
         const route = cache?.routeFor(request)
         const response = cache !== undefined && route !== undefined ? cache.serve(request, route, identity, upstream) : upstream(request)
-        return decision === undefined ? response : Effect.map(response, (answer) => withHeaders(answer, rateLimitHeaders(decision)))
+        return headers === undefined ? response : Effect.map(response, (answered) => withHeaders(answered, headers))
+      }
+      const proceed = (decision: RateLimitDecision | undefined): Answer => {
+        if (authenticated._tag === "Failure") return Effect.failCause(authenticated.cause)
+        const limited = decision === undefined ? undefined : rateLimitHeaders(decision)
+        if (key === undefined || keys === undefined) return answer(limited)
+        // An API key's quota, after the client's rate limit: a refused request uses none of it.
+        return Effect.flatMap(keys.consume(key), (quota) => {
+          const headers = joinHeaders(limited, quotaHeaders(quota))
+          return quota.allowed ? answer(headers) : Effect.succeed(withHeaders(Problem.fromError(quotaRefusal(quota)), headers))
+        })
       }
       if (limits === undefined || policy === undefined) return proceed(undefined)
       return limits.consume(policy, rateLimitKey(identity, request)).pipe(

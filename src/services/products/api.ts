@@ -3,7 +3,7 @@
  * every typed client (`client.ts`).
  */
 import { Schema } from "effect"
-import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, OpenApi } from "effect/http-api"
 import { Health, Identity, Pagination, Problem } from "meshwork"
 import { Id, UserId } from "../users/api.ts"
 
@@ -37,6 +37,8 @@ export const CreateProduct = Schema.Struct({
   currency: Schema.optionalKey(Currency),
   stock: Schema.optionalKey(Stock),
   sellerId: UserId
+}).annotate({
+  examples: [{ sku: "MESH-001", name: "Mesh router", priceCents: 4999, sellerId: "0195f3a0-0000-7000-8000-000000000001", currency: "EUR", stock: 10 }]
 })
 export type CreateProduct = typeof CreateProduct.Type
 
@@ -164,38 +166,42 @@ export const PopularQuery = {
 
 export class ProductsGroup extends HttpApiGroup.make("products")
   .add(
-    HttpApiEndpoint.get("list", "/", { query: ProductQuery, success: ProductPage, error: [Pagination.InvalidCursor, Problem.BadRequest, Problem.Forbidden] }),
+    HttpApiEndpoint.get("list", "/", { query: ProductQuery, success: ProductPage, error: [Pagination.InvalidCursor, Problem.BadRequest, Problem.Forbidden] })
+      .annotate(OpenApi.Summary, "List products, or look several up by id"),
     HttpApiEndpoint.post("create", "/", {
       payload: CreateProduct,
       success: Product.pipe(HttpApiSchema.status(201)),
       error: [SkuTaken, UnknownSeller, Problem.BadGateway, Problem.Forbidden]
-    }),
-    HttpApiEndpoint.get("popular", "/popular", { query: PopularQuery, success: PopularProducts, error: [Problem.ServiceUnavailable, Problem.Forbidden] }),
+    }).annotate(OpenApi.Summary, "Create a product (admins)"),
+    HttpApiEndpoint.get("popular", "/popular", { query: PopularQuery, success: PopularProducts, error: [Problem.ServiceUnavailable, Problem.Forbidden] })
+      .annotate(OpenApi.Summary, "The most viewed products"),
     HttpApiEndpoint.get("get", "/:id", {
       params: byId,
       // Cacheable at the edge (src/layers/edge/EdgeCache.ts), tagged for purges.
       success: HttpApiSchema.WithHeaders(Product, { "cache-control": Schema.String, "cache-tag": Schema.String }),
       error: [ProductNotFound, Problem.Forbidden]
-    }),
+    }).annotate(OpenApi.Summary, "Read a product (cached at the edge)"),
     HttpApiEndpoint.post("view", "/:id/views", {
       params: byId,
       success: ProductViewCount,
       error: [ProductNotFound, Problem.ServiceUnavailable, Problem.Forbidden]
-    }),
-    HttpApiEndpoint.get("stats", "/:id/stats", { params: byId, success: ProductStats, error: [ProductNotFound, Problem.ServiceUnavailable, Problem.Forbidden] }),
+    }).annotate(OpenApi.Summary, "Count a view of a product"),
+    HttpApiEndpoint.get("stats", "/:id/stats", { params: byId, success: ProductStats, error: [ProductNotFound, Problem.ServiceUnavailable, Problem.Forbidden] })
+      .annotate(OpenApi.Summary, "A product's view count"),
     HttpApiEndpoint.patch("update", "/:id", {
       params: byId,
       payload: UpdateProduct,
       success: Product,
       error: [ProductNotFound, SkuTaken, UnknownSeller, ProductLocked, StaleFencingToken, Problem.BadGateway, Problem.ServiceUnavailable, Problem.Forbidden]
-    }),
+    }).annotate(OpenApi.Summary, "Change a product (admins)"),
     HttpApiEndpoint.delete("remove", "/:id", {
       params: byId,
       success: HttpApiSchema.NoContent,
       error: [ProductNotFound, Problem.Forbidden]
-    })
+    }).annotate(OpenApi.Summary, "Delete a product (admins)")
   )
   .prefix("/api/products")
+  .annotate(OpenApi.Description, "The catalogue. Any signed-in caller reads; admins write.")
 {}
 
 /** Product imports: admins queue them, then follow them by id. */
@@ -205,10 +211,12 @@ export class ImportsGroup extends HttpApiGroup.make("imports")
       payload: CreateImport,
       success: HttpApiSchema.WithHeaders(ImportJob, { location: Schema.String }).pipe(HttpApiSchema.status(202)),
       error: [Problem.ServiceUnavailable, Problem.Forbidden]
-    }),
+    }).annotate(OpenApi.Summary, "Queue an import of up to 1000 products (admins)"),
     HttpApiEndpoint.get("get", "/:id", { params: { id: ImportId }, success: ImportJob, error: [ImportNotFound, Problem.Forbidden] })
+      .annotate(OpenApi.Summary, "Follow an import (admins)")
   )
   .prefix("/api/products/imports")
+  .annotate(OpenApi.Description, "Bulk imports, through a queue.")
 {}
 
 /** Reads need any identity; writes need an admin (http.ts). */

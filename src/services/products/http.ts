@@ -125,10 +125,14 @@ const ImportsHandlers = HttpApiBuilder.group(
   })
 )
 
+/** Ready when its database answers and a view counter shard (a Durable Object) does. */
 const HealthHandlers = HttpApiBuilder.group(
   ProductsApi,
   "health",
-  (handlers) => handlers.handle("health", Health.healthy("products"))
+  Effect.fn(function*(handlers) {
+    const views = yield* ProductViews
+    return handlers.handle("health", Health.ready("products", { d1: Health.d1("PRODUCTS_DB"), durableObjects: views.get("readiness") }))
+  })
 )
 
 export const ProductsRoutes = HttpApiBuilder.layer(ProductsApi).pipe(

@@ -6,7 +6,7 @@
  * changes the caller never saw.
  */
 import { Schema } from "effect"
-import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, OpenApi } from "effect/http-api"
 import { Health, Identity, Problem } from "meshwork"
 import { Product } from "../products/api.ts"
 import { Session, SessionChange } from "./Sessions.ts"
@@ -25,6 +25,10 @@ export const CreateSession = Schema.Struct({
 
 export const ChangeSession = Schema.Struct({
   changes: Schema.Array(SessionChange).check(Schema.isMinLength(1), Schema.isMaxLength(100))
+}).annotate({
+  examples: [{
+    changes: [{ _tag: "SetCartItem", productId: "0195f3a0-0000-7000-8000-000000000101", quantity: 2 }, { _tag: "Increment", counter: "visits" }]
+  }]
 })
 
 /** A cart line with its product, or `null` when the product no longer exists. */
@@ -89,29 +93,32 @@ export class SessionsGroup extends HttpApiGroup.make("sessions")
         HttpApiSchema.status(201)
       ),
       error: [InvalidSessionChange, Problem.ServiceUnavailable, Problem.Forbidden]
-    }),
-    HttpApiEndpoint.get("get", "/:id", { params: byId, success: withETag, error: [SessionNotFound, Problem.ServiceUnavailable, Problem.Forbidden] }),
+    }).annotate(OpenApi.Summary, "Start a session"),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: withETag, error: [SessionNotFound, Problem.ServiceUnavailable, Problem.Forbidden] })
+      .annotate(OpenApi.Summary, "Read a session"),
     HttpApiEndpoint.get("cart", "/:id/cart", {
       params: byId,
       success: SessionCart,
       error: [SessionNotFound, Problem.BadGateway, Problem.ServiceUnavailable, Problem.Forbidden]
-    }),
-    HttpApiEndpoint.patch("update", "/:id", { params: byId, headers: ifMatch, payload: ChangeSession, success: withETag, error: writeErrors }),
+    }).annotate(OpenApi.Summary, "A session's cart, with its products"),
+    HttpApiEndpoint.patch("update", "/:id", { params: byId, headers: ifMatch, payload: ChangeSession, success: withETag, error: writeErrors })
+      .annotate(OpenApi.Summary, "Apply changes to a session, atomically"),
     HttpApiEndpoint.put("replace", "/:id", {
       params: byId,
       headers: ifMatch,
       payload: Session,
       success: withETag,
       error: [...writeErrors, SessionPreconditionRequired]
-    }),
+    }).annotate(OpenApi.Summary, "Replace a session's state (If-Match required)"),
     HttpApiEndpoint.delete("remove", "/:id", {
       params: byId,
       headers: ifMatch,
       success: HttpApiSchema.NoContent,
       error: [SessionNotFound, SessionPreconditionFailed, Problem.BadRequest, Problem.ServiceUnavailable, Problem.Forbidden]
-    })
+    }).annotate(OpenApi.Summary, "End a session")
   )
   .prefix("/api/sessions")
+  .annotate(OpenApi.Description, "A user's sessions, each its own Durable Object, with optimistic concurrency (ETag, If-Match).")
 {}
 
 /** Every session belongs to the user who created it; nobody else sees it (http.ts). */

@@ -122,7 +122,16 @@ const SessionsHandlers = HttpApiBuilder.group(
   })
 )
 
-const HealthHandlers = HttpApiBuilder.group(SessionsApi, "health", (handlers) => handlers.handle("health", Health.healthy("sessions")))
+/** Ready when a session object answers: a read of a session never written, which writes nothing. */
+const HealthHandlers = HttpApiBuilder.group(
+  SessionsApi,
+  "health",
+  Effect.fn(function*(handlers) {
+    const sessions = yield* Sessions
+    const probe = sessions.get("readiness", "readiness").pipe(Effect.catchTag("meshwork/StateCoordinator/StateNotFound", () => Effect.void))
+    return handlers.handle("health", Health.ready("sessions", { durableObjects: probe }))
+  })
+)
 
 export const SessionsRoutes = HttpApiBuilder.layer(SessionsApi).pipe(
   Layer.provide([SessionsHandlers, HealthHandlers]),

@@ -3,7 +3,7 @@
  * every typed client (`client.ts`): a change here breaks callers at compile time.
  */
 import { Schema } from "effect"
-import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import { HttpApi, HttpApiEndpoint, HttpApiError, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, OpenApi } from "effect/http-api"
 import { Health, Identity, Pagination, Problem } from "meshwork"
 
 /**
@@ -38,7 +38,7 @@ export const CreateUser = Schema.Struct({
   name: Name,
   role: Schema.optionalKey(Role),
   active: Schema.optionalKey(Schema.Boolean)
-})
+}).annotate({ examples: [{ email: "grace@example.com", name: "Grace Hopper", role: "user" }] })
 export type CreateUser = typeof CreateUser.Type
 
 export const UpdateUser = Schema.Struct({
@@ -67,6 +67,15 @@ export class EmailTaken extends HttpApiError.Problem<EmailTaken>()("EmailTaken",
   email: Schema.String
 }) {}
 
+/**
+ * What the users service queues when it deletes a user (the queue
+ * `meshwork-user-deletions`, bound as USER_DELETIONS): the auth service
+ * consumes it and forgets the user's credentials and refresh tokens.
+ */
+export const UserDeleted = Schema.Struct({ userId: UserId })
+export type UserDeleted = typeof UserDeleted.Type
+export const userDeletionsQueue = "meshwork-user-deletions"
+
 const byId = { id: UserId }
 
 /** List query: a page, optionally only the user with this email. */
@@ -74,26 +83,29 @@ export const UserQuery = { ...Pagination.PageQuery, email: Schema.optional(Email
 
 export class UsersGroup extends HttpApiGroup.make("users")
   .add(
-    HttpApiEndpoint.get("list", "/", { query: UserQuery, success: UserPage, error: [Pagination.InvalidCursor, Problem.Forbidden] }),
+    HttpApiEndpoint.get("list", "/", { query: UserQuery, success: UserPage, error: [Pagination.InvalidCursor, Problem.Forbidden] })
+      .annotate(OpenApi.Summary, "List users, or find one by email (admins)"),
     HttpApiEndpoint.post("create", "/", {
       payload: CreateUser,
       success: User.pipe(HttpApiSchema.status(201)),
       error: [EmailTaken, Problem.Forbidden]
-    }),
-    HttpApiEndpoint.get("get", "/:id", { params: byId, success: User, error: [UserNotFound, Problem.Forbidden] }),
+    }).annotate(OpenApi.Summary, "Create a user (admins)"),
+    HttpApiEndpoint.get("get", "/:id", { params: byId, success: User, error: [UserNotFound, Problem.Forbidden] })
+      .annotate(OpenApi.Summary, "Read a user"),
     HttpApiEndpoint.patch("update", "/:id", {
       params: byId,
       payload: UpdateUser,
       success: User,
       error: [UserNotFound, EmailTaken, Problem.Forbidden]
-    }),
+    }).annotate(OpenApi.Summary, "Change a user"),
     HttpApiEndpoint.delete("remove", "/:id", {
       params: byId,
       success: HttpApiSchema.NoContent,
-      error: [UserNotFound, Problem.Forbidden]
-    })
+      error: [UserNotFound, Problem.Forbidden, Problem.ServiceUnavailable]
+    }).annotate(OpenApi.Summary, "Delete a user (admins)")
   )
   .prefix("/api/users")
+  .annotate(OpenApi.Description, "Accounts: who they are and their role. Passwords live in auth.")
 {}
 
 /**

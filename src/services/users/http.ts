@@ -1,8 +1,8 @@
 /** The users API's handlers, and the routes a Worker serves. */
 import { Effect, Layer } from "effect"
 import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
-import { Health, Identity, Pagination } from "meshwork"
-import { type UpdateUser, UsersApi } from "./api.ts"
+import { Health, Identity, Pagination, Problem, Queues } from "meshwork"
+import { type UpdateUser, UserDeleted, UsersApi } from "./api.ts"
 import { Users } from "./Users.ts"
 
 const adminOrService = Identity.authorize(
@@ -32,6 +32,21 @@ const UsersHandlers = HttpApiBuilder.group(
   "users",
   Effect.fn(function*(handlers) {
     const users = yield* Users
+    const deletions = yield* Queues.producer("USER_DELETIONS", UserDeleted)
+    /**
+     * The deletion is queued first, for auth to forget the user's credentials
+     * and refresh tokens, then made: a queue that fails leaves the user as it
+     * was (503, try again). Auth acts once users no longer has the user, so a
+     * delete that fails after the message leaves its credentials in place.
+     */
+    const remove = (id: string) =>
+      Effect.gen(function*() {
+        yield* users.get(id)
+        yield* deletions.send({ userId: id }).pipe(
+          Effect.mapError(() => new Problem.ServiceUnavailable({ detail: "The user could not be deleted; try again" }))
+        )
+        yield* users.remove(id)
+      })
     return handlers
       .handle("list", Effect.fnUntraced(function*({ query }) {
         yield* adminOrService
@@ -53,11 +68,11 @@ const UsersHandlers = HttpApiBuilder.group(
           ),
           users.update(params.id, payload)
         ))
-      .handle("remove", ({ params }) => Effect.andThen(admin, users.remove(params.id)))
+      .handle("remove", ({ params }) => Effect.andThen(admin, remove(params.id)))
   })
 )
 
-const HealthHandlers = HttpApiBuilder.group(UsersApi, "health", (handlers) => handlers.handle("health", Health.healthy("users")))
+const HealthHandlers = HttpApiBuilder.group(UsersApi, "health", (handlers) => handlers.handle("health", Health.ready("users", { d1: Health.d1("USERS_DB") })))
 
 export const UsersRoutes = HttpApiBuilder.layer(UsersApi).pipe(
   Layer.provide([UsersHandlers, HealthHandlers]),

@@ -1,0 +1,35 @@
+/**
+ * The docs Worker: serves Scalar's API reference script (3.2 MB) for the
+ * gateway's `/api/docs` page, so the gateway's own bundle stays small and
+ * its isolates never parse the script. Internal: the gateway reaches it over
+ * its DOCS service binding, and it serves only that one public, static file.
+ * No Effect here: a module with one `fetch` evaluates fastest.
+ */
+import { javascript, version } from "./scalar.ts"
+
+const scriptPath = "/api/docs/scalar.js"
+
+let etag: string | undefined
+
+export default {
+  async fetch(request: Request): Promise<Response> {
+    const url = new URL(request.url)
+    if (url.pathname !== scriptPath) return new Response(null, { status: 404 })
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      return new Response(null, { status: 405, headers: { allow: "GET, HEAD" } })
+    }
+    etag ??= `"scalar-${version}-${javascript.length}"`
+    const headers = {
+      "content-type": "text/javascript; charset=utf-8",
+      "x-content-type-options": "nosniff",
+      // An hour, then a cheap revalidation: the ETag names Scalar's version.
+      "cache-control": "public, max-age=3600",
+      etag
+    }
+    const ifNoneMatch = request.headers.get("if-none-match")
+    if (ifNoneMatch !== null && ifNoneMatch.split(",").some((tag) => tag.trim() === etag || tag.trim() === "*")) {
+      return new Response(null, { status: 304, headers })
+    }
+    return new Response(request.method === "HEAD" ? null : javascript, { headers })
+  }
+}
