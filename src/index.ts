@@ -83,4 +83,5 @@ export { Cors, CorsOrigin, CorsRoute, withCors } from "./layers/edge/Cors.ts"
 // Releasing: traffic splits, feature flags, the admin API over both.
 export { FeatureFlags, Flag } from "./layers/release/FeatureFlags.ts"
 export { adminPrefix, meshAdmin } from "./layers/release/MeshAdmin.ts"
+export { AuditEntry } from "./layers/release/Audit.ts"
 export { RolloutObject, TrafficManager, TrafficSplit } from "./layers/release/TrafficManager.ts"

@@ -9,7 +9,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "effect/http-api"
-import { Flag, HealthReport, Problem, TrafficSplit } from "meshwork"
+import { AuditEntry, Flag, HealthReport, Problem, TrafficSplit } from "meshwork"
 import { ApiKeysGroup, AuthGroup } from "../auth/api.ts"
 import { ImportsGroup, ProductsGroup } from "../products/api.ts"
 import { SessionsGroup } from "../sessions/api.ts"
@@ -101,6 +101,11 @@ export class AdminGroup extends HttpApiGroup.make("admin")
   .add(
     HttpApiEndpoint.get("status", "/status", { success: Status, error: adminErrors })
       .annotate(OpenApi.Summary, "Every traffic split and feature flag"),
+    HttpApiEndpoint.get("audit", "/audit", {
+      query: { limit: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 200 }))) },
+      success: Schema.Struct({ entries: Schema.Array(AuditEntry) }),
+      error: adminErrors
+    }).annotate(OpenApi.Summary, "The newest changes made through the admin API, newest first (who, what, when)"),
     HttpApiEndpoint.get("health", "/health", { success: HealthReport.HealthReport, error: adminErrors })
       .annotate(OpenApi.Summary, "The mesh's detailed health: every route, version and readiness check"),
     HttpApiEndpoint.get("traffic", "/traffic", { success: Schema.Record(Schema.String, TrafficSplit), error: adminErrors })

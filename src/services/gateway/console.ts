@@ -269,6 +269,14 @@ function renderGraph() {
   };
   svg.append(edges, gateway.group, router.group);
   link(gateway, router, "/api", false, "router");
+  // The gateway's other upstreams (the docs Worker), below it.
+  let below = gateway.y + gateway.height + 40;
+  for (const script of Object.values(byScript["meshwork-gateway"].calls).filter((script) => script !== "meshwork-router")) {
+    const box = node(byScript[script], 40, below, 250, "called by the gateway", null);
+    svg.append(box.group);
+    edges.append(h("path", { class: "edge", d: "M" + (gateway.x + 60) + "," + (gateway.y + gateway.height) + " V" + (box.y + 20) + " H" + box.x }));
+    below += box.height + 12;
+  }
   let y = 10;
   for (const route of TOPOLOGY.routes) {
     const shares = sharesOf(route);
@@ -283,7 +291,7 @@ function renderGraph() {
       y += box.height + 12;
     }
   }
-  svg.setAttribute("height", String(Math.max(y, gateway.height + 20, router.height + 20)));
+  svg.setAttribute("height", String(Math.max(y, below, router.height + 20)));
   $("graph").replaceChildren(svg);
 }
 

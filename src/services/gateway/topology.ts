@@ -36,7 +36,7 @@ export const workers: ReadonlyArray<WorkerShape> = [
     durableObjects: { RATE_LIMITER: "RateLimiterObject", CACHE_TAGS: "CacheTagIndexObject", REDIS_POOL: "RedisPoolObject", API_KEY_QUOTAS: "ApiKeyQuotaObject" },
     produces: [],
     consumes: [],
-    calls: { ROUTER: "meshwork-router" }
+    calls: { ROUTER: "meshwork-router", DOCS: "meshwork-docs" }
   },
   {
     script: "meshwork-router",
@@ -51,6 +51,8 @@ export const workers: ReadonlyArray<WorkerShape> = [
       SESSIONS: "meshwork-sessions"
     }
   },
+  // Scalar's script for /api/docs (src/services/docs/).
+  { script: "meshwork-docs", durableObjects: {}, produces: [], consumes: [], calls: {} },
   { script: "meshwork-auth", durableObjects: {}, produces: [], consumes: ["meshwork-user-deletions"], calls: { USERS: "meshwork-users" } },
   { script: "meshwork-users", durableObjects: {}, produces: ["meshwork-user-deletions"], consumes: [], calls: {} },
   { script: "meshwork-users-green", durableObjects: {}, produces: ["meshwork-user-deletions"], consumes: [], calls: {} },

@@ -1,0 +1,220 @@
+/**
+ * The mesh console (src/services/gateway/console.ts, docs/console.md).
+ *
+ * Its static topology (src/services/gateway/topology.ts) is checked against
+ * the wrangler configs it was written from. Then, against a mesh of its own
+ * (`npm start` on a free port, fresh state in .build/console-state-test), a
+ * real headless Chromium signs in as the demo admin, sees every Worker in the
+ * graph, sends every user to green through the split form (confirming it),
+ * sees requests move there, finds the change in the audit trail and rolls it
+ * back; the demo user who signs in sees the admin API's refusal and no graph.
+ * Screenshots go to .build/artifacts/.
+ *
+ * The browser test needs Debian's `chromium` (`apt-get install chromium`):
+ * without it, it is skipped with one line saying so, except under CI=true,
+ * where it fails.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { existsSync, mkdirSync } from "node:fs"
+import { createServer } from "node:net"
+import { join } from "node:path"
+import { type Browser, chromium, type Page } from "playwright-core"
+import { unstable_readConfig } from "wrangler"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { root, workers as meshWorkers } from "../../scripts/mesh.ts"
+import { routes, workers } from "../../src/services/gateway/topology.ts"
+
+const ci = process.env["CI"] === "true"
+const chromiumPath = [process.env["CHROMIUM_PATH"], "/usr/bin/chromium", "/usr/bin/chromium-browser"]
+  .find((path): path is string => path !== undefined && path !== "" && existsSync(path))
+if (chromiumPath === undefined) {
+  console.log(`chromium not found: the console's browser test ${ci ? "fails (CI needs it)" : "skips"} (apt-get install chromium)`)
+}
+
+const artifacts = join(root, ".build/artifacts")
+
+describe("the console's topology", () => {
+  it("is what the wrangler configs say", () => {
+    interface Shape {
+      readonly name: string
+      readonly durable_objects: { readonly bindings: ReadonlyArray<{ readonly name: string; readonly class_name: string }> }
+      readonly queues: {
+        readonly producers?: ReadonlyArray<{ readonly queue: string }>
+        readonly consumers?: ReadonlyArray<{ readonly queue: string }>
+      }
+      readonly services?: ReadonlyArray<{ readonly binding: string; readonly service: string }>
+      readonly vars: Record<string, unknown>
+    }
+    const configs = meshWorkers.map((worker) => unstable_readConfig({ config: join(root, worker.config) }) as unknown as Shape)
+    const fromConfigs = configs.map((config) => ({
+      script: config.name,
+      durableObjects: Object.fromEntries(config.durable_objects.bindings.map((binding) => [binding.name, binding.class_name])),
+      produces: [...new Set((config.queues.producers ?? []).map((producer) => producer.queue))].sort(),
+      consumes: (config.queues.consumers ?? []).map((consumer) => consumer.queue).sort(),
+      calls: Object.fromEntries((config.services ?? []).map((service) => [service.binding, service.service]))
+    }))
+    const described = workers.map((worker) => ({ ...worker, produces: [...worker.produces].sort(), consumes: [...worker.consumes].sort() }))
+    expect(described.toSorted((a, b) => a.script.localeCompare(b.script)))
+      .toEqual(fromConfigs.toSorted((a, b) => a.script.localeCompare(b.script)))
+
+    const router = configs.find((config) => config.name === "meshwork-router")!
+    const bindings = Object.fromEntries((router.services ?? []).map((service) => [service.binding, service.service]))
+    const table = router.vars["ROUTES"] as ReadonlyArray<{ service: string; prefix: string; binding: string; versions?: Record<string, string> }>
+    expect(routes.map((route) => ({ ...route }))).toEqual(table.map((route) => {
+      const versions = route.versions ?? { default: route.binding }
+      const defaultVersion = Object.entries(versions).find(([, binding]) => binding === route.binding)?.[0]
+      return {
+        service: route.service,
+        prefix: route.prefix,
+        versions: Object.fromEntries(Object.entries(versions).map(([version, binding]) => [version, bindings[binding]])),
+        ...(route.versions === undefined ? {} : { defaultVersion })
+      }
+    }))
+  })
+})
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
+    })
+  })
+
+describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", { timeout: 180_000 }, () => {
+  let mesh: ChildProcess | undefined
+  let browser: Browser | undefined
+  let base = ""
+
+  beforeAll(async () => {
+    if (chromiumPath === undefined) throw new Error("chromium not found, and CI needs the browser test (apt-get install chromium)")
+    const port = await freePort()
+    base = `http://127.0.0.1:${port}`
+    const child = spawn(process.execPath, [join(root, "scripts/start.ts"), "--fresh", "--state", join(root, ".build/console-state-test"), "--port", String(port)], {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    mesh = child
+    let log = ""
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the mesh did not start in 180 s:\n${log}`)), 180_000)
+      const read = (chunk: Buffer) => {
+        log += chunk
+        if (log.includes("Meshwork is up")) clearTimeout(timer), resolve()
+      }
+      child.stdout!.on("data", read)
+      child.stderr!.on("data", read)
+      child.on("exit", (code) => (clearTimeout(timer), reject(new Error(`npm start exited with ${code}:\n${log}`))))
+    })
+    browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] })
+    mkdirSync(artifacts, { recursive: true })
+  }, 200_000)
+
+  afterAll(async () => {
+    await browser?.close()
+    const child = mesh
+    if (child === undefined || child.exitCode !== null) return
+    await new Promise<void>((resolve) => {
+      child.once("exit", () => resolve())
+      child.kill("SIGINT")
+    })
+  }, 30_000)
+
+  const login = async (email: string, password: string) => {
+    const response = await fetch(`${base}/api/auth/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email, password })
+    })
+    expect(response.status).toBe(200)
+    return (await response.json() as { access_token: string }).access_token
+  }
+
+  /** Which version of users answers the demo user. */
+  const usersVersion = async (token: string) => {
+    const response = await fetch(`${base}/api/users/0195f3a0-0000-7000-8000-000000000002`, { headers: { authorization: `Bearer ${token}` } })
+    await response.body?.cancel()
+    return response.headers.get("x-meshwork-version")
+  }
+
+  const openConsole = async (email: string, password: string) => {
+    const page = await browser!.newPage({ viewport: { width: 1200, height: 1100 } })
+    const errors: Array<string> = []
+    const elsewhere: Array<string> = []
+    page.on("pageerror", (error) => errors.push(error.message))
+    page.on("console", (message) => {
+      // The refused sign-in's 403 is logged by the browser as a failed resource load.
+      if (message.type() === "error" && !/status of 403/.test(message.text())) errors.push(message.text())
+    })
+    page.on("request", (request) => {
+      if (!request.url().startsWith(base) && !request.url().startsWith("data:")) elsewhere.push(request.url())
+    })
+    await page.goto(`${base}/console`)
+    await page.fill("#email", email)
+    await page.fill("#password", password)
+    await page.click("#signin button[type=submit]")
+    return { page, errors, elsewhere }
+  }
+
+  const confirm = async (page: Page, request: string, shot: string) => {
+    await page.locator("#confirm").waitFor()
+    await expect.poll(() => page.textContent("#confirm-request")).toContain(request)
+    await page.screenshot({ path: join(artifacts, shot) })
+    await page.click("#confirm-yes")
+    await expect.poll(() => page.textContent("#message")).toBe(`Done: ${request}`)
+  }
+
+  it("shows an admin the mesh, and steers users to green and back, with an audit trail", async () => {
+    const { page, errors, elsewhere } = await openConsole("ada@meshwork.dev", "ada-local-password")
+    await page.locator("#mesh").waitFor()
+    for (const worker of workers) {
+      expect(await page.locator(`#graph [data-worker="${worker.script}"]`).count(), worker.script).toBe(1)
+    }
+    await expect.poll(() => page.textContent("#graph")).toContain("SessionObject")
+    await page.screenshot({ path: join(artifacts, "console.png"), fullPage: true })
+    expect(await page.textContent(`[data-edge="users@blue"]`)).toContain("100%")
+    expect(await page.textContent(`#breakers [data-upstream="users@green"]`)).toContain("Closed")
+
+    const member = await login("uma@meshwork.dev", "uma-local-password")
+    expect(await usersVersion(member)).toBe("blue")
+
+    await page.selectOption("#split-service", "users")
+    await page.selectOption("#split-stable", "blue")
+    await page.selectOption("#split-canary", "green")
+    await page.fill("#split-weight", "100")
+    await page.click("#set-split")
+    await confirm(page, "PUT /api/admin/traffic/users", "console-confirm.png")
+    await expect.poll(() => page.textContent(`[data-edge="users@green"]`)).toContain("100%")
+    // Routers keep a split up to TRAFFIC_CACHE_SECONDS (10 s under npm start).
+    await expect.poll(() => usersVersion(member), { timeout: 30_000, interval: 500 }).toBe("green")
+
+    const audit = page.locator("#audit .audit-entry").first()
+    expect(await audit.textContent()).toContain("PUT /api/admin/traffic/users")
+    expect(await audit.textContent()).toContain(`"canary":"green"`)
+    await page.screenshot({ path: join(artifacts, "console-green.png"), fullPage: true })
+
+    await page.click("#rollback")
+    await confirm(page, "POST /api/admin/traffic/users/rollback", "console-confirm-rollback.png")
+    await expect.poll(() => usersVersion(member), { timeout: 30_000, interval: 500 }).toBe("blue")
+    expect(await page.locator("#audit .audit-entry").first().textContent()).toContain("POST /api/admin/traffic/users/rollback")
+    expect(await page.textContent(`[data-split="users"]`)).toContain("manual")
+    await page.screenshot({ path: join(artifacts, "console-rolled-back.png"), fullPage: true })
+
+    expect(errors).toEqual([])
+    expect(elsewhere).toEqual([])
+    await page.close()
+  })
+
+  it("shows a non-admin the refusal and nothing of the mesh", async () => {
+    const { page, errors } = await openConsole("uma@meshwork.dev", "uma-local-password")
+    await page.locator("#refusal").waitFor()
+    expect(await page.textContent("#refusal-detail")).toContain("403")
+    expect(await page.locator("#mesh").isHidden()).toBe(true)
+    expect(await page.locator("[data-worker]").count()).toBe(0)
+    await page.screenshot({ path: join(artifacts, "console-refused.png"), fullPage: true })
+    expect(errors).toEqual([])
+    await page.close()
+  })
+})
