@@ -82,6 +82,8 @@ const workers = {
             ? {
               // A disabled user is refused at once, rather than within the production cache time.
               USER_STATUS_TTL_SECONDS: "0",
+              // A revoked API key stops working within 2 s here (10 s in production).
+              API_KEY_CACHE_SECONDS: "2",
               // Limits the suite cannot hit by accident, and a tight one for the rate limit tests.
               RATE_LIMITS: [
                 { name: "tight", prefix: "/api/products", methods: ["HEAD"], limit: 3, windowSeconds: 3600, store: "durable-object" },
@@ -174,9 +176,21 @@ export default defineConfig({
   test: {
     // Logs of passing tests (many fail on purpose: refused tokens, injected faults) stay out of the way.
     silent: "passed-only",
+    // The node project's files (which start meshes and browsers, and mostly wait) run beside
+    // the workers project's, not after it: more workers than the two cores.
+    maxWorkers: 3,
     projects: [
       workers,
-      { test: { name: "node", include: ["test/node/**/*.test.ts"], environment: "node" } }
+      {
+        test: {
+          name: "node",
+          include: ["test/node/**/*.test.ts"],
+          environment: "node",
+          // One mesh (npm start) for the files that need one running.
+          globalSetup: ["test/node/mesh-setup.ts"],
+          hookTimeout: 200_000
+        }
+      }
     ]
   }
 })

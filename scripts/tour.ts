@@ -10,8 +10,8 @@
  *   npm run tour -- --keep     # leave the mesh running afterwards, for a look
  */
 import { spawn } from "node:child_process"
+import { startLocalMesh } from "./local-mesh.ts"
 import { existsSync, readdirSync, readFileSync } from "node:fs"
-import { createServer } from "node:net"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { main } from "./cli.ts"
@@ -67,16 +67,6 @@ export const checked = (code: string, port: number): string => {
   }).join("\n")
 }
 
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-    })
-  })
-
 const documents = () => [
   "README.md",
   ...(existsSync(join(root, "docs")) ? readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).sort().map((f) => `docs/${f}`) : [])
@@ -85,28 +75,9 @@ const documents = () => [
 const run = async (keep: boolean) => {
   const blocks = documents().flatMap((doc) => tourBlocks(doc, readFileSync(join(root, doc), "utf8")))
   if (blocks.length === 0) throw new Error("no ```sh tour blocks in README.md or docs/")
-  const port = await freePort()
-  const node = process.execPath
-  const mesh = spawn(node, [join(root, "scripts/start.ts"), "--fresh", "--state", join(root, ".build/tour-state"), "--port", String(port)], {
-    cwd: root,
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  let log = ""
-  mesh.stdout.on("data", (chunk) => (log += chunk))
-  mesh.stderr.on("data", (chunk) => (log += chunk))
-  const stop = () => new Promise<void>((resolve) => {
-    if (mesh.exitCode !== null) return resolve()
-    mesh.once("exit", () => resolve())
-    mesh.kill("SIGINT")
-  })
+  const mesh = await startLocalMesh(join(root, ".build/tour-state"), { timeoutMs: 120_000 })
+  const port = Number(new URL(mesh.base).port)
   try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the mesh did not start in 120 s:\n${log}`)), 120_000)
-      mesh.stdout.on("data", () => {
-        if (log.includes("Meshwork is up")) clearTimeout(timer), resolve()
-      })
-      mesh.on("exit", (code) => reject(new Error(`npm start exited with ${code}:\n${log}`)))
-    })
     console.log(`mesh up on 127.0.0.1:${port}; ${blocks.length} tour blocks`)
     const script = ["set -euo pipefail", ...blocks.map((block) =>
       `echo "::: ${block.doc}:${block.line}"\n${checked(block.code, port)}`)].join("\n")
@@ -121,7 +92,7 @@ const run = async (keep: boolean) => {
     if (code !== 0) throw new Error(`the tour failed (exit ${code}) in the block named last above`)
     console.log(`tour: ${blocks.length} blocks passed`)
   } finally {
-    if (!keep) await stop()
+    if (!keep) await mesh.stop()
   }
 }
 

@@ -13,12 +13,11 @@
  * where it fails.
  */
 import { Validator } from "@seriousme/openapi-schema-validator"
-import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs"
-import { createServer } from "node:net"
+import { spawnSync } from "node:child_process"
+import { existsSync, mkdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { type Browser, chromium } from "playwright-core"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, inject, it } from "vitest"
 import { root } from "../../scripts/mesh.ts"
 
 const ci = process.env["CI"] === "true"
@@ -30,52 +29,8 @@ if (chromiumPath === undefined) {
 
 const artifacts = join(root, ".build/artifacts")
 
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-    })
-  })
-
-let mesh: ChildProcess | undefined
-let base = ""
-// A state of this run's own: another run of the suite may have its mesh up at the same time.
-const state = join(root, `.build/clients-state-${process.pid}`)
-
-beforeAll(async () => {
-  const port = await freePort()
-  base = `http://127.0.0.1:${port}`
-  const child = spawn(process.execPath, [join(root, "scripts/start.ts"), "--fresh", "--state", state, "--port", String(port)], {
-    cwd: root,
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  mesh = child
-  let log = ""
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the mesh did not start in 180 s:\n${log}`)), 180_000)
-    const read = (chunk: Buffer) => {
-      log += chunk
-      if (log.includes("Meshwork is up")) clearTimeout(timer), resolve()
-    }
-    child.stdout!.on("data", read)
-    child.stderr!.on("data", read)
-    child.on("exit", (code) => (clearTimeout(timer), reject(new Error(`npm start exited with ${code}:\n${log}`))))
-  })
-}, 200_000)
-
-afterAll(async () => {
-  const child = mesh
-  if (child !== undefined && child.exitCode === null) {
-    await new Promise<void>((resolve) => {
-      child.once("exit", () => resolve())
-      child.kill("SIGINT")
-    })
-  }
-  rmSync(state, { recursive: true, force: true })
-}, 30_000)
+// The node project's shared mesh (test/node/mesh-setup.ts).
+const base = inject("meshUrl")
 
 interface Document {
   readonly paths: Record<string, Record<string, unknown>>

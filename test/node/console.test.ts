@@ -14,13 +14,11 @@
  * without it, it is skipped with one line saying so, except under CI=true,
  * where it fails.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync, mkdirSync } from "node:fs"
-import { createServer } from "node:net"
 import { join } from "node:path"
 import { type Browser, chromium, type Page } from "playwright-core"
 import { unstable_readConfig } from "wrangler"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest"
 import { root, workers as meshWorkers } from "../../scripts/mesh.ts"
 import { routes, workers } from "../../src/services/gateway/topology.ts"
 
@@ -73,53 +71,20 @@ describe("the console's topology", () => {
   })
 })
 
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-    })
-  })
 
 describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", { timeout: 180_000 }, () => {
-  let mesh: ChildProcess | undefined
   let browser: Browser | undefined
-  let base = ""
+  // The node project's shared mesh (test/node/mesh-setup.ts).
+  const base = inject("meshUrl")
 
   beforeAll(async () => {
     if (chromiumPath === undefined) throw new Error("chromium not found, and CI needs the browser test (apt-get install chromium)")
-    const port = await freePort()
-    base = `http://127.0.0.1:${port}`
-    const child = spawn(process.execPath, [join(root, "scripts/start.ts"), "--fresh", "--state", join(root, ".build/console-state-test"), "--port", String(port)], {
-      cwd: root,
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    mesh = child
-    let log = ""
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the mesh did not start in 180 s:\n${log}`)), 180_000)
-      const read = (chunk: Buffer) => {
-        log += chunk
-        if (log.includes("Meshwork is up")) clearTimeout(timer), resolve()
-      }
-      child.stdout!.on("data", read)
-      child.stderr!.on("data", read)
-      child.on("exit", (code) => (clearTimeout(timer), reject(new Error(`npm start exited with ${code}:\n${log}`))))
-    })
     browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] })
     mkdirSync(artifacts, { recursive: true })
-  }, 200_000)
+  }, 60_000)
 
   afterAll(async () => {
     await browser?.close()
-    const child = mesh
-    if (child === undefined || child.exitCode !== null) return
-    await new Promise<void>((resolve) => {
-      child.once("exit", () => resolve())
-      child.kill("SIGINT")
-    })
   }, 30_000)
 
   const login = async (email: string, password: string) => {

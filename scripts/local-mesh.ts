@@ -1,0 +1,65 @@
+/**
+ * A mesh of its own for a tool or a test: `npm start` on a free port with a
+ * fresh state directory, resolved once it is up, stopped (and its state
+ * removed) by `stop`. The README tour and the browser tests run on one.
+ */
+import { spawn } from "node:child_process"
+import { rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { join } from "node:path"
+import { root } from "./mesh.ts"
+
+export interface LocalMesh {
+  /** `http://127.0.0.1:<port>` */
+  readonly base: string
+  readonly stop: () => Promise<void>
+}
+
+export const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
+    })
+  })
+
+/** Starts the mesh with its state in `state` (deleted first, and again on stop). */
+export const startLocalMesh = async (state: string, options: { readonly timeoutMs?: number } = {}): Promise<LocalMesh> => {
+  const port = await freePort()
+  const child = spawn(process.execPath, [join(root, "scripts/start.ts"), "--fresh", "--state", state, "--port", String(port)], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  let log = ""
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the mesh did not start in ${(options.timeoutMs ?? 180_000) / 1000} s:\n${log}`)), options.timeoutMs ?? 180_000)
+    const read = (chunk: Buffer) => {
+      log += chunk
+      if (log.includes("Meshwork is up")) {
+        clearTimeout(timer)
+        resolve()
+      }
+    }
+    child.stdout.on("data", read)
+    child.stderr.on("data", read)
+    child.on("exit", (code) => {
+      clearTimeout(timer)
+      reject(new Error(`npm start exited with ${code}:\n${log}`))
+    })
+  })
+  return {
+    base: `http://127.0.0.1:${port}`,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          rmSync(state, { recursive: true, force: true })
+          resolve()
+        }
+        if (child.exitCode !== null) return done()
+        child.once("exit", done)
+        child.kill("SIGINT")
+      })
+  }
+}
