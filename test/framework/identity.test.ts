@@ -178,3 +178,20 @@ const unsigned = (body: object, header: object) => {
   const encode = (value: object) => btoa(JSON.stringify(value)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "")
   return `${encode(header)}.${encode(body)}.${encode({ sig: "none" })}`
 }
+
+it.effect("answers a remembered, valid request at once, and leaves anything else to the full check", () =>
+  Effect.gen(function*() {
+    yield* TestClock.setTime(now)
+    const keys = yield* Identity.IdentityKey
+    const assertion = yield* Effect.promise(() => signAs("router", claims()))
+    const principal = yield* Effect.promise(() => signAs("gateway", { iss: "gateway", principal: alice, iat: now, exp: now + 60_000 }))
+    // Not verified yet: not known.
+    expect(Identity.known(keys, now, "GET", path, assertion, principal)).toBeUndefined()
+    expect(yield* Identity.verifyRequest("GET", path, assertion, principal)).toEqual(alice)
+    expect(Identity.known(keys, now, "GET", path, assertion, principal)).toEqual(alice)
+    expect(Identity.known(keys, now, "GET", path, assertion, undefined)).toEqual({ kind: "service", sub: "router" })
+    // Another request, method or a later time: left to the full check, which refuses.
+    expect(Identity.known(keys, now, "GET", "/api/users/bob", assertion, principal)).toBeUndefined()
+    expect(Identity.known(keys, now, "DELETE", path, assertion, principal)).toBeUndefined()
+    expect(Identity.known(keys, now + 61_000, "GET", path, assertion, principal)).toBeUndefined()
+  }).pipe(Effect.provide(AsUsers)))

@@ -197,7 +197,11 @@ const assertionFor = (target: Target, request: Request): Effect.Effect<string | 
     if (keys === undefined) return Effect.succeed(undefined)
     const at = target.service.indexOf("@")
     const audience = at === -1 ? target.service : target.service.slice(0, at)
-    return Effect.provideService(Identity.signFor(audience, request.method, Identity.pathOf(request.url)), Identity.IdentityKey, keys)
+    const path = Identity.pathOf(request.url)
+    // Signed for this call within the last 10 s: no effect to run.
+    const ready = Identity.reusableFor(keys, audience, request.method, path, fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())
+    if (ready !== undefined) return Effect.succeed(ready)
+    return Effect.provideService(Identity.signFor(audience, request.method, path), Identity.IdentityKey, keys)
   })
 
 type ProxyError =

@@ -333,6 +333,16 @@ export const authenticate = (
 
 const anonymous: Identity.Identity = { kind: "anonymous" }
 
+/** The edge's principal assertion of `identity`: the one signed within the last 10 s at once, else a new one. */
+const principalFor = (identity: Identity.Identity) =>
+  Effect.withFiber((fiber) => {
+    const keys = Context.getOrUndefined(fiber.context, Identity.IdentityKey)
+    const ready = keys === undefined
+      ? undefined
+      : Identity.reusablePrincipal(keys, identity, fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())
+    return ready !== undefined ? Effect.succeed(ready) : Identity.signPrincipal(identity)
+  })
+
 /** Headers that pick a version of a Worker deployed gradually: the mesh sets them, never a client. */
 const versionHeaders = ["cloudflare-workers-version-key", "cloudflare-workers-version-overrides"]
 
@@ -342,7 +352,7 @@ const versionHeaders = ["cloudflare-workers-version-key", "cloudflare-workers-ve
  * and a signed-in user's id as the version key of gradual deployments.
  */
 export const withIdentity = (request: Request, identity: Identity.Identity) =>
-  Effect.map(Identity.signPrincipal(identity), (assertion) => {
+  Effect.map(principalFor(identity), (assertion) => {
     // Hop-by-hop headers go first: a client's `Connection: x-meshwork-principal`
     // then has nothing left to name when a later hop strips what Connection lists.
     const headers = Identity.stripSpoofable(request.headers, [...Proxy.hopByHopHeaders(request.headers), ...versionHeaders])

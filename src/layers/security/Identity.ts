@@ -211,10 +211,27 @@ const reuse = (name: string, make: (now: number) => object) =>
     return value
   })
 
+const serviceKey = (audience: string, method: string, path: string) => `s ${audience} ${method} ${path}`
+const principalKey = (principal: Identity) => `p ${JSON.stringify(principal)}`
+
+/**
+ * What `signFor` or `signPrincipal` would answer now without signing: the
+ * assertion this isolate signed for the same call within the last 10 s, if
+ * any. The hot path of a proxy asks this first, with no effect to run.
+ */
+export const reusable = (keys: IdentityKey["Service"], name: string, now: number): string | undefined => {
+  const signed = keys.signed.get(name)
+  return signed !== undefined && now < signed.reuseUntil ? signed.value : undefined
+}
+export const reusableFor = (keys: IdentityKey["Service"], audience: string, method: string, path: string, now: number) =>
+  reusable(keys, serviceKey(audience, method, path), now)
+export const reusablePrincipal = (keys: IdentityKey["Service"], principal: Identity, now: number) =>
+  keys.edge.has(keys.self) ? reusable(keys, principalKey(principal), now) : undefined
+
 /** This Worker's assertion for a call to `audience`: `method` and `path` are the request's. */
 export const signFor = (audience: string, method: string, path: string) =>
   Effect.flatMap(IdentityKey, (keys) =>
-    reuse(`s ${audience} ${method} ${path}`, (now): ServiceClaims => ({
+    reuse(serviceKey(audience, method, path), (now): ServiceClaims => ({
       iss: keys.self,
       aud: audience,
       htm: method,
@@ -227,7 +244,7 @@ export const signFor = (audience: string, method: string, path: string) =>
 export const signPrincipal = (principal: Identity) =>
   Effect.flatMap(IdentityKey, (keys) =>
     keys.edge.has(keys.self)
-      ? reuse(`p ${JSON.stringify(principal)}`, (now): PrincipalClaims => ({ iss: keys.self, principal, iat: now, exp: now + lifetimeMillis }))
+      ? reuse(principalKey(principal), (now): PrincipalClaims => ({ iss: keys.self, principal, iat: now, exp: now + lifetimeMillis }))
       : Effect.die(new Error(`${keys.self} is not the edge (MESH_EDGE): it cannot assert who a request is for`)))
 
 const refused = (detail: string) => new Problem.Unauthorized({ detail })
@@ -290,6 +307,40 @@ export const allows = (policy: ReadonlyArray<PolicyRule> | undefined, caller: st
     rule.paths.some((pattern) => matchesPath(pattern, path)))
 
 /**
+ * The identity a request's assertions give when this isolate verified both
+ * already, they are still valid, addressed here, for this request, and the
+ * policy allows the caller: answered with no effect to run. `undefined`
+ * means "not known": `verifyRequest` then decides, and refuses what is wrong.
+ */
+export const known = (
+  keys: IdentityKey["Service"],
+  now: number,
+  method: string,
+  path: string,
+  assertion: string | null | undefined,
+  principal: string | null | undefined
+): Identity | undefined => {
+  if (assertion === null || assertion === undefined) return undefined
+  const claims = keys.verified.get(assertion)
+  if (claims === undefined || !("aud" in claims) || !checkTimes(claims, now)) return undefined
+  if (claims.aud !== keys.self || claims.htm !== method || claims.htp !== path || !allows(keys.policy, claims.iss, method, path)) return undefined
+  if (principal === null || principal === undefined) return { kind: "service", sub: claims.iss }
+  const asserted = keys.verified.get(principal)
+  if (asserted === undefined || !("principal" in asserted) || !checkTimes(asserted, now) || !keys.edge.has(asserted.iss)) return undefined
+  return asserted.principal
+}
+
+/** The identity of a request: known at once (`known`), else verified (`verifyRequest`). */
+const identify = (method: string, path: string, assertion: string | null | undefined, principal: string | null | undefined) =>
+  Effect.withFiber((fiber): Effect.Effect<Identity, Problem.Unauthorized | Problem.Forbidden, IdentityKey> => {
+    const keys = Context.getOrUndefined(fiber.context, IdentityKey)
+    const identity = keys === undefined
+      ? undefined
+      : known(keys, fiber.getRef(Clock.Clock).currentTimeMillisUnsafe(), method, path, assertion, principal)
+    return identity !== undefined ? Effect.succeed(identity) : verifyRequest(method, path, assertion, principal)
+  })
+
+/**
  * Verifies the request's assertions for `method path` on this Worker and
  * applies its policy: the identity the request is for, 401 without a valid
  * service assertion addressed here, 403 outside the policy.
@@ -343,7 +394,7 @@ export class MeshIdentity extends HttpApiMiddleware.Service<MeshIdentity, {
           HttpServerRequest.HttpServerRequest.use((request) =>
             Effect.flatMap(
               Effect.provideService(
-                verifyRequest(request.method, pathOf(request.url), Redacted.value(credential), request.headers[principalHeader]),
+                identify(request.method, pathOf(request.url), Redacted.value(credential), request.headers[principalHeader]),
                 IdentityKey,
                 key
               ),
@@ -365,7 +416,7 @@ export class MeshIdentity extends HttpApiMiddleware.Service<MeshIdentity, {
 export const requireIdentity = <E, R>(handler: (request: Request) => Effect.Effect<Response, E, R>) =>
 (request: Request): Effect.Effect<Response, E | Problem.Unauthorized | Problem.Forbidden, Exclude<R, CurrentIdentity> | IdentityKey> =>
   Effect.flatMap(
-    verifyRequest(request.method, pathOf(request.url), request.headers.get(header), request.headers.get(principalHeader)),
+    identify(request.method, pathOf(request.url), request.headers.get(header), request.headers.get(principalHeader)),
     (identity) => Effect.provideService(handler(request), CurrentIdentity, identity)
   )
 
