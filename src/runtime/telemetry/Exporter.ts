@@ -8,6 +8,9 @@ import { OtlpResource, OtlpSerialization } from "effect/observability"
 import type { Settings } from "./Settings.ts"
 import { errorTag } from "./TraceContext.ts"
 
+/** The failing collectors this isolate has warned about, by service and endpoint. */
+const warnedIsolate = new Set<string>()
+
 /** Spans this isolate could not export (collector down, slow, refusing, or the buffer full). */
 export const droppedSpans = Metric.counter("meshwork.telemetry.spans.dropped", {
   description: "Spans dropped by the exporter",
@@ -234,7 +237,10 @@ export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void
       drop(spans.length)
       backoffMs = Math.min(maxBackoffMs, backoffMs === 0 ? firstBackoffMs : backoffMs * 2)
       backoffUntil = Date.now() + backoffMs
-      if (stats.failedExports === 1) {
+      // Once per isolate and collector: every Durable Object of an isolate has its own exporter.
+      const warning = `${settings.serviceName} ${settings.endpoint}`
+      if (!warnedIsolate.has(warning)) {
+        warnedIsolate.add(warning)
         console.warn(JSON.stringify({
           level: "WARN",
           message: `${settings.serviceName}: the OTLP collector at ${settings.endpoint} failed; spans are dropped and counted ` +
