@@ -15,14 +15,10 @@ import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { main, usage } from "./cli.ts"
 import { workers } from "./mesh.ts"
+import type { PrivateJwk as EcPrivateJwk } from "../src/layers/security/Jws.ts"
 
-export interface PrivateJwk {
-  readonly kty: "EC"
-  readonly crv: "P-256"
-  readonly x: string
-  readonly y: string
-  readonly d: string
-  readonly kid: string
+/** A token signing key: an ES256 private JWK. */
+export interface PrivateJwk extends EcPrivateJwk {
   readonly alg: "ES256"
 }
 
@@ -32,13 +28,7 @@ export interface KeySet {
 }
 
 /** A mesh identity key: an ES256 private JWK naming the Worker it speaks for. */
-export interface MeshKey {
-  readonly kty: "EC"
-  readonly crv: "P-256"
-  readonly x: string
-  readonly y: string
-  readonly d: string
-  readonly kid: string
+export interface MeshKey extends EcPrivateJwk {
   readonly worker: string
 }
 

@@ -5,25 +5,15 @@
  */
 import { spawn } from "node:child_process"
 import { rmSync } from "node:fs"
-import { createServer } from "node:net"
 import { join } from "node:path"
 import { root } from "./mesh.ts"
+import { freePort } from "./redis.ts"
 
 export interface LocalMesh {
   /** `http://127.0.0.1:<port>` */
   readonly base: string
   readonly stop: () => Promise<void>
 }
-
-export const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-    })
-  })
 
 /** Starts the mesh with its state in `state` (deleted first, and again on stop). */
 export const startLocalMesh = async (state: string, options: { readonly timeoutMs?: number } = {}): Promise<LocalMesh> => {

@@ -8,7 +8,8 @@ import { createServer, Socket } from "node:net"
 
 export const installHint = "apt-get install redis-server"
 
-const freePort = () =>
+/** A TCP port nothing listens on now, on 127.0.0.1. */
+export const freePort = () =>
   new Promise<number>((resolve, reject) => {
     const server = createServer()
     server.once("error", reject)
