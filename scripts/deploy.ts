@@ -18,7 +18,7 @@ import { execFileSync } from "node:child_process"
 import { join, relative } from "node:path"
 import { unstable_readConfig } from "wrangler"
 import { main, usage } from "./cli.ts"
-import { entry, type MeshWorker, root, workers } from "./mesh.ts"
+import { entry, type MeshWorker, root, workerdBuild, workers } from "./mesh.ts"
 
 const help = `
 npm run deploy: deploy the mesh's Workers to Cloudflare, each after the Workers it binds,
@@ -60,17 +60,12 @@ const ensureQueue = (name: string) => {
 /** What fills a Worker's bundle: minified bytes by package (or source folder), the largest first. */
 const contributors = async (worker: MeshWorker, top: number): Promise<string> => {
   const result = await build({
+    ...workerdBuild,
     entryPoints: [entry(worker)],
-    bundle: true,
     write: false,
     metafile: true,
     minify: true,
-    format: "esm",
-    platform: "neutral",
-    target: "es2024",
-    mainFields: ["module", "main"],
-    conditions: ["workerd", "worker", "browser"],
-    external: ["cloudflare:*", "node:*"],
+    external: [...workerdBuild.external, "node:*"],
     logLevel: "silent",
     outfile: "worker.js"
   })

@@ -4,7 +4,7 @@
  * wrangler config, so tests and the benchmark run what `wrangler dev` and
  * `wrangler deploy` run).
  */
-import { build } from "esbuild"
+import { build, type BuildOptions } from "esbuild"
 import type { LegacyWorkerOptions } from "miniflare"
 import { dirname, join, resolve } from "node:path"
 import { unstable_getMiniflareWorkerOptions, unstable_readConfig } from "wrangler"
@@ -44,18 +44,23 @@ export const entry = (worker: MeshWorker): string => {
   return resolve(root, dirname(worker.config), main)
 }
 
-/** Bundles one module the way wrangler does for workerd (ESM, workerd conditions). */
+/** esbuild's options for a Worker as wrangler builds it for workerd (ESM, workerd conditions). */
+export const workerdBuild = {
+  bundle: true,
+  format: "esm",
+  platform: "neutral",
+  target: "es2024",
+  mainFields: ["module", "main"],
+  conditions: ["workerd", "worker", "browser"],
+  external: ["cloudflare:*"]
+} as const satisfies BuildOptions
+
+/** Bundles one module the way wrangler does for workerd. */
 export const bundle = async (entryPoint: string, outfile: string, options: { readonly minify?: boolean } = {}) => {
   await build({
+    ...workerdBuild,
     entryPoints: [entryPoint],
     outfile,
-    bundle: true,
-    format: "esm",
-    platform: "neutral",
-    target: "es2024",
-    mainFields: ["module", "main"],
-    conditions: ["workerd", "worker", "browser"],
-    external: ["cloudflare:*"],
     minify: options.minify ?? false,
     sourcemap: "linked",
     logLevel: "warning"

@@ -134,7 +134,7 @@ export class AdminGroup extends HttpApiGroup.make("admin")
 /**
  * The public API: every route the gateway serves, with the errors it adds.
  * Routes behind the gateway need a token or an API key (the gateway's
- * `PUBLIC_ROUTES` are marked open when the document is served, openapi.ts);
+ * `PUBLIC_ROUTES` are marked open when the document is served, docs.ts);
  * the mesh's own routes need none.
  */
 export class PublicApi extends HttpApi.make("meshwork")

@@ -14,6 +14,7 @@
  */
 import { Effect } from "effect"
 import { Problem } from "meshwork"
+import { pageHeaders } from "./pages.ts"
 import { routes, workers } from "./topology.ts"
 
 export const consolePath = "/console"
@@ -21,20 +22,7 @@ export const consolePath = "/console"
 /** Clients and caches may keep the page for 5 minutes: a deploy shows within that. */
 const cacheable = "public, max-age=300"
 
-const securityHeaders = {
-  "content-security-policy": [
-    "default-src 'none'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data:",
-    "connect-src 'self'",
-    "base-uri 'none'",
-    "form-action 'none'",
-    "frame-ancestors 'none'"
-  ].join("; "),
-  "referrer-policy": "no-referrer",
-  "x-content-type-options": "nosniff"
-}
+const securityHeaders = pageHeaders()
 
 const page = `<!doctype html>
 <html lang="en">

@@ -16,6 +16,7 @@ import { Context, Effect, Layer, Option } from "effect"
 import { OpenApi } from "effect/http-api"
 import { Bindings, Problem, PublicRoutes } from "meshwork"
 import { PublicApi } from "./api.ts"
+import { pageHeaders } from "./pages.ts"
 
 export const openApiPath = "/api/openapi.json"
 export const docsPath = "/api/docs"
@@ -135,19 +136,7 @@ export class ApiDocs extends Context.Service<ApiDocs, {
             "content-type": "text/html; charset=utf-8",
             "cache-control": cacheable,
             // Only this origin's script and the page's own inline boot may run; requests stay on this origin.
-            "content-security-policy": [
-              "default-src 'none'",
-              `script-src 'self' 'sha256-${base64(digest)}'`,
-              "style-src 'self' 'unsafe-inline'",
-              "img-src 'self' data:",
-              "font-src 'self' data:",
-              "connect-src 'self'",
-              "base-uri 'none'",
-              "form-action 'none'",
-              "frame-ancestors 'none'"
-            ].join("; "),
-            "referrer-policy": "no-referrer",
-            "x-content-type-options": "nosniff"
+            ...pageHeaders({ script: `'sha256-${base64(digest)}'`, style: "'unsafe-inline'", fonts: true })
           })))
 
       const get = (request: Request, path: string): Effect.Effect<Response, Problem.NotFound | Problem.MethodNotAllowed> => {
