@@ -16,9 +16,9 @@
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
 import { join, relative } from "node:path"
-import { unstable_readConfig } from "wrangler"
+import type { unstable_readConfig } from "wrangler"
 import { main, usage } from "./cli.ts"
-import { entry, type MeshWorker, root, workerdBuild, workers } from "./mesh.ts"
+import { entry, type MeshWorker, root, workerdBuild, workers, wranglerApi } from "./mesh.ts"
 
 const help = `
 npm run deploy: deploy the mesh's Workers to Cloudflare, each after the Workers it binds,
@@ -95,7 +95,7 @@ const selected = (worker: string | undefined, color: string | undefined): Readon
 
 const deploy = async (options: { dryRun: boolean; worker: string | undefined; color: string | undefined }) => {
   for (const worker of selected(options.worker, options.color)) {
-    const config = unstable_readConfig({ config: join(root, worker.config) })
+    const config = wranglerApi().unstable_readConfig({ config: join(root, worker.config) })
     if (options.dryRun) {
       const out = run(["deploy", "-c", worker.config, "--dry-run", "--outdir", join(root, ".build/deploy", worker.name)])
       const size = /Total Upload: (.*)/.exec(out)?.[1] ?? "unknown size"

@@ -6,8 +6,14 @@
  */
 import { build, type BuildOptions } from "esbuild"
 import type { LegacyWorkerOptions } from "miniflare"
+import { createRequire } from "node:module"
 import { dirname, join, resolve } from "node:path"
-import { unstable_getMiniflareWorkerOptions, unstable_readConfig } from "wrangler"
+
+/**
+ * wrangler, loaded on first use: loading it takes a second of CPU, which
+ * `--help`, a usage error or a CLI that never reads a config should not pay.
+ */
+export const wranglerApi = (): typeof import("wrangler") => createRequire(import.meta.url)("wrangler")
 
 export interface MeshWorker {
   /** Short name: the folder under src/services/. */
@@ -32,14 +38,14 @@ export const root = resolve(import.meta.dirname, "..")
 
 /** The deployed name (`name` in its wrangler config) of a mesh Worker. */
 export const scriptName = (worker: MeshWorker): string => {
-  const name = unstable_readConfig({ config: join(root, worker.config) }).name
+  const name = wranglerApi().unstable_readConfig({ config: join(root, worker.config) }).name
   if (name === undefined) throw new Error(`${worker.config} has no name`)
   return name
 }
 
 /** The Worker's entry module, resolved against its config file. */
 export const entry = (worker: MeshWorker): string => {
-  const main = unstable_readConfig({ config: join(root, worker.config) }).main
+  const main = wranglerApi().unstable_readConfig({ config: join(root, worker.config) }).main
   if (main === undefined) throw new Error(`${worker.config} has no main`)
   return resolve(root, dirname(worker.config), main)
 }
@@ -55,17 +61,24 @@ export const workerdBuild = {
   external: ["cloudflare:*"]
 } as const satisfies BuildOptions
 
+/** Builds under way, by output file: callers that ask at once (vitest's pool workers) share one build. */
+const building = new Map<string, Promise<string>>()
+
 /** Bundles one module the way wrangler does for workerd. */
-export const bundle = async (entryPoint: string, outfile: string, options: { readonly minify?: boolean } = {}) => {
-  await build({
+export const bundle = (entryPoint: string, outfile: string, options: { readonly minify?: boolean } = {}): Promise<string> => {
+  const key = `${outfile}\0${entryPoint}\0${options.minify ?? false}`
+  const pending = building.get(key)
+  if (pending !== undefined) return pending
+  const done = build({
     ...workerdBuild,
     entryPoints: [entryPoint],
     outfile,
     minify: options.minify ?? false,
     sourcemap: "linked",
     logLevel: "warning"
-  })
-  return outfile
+  }).then(() => outfile).finally(() => building.delete(key))
+  building.set(key, done)
+  return done
 }
 
 const isEmpty = (value: unknown): boolean =>
@@ -85,7 +98,7 @@ export const miniflareOptions = (
   scriptPath: string,
   secrets: Record<string, unknown> = {}
 ): LegacyWorkerOptions => {
-  const { workerOptions } = unstable_getMiniflareWorkerOptions(join(root, worker.config))
+  const { workerOptions } = wranglerApi().unstable_getMiniflareWorkerOptions(join(root, worker.config))
   const options: Record<string, unknown> = {}
   for (const [key, value] of Object.entries(workerOptions)) {
     if (!devOnly.has(key) && !isEmpty(value)) options[key] = value
