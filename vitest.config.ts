@@ -7,8 +7,11 @@
  * `node`: the tests of test/node (the import rules, the command-line tools,
  * the docs) run in Node.
  *
- * One workerd serves every test file (`isolate: false`): starting the mesh
- * costs about ten seconds, and the tests never rely on a fresh one.
+ * Each of vitest's three workers runs one workerd with the whole mesh and
+ * serves it test files one after another (`isolate: false`): starting the
+ * mesh costs seconds, and the tests never rely on a fresh one. The node
+ * project's files run after the workers project's, on one mesh started
+ * at the beginning (test/node/mesh-setup.ts).
  */
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin"
 import { join } from "node:path"
@@ -168,7 +171,8 @@ const workers = {
     name: "workers",
     setupFiles: ["test/setup.ts"],
     include: ["test/framework/**/*.test.ts", "test/mesh/**/*.test.ts"],
-    isolate: false
+    isolate: false,
+    sequence: { groupOrder: 0 }
   }
 }
 
@@ -176,8 +180,11 @@ export default defineConfig({
   test: {
     // Logs of passing tests (many fail on purpose: refused tokens, injected faults) stay out of the way.
     silent: "passed-only",
-    // The node project's files (which start meshes and browsers, and mostly wait) run beside
-    // the workers project's, not after it: more workers than the two cores.
+    // Many tests wait on real work (PBKDF2 logins, queue retries, a mesh starting) that takes
+    // seconds on a busy two-core machine; none asserts a duration.
+    testTimeout: 30_000,
+    // Three at once on two cores: the tests mostly wait on workerd, on the mesh or on a browser.
+    // The workers project runs three workerd processes (one each), the node project's files follow.
     maxWorkers: 3,
     projects: [
       workers,
@@ -186,8 +193,11 @@ export default defineConfig({
           name: "node",
           include: ["test/node/**/*.test.ts"],
           environment: "node",
-          // One mesh (npm start) for the files that need one running.
+          // One mesh (npm start) for the files that need one running, started in the
+          // background at the beginning; these files run after the workers project's,
+          // by when it is up, so none of them holds a worker waiting for it.
           globalSetup: ["test/node/mesh-setup.ts"],
+          sequence: { groupOrder: 1 },
           hookTimeout: 200_000
         }
       }

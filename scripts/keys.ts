@@ -116,6 +116,17 @@ const activeKey = (store: MeshKeyStore, name: string): MeshKey => {
 
 const allMeshKeys = (store: MeshKeyStore) => Object.values(store).flatMap((set) => set.keys)
 
+/**
+ * Where the local mesh differs from a deployed one, by Worker: admin changes (splits, rollbacks,
+ * flags, revoked API keys) take effect within a second, not the deployed 10 s, so a change tried in the console or
+ * with `npm run mesh` shows at once.
+ */
+const localVars: Record<string, Record<string, string>> = {
+  gateway: { API_KEY_CACHE_SECONDS: "1" },
+  router: { TRAFFIC_CACHE_SECONDS: "1" },
+  sessions: { FLAGS_CACHE_SECONDS: "1" }
+}
+
 /** Writes the key files and every Worker's .dev.vars (users and users-green share one, and one key). */
 const writeLocal = (tokens: KeySet, mesh: MeshKeyStore, options: LocalOptions = {}) => {
   write(tokenKeyFile, JSON.stringify(tokens, null, 2) + "\n")
@@ -127,6 +138,7 @@ const writeLocal = (tokens: KeySet, mesh: MeshKeyStore, options: LocalOptions = 
       MESH_PUBLIC_KEYS: `'${published}'`
     }
     if (worker.name === "auth") managed["AUTH_SIGNING_KEYS"] = `'${JSON.stringify(tokens)}'`
+    Object.assign(managed, localVars[worker.name])
     if (options.otlpEndpoint !== undefined) managed["OTLP_ENDPOINT"] = options.otlpEndpoint
     const path = join(root, dirname(worker.config), ".dev.vars")
     write(path, mergeDevVars(existsSync(path) ? readFileSync(path, "utf8") : "", managed))

@@ -5,6 +5,7 @@
  */
 import { spawn } from "node:child_process"
 import { rmSync } from "node:fs"
+import { setPriority } from "node:os"
 import { join } from "node:path"
 import { root } from "./mesh.ts"
 import { freePort } from "./redis.ts"
@@ -15,13 +16,22 @@ export interface LocalMesh {
   readonly stop: () => Promise<void>
 }
 
-/** Starts the mesh with its state in `state` (deleted first, and again on stop). */
-export const startLocalMesh = async (state: string, options: { readonly timeoutMs?: number } = {}): Promise<LocalMesh> => {
-  const port = await freePort()
+/**
+ * Starts the mesh with its state in `state` (deleted first, and again on stop), on `port` or a
+ * free one. `nice` lowers its CPU priority (and that of wrangler and workerd, which inherit it),
+ * for a mesh started in the background of other work.
+ */
+export const startLocalMesh = async (
+  state: string,
+  options: { readonly timeoutMs?: number; readonly port?: number; readonly nice?: number } = {}
+): Promise<LocalMesh> => {
+  const port = options.port ?? await freePort()
   const child = spawn(process.execPath, [join(root, "scripts/start.ts"), "--fresh", "--state", state, "--port", String(port)], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"]
   })
+  // At once, before it spawns wrangler: its children inherit the priority.
+  if (options.nice !== undefined && child.pid !== undefined) setPriority(child.pid, options.nice)
   let log = ""
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`the mesh did not start in ${(options.timeoutMs ?? 180_000) / 1000} s:\n${log}`)), options.timeoutMs ?? 180_000)

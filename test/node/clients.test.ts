@@ -1,6 +1,6 @@
 /**
- * The mesh as its clients meet it, against a mesh of its own (`npm start` on
- * a free port, fresh state of its own under .build/): `curl /api/openapi.json`
+ * The mesh as its clients meet it, against the node project's shared mesh
+ * (`npm start` on a free port, fresh state, test/node/mesh-setup.ts): `curl /api/openapi.json`
  * is a valid OpenAPI 3.1 document whose operations are exactly the routes
  * docs/api.md lists; `/api/docs`, opened in a real headless Chromium, shows
  * the users and products operations and runs "try it" against the mesh,
@@ -17,8 +17,9 @@ import { spawnSync } from "node:child_process"
 import { existsSync, mkdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { type Browser, chromium } from "playwright-core"
-import { afterAll, describe, expect, inject, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { root } from "../../scripts/mesh.ts"
+import { meshUrl } from "./mesh.ts"
 
 const ci = process.env["CI"] === "true"
 const chromiumPath = [process.env["CHROMIUM_PATH"], "/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -29,8 +30,8 @@ if (chromiumPath === undefined) {
 
 const artifacts = join(root, ".build/artifacts")
 
-// The node project's shared mesh (test/node/mesh-setup.ts).
-const base = inject("meshUrl")
+// The node project's shared mesh (test/node/mesh-setup.ts), once it is up.
+const base = await meshUrl()
 
 interface Document {
   readonly paths: Record<string, Record<string, unknown>>

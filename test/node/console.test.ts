@@ -2,8 +2,8 @@
  * The mesh console (src/services/gateway/console.ts, docs/console.md).
  *
  * Its static topology (src/services/gateway/topology.ts) is checked against
- * the wrangler configs it was written from. Then, against a mesh of its own
- * (`npm start` on a free port, fresh state in .build/console-state-test), a
+ * the wrangler configs it was written from. Then, against the node project's
+ * shared mesh (`npm start` on a free port, fresh state, test/node/mesh-setup.ts), a
  * real headless Chromium signs in as the demo admin, sees every Worker in the
  * graph, sends every user to green through the split form (confirming it),
  * sees requests move there, finds the change in the audit trail and rolls it
@@ -21,6 +21,7 @@ import { unstable_readConfig } from "wrangler"
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest"
 import { root, workers as meshWorkers } from "../../scripts/mesh.ts"
 import { routes, workers } from "../../src/services/gateway/topology.ts"
+import { meshUrl } from "./mesh.ts"
 
 const ci = process.env["CI"] === "true"
 const chromiumPath = [process.env["CHROMIUM_PATH"], "/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -79,9 +80,10 @@ describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", 
 
   beforeAll(async () => {
     if (chromiumPath === undefined) throw new Error("chromium not found, and CI needs the browser test (apt-get install chromium)")
+    await meshUrl()
     browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] })
     mkdirSync(artifacts, { recursive: true })
-  }, 60_000)
+  }, 240_000)
 
   afterAll(async () => {
     await browser?.close()
@@ -152,7 +154,7 @@ describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", 
     await page.click("#set-split")
     await confirm(page, "PUT /api/admin/traffic/users", "console-confirm.png")
     await expect.poll(() => page.textContent(`[data-edge="users@green"]`)).toContain("100%")
-    // Routers keep a split up to TRAFFIC_CACHE_SECONDS (10 s under npm start).
+    // Routers keep a split up to TRAFFIC_CACHE_SECONDS (1 s under npm start).
     await expect.poll(() => usersVersion(member), { timeout: 30_000, interval: 500 }).toBe("green")
 
     const audit = page.locator("#audit .audit-entry").first()
