@@ -22,7 +22,7 @@
  * - `store`: `memory` (per isolate; Workers run many isolates, so the limit
  *   holds per isolate), `durable-object` (one object per client and policy:
  *   exact across isolates and locations; counters live in the object's
- *   memory), `redis` (`REDIS_URL`; atomic Lua scripts on Redis's own clock),
+ *   storage, so an eviction forgets none), `redis` (`REDIS_URL`; atomic Lua scripts on Redis's own clock),
  *   or `cloudflare` (a `ratelimits` binding named by `binding`: Cloudflare's
  *   own limiter, per location and approximate, which gives no remaining
  *   count; its limit and period are set on the binding).
