@@ -37,6 +37,9 @@ npm run mesh: a running mesh's traffic splits, feature flags and API keys, throu
   npm run mesh -- promote users green              green is the stable version, no canary
   npm run mesh -- promote users blue               back to blue
   npm run mesh -- rollback users                   weight 0 for the canary
+  npm run mesh -- mirror users green 10            copy 10% of blue's GETs to green and compare the answers
+                                                   (0 stops); no user is moved
+  npm run mesh -- mirror users                     the mirrored requests: matched, mismatched, the newest mismatches
   npm run mesh -- flags                            every flag
   npm run mesh -- flags <name>                     one flag
   npm run mesh -- flags set new-checkout 10 [--users <id>,<id>] [--roles admin]
@@ -189,8 +192,21 @@ const keys = async (api: (method: string, path: string, body?: unknown) => Promi
   }
 }
 
+interface Split {
+  readonly stable: string
+  readonly canary?: string
+  readonly weight: number
+  readonly rolledBack?: unknown
+}
+
 const run = async (flags: Flags, [command, ...args]: ReadonlyArray<string>) => {
   const { api, call } = session(flags)
+  /** A service's split as a new one starts from: its settings kept (auto-rollback, mirroring), its last rollback dropped. */
+  const currentSplit = async (service: string) => {
+    const splits = (await call("GET", "/traffic")) as Record<string, Split>
+    const { rolledBack: _, ...kept } = splits[service] ?? { stable: "blue", weight: 0 }
+    return { kept, stable: kept.stable, weight: kept.weight }
+  }
   switch (command) {
     case "status":
       return print(await call("GET", "/status"))
@@ -199,9 +215,23 @@ const run = async (flags: Flags, [command, ...args]: ReadonlyArray<string>) => {
       if (service === undefined) return print(await call("GET", "/traffic"))
       if (canary === undefined) return print(await call("GET", `/traffic/${service}`))
       const percent = integer(weight, "the weight (percent of users)", { min: 0, max: 100 })
-      const current = (await call("GET", "/traffic")) as Record<string, { stable: string }>
-      const stable = flags.stable ?? current[service]?.stable ?? "blue"
-      return print(await call("PUT", `/traffic/${service}`, { stable, canary, weight: percent }))
+      const { kept, stable } = await currentSplit(service)
+      return print(await call("PUT", `/traffic/${service}`, { ...kept, stable: flags.stable ?? stable, canary, weight: percent }))
+    }
+    case "mirror": {
+      const [service, canary, percentage] = args
+      if (service === undefined) return usage("mirror <service> [<canary> <percent>], e.g. mirror users green 10")
+      if (canary === undefined) return print(await call("GET", `/traffic/${service}/mirror`))
+      const percent = integer(percentage, "the percentage of requests mirrored", { min: 0, max: 100 })
+      const { kept, stable, weight } = await currentSplit(service)
+      // The canary's weight stays as it is when it is the same canary; a new canary starts at 0.
+      return print(await call("PUT", `/traffic/${service}`, {
+        ...kept,
+        stable,
+        canary,
+        weight: kept.canary === canary ? weight : 0,
+        mirror: { percentage: percent }
+      }))
     }
     case "promote": {
       const [service, version] = args

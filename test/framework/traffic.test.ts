@@ -5,14 +5,19 @@
  */
 import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
-import { Effect } from "effect"
+import { Effect, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { describe } from "vitest"
 import * as FeatureFlags from "../../src/layers/release/FeatureFlags.ts"
-import type { Identity } from "../../src/layers/security/Identity.ts"
+import { meshAdmin } from "../../src/layers/release/MeshAdmin.ts"
+import { proxy } from "../../src/layers/routing/Proxy.ts"
+import { RoutingTable } from "../../src/layers/routing/RoutingTable.ts"
+import { type Identity, IdentityKey } from "../../src/layers/security/Identity.ts"
 import * as Traffic from "../../src/layers/release/TrafficManager.ts"
 import { Invocation } from "../../src/runtime/Bindings.ts"
-import { unique } from "../helpers.ts"
+import * as Problem from "../../src/runtime/Problem.ts"
+import * as Worker from "../../src/runtime/Worker.ts"
+import { meshEnv, unique } from "../helpers.ts"
 
 const kv = env.MESH_CONFIG
 const user = (n: number): Identity => ({ kind: "user", sub: `user-${n}`, roles: ["user"] })
@@ -175,6 +180,127 @@ describe("traffic splits", () => {
       yield* Traffic.writeSplit(kv, service, { stable: "purple", canary: "green", weight: 0 })
       expect((yield* manager.choose(versionsOf(service), user(1), request)).version).toBe("blue")
     }))
+})
+
+describe("mirroring", () => {
+  it("compares shapes, not values: keys and types, arrays by their first item, statuses and content types", () => {
+    const json = (status: number, value: unknown): Traffic.ComparedAnswer => ({ status, json: true, body: JSON.stringify(value) })
+    expect(Traffic.compareAnswers(json(200, { id: "1", tags: [] }), json(200, { id: "2", tags: ["a"] }))).toBeUndefined()
+    expect(Traffic.compareAnswers(json(200, { id: "1" }), json(404, { id: "1" }))).toBe("status 200 vs 404")
+    expect(Traffic.compareAnswers(json(200, { id: "1", name: "a" }), json(200, { id: "1" }))).toBe("$.name: missing from the canary")
+    expect(Traffic.compareAnswers(json(200, { id: "1" }), json(200, { id: "1", extra: 1 }))).toBe("$.extra: only in the canary")
+    expect(Traffic.compareAnswers(json(200, { items: [{ n: 1 }] }), json(200, { items: [{ n: "1" }] }))).toBe("$.items[0].n: number vs string")
+    expect(Traffic.compareAnswers(json(200, {}), { status: 200, json: false, body: "<html>" })).toBe("the canary's answer is not JSON")
+    // Too large to read: statuses and content types only.
+    expect(Traffic.compareAnswers(json(200, {}), { status: 200, json: true, body: undefined })).toBeUndefined()
+  })
+
+  /** A router with one versioned route, whose blue and green answer as given, and what each was sent. */
+  const router = (service: string, answers: Record<"blue" | "green", (path: string) => Response>) => {
+    const sent: Array<string> = []
+    const version = (name: "blue" | "green") =>
+      ({
+        fetch: async (input: RequestInfo, init?: RequestInit) => {
+          const request = new Request(input, init)
+          const path = new URL(request.url).pathname
+          sent.push(`${name} ${request.method} ${path}`)
+          return answers[name](path)
+        }
+      }) as unknown as Fetcher
+    const vars = {
+      ...meshEnv("router"),
+      ROUTES: [{ service, prefix: "/api/things", binding: "BLUE", versions: { blue: "BLUE", green: "GREEN" } }],
+      BLUE: version("blue"),
+      GREEN: version("green"),
+      MESH_CONFIG: env.MESH_CONFIG,
+      TRAFFIC_CACHE_SECONDS: "0",
+      ROLLOUTS: env.ROLLOUTS
+    }
+    const worker = Worker.make({
+      name: "router",
+      layer: Layer.mergeAll(RoutingTable.layer, IdentityKey.layer, Traffic.TrafficManager.layer),
+      fetch: proxy("router")
+    })
+    /** One request, and the work it left for after its answer, done. */
+    const call = async (method: string, path: string) => {
+      const background: Array<Promise<unknown>> = []
+      const response = await worker.fetch!(
+        new Request(`http://router${path}`, { method }) as Request<unknown, IncomingRequestCfProperties>,
+        vars,
+        { waitUntil: (promise: Promise<unknown>) => void background.push(promise), passThroughOnException: () => {}, props: {} } as unknown as ExecutionContext
+      )
+      const body = await response.text()
+      await Promise.all(background)
+      return { status: response.status, version: response.headers.get(Traffic.versionHeader), body }
+    }
+    return { sent, call, vars }
+  }
+
+  it("copies GETs to the canary after the answer, compares, counts mesh-wide and keeps the newest mismatches; never a POST", async () => {
+    const service = `mirror-${unique()}`
+    const { sent, call, vars } = router(service, {
+      blue: (path) => Response.json(path.endsWith("/2") ? { id: "2", name: "Ada" } : { id: "1", name: "Ada", tags: [] }),
+      green: (path) =>
+        path.endsWith("/3")
+          ? Response.json({ title: "Internal Server Error" }, { status: 500 })
+          : Response.json(path.endsWith("/2") ? { id: "2", fullName: "Ada" } : { id: "1", name: "Bea", tags: ["x"] })
+    })
+    await Effect.runPromise(Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 0, mirror: { percentage: 100 } }))
+    for (const path of ["/api/things/1", "/api/things/2", "/api/things/3"]) {
+      // The client gets the stable version's answer, whole.
+      const answer = await call("GET", path)
+      expect(answer).toMatchObject({ status: 200, version: "blue" })
+      expect(JSON.parse(answer.body)).toMatchObject({ name: "Ada" })
+    }
+    expect((await call("POST", "/api/things/1")).version).toBe("blue")
+    expect(sent).toEqual([
+      "blue GET /api/things/1", "green GET /api/things/1",
+      "blue GET /api/things/2", "green GET /api/things/2",
+      "blue GET /api/things/3", "green GET /api/things/3",
+      "blue POST /api/things/1"
+    ])
+    const rollout = env.ROLLOUTS.get(env.ROLLOUTS.idFromName(service)) as unknown as { mirrorReport(): Promise<Traffic.MirrorReport> }
+    expect(await rollout.mirrorReport()).toMatchObject({
+      canary: "green",
+      matched: 1,
+      mismatched: 2,
+      recent: [
+        { path: "/api/things/3", stable: 200, canary: 500, difference: "status 200 vs 500" },
+        { path: "/api/things/2", stable: 200, canary: 200, difference: "$.name: missing from the canary" }
+      ]
+    })
+    // Mirrored answers move nobody, and count toward no rollback.
+    expect(await Effect.runPromise(Traffic.readSplit(kv, service))).toMatchObject({ weight: 0, canary: "green" })
+
+    // Admins read the same counts through the admin API.
+    const admin = { kind: "user", sub: "ada", roles: ["admin"] } as const
+    const report = await Effect.runPromise(
+      meshAdmin(new Request(`http://gateway/api/admin/traffic/${service}/mirror`), admin).pipe(
+        Effect.catch((error) => Effect.succeed(Problem.fromError(error))),
+        Effect.provide(Layer.mergeAll(RoutingTable.layer, IdentityKey.layer).pipe(Layer.provideMerge(Worker.envLayer(vars)))),
+        Effect.provideService(Invocation, { waitUntil: () => {} })
+      )
+    )
+    expect(report.status).toBe(200)
+    expect(await report.json()).toMatchObject({ canary: "green", matched: 1, mismatched: 2 })
+
+    // At 0% nothing is copied.
+    await Effect.runPromise(Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 0, mirror: { percentage: 0 } }))
+    sent.length = 0
+    await call("GET", "/api/things/1")
+    expect(sent).toEqual(["blue GET /api/things/1"])
+  })
+
+  it("copies about the configured share of requests", async () => {
+    const service = `mirror-share-${unique()}`
+    const { sent, call } = router(service, { blue: () => Response.json({}), green: () => Response.json({}) })
+    await Effect.runPromise(Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 0, mirror: { percentage: 25 } }))
+    for (let n = 0; n < 200; n++) await call("GET", `/api/things/${n}`)
+    const copies = sent.filter((line) => line.startsWith("green")).length
+    // 25% of 200 is 50; binomial, standard deviation about 6.
+    expect(copies).toBeGreaterThan(25)
+    expect(copies).toBeLessThan(75)
+  })
 })
 
 describe("feature flags", () => {

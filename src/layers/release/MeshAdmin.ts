@@ -6,8 +6,9 @@
  *   GET    /api/admin/audit?limit=50              the newest changes made here (Audit.ts records every one)
  *   GET    /api/admin/health                      the mesh's detailed health (HealthReport.ts)
  *   GET    /api/admin/traffic                     every service's split
- *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback? }
+ *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback?, mirror? }
  *   POST   /api/admin/traffic/{service}/rollback  weight 0 for the canary (routers follow within their cache time)
+ *   GET    /api/admin/traffic/{service}/mirror    requests mirrored to the canary: matched, mismatched, the newest mismatches
  *   GET    /api/admin/flags                       every flag
  *   PUT    /api/admin/flags/{name}                { enabled, percentage, users?, roles? }
  *   DELETE /api/admin/flags/{name}
@@ -51,7 +52,8 @@ const SetSplit = Schema.Struct({
   stable: Traffic.VersionName,
   canary: Schema.optionalKey(Traffic.VersionName),
   weight: Traffic.TrafficSplit.fields.weight,
-  autoRollback: Schema.optionalKey(Traffic.AutoRollback)
+  autoRollback: Schema.optionalKey(Traffic.AutoRollback),
+  mirror: Traffic.TrafficSplit.fields.mirror
 })
 
 const isJson = (contentType: string | null) =>
@@ -203,6 +205,20 @@ const answer = (request: Request, identity: Identity) =>
           yield* Effect.logWarning(`Rolled ${service} back by hand`)
           return Response.json(rolledBack)
         }
+        if (action === "mirror") {
+          if (method !== "GET") return yield* notAllowed("GET /api/admin/traffic/{service}/mirror")
+          // The routers count mirrored requests in each service's RolloutObject, bound here too as ROLLOUTS.
+          const rollouts = yield* Effect.option(Bindings.durableObject("ROLLOUTS"))
+          if (rollouts._tag === "None") {
+            return yield* new Problem.NotFound({ detail: "Mirrored requests are counted in the ROLLOUTS Durable Object, which this Worker does not bind" })
+          }
+          const report = yield* Traffic.readMirrorReport(rollouts.value, service).pipe(
+            Effect.mapError(() => new Problem.ServiceUnavailable({ detail: `${service}'s mirror counts could not be read; try again` }))
+          )
+          return report === undefined
+            ? yield* new Problem.NotFound({ detail: `No request of ${service} has been mirrored` })
+            : Response.json(report, { headers: { "cache-control": "no-store" } })
+        }
         if (action !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })
         if (method === "GET") {
           const split = yield* Traffic.readSplit(kv, service)
@@ -212,6 +228,7 @@ const answer = (request: Request, identity: Identity) =>
         const split = yield* body(request, SetSplit)
         if (split.canary === undefined && split.weight > 0) return yield* invalidPayload("canary", "A weight above 0 needs a canary")
         if (split.canary === split.stable) return yield* invalidPayload("canary", "The canary and the stable version differ")
+        if (split.canary === undefined && (split.mirror?.percentage ?? 0) > 0) return yield* invalidPayload("mirror", "Mirroring needs a canary to mirror to")
         yield* checkSplit(service, split)
         yield* Traffic.writeSplit(kv, service, split)
         return Response.json(split)

@@ -33,12 +33,23 @@
  * follow within their cache time). A canary spread thin over many isolates
  * may never reach `minRequests` in any one: size it to your traffic.
  *
+ * Mirroring: `mirror: { percentage: 10 }` copies 10% of the GET and HEAD
+ * requests the stable version serves to the canary, after the answer (under
+ * `waitUntil`; the client never waits for it). The canary's answer is
+ * compared with the stable one's: the same status, and for JSON the same
+ * shape (keys and value types, not values). Matches and mismatches are
+ * counted in the service's RolloutObject (with the ten newest mismatches),
+ * read by admins at `GET /api/admin/traffic/{service}/mirror`, and in the
+ * metric `meshwork.traffic.mirrored`. Mirrored answers never count toward a
+ * rollback. A canary can be mirrored to at weight 0, before any user moves.
+ *
  * A KV failure never fails a request: the router keeps its last split, and
  * without the `MESH_CONFIG` binding uses each route's default version.
  */
-import { Clock, Context, Effect, Layer, Option, Schema } from "effect"
+import { Clock, Context, Effect, Layer, Metric, Option, Schema } from "effect"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as ConfigStore from "./ConfigStore.ts"
 import { hasRole, type Identity } from "../security/Identity.ts"
 import { fnv1a64 } from "../state/Sharding.ts"
@@ -61,6 +72,11 @@ export const TrafficSplit = Schema.Struct({
   /** Percent of users on the canary, 0 to 100 (two decimals). */
   weight: Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 })),
   autoRollback: Schema.optionalKey(AutoRollback),
+  /** Copies of the stable version's GET and HEAD requests sent to the canary, compared, never answered with. */
+  mirror: Schema.optionalKey(Schema.Struct({
+    /** Percent of those requests copied, 0 to 100. */
+    percentage: Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 }))
+  })),
   /** The last rollback, manual or automatic. */
   rolledBack: Schema.optionalKey(Schema.Struct({ at: Schema.String, reason: Schema.String, canary: VersionName }))
 })
@@ -105,6 +121,102 @@ export const rollback = (kv: KVNamespace, service: string, reason: string, canar
     yield* writeSplit(kv, service, next)
     return next
   })
+
+/** One mirrored request: how the canary's answer compared with the stable version's. */
+export interface MirrorOutcome {
+  readonly path: string
+  readonly stable: number
+  /** The canary's status, or the problem that kept it from answering. */
+  readonly canary: number | string
+  /** What differed; none when they matched. */
+  readonly difference?: string | undefined
+}
+
+/** A canary's mirrored requests since it became the canary (or since mirroring began). */
+export interface MirrorReport {
+  readonly canary: string
+  readonly since: string
+  matched: number
+  mismatched: number
+  /** The newest mismatches first, at most ten. */
+  recent: Array<MirrorOutcome & { readonly at: string }>
+}
+
+/** Mirrored requests, by canary and result (`match` or `mismatch`). */
+export const mirrored = Metric.counter("meshwork.traffic.mirrored", {
+  description: "Requests copied to a canary and compared with the stable version's answer"
+})
+
+/** The shape of a JSON value: its type, and for objects and arrays what they hold (values left out). */
+const typeOf = (value: unknown): string =>
+  value === null ? "null" : Array.isArray(value) ? "array" : typeof value
+
+/**
+ * The first place where two JSON values differ in shape, as `<path>: <what>`;
+ * none when their keys and value types agree (arrays by their first item).
+ */
+export const shapeDifference = (stable: unknown, canary: unknown, path = "$", depth = 0): string | undefined => {
+  const [a, b] = [typeOf(stable), typeOf(canary)]
+  if (a !== b) return `${path}: ${a} vs ${b}`
+  if (depth >= 16) return undefined
+  if (a === "array") {
+    const [first, other] = [(stable as Array<unknown>)[0], (canary as Array<unknown>)[0]]
+    return first === undefined || other === undefined ? undefined : shapeDifference(first, other, `${path}[0]`, depth + 1)
+  }
+  if (a !== "object") return undefined
+  const [left, right] = [stable as Record<string, unknown>, canary as Record<string, unknown>]
+  const missing = Object.keys(left).find((key) => !(key in right))
+  if (missing !== undefined) return `${path}.${missing}: missing from the canary`
+  const extra = Object.keys(right).find((key) => !(key in left))
+  if (extra !== undefined) return `${path}.${extra}: only in the canary`
+  for (const key of Object.keys(left)) {
+    const found = shapeDifference(left[key], right[key], `${path}.${key}`, depth + 1)
+    if (found !== undefined) return found
+  }
+  return undefined
+}
+
+/** An answer as mirroring compares it: its status, whether it is JSON, and its body (none when too large to compare). */
+export interface ComparedAnswer {
+  readonly status: number
+  readonly json: boolean
+  readonly body: string | undefined
+}
+
+/** What differs between the stable version's answer and the canary's; none when they agree. */
+export const compareAnswers = (stable: ComparedAnswer, canary: ComparedAnswer): string | undefined => {
+  if (stable.status !== canary.status) return `status ${stable.status} vs ${canary.status}`
+  if (stable.json !== canary.json) return stable.json ? "the canary's answer is not JSON" : "only the canary's answer is JSON"
+  if (!stable.json || stable.body === undefined || canary.body === undefined) return undefined
+  const parse = (body: string): { readonly value: unknown } | undefined => {
+    try {
+      return { value: body === "" ? null : JSON.parse(body) }
+    } catch {
+      return undefined
+    }
+  }
+  const [left, right] = [parse(stable.body), parse(canary.body)]
+  if (left === undefined || right === undefined) return left === right ? undefined : "a body that is not valid JSON"
+  return shapeDifference(left.value, right.value)
+}
+
+/** Adds one mirrored request's outcome to `report` (a new one when the canary changed). */
+export const countMirrored = (
+  report: MirrorReport | undefined,
+  canary: string,
+  outcome: MirrorOutcome,
+  now: number
+): MirrorReport => {
+  const current: MirrorReport = report !== undefined && report.canary === canary
+    ? report
+    : { canary, since: new Date(now).toISOString(), matched: 0, mismatched: 0, recent: [] }
+  if (outcome.difference === undefined) current.matched++
+  else {
+    current.mismatched++
+    current.recent = [{ ...outcome, at: new Date(now).toISOString() }, ...current.recent].slice(0, 10)
+  }
+  return current
+}
 
 /** A route's versions: name -> fetcher, and the default. */
 export interface Versions {
@@ -165,6 +277,35 @@ export class RolloutObject extends DurableObjects.make({ name: "RolloutObject", 
       return reason
     }))
   }
+
+  /** Counts a mirrored request's outcome; kept in storage until another canary is mirrored to. */
+  mirrored(canary: string, outcome: MirrorOutcome): Promise<void> {
+    return this.run(DurableObjects.State.useSync((state) => {
+      const kv = state.storage.kv
+      kv.put("mirror", countMirrored(kv.get<MirrorReport>("mirror"), canary, outcome, Date.now()))
+    }))
+  }
+
+  /** The mirrored requests so far, or none. */
+  mirrorReport(): Promise<MirrorReport | undefined> {
+    return this.run(DurableObjects.State.useSync((state) => state.storage.kv.get<MirrorReport>("mirror")))
+  }
+}
+
+/** A service's mirror report from its RolloutObject (in `rollouts`, the ROLLOUTS binding). */
+export const readMirrorReport = (rollouts: DurableObjectNamespace, service: string) =>
+  Effect.tryPromise(() =>
+    (rollouts.get(rollouts.idFromName(service)) as unknown as Pick<RolloutObject, "mirrorReport">).mirrorReport()
+  )
+
+/** The methods a mirror copies: they change nothing and carry no body. */
+const mirrorable = new Set(["GET", "HEAD"])
+
+/** Where a request goes, and, when it is mirrored, the canary its copy goes to. */
+export interface Chosen {
+  readonly version: string
+  readonly fetcher: Fetcher
+  readonly mirror?: { readonly version: string; readonly fetcher: Fetcher } | undefined
 }
 
 export class TrafficManager extends Context.Service<TrafficManager, {
@@ -173,7 +314,9 @@ export class TrafficManager extends Context.Service<TrafficManager, {
     versions: Versions,
     identity: Identity | undefined,
     request: Request
-  ) => Effect.Effect<{ readonly version: string; readonly fetcher: Fetcher }>
+  ) => Effect.Effect<Chosen>
+  /** Counts a mirrored request's outcome, after the answer. */
+  readonly recordMirrored: (versions: Versions, canary: string, outcome: MirrorOutcome) => Effect.Effect<void>
   /** Counts an answer of `version`; may trip the automatic rollback of a canary. */
   readonly record: (versions: Versions, version: string, failed: boolean) => Effect.Effect<void, never, Bindings.Invocation>
 }>()("meshwork/layers/release/TrafficManager") {
@@ -188,6 +331,8 @@ export class TrafficManager extends Context.Service<TrafficManager, {
   ): TrafficManager["Service"] => {
     const splits = ConfigStore.cached(kv, cacheMillis, TrafficSplit)
     const windows = new Map<string, Window>()
+    // Without a ROLLOUTS binding, mirrored requests are counted in this isolate only.
+    const mirrorReports = new Map<string, MirrorReport>()
 
     /** The split as this route can follow it: an unknown canary is dropped, an unknown stable version means none. */
     const usable = (versions: Versions, split: TrafficSplit | undefined): TrafficSplit | undefined => {
@@ -204,12 +349,33 @@ export class TrafficManager extends Context.Service<TrafficManager, {
         if (override !== null && identity !== undefined && hasRole(identity, "admin") && versions.fetchers.has(override)) {
           return Effect.succeed(fetcherOf(override))
         }
-        return Effect.map(splits.get(prefix + versions.service), (found) => {
+        return Effect.map(splits.get(prefix + versions.service), (found): Chosen => {
           const split = usable(versions, found)
           if (split === undefined) return fetcherOf(versions.defaultVersion)
-          return fetcherOf(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
+          const chosen = fetcherOf(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
+          const percentage = split.mirror?.percentage ?? 0
+          if (
+            split.canary === undefined || chosen.version !== split.stable || percentage === 0 ||
+            !mirrorable.has(request.method) || Math.random() * 100 >= percentage
+          ) return chosen
+          return { ...chosen, mirror: fetcherOf(split.canary) }
         })
       },
+      recordMirrored: (versions, canary, outcome) =>
+        Effect.andThen(
+          Telemetry.record(mirrored, 1, {
+            upstream: versions.service,
+            canary,
+            result: outcome.difference === undefined ? "match" : "mismatch"
+          }),
+          rollouts === undefined
+            ? Effect.sync(() => {
+              mirrorReports.set(versions.service, countMirrored(mirrorReports.get(versions.service), canary, outcome, Date.now()))
+            })
+            : Effect.tryPromise(() =>
+              (rollouts.get(rollouts.idFromName(versions.service)) as unknown as Pick<RolloutObject, "mirrored">).mirrored(canary, outcome)
+            ).pipe(Effect.catch((error) => Effect.logWarning(`Counting a request mirrored to ${versions.service}@${canary} failed`, error)))
+        ),
       record: (versions, version, failed) => {
         const split = usable(versions, splits.peek(prefix + versions.service))
         // Only a canary's answers are counted, and only while it has traffic.

@@ -241,12 +241,70 @@ const forwardTo = (upstream: Upstream, request: Request): Effect.Effect<Response
           )
         return Effect.andThen(traffic.record(versions, chosen.version, failed), () => {
           if (exit._tag === "Failure") return exit
-          const response = new Response(exit.value.body, exit.value)
+          const answer = exit.value
+          // A mirrored request: the client gets one branch of the body, the comparison the other.
+          const [body, copy] = chosen.mirror === undefined || answer.body === null ? [answer.body, null] : answer.body.tee()
+          const response = new Response(body, answer)
           response.headers.set(Traffic.versionHeader, chosen.version)
-          return Effect.succeed(response)
+          if (chosen.mirror === undefined) return Effect.succeed(response)
+          const canary = chosen.mirror
+          return Effect.as(
+            Bindings.waitUntil(mirror(
+              { ...upstream, service: `${upstream.service}@${canary.version}`, fetcher: canary.fetcher },
+              request,
+              { status: answer.status, headers: answer.headers, body: copy },
+              (outcome) => traffic.recordMirrored(versions, canary.version, outcome)
+            )),
+            response
+          )
         })
       })
     })
+  })
+
+/** The most of a body mirroring compares; beyond it, only statuses and content types are. */
+const mirrorBodyLimit = 256 * 1024
+
+/** An answer as mirroring compares it; the body is read up to the limit, and left out past it. */
+const comparable = async (status: number, headers: Headers, body: ReadableStream<Uint8Array> | null): Promise<Traffic.ComparedAnswer> => {
+  const json = /^application\/([a-z0-9.+-]*\+)?json\b/i.test(headers.get("content-type") ?? "")
+  if (body === null) return { status, json, body: "" }
+  const reader = body.getReader()
+  const chunks: Array<Uint8Array> = []
+  let size = 0
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    size += value.byteLength
+    if (size > mirrorBodyLimit) {
+      await reader.cancel()
+      return { status, json, body: undefined }
+    }
+    chunks.push(value)
+  }
+  return { status, json, body: new TextDecoder().decode(await new Blob(chunks).arrayBuffer()) }
+}
+
+/**
+ * Sends a copy of `request` to the canary `target` after the stable version
+ * answered `stable`, compares the two answers, and hands the outcome to `record`.
+ */
+const mirror = (
+  target: Upstream,
+  request: Request,
+  stable: { readonly status: number; readonly headers: Headers; readonly body: ReadableStream<Uint8Array> | null },
+  record: (outcome: Traffic.MirrorOutcome) => Effect.Effect<void>
+): Effect.Effect<void, never, Bindings.Invocation> =>
+  Effect.gen(function*() {
+    const path = new URL(request.url).pathname
+    const expected = yield* Effect.promise(() => comparable(stable.status, stable.headers, stable.body))
+    const exit = yield* Effect.exit(forward(target, request))
+    if (exit._tag === "Failure") {
+      const problem = Exit.findErrorOption(exit).pipe(Option.map((error) => error._tag), Option.getOrElse(() => "a defect"))
+      return yield* record({ path, stable: stable.status, canary: problem, difference: `the canary failed: ${problem}` })
+    }
+    const answer = yield* Effect.promise(() => comparable(exit.value.status, exit.value.headers, exit.value.body))
+    yield* record({ path, stable: stable.status, canary: answer.status, difference: Traffic.compareAnswers(expected, answer) })
   })
 
 /**

@@ -33,7 +33,13 @@ export interface RouteShape {
 export const workers: ReadonlyArray<WorkerShape> = [
   {
     script: "meshwork-gateway",
-    durableObjects: { RATE_LIMITER: "RateLimiterObject", CACHE_TAGS: "CacheTagIndexObject", REDIS_POOL: "RedisPoolObject", API_KEY_QUOTAS: "ApiKeyQuotaObject" },
+    durableObjects: {
+      RATE_LIMITER: "RateLimiterObject",
+      CACHE_TAGS: "CacheTagIndexObject",
+      REDIS_POOL: "RedisPoolObject",
+      API_KEY_QUOTAS: "ApiKeyQuotaObject",
+      ROLLOUTS: "RolloutObject"
+    },
     produces: [],
     consumes: [],
     calls: { ROUTER: "meshwork-router", DOCS: "meshwork-docs" }
