@@ -92,7 +92,9 @@ describe("traffic splits", () => {
             stable: "blue",
             canary: "green",
             weight: 50,
-            autoRollback: { errorRate: 0.2, minRequests: 50, windowSeconds: 60 }
+            autoRollback: { errorRate: 0.2, minRequests: 50, windowSeconds: 60 },
+            // The rollback's own thresholds, alone (outlier detection would act at 20 answers).
+            outlierDetection: { enabled: false }
           })
           const versions = versionsOf(service)
           const background: Array<Promise<unknown>> = []
@@ -119,6 +121,67 @@ describe("traffic splits", () => {
       const stableFailing = yield* run(`stable-failing-${unique()}`, 1, "blue")
       expect(stableFailing).toMatchObject({ weight: 50 })
       expect(stableFailing?.rolledBack).toBeUndefined()
+    }))
+
+  it.effect("ejects a version whose failures stand out for a while, its callers on the other one, longer each time; a failing canary is rolled back", () =>
+    Effect.gen(function*() {
+      const manager = Traffic.TrafficManager.make(kv, 600_000)
+      const background: Array<Promise<unknown>> = []
+      const answer = (versions: Traffic.Versions, n: number, fails: (version: string) => boolean) =>
+        Effect.gen(function*() {
+          const { version } = yield* manager.choose(versions, user(n), request)
+          yield* manager.record(versions, version, fails(version)).pipe(
+            Effect.provideService(Invocation, { waitUntil: (promise) => void background.push(promise) })
+          )
+          return version
+        })
+      // The stable version fails every answer, the canary none.
+      const service = `outlier-${unique()}`
+      yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 50, autoRollback: { minRequests: 1000 } })
+      const versions = versionsOf(service)
+      const blueUser = Array.from({ length: 100 }, (_, n) => n).find((n) => Traffic.versionFor({ stable: "blue", canary: "green", weight: 50 }, Traffic.bucketOf(service, `user:user-${n}`)) === "blue")!
+      const served = new Map<string, number>()
+      for (let n = 0; n < 60; n++) {
+        const version = yield* answer(versions, n, (v) => v === "blue")
+        served.set(version, (served.get(version) ?? 0) + 1)
+      }
+      // Ejected at its 20th answer: blue served 20, everyone after that went to green.
+      expect(served.get("blue")).toBe(20)
+      expect((yield* manager.choose(versions, user(blueUser), request)).version).toBe("green")
+      yield* TestClock.adjust("29 seconds")
+      expect((yield* manager.choose(versions, user(blueUser), request)).version).toBe("green")
+      yield* TestClock.adjust("2 seconds")
+      expect((yield* manager.choose(versions, user(blueUser), request)).version).toBe("blue")
+      // Ejected again within 5 minutes: 60 s this time.
+      for (let n = 0; n < 60; n++) yield* answer(versions, n, (v) => v === "blue")
+      yield* TestClock.adjust("45 seconds")
+      expect((yield* manager.choose(versions, user(blueUser), request)).version).toBe("green")
+      yield* TestClock.adjust("20 seconds")
+      expect((yield* manager.choose(versions, user(blueUser), request)).version).toBe("blue")
+      // The stable version was only sidestepped: the split is as it was.
+      expect(yield* Traffic.readSplit(kv, service)).toMatchObject({ weight: 50 })
+
+      // Both failing alike: neither stands out, nobody moves.
+      const alike = `outlier-alike-${unique()}`
+      yield* Traffic.writeSplit(kv, alike, { stable: "blue", canary: "green", weight: 50, autoRollback: { minRequests: 1000 } })
+      for (let n = 0; n < 200; n++) yield* answer(versionsOf(alike), n, () => n % 3 !== 0)
+      expect((yield* manager.choose(versionsOf(alike), user(blueUser), request)).version).toBe("blue")
+
+      // Turned off: never.
+      const off = `outlier-off-${unique()}`
+      yield* Traffic.writeSplit(kv, off, { stable: "blue", canary: "green", weight: 50, outlierDetection: { enabled: false }, autoRollback: { minRequests: 1000 } })
+      for (let n = 0; n < 100; n++) yield* answer(versionsOf(off), n, (v) => v === "blue")
+      expect((yield* manager.choose(versionsOf(off), user(blueUser), request)).version).toBe("blue")
+
+      // The canary standing out is rolled back, with the reason.
+      const canary = `outlier-canary-${unique()}`
+      yield* Traffic.writeSplit(kv, canary, { stable: "blue", canary: "green", weight: 50, autoRollback: { minRequests: 1000 } })
+      for (let n = 0; n < 60; n++) yield* answer(versionsOf(canary), n, (v) => v === "green")
+      yield* Effect.promise(() => Promise.all(background))
+      expect(yield* Traffic.readSplit(kv, canary)).toMatchObject({
+        weight: 0,
+        rolledBack: { canary: "green", reason: expect.stringMatching(/^automatic: outlier, 20 of 20 answers of green failed, against 0 of \d+ of blue/) }
+      })
     }))
 
   it.effect("counts a canary's answers across isolates: two routers each below the threshold roll it back together, once", () =>

@@ -6,7 +6,7 @@
  *   GET    /api/admin/audit?limit=50              the newest changes made here (Audit.ts records every one)
  *   GET    /api/admin/health                      the mesh's detailed health (HealthReport.ts)
  *   GET    /api/admin/traffic                     every service's split
- *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback?, mirror? }
+ *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback?, outlierDetection?, mirror? }
  *   POST   /api/admin/traffic/{service}/rollback  weight 0 for the canary (routers follow within their cache time)
  *   GET    /api/admin/traffic/{service}/mirror    requests mirrored to the canary: matched, mismatched, the newest mismatches
  *   GET    /api/admin/flags                       every flag
@@ -53,6 +53,7 @@ const SetSplit = Schema.Struct({
   canary: Schema.optionalKey(Traffic.VersionName),
   weight: Traffic.TrafficSplit.fields.weight,
   autoRollback: Schema.optionalKey(Traffic.AutoRollback),
+  outlierDetection: Schema.optionalKey(Traffic.OutlierDetection),
   mirror: Traffic.TrafficSplit.fields.mirror
 })
 

@@ -33,6 +33,17 @@
  * follow within their cache time). A canary spread thin over many isolates
  * may never reach `minRequests` in any one: size it to your traffic.
  *
+ * Outlier detection (on unless `outlierDetection: { enabled: false }`): while
+ * both versions get traffic, each isolate counts each version's answers in
+ * windows of `windowSeconds` (10); a version with at least `minRequests` (20)
+ * answers, at least `errorRate` (0.5) of them failed, while the other
+ * version failed at most half as often, is ejected: its callers go to the
+ * other version for `ejectSeconds` (30; doubled each time it is ejected again
+ * within 5 minutes, at most 300 s), then come back. This is how a failing
+ * stable version is sidestepped while the canary is healthy: temporary, per
+ * isolate, written nowhere. An ejected canary is rolled back as well (it
+ * would get no more answers for its rollback to count).
+ *
  * Mirroring: `mirror: { percentage: 10 }` copies 10% of the GET and HEAD
  * requests the stable version serves to the canary, after the answer (under
  * `waitUntil`; the client never waits for it). The canary's answer is
@@ -66,12 +77,27 @@ export const AutoRollback = Schema.Struct({
   windowSeconds: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 3600 })))
 })
 
+export const OutlierDetection = Schema.Struct({
+  /** Default true. */
+  enabled: Schema.optionalKey(Schema.Boolean),
+  /** A version's failure share that ejects it, when the other version fails at most half as often. Default 0.5. */
+  errorRate: Schema.optionalKey(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 }))),
+  /** Fewest answers of the version in the window before its share counts. Default 20. */
+  minRequests: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
+  /** The window, in seconds. Default 10. */
+  windowSeconds: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 3600 }))),
+  /** How long a first ejection lasts, in seconds; doubled for each repeat within 5 minutes, at most 300. Default 30. */
+  ejectSeconds: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 300 })))
+})
+export type OutlierDetection = typeof OutlierDetection.Type
+
 export const TrafficSplit = Schema.Struct({
   stable: VersionName,
   canary: Schema.optionalKey(VersionName),
   /** Percent of users on the canary, 0 to 100 (two decimals). */
   weight: Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 })),
   autoRollback: Schema.optionalKey(AutoRollback),
+  outlierDetection: Schema.optionalKey(OutlierDetection),
   /** Copies of the stable version's GET and HEAD requests sent to the canary, compared, never answered with. */
   mirror: Schema.optionalKey(Schema.Struct({
     /** Percent of those requests copied, 0 to 100. */
@@ -218,6 +244,64 @@ export const countMirrored = (
   return current
 }
 
+/** Versions ejected by outlier detection, by service and version. */
+export const ejections = Metric.counter("meshwork.traffic.ejections", {
+  description: "Versions whose callers were sent to the other version for a while, their failure rate standing out"
+})
+
+interface Counts {
+  readonly start: number
+  total: number
+  failed: number
+}
+
+/** Outlier detection in one isolate: each version's answers in the current window, and the ejection in force per service. */
+export class Outliers {
+  private readonly windows = new Map<string, Map<string, Counts>>()
+  private readonly ejections = new Map<string, { readonly version: string; readonly until: number; readonly times: number }>()
+
+  /** Whether `service` has, or had, an ejection: only then does a caller need the time. */
+  has(service: string): boolean {
+    return this.ejections.has(service)
+  }
+
+  /** The version of `service` ejected at `now`, if any. */
+  ejected(service: string, now: number): string | undefined {
+    const ejection = this.ejections.get(service)
+    return ejection !== undefined && now < ejection.until ? ejection.version : undefined
+  }
+
+  /** Counts an answer of `version` (whose alternative is `other`); the reason, when it ejects `version`. */
+  count(service: string, version: string, other: string, failed: boolean, settings: OutlierDetection, now: number): string | undefined {
+    const windowMillis = (settings.windowSeconds ?? 10) * 1000
+    let byVersion = this.windows.get(service)
+    if (byVersion === undefined) this.windows.set(service, byVersion = new Map())
+    const countsOf = (name: string) => {
+      const found = byVersion.get(name)
+      if (found !== undefined && now - found.start <= windowMillis) return found
+      const fresh = { start: now, total: 0, failed: 0 }
+      byVersion.set(name, fresh)
+      return fresh
+    }
+    const mine = countsOf(version)
+    mine.total++
+    if (failed) mine.failed++
+    if (this.ejected(service, now) !== undefined) return undefined
+    const theirs = countsOf(other)
+    const rate = mine.failed / mine.total
+    if (mine.total < (settings.minRequests ?? 20) || rate < (settings.errorRate ?? 0.5)) return undefined
+    // It stands out only against a version that answered, and failed at most half as often.
+    if (theirs.total === 0 || theirs.failed / theirs.total > rate / 2) return undefined
+    const previous = this.ejections.get(service)
+    const times = previous !== undefined && previous.version === version && now - previous.until < 300_000 ? previous.times + 1 : 1
+    const ejectMillis = Math.min((settings.ejectSeconds ?? 30) * 1000 * 2 ** (times - 1), 300_000)
+    this.ejections.set(service, { version, until: now + ejectMillis, times })
+    byVersion.delete(version)
+    return `${mine.failed} of ${mine.total} answers of ${version} failed, against ${theirs.failed} of ${theirs.total} of ${other}: ` +
+      `its callers go to ${other} for ${ejectMillis / 1000} s`
+  }
+}
+
 /** A route's versions: name -> fetcher, and the default. */
 export interface Versions {
   readonly service: string
@@ -333,6 +417,7 @@ export class TrafficManager extends Context.Service<TrafficManager, {
     const windows = new Map<string, Window>()
     // Without a ROLLOUTS binding, mirrored requests are counted in this isolate only.
     const mirrorReports = new Map<string, MirrorReport>()
+    const outliers = new Outliers()
 
     /** The split as this route can follow it: an unknown canary is dropped, an unknown stable version means none. */
     const usable = (versions: Versions, split: TrafficSplit | undefined): TrafficSplit | undefined => {
@@ -349,16 +434,25 @@ export class TrafficManager extends Context.Service<TrafficManager, {
         if (override !== null && identity !== undefined && hasRole(identity, "admin") && versions.fetchers.has(override)) {
           return Effect.succeed(fetcherOf(override))
         }
-        return Effect.map(splits.get(prefix + versions.service), (found): Chosen => {
+        return Effect.flatMap(splits.get(prefix + versions.service), (found): Effect.Effect<Chosen> => {
           const split = usable(versions, found)
-          if (split === undefined) return fetcherOf(versions.defaultVersion)
+          if (split === undefined) return Effect.succeed(fetcherOf(versions.defaultVersion))
           const chosen = fetcherOf(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
-          const percentage = split.mirror?.percentage ?? 0
-          if (
-            split.canary === undefined || chosen.version !== split.stable || percentage === 0 ||
-            !mirrorable.has(request.method) || Math.random() * 100 >= percentage
-          ) return chosen
-          return { ...chosen, mirror: fetcherOf(split.canary) }
+          const withMirror = (): Chosen => {
+            const percentage = split.mirror?.percentage ?? 0
+            if (
+              split.canary === undefined || chosen.version !== split.stable || percentage === 0 ||
+              !mirrorable.has(request.method) || Math.random() * 100 >= percentage
+            ) return chosen
+            return { ...chosen, mirror: fetcherOf(split.canary) }
+          }
+          // The time is read only for a service that has had an ejection.
+          if (split.canary === undefined || !outliers.has(versions.service)) return Effect.succeed(withMirror())
+          const canary = split.canary
+          return Effect.map(Clock.currentTimeMillis, (now) =>
+            outliers.ejected(versions.service, now) === chosen.version
+              ? fetcherOf(chosen.version === split.stable ? canary : split.stable)
+              : withMirror())
         })
       },
       recordMirrored: (versions, canary, outcome) =>
@@ -378,44 +472,66 @@ export class TrafficManager extends Context.Service<TrafficManager, {
         ),
       record: (versions, version, failed) => {
         const split = usable(versions, splits.peek(prefix + versions.service))
-        // Only a canary's answers are counted, and only while it has traffic.
-        if (split === undefined || split.canary !== version || split.weight === 0) return Effect.void
-        const settings = split.autoRollback ?? {}
-        // Rolls back at once in this isolate; KV tells the others, after the answer.
+        // Only while both versions have traffic, and only theirs (not a version an admin picked).
+        if (split === undefined || split.canary === undefined || split.weight === 0) return Effect.void
+        if (version !== split.stable && version !== split.canary) return Effect.void
+        const canary = split.canary
+        // Rolls the canary back at once in this isolate; KV tells the others, after the answer.
         const trip = (reason: string, now: number) =>
           Effect.gen(function*() {
             splits.put(
               prefix + versions.service,
-              { ...split, weight: 0, rolledBack: { at: new Date(now).toISOString(), reason, canary: version } },
+              { ...split, weight: 0, rolledBack: { at: new Date(now).toISOString(), reason, canary } },
               now
             )
-            yield* Effect.logWarning(`Rolling ${versions.service} back from ${version}`).pipe(
-              Effect.annotateLogs({ service: versions.service, canary: version, reason })
+            yield* Effect.logWarning(`Rolling ${versions.service} back from ${canary}`).pipe(
+              Effect.annotateLogs({ service: versions.service, canary, reason })
             )
             if (kv !== undefined) {
-              yield* rollback(kv, versions.service, reason, version).pipe(
+              yield* rollback(kv, versions.service, reason, canary).pipe(
                 Effect.catchTag("meshwork/ConfigStore/ConfigStoreError", (error) =>
                   Effect.logError(`Writing the rollback of ${versions.service} failed`, error.cause))
               )
             }
           })
+        const detection = split.outlierDetection ?? {}
+        const other = version === split.stable ? canary : split.stable
+        const outlier = detection.enabled === false ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          const reason = outliers.count(versions.service, version, other, failed, detection, now)
+          if (reason === undefined) return Effect.void
+          return Effect.andThen(
+            Telemetry.record(ejections, 1, { upstream: versions.service, version }),
+            Effect.andThen(
+              Effect.logWarning(`Ejecting ${versions.service}@${version} for a while`).pipe(
+                Effect.annotateLogs({ service: versions.service, version, reason })
+              ),
+              // An ejected canary would answer nothing more for its rollback to count: it is rolled back.
+              version === canary
+                ? Bindings.waitUntil(trip(`automatic: outlier, ${reason}`, now))
+                : Effect.void
+            )
+          )
+        })
+        // Only the canary's answers count toward its rollback.
+        if (canary !== version) return outlier
+        const settings = split.autoRollback ?? {}
         if (rollouts !== undefined) {
           // Counted across isolates, after the answer: the object decides, once.
-          return Bindings.waitUntil(Effect.gen(function*() {
+          return Effect.andThen(outlier, Bindings.waitUntil(Effect.gen(function*() {
             const object = rollouts.get(rollouts.idFromName(versions.service)) as unknown as Pick<RolloutObject, "record">
             const reason = yield* Effect.tryPromise(() => object.record(version, { total: 1, failed: failed ? 1 : 0 }, settings)).pipe(
               Effect.catch((error) => Effect.as(Effect.logWarning(`Counting ${versions.service}'s canary answer failed`, error), undefined))
             )
             if (reason !== undefined) yield* trip(reason, yield* Clock.currentTimeMillis)
-          }))
+          })))
         }
-        return Effect.gen(function*() {
+        return Effect.andThen(outlier, Effect.gen(function*() {
           const now = yield* Clock.currentTimeMillis
           const { window, reason } = countAnswers(windows.get(versions.service), version, { total: 1, failed: failed ? 1 : 0 }, settings, now)
           if (window === undefined) windows.delete(versions.service)
           else windows.set(versions.service, window)
           if (reason !== undefined) yield* Bindings.waitUntil(trip(reason, now))
-        })
+        }))
       }
     })
   }
