@@ -139,9 +139,14 @@ describe("traffic splits", () => {
       const service = `outlier-${unique()}`
       yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 50, autoRollback: { minRequests: 1000 } })
       const versions = versionsOf(service)
-      const blueUser = Array.from({ length: 100 }, (_, n) => n).find((n) => Traffic.versionFor({ stable: "blue", canary: "green", weight: 50 }, Traffic.bucketOf(service, `user:user-${n}`)) === "blue")!
+      /** A user the split sends to blue, for a service. */
+      const blueUserOf = (name: string) =>
+        Array.from({ length: 100 }, (_, n) => n).find((n) =>
+          Traffic.versionFor({ stable: "blue", canary: "green", weight: 50 }, Traffic.bucketOf(name, `user:user-${n}`)) === "blue"
+        )!
+      const blueUser = blueUserOf(service)
       const served = new Map<string, number>()
-      for (let n = 0; n < 60; n++) {
+      for (let n = 0; n < 100; n++) {
         const version = yield* answer(versions, n, (v) => v === "blue")
         served.set(version, (served.get(version) ?? 0) + 1)
       }
@@ -153,7 +158,7 @@ describe("traffic splits", () => {
       yield* TestClock.adjust("2 seconds")
       expect((yield* manager.choose(versions, user(blueUser), request)).version).toBe("blue")
       // Ejected again within 5 minutes: 60 s this time.
-      for (let n = 0; n < 60; n++) yield* answer(versions, n, (v) => v === "blue")
+      for (let n = 0; n < 100; n++) yield* answer(versions, n, (v) => v === "blue")
       yield* TestClock.adjust("45 seconds")
       expect((yield* manager.choose(versions, user(blueUser), request)).version).toBe("green")
       yield* TestClock.adjust("20 seconds")
@@ -165,18 +170,18 @@ describe("traffic splits", () => {
       const alike = `outlier-alike-${unique()}`
       yield* Traffic.writeSplit(kv, alike, { stable: "blue", canary: "green", weight: 50, autoRollback: { minRequests: 1000 } })
       for (let n = 0; n < 200; n++) yield* answer(versionsOf(alike), n, () => n % 3 !== 0)
-      expect((yield* manager.choose(versionsOf(alike), user(blueUser), request)).version).toBe("blue")
+      expect((yield* manager.choose(versionsOf(alike), user(blueUserOf(alike)), request)).version).toBe("blue")
 
       // Turned off: never.
       const off = `outlier-off-${unique()}`
       yield* Traffic.writeSplit(kv, off, { stable: "blue", canary: "green", weight: 50, outlierDetection: { enabled: false }, autoRollback: { minRequests: 1000 } })
       for (let n = 0; n < 100; n++) yield* answer(versionsOf(off), n, (v) => v === "blue")
-      expect((yield* manager.choose(versionsOf(off), user(blueUser), request)).version).toBe("blue")
+      expect((yield* manager.choose(versionsOf(off), user(blueUserOf(off)), request)).version).toBe("blue")
 
       // The canary standing out is rolled back, with the reason.
       const canary = `outlier-canary-${unique()}`
       yield* Traffic.writeSplit(kv, canary, { stable: "blue", canary: "green", weight: 50, autoRollback: { minRequests: 1000 } })
-      for (let n = 0; n < 60; n++) yield* answer(versionsOf(canary), n, (v) => v === "green")
+      for (let n = 0; n < 100; n++) yield* answer(versionsOf(canary), n, (v) => v === "green")
       yield* Effect.promise(() => Promise.all(background))
       expect(yield* Traffic.readSplit(kv, canary)).toMatchObject({
         weight: 0,

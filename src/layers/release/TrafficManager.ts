@@ -149,24 +149,26 @@ export const rollback = (kv: KVNamespace, service: string, reason: string, canar
   })
 
 /** One mirrored request: how the canary's answer compared with the stable version's. */
-export interface MirrorOutcome {
-  readonly path: string
-  readonly stable: number
+export const MirrorOutcome = Schema.Struct({
+  path: Schema.String,
+  stable: Schema.Number,
   /** The canary's status, or the problem that kept it from answering. */
-  readonly canary: number | string
+  canary: Schema.Union([Schema.Number, Schema.String]),
   /** What differed; none when they matched. */
-  readonly difference?: string | undefined
-}
+  difference: Schema.optional(Schema.String)
+})
+export type MirrorOutcome = typeof MirrorOutcome.Type
 
-/** A canary's mirrored requests since it became the canary (or since mirroring began). */
-export interface MirrorReport {
-  readonly canary: string
-  readonly since: string
-  matched: number
-  mismatched: number
+/** A canary's mirrored requests since it became the one mirrored to. */
+export const MirrorReport = Schema.Struct({
+  canary: Schema.String,
+  since: Schema.String,
+  matched: Schema.Number,
+  mismatched: Schema.Number,
   /** The newest mismatches first, at most ten. */
-  recent: Array<MirrorOutcome & { readonly at: string }>
-}
+  recent: Schema.Array(Schema.Struct({ ...MirrorOutcome.fields, at: Schema.String }))
+})
+export type MirrorReport = typeof MirrorReport.Type
 
 /** Mirrored requests, by canary and result (`match` or `mismatch`). */
 export const mirrored = Metric.counter("meshwork.traffic.mirrored", {
@@ -236,12 +238,13 @@ export const countMirrored = (
   const current: MirrorReport = report !== undefined && report.canary === canary
     ? report
     : { canary, since: new Date(now).toISOString(), matched: 0, mismatched: 0, recent: [] }
-  if (outcome.difference === undefined) current.matched++
-  else {
-    current.mismatched++
-    current.recent = [{ ...outcome, at: new Date(now).toISOString() }, ...current.recent].slice(0, 10)
-  }
-  return current
+  return outcome.difference === undefined
+    ? { ...current, matched: current.matched + 1 }
+    : {
+      ...current,
+      mismatched: current.mismatched + 1,
+      recent: [{ ...outcome, at: new Date(now).toISOString() }, ...current.recent].slice(0, 10)
+    }
 }
 
 /** Versions ejected by outlier detection, by service and version. */

@@ -9,7 +9,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "effect/http-api"
-import { AuditEntry, Flag, HealthReport, Problem, TrafficSplit } from "meshwork"
+import { AuditEntry, Flag, HealthReport, MirrorReport, Problem, TrafficSplit } from "meshwork"
 import { ApiKeysGroup, AuthGroup } from "../auth/api.ts"
 import { ImportsGroup, ProductsGroup } from "../products/api.ts"
 import { SessionsGroup } from "../sessions/api.ts"
@@ -77,7 +77,9 @@ const SetSplit = Schema.Struct({
   stable: TrafficSplit.fields.stable,
   canary: TrafficSplit.fields.canary,
   weight: TrafficSplit.fields.weight,
-  autoRollback: TrafficSplit.fields.autoRollback
+  autoRollback: TrafficSplit.fields.autoRollback,
+  outlierDetection: TrafficSplit.fields.outlierDetection,
+  mirror: TrafficSplit.fields.mirror
 })
 const Purge = Schema.Struct({
   urls: Schema.optionalKey(Schema.Array(Schema.String).check(Schema.isMaxLength(1000))),
@@ -116,6 +118,8 @@ export class AdminGroup extends HttpApiGroup.make("admin")
       .annotate(OpenApi.Summary, "Set a service's split between its stable and canary versions"),
     HttpApiEndpoint.post("rollback", "/traffic/:service/rollback", { params: service, success: TrafficSplit, error: adminErrors })
       .annotate(OpenApi.Summary, "Send no traffic to the canary"),
+    HttpApiEndpoint.get("mirror", "/traffic/:service/mirror", { params: service, success: MirrorReport, error: adminErrors })
+      .annotate(OpenApi.Summary, "The requests mirrored to the canary: matched, mismatched, the newest mismatches"),
     HttpApiEndpoint.get("flags", "/flags", { success: Schema.Record(Schema.String, Flag), error: adminErrors })
       .annotate(OpenApi.Summary, "Every feature flag"),
     HttpApiEndpoint.get("flag", "/flags/:name", { params: flagName, success: Flag, error: adminErrors })
