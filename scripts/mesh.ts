@@ -5,7 +5,8 @@
  * `wrangler deploy` run).
  */
 import { build, type BuildOptions } from "esbuild"
-import type { LegacyWorkerOptions } from "miniflare"
+import type { LegacyWorkerOptions, Miniflare } from "miniflare"
+import { existsSync, readdirSync, readFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { dirname, join, resolve } from "node:path"
 
@@ -121,3 +122,61 @@ export const buildMesh = async (
     const scriptPath = await bundle(entry(worker), join(outdir, `${worker.name}.js`), { minify: options.minify ?? false })
     return miniflareOptions(worker, scriptPath, options.secrets?.(worker.name))
   }))
+
+/** A local D1 database of the mesh, with its migrations and demo data. */
+export interface LocalDatabase {
+  readonly id: string
+  readonly name: string
+  /** The binding it has in the first Worker that binds it. */
+  readonly binding: string
+  /** That Worker's config. */
+  readonly config: string
+  readonly migrations: string
+  /** The table wrangler records applied migrations in (`migrations_table`, default d1_migrations). */
+  readonly migrationsTable: string
+  readonly seed: string | undefined
+}
+
+/** Each D1 database of the mesh once (blue and green share users'), with its migrations and seed. */
+export const localDatabases = (): Array<LocalDatabase> => {
+  const byId = new Map<string, LocalDatabase>()
+  for (const worker of workers) {
+    const config = wranglerApi().unstable_readConfig({ config: join(root, worker.config) })
+    const dir = dirname(join(root, worker.config))
+    for (const database of config.d1_databases) {
+      const id = database.database_id ?? database.binding
+      if (byId.has(id)) continue
+      const seed = join(dir, "seed.sql")
+      byId.set(id, {
+        id,
+        name: database.database_name ?? database.binding,
+        binding: database.binding,
+        config: worker.config,
+        migrations: join(dir, database.migrations_dir ?? "migrations"),
+        migrationsTable: database.migrations_table ?? "d1_migrations",
+        seed: existsSync(seed) ? seed : undefined
+      })
+    }
+  }
+  return [...byId.values()]
+}
+
+/**
+ * Applies a database's pending migrations and then its seed, as `wrangler d1
+ * migrations apply` and `wrangler d1 execute --file` would: each migration
+ * with its record in wrangler's migrations table, in one batch.
+ */
+export const applyMigrations = async (db: Awaited<ReturnType<Miniflare["getD1Database"]>>, database: LocalDatabase): Promise<void> => {
+  const { unstable_splitSqlQuery: statements } = wranglerApi()
+  const table = `"${database.migrationsTable.replace(/"/g, '""')}"`
+  await db.exec(`CREATE TABLE IF NOT EXISTS ${table} (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)`)
+  const done = new Set((await db.prepare(`SELECT name FROM ${table}`).all<{ name: string }>()).results.map((row) => row.name))
+  const files = existsSync(database.migrations) ? readdirSync(database.migrations).filter((f) => f.endsWith(".sql")).sort() : []
+  for (const file of files.filter((f) => !done.has(f))) {
+    await db.batch([
+      ...statements(readFileSync(join(database.migrations, file), "utf8")).map((sql) => db.prepare(sql)),
+      db.prepare(`INSERT INTO ${table} (name) VALUES (?)`).bind(file)
+    ])
+  }
+  if (database.seed !== undefined) await db.batch(statements(readFileSync(database.seed, "utf8")).map((sql) => db.prepare(sql)))
+}

@@ -13,11 +13,11 @@ import { spawn } from "node:child_process"
 import { createHash } from "node:crypto"
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
-import { dirname, join, resolve } from "node:path"
+import { join, resolve } from "node:path"
 import { createInterface } from "node:readline"
 import { integer, main, usage } from "./cli.ts"
 import { ensureLocalSecrets } from "./keys.ts"
-import { root, workers, wranglerApi } from "./mesh.ts"
+import { applyMigrations, type LocalDatabase, localDatabases, root, workers } from "./mesh.ts"
 
 const help = `
 npm start: the whole mesh locally (gateway, router, auth, users blue and green,
@@ -77,41 +77,8 @@ const portIsFree = (port: number) =>
     server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)))
   })
 
-interface Database {
-  readonly id: string
-  readonly name: string
-  readonly config: string
-  readonly migrations: string
-  /** The table wrangler records applied migrations in (`migrations_table`, default d1_migrations). */
-  readonly migrationsTable: string
-  readonly seed: string | undefined
-}
-
-/** Each local D1 database once (blue and green share users'), with its migrations and seed. */
-const databases = (): Array<Database> => {
-  const byId = new Map<string, Database>()
-  for (const worker of workers) {
-    const config = wranglerApi().unstable_readConfig({ config: join(root, worker.config) })
-    const dir = dirname(join(root, worker.config))
-    for (const database of config.d1_databases) {
-      const id = database.database_id ?? database.binding
-      if (byId.has(id)) continue
-      const seed = join(dir, "seed.sql")
-      byId.set(id, {
-        id,
-        name: database.database_name ?? database.binding,
-        config: worker.config,
-        migrations: join(dir, database.migrations_dir ?? "migrations"),
-        migrationsTable: database.migrations_table ?? "d1_migrations",
-        seed: existsSync(seed) ? seed : undefined
-      })
-    }
-  }
-  return [...byId.values()]
-}
-
 /** What a database's migrations and seed are now: when it is unchanged, nothing is re-applied. */
-const fingerprint = (database: Database): string => {
+const fingerprint = (database: LocalDatabase): string => {
   const hash = createHash("sha256")
   const files = existsSync(database.migrations) ? readdirSync(database.migrations).filter((f) => f.endsWith(".sql")).sort() : []
   for (const file of files) hash.update(file).update(readFileSync(join(database.migrations, file)))
@@ -122,7 +89,7 @@ const fingerprint = (database: Database): string => {
 const migrate = async (): Promise<void> => {
   const applied: Record<string, string> = existsSync(appliedFile()) ? JSON.parse(readFileSync(appliedFile(), "utf8")) : {}
   const d1State = join(persistTo, "v3/d1")
-  const pending = databases().filter((database) => !existsSync(d1State) || applied[database.id] !== fingerprint(database))
+  const pending = localDatabases().filter((database) => !existsSync(d1State) || applied[database.id] !== fingerprint(database))
   if (pending.length === 0) {
     console.log("databases: up to date")
     return
@@ -132,7 +99,6 @@ const migrate = async (): Promise<void> => {
   // agree with it), but by one Miniflare for every database at once: a wrangler run per database
   // and step took 4-5 s each.
   const { Miniflare, convertV4MiniflareOptions } = await import("miniflare")
-  const { unstable_splitSqlQuery: statements } = wranglerApi()
   const mf = new Miniflare(convertV4MiniflareOptions({
     modules: true,
     script: "",
@@ -142,21 +108,7 @@ const migrate = async (): Promise<void> => {
   try {
     await Promise.all(pending.map(async (database, i) => {
       const started = Date.now()
-      const db = await mf.getD1Database(`DB${i}`)
-      const table = `"${database.migrationsTable.replace(/"/g, '""')}"`
-      await db.exec(`CREATE TABLE IF NOT EXISTS ${table} (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)`)
-      const done = new Set((await db.prepare(`SELECT name FROM ${table}`).all<{ name: string }>()).results.map((row) => row.name))
-      const files = existsSync(database.migrations) ? readdirSync(database.migrations).filter((f) => f.endsWith(".sql")).sort() : []
-      for (const file of files.filter((f) => !done.has(f))) {
-        // A migration and its record in one batch: both or neither.
-        await db.batch([
-          ...statements(readFileSync(join(database.migrations, file), "utf8")).map((sql) => db.prepare(sql)),
-          db.prepare(`INSERT INTO ${table} (name) VALUES (?)`).bind(file)
-        ])
-      }
-      if (database.seed !== undefined) {
-        await db.batch(statements(readFileSync(database.seed, "utf8")).map((sql) => db.prepare(sql)))
-      }
+      await applyMigrations(await mf.getD1Database(`DB${i}`), database)
       applied[database.id] = fingerprint(database)
       const seeded = database.seed === undefined ? "" : ", demo data loaded"
       console.log(`database ${database.name}: migrated${seeded} (${((Date.now() - started) / 1000).toFixed(1)} s)`)

@@ -9,6 +9,7 @@ import { Clock, Effect, Fiber, Random } from "effect"
 import { TestClock } from "effect/testing"
 import * as Proxy from "../../src/layers/routing/Proxy.ts"
 import { Retries, RetryBudget, type RetrySettings } from "../../src/layers/resilience/Retries.ts"
+import * as Problem from "../../src/runtime/Problem.ts"
 import * as ServiceClient from "../../src/runtime/ServiceClient.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
 
@@ -137,6 +138,30 @@ it.effect("under a 100%-failing upstream the budget caps retries at 20% of reque
     const retries = (yield* calls(k)).calls - requests
     expect(retries).toBeGreaterThan(0)
     expect(retries).toBeLessThanOrEqual(120)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("hedges a slow GET: a second attempt after hedgeAfterMs, the first answer wins, the slow one is aborted", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const answer = yield* drive(call(`/hang-first?key=${k}`, { retry: { hedgeAfterMs: 100 }, timeoutMs: 5_000 }))
+    expect(answer).toEqual({ status: 200, body: "GET 200" })
+    expect(yield* calls(k)).toEqual({ calls: 2, aborted: true })
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("never hedges a write, nor beyond the retry budget", () =>
+  Effect.gen(function*() {
+    // A PUT may be retried, but never sent twice at once: it waits out its timeout.
+    const put = key()
+    const timedOut = yield* Effect.flip(drive(call(`/hang-first?key=${put}`, { method: "PUT", retry: { hedgeAfterMs: 100, attempts: 1 }, timeoutMs: 1_000 })))
+    expect(timedOut).toBeInstanceOf(Problem.GatewayTimeout)
+    expect((yield* calls(put)).calls).toBe(1)
+    // With no retry left in the budget, no hedge either.
+    const spent = key()
+    const broke = yield* Effect.flip(drive(call(`/hang-first?key=${spent}`, { retry: { hedgeAfterMs: 100 }, timeoutMs: 1_000 }))).pipe(
+      Effect.provideService(Retries, Retries.of({ budget: () => new RetryBudget(0, 0) }))
+    )
+    expect(broke).toBeInstanceOf(Problem.GatewayTimeout)
+    expect((yield* calls(spent)).calls).toBe(1)
   }).pipe(Effect.provide(Retries.layer)))
 
 it.effect("without Retries in the layer, a 503 is answered as is", () =>

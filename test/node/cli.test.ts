@@ -16,10 +16,10 @@ const run = (script: string, ...args: Array<string>) => {
   return { status: result.status, stdout: result.stdout, stderr: result.stderr }
 }
 
-// Each case starts a Node process that loads wrangler: seconds each on a busy machine.
+// Each case starts a Node process (none of them loads wrangler for help or a usage error).
 describe.concurrent("the command-line tools", { timeout: 60_000 }, () => {
   it.each([
-    ["start.ts"], ["keys.ts"], ["mesh-cli.ts"], ["deploy.ts"], ["tour.ts"], ["traces.ts"]
+    ["start.ts"], ["keys.ts"], ["mesh-cli.ts"], ["deploy.ts"], ["tour.ts"], ["traces.ts"], ["soak.ts"]
   ])("%s answers --help with its usage and exit code 0", (script) => {
     const { status, stdout, stderr } = run(script, "--help")
     expect(stderr).toBe("")
@@ -36,6 +36,9 @@ describe.concurrent("the command-line tools", { timeout: 60_000 }, () => {
     ["mesh-cli.ts", ["gradual", "nope", "10", "--dry-run"], /no Worker "nope"/],
     ["mesh-cli.ts", ["gradual", "users", "0", "--dry-run"], /percentage must be a whole number from 1 to 100/],
     ["mesh-cli.ts", ["traffic", "users", "green", "120"], /weight .* from 0 to 100, not "120"/],
+    ["mesh-cli.ts", ["mirror"], /mirror <service>/],
+    ["mesh-cli.ts", ["mirror", "users", "green", "150"], /percentage of requests mirrored must be a whole number from 0 to 100/],
+    ["soak.ts", ["--minutes", "0"], /--minutes must be a whole number from 1 to 120/],
     ["start.ts", ["--port", "x"], /--port must be a whole number/],
     ["start.ts", ["--nonsense"], /Unknown option '--nonsense'/],
     ["deploy.ts", ["--worker", "nope", "--dry-run"], /no Worker "nope"/],

@@ -35,13 +35,21 @@ export const RetrySettings = Schema.Struct({
   /** The largest delay before jitter (default 1 s). */
   maxDelayMs: Schema.optionalKey(Millis),
   /** Every attempt ends by then, counted from the first (default 5 s). */
-  deadlineMs: Schema.optionalKey(Millis)
+  deadlineMs: Schema.optionalKey(Millis),
+  /**
+   * GET and HEAD only: when the first attempt has not answered within this
+   * many ms, a second is sent beside it, if the retry budget has a retry; the
+   * first good answer wins and the other is cancelled. Default: no hedging.
+   */
+  hedgeAfterMs: Schema.optionalKey(Millis)
 })
 export type RetrySettings = typeof RetrySettings.Type
 
 export const defaults = { attempts: 3, baseDelayMs: 50, maxDelayMs: 1_000, deadlineMs: 5_000 } as const
 
 const idempotentMethods = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
+/** Reads: what a hedge may send twice at once. */
+const hedgeableMethods = new Set(["GET", "HEAD"])
 
 /** Whether a request may be sent twice: an idempotent method, or an `Idempotency-Key`. */
 export const isIdempotent = (method: string, hasIdempotencyKey: boolean): boolean =>
@@ -147,7 +155,7 @@ export class Retries extends Context.Service<Retries, {
  * The delay before retry number `retry` (0 for the first): exponential from
  * `baseDelayMs`, capped at `maxDelayMs`, with full jitter (uniform from 0).
  */
-const jitteredDelay = (settings: Required<RetrySettings>, retry: number) =>
+const jitteredDelay = (settings: { readonly baseDelayMs: number; readonly maxDelayMs: number }, retry: number) =>
   Effect.map(Random.next, (random) => random * Math.min(settings.maxDelayMs, settings.baseDelayMs * 2 ** retry))
 
 /** What an upstream answered, as far as retrying is concerned. */
@@ -198,6 +206,43 @@ export const withRetries = <A, E, R>(options: {
   const once = timeout === undefined ? attempt : within(timeout, `${timeout} ms`)
   const retryable = (error: E | Problem.GatewayTimeout): boolean =>
     error instanceof Problem.GatewayTimeout || options.unreachable(error as E)
+  /**
+   * `attempt`, and after `afterMs` without an answer a second one beside it
+   * when `mayHedge()` (the budget) allows: the first good answer (not a
+   * retryable status) wins and the other is cancelled; when neither is good,
+   * a retryable answer is kept over a failure, and what is dropped is released.
+   */
+  const hedged = (
+    attempt: Effect.Effect<A, E | Problem.GatewayTimeout, R>,
+    afterMs: number,
+    mayHedge: () => boolean
+  ): Effect.Effect<A, E | Problem.GatewayTimeout, R> =>
+    Effect.suspend(() => {
+      const exits: Array<Exit.Exit<A, E | Problem.GatewayTimeout>> = []
+      const good = (exit: Exit.Exit<A, E | Problem.GatewayTimeout>) =>
+        Exit.isSuccess(exit) && !retryableStatuses.has(answer.status(exit.value))
+      const settle = Effect.flatMap(Effect.exit(attempt), (exit) => {
+        exits.push(exit)
+        return good(exit) ? Effect.succeed(exit) : Effect.fail(undefined)
+      })
+      const second = Effect.andThen(
+        Effect.sleep(Duration.millis(afterMs)),
+        Effect.suspend(() =>
+          mayHedge()
+            ? Effect.andThen(Telemetry.event("hedge", { "meshwork.retry.upstream": upstream, "meshwork.retry.hedge_after_ms": afterMs }), settle)
+            : Effect.fail(undefined)
+        )
+      )
+      return settle.pipe(
+        Effect.race(second),
+        Effect.catch(() => Effect.succeed(undefined)),
+        Effect.flatMap((won) => {
+          const chosen = won ?? exits.find(Exit.isSuccess) ?? exits[0]!
+          for (const exit of exits) if (exit !== chosen && Exit.isSuccess(exit)) answer.release(exit.value)
+          return chosen
+        })
+      )
+    })
   const run = (retries: Retries["Service"] | undefined): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
     if (retries === undefined || !isIdempotent(options.method, options.hasIdempotencyKey)) return once
     const settings = { ...defaults, ...options.retry }
@@ -215,10 +260,23 @@ export const withRetries = <A, E, R>(options: {
         if (Exit.isSuccess(exit)) answer.release(latest)
         return Exit.succeed(latest)
       }
+      // A hedge is one of the attempts, and takes a retry from the budget.
+      const hedgeAfter = settings.hedgeAfterMs !== undefined && settings.attempts >= 2 && hedgeableMethods.has(options.method.toUpperCase())
+        ? settings.hedgeAfterMs
+        : undefined
+      let hedges = 0
+      const mayHedge = () => {
+        if (!budget.tryRetry(clock.currentTimeMillisUnsafe())) return false
+        hedges = 1
+        return true
+      }
       const loop = (retry: number): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
         const left = deadline - clock.currentTimeMillisUnsafe()
         const limited = timeout === undefined || left < timeout ? within(left, "the deadline") : within(timeout, `${timeout} ms`)
-        return Effect.flatMap(Effect.exit(limited), (exit) => {
+        const first = retry === 0 && hedgeAfter !== undefined && hedgeAfter < left
+          ? hedged(limited, hedgeAfter, mayHedge)
+          : limited
+        return Effect.flatMap(Effect.exit(first), (exit) => {
           let reason: string
           let retryAfter: string | null | undefined
           if (Exit.isSuccess(exit)) {
@@ -237,20 +295,22 @@ export const withRetries = <A, E, R>(options: {
             if (error._tag === "None" || !retryable(error.value)) return settle(exit)
             reason = Telemetry.errorTag(error.value) ?? "error"
           }
-          if (retry >= settings.attempts - 1) return settle(exit)
+          // The attempts used so far, less one: the first, and its hedge if one was sent.
+          const used = retry === 0 ? hedges : retry
+          if (used >= settings.attempts - 1) return settle(exit)
           // The delay is drawn before the retry is decided: none past the deadline (delay
           // included) or the budget, and only a retry that will run takes from the budget.
-          return Effect.flatMap(jitteredDelay(settings, retry), (jittered) => {
+          return Effect.flatMap(jitteredDelay(settings, used), (jittered) => {
             const now = clock.currentTimeMillisUnsafe()
             const asked = parseRetryAfter(retryAfter, now)
             const delay = Math.max(jittered, asked === undefined ? 0 : Duration.toMillis(asked))
             if (now + delay >= deadline || !budget.tryRetry(now)) return settle(exit)
             return Telemetry.event("retry", {
               "meshwork.retry.upstream": upstream,
-              "meshwork.retry.attempt": retry + 2,
+              "meshwork.retry.attempt": used + 2,
               "meshwork.retry.delay_ms": Math.round(delay),
               "meshwork.retry.reason": reason
-            }).pipe(Effect.andThen(Effect.sleep(Duration.millis(delay))), Effect.andThen(loop(retry + 1)))
+            }).pipe(Effect.andThen(Effect.sleep(Duration.millis(delay))), Effect.andThen(loop(used + 1)))
           })
         })
       }
