@@ -113,6 +113,11 @@ const routesWithoutPolicies = (defaults: Readonly<Record<string, unknown>>) => (
   ROUTES: (defaults["ROUTES"] as ReadonlyArray<Record<string, unknown>>).map(({ service, prefix, binding }) => ({ service, prefix, binding }))
 })
 
+/** The router's routes without their bulkheads: the overload layer off, every other policy on. */
+const routesWithoutBulkheads = (defaults: Readonly<Record<string, unknown>>) => ({
+  ROUTES: (defaults["ROUTES"] as ReadonlyArray<Record<string, unknown>>).map(({ bulkhead: _, ...route }) => route)
+})
+
 /** The body of the `api` group's POST, valid for every variant. */
 const newUser = JSON.stringify({ email: "new@example.com", name: "New User", tags: ["bench", "load"] })
 
@@ -151,6 +156,16 @@ const targets: Array<Target> = [
     credentials: "bearer",
     // Every resilience policy off: no rate limits, routes without timeout, retry or breaker settings.
     config: { "no-policies-gateway": { RATE_LIMITS: [] }, "no-policies-router": routesWithoutPolicies },
+    port: 0
+  },
+  {
+    id: "chain-no-overload",
+    group: "chain",
+    worker: "no-overload-gateway",
+    path: `/api/users/${seeded.id}`,
+    credentials: "bearer",
+    // Only the overload layer off: the routes' bulkheads (concurrency caps, adaptive limits).
+    config: { "no-overload-gateway": countEveryRequest, "no-overload-router": routesWithoutBulkheads },
     port: 0
   },
   // The chain with tracing on (every span exported as OTLP to a local receiver) and off.
@@ -231,6 +246,7 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["api-post hono/bare", "api-post-hono", "api-post-bare"],
   ["chain/bare-chain", "chain-mesh", "chain-bare"],
   ["policies on/off", "chain-mesh", "chain-no-policies"],
+  ["overload layer on/off", "chain-mesh", "chain-no-overload"],
   ["users hop/bare", "users-mesh", "users-bare"],
   ["router+users/bare", "router-mesh", "router-bare"],
   ["cached/uncached product", "product-cached", "product-uncached"],
@@ -438,6 +454,8 @@ const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & 
   { name: "no-policies-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-policies-router" } },
   { name: "no-policies-router", from: "meshwork-router" },
   { name: "no-cache-gateway", from: "meshwork-gateway" },
+  { name: "no-overload-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-overload-router" } },
+  { name: "no-overload-router", from: "meshwork-router" },
   // Each fan-out variant reaches products through its own counting proxy.
   { name: "meshwork-sessions", from: "meshwork-sessions", serviceBindings: { PRODUCTS: "count-batched" } },
   {

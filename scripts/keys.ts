@@ -118,8 +118,8 @@ const allMeshKeys = (store: MeshKeyStore) => Object.values(store).flatMap((set) 
 
 /**
  * Where the local mesh differs from a deployed one, by Worker: admin changes (splits, rollbacks,
- * flags, revoked API keys) take effect within a second, not the deployed 10 s, so a change tried in the console or
- * with `npm run mesh` shows at once.
+ * flags, revoked API keys) take effect within a second, not the deployed 10 s, so a change tried
+ * in the console or with `npm run mesh` shows at once.
  */
 const localVars: Record<string, Record<string, string>> = {
   gateway: { API_KEY_CACHE_SECONDS: "1" },

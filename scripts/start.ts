@@ -35,8 +35,9 @@ products, sessions), with demo data, on http://127.0.0.1:8787.
 Local state is .wrangler/state (D1, KV, Durable Objects). Local secrets are in
 .keys/ and in a .dev.vars beside each Worker's wrangler config; lines you add
 below the managed block of a .dev.vars (FAULT_INJECTION=true, OTLP_ENDPOINT=...)
-are kept. Demo accounts: ada@meshwork.dev / ada-local-password (admin),
-uma@meshwork.dev / uma-local-password (user).
+are kept. The managed block also makes admin changes (splits, flags, revoked API
+keys) take effect within a second here, not the deployed 10 s. Demo accounts:
+ada@meshwork.dev / ada-local-password (admin), uma@meshwork.dev / uma-local-password (user).
 `
 
 const wrangler = join(root, "node_modules/.bin/wrangler")

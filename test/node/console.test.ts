@@ -7,7 +7,8 @@
  * real headless Chromium signs in as the demo admin, sees every Worker in the
  * graph, sends every user to green through the split form (confirming it),
  * sees requests move there, finds the change in the audit trail and rolls it
- * back; the demo user who signs in sees the admin API's refusal and no graph.
+ * back; then sees the page, refreshing itself, show what reads mirrored to
+ * green matched; the demo user who signs in sees the admin API's refusal and no graph.
  * Screenshots go to .build/artifacts/.
  *
  * The browser test needs Debian's `chromium` (`apt-get install chromium`):
@@ -168,6 +169,21 @@ describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", 
     expect(await page.locator("#audit .audit-entry").first().textContent()).toContain("POST /api/admin/traffic/users/rollback")
     expect(await page.textContent(`[data-split="users"]`)).toContain("manual")
     await page.screenshot({ path: join(artifacts, "console-rolled-back.png"), fullPage: true })
+
+    // Mirroring, set through the admin API as `npm run mesh -- mirror` does: the page shows what the
+    // canary's copies matched without a click, refreshing itself every 5 s.
+    const admin = await login("ada@meshwork.dev", "ada-local-password")
+    const mirror = await fetch(`${base}/api/admin/traffic/users`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+      body: JSON.stringify({ stable: "blue", canary: "green", weight: 0, mirror: { percentage: 100 } })
+    })
+    expect(mirror.status).toBe(200)
+    await expect.poll(async () => {
+      expect(await usersVersion(member)).toBe("blue")
+      return page.textContent(`[data-split="users"] .mirror`)
+    }, { timeout: 30_000, interval: 1_000 }).toMatch(/^100% to green: [1-9]\d* matched, 0 mismatched$/)
+    await page.screenshot({ path: join(artifacts, "console-mirror.png"), fullPage: true })
 
     expect(errors).toEqual([])
     expect(elsewhere).toEqual([])

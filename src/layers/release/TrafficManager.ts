@@ -51,7 +51,7 @@
  * shape (keys and value types, not values). Matches and mismatches are
  * counted in the service's RolloutObject (with the ten newest mismatches),
  * read by admins at `GET /api/admin/traffic/{service}/mirror`, and in the
- * metric `meshwork.traffic.mirrored`. Mirrored answers never count toward a
+ * metric `meshwork.traffic.mirrored` (only there without the ROLLOUTS binding). Mirrored answers never count toward a
  * rollback. A canary can be mirrored to at weight 0, before any user moves.
  *
  * A KV failure never fails a request: the router keeps its last split, and
@@ -418,8 +418,6 @@ export class TrafficManager extends Context.Service<TrafficManager, {
   ): TrafficManager["Service"] => {
     const splits = ConfigStore.cached(kv, cacheMillis, TrafficSplit)
     const windows = new Map<string, Window>()
-    // Without a ROLLOUTS binding, mirrored requests are counted in this isolate only.
-    const mirrorReports = new Map<string, MirrorReport>()
     const outliers = new Outliers()
 
     /** The split as this route can follow it: an unknown canary is dropped, an unknown stable version means none. */
@@ -465,10 +463,9 @@ export class TrafficManager extends Context.Service<TrafficManager, {
             canary,
             result: outcome.difference === undefined ? "match" : "mismatch"
           }),
+          // Without a ROLLOUTS binding, only the metric counts them.
           rollouts === undefined
-            ? Effect.sync(() => {
-              mirrorReports.set(versions.service, countMirrored(mirrorReports.get(versions.service), canary, outcome, Date.now()))
-            })
+            ? Effect.void
             : Effect.tryPromise(() =>
               (rollouts.get(rollouts.idFromName(versions.service)) as unknown as Pick<RolloutObject, "mirrored">).mirrored(canary, outcome)
             ).pipe(Effect.catch((error) => Effect.logWarning(`Counting a request mirrored to ${versions.service}@${canary} failed`, error)))

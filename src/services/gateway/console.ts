@@ -38,6 +38,7 @@ const page = `<!doctype html>
   <header>
     <h1>Meshwork console</h1>
     <span id="who"></span>
+    <label id="auto-label" hidden><input type="checkbox" id="auto" checked> refresh every 5 s</label>
     <button id="refresh" hidden>Refresh</button>
     <button id="signout" hidden>Sign out</button>
   </header>
@@ -167,9 +168,18 @@ $("signin").addEventListener("submit", async (event) => {
 $("signout").addEventListener("click", () => {
   token = null; state = null;
   $("mesh").hidden = true; $("refusal").hidden = true; $("refresh").hidden = true; $("signout").hidden = true;
+  $("auto-label").hidden = true;
   $("signin").hidden = false; $("who").textContent = ""; say("");
 });
 $("refresh").addEventListener("click", () => load());
+// Live figures: a signed-in admin's page reloads the mesh's state every 5 s while it is visible,
+// unless a change waits for confirmation (the form's own fields are never overwritten).
+let loading = false;
+setInterval(async () => {
+  if (token === null || state === null || loading || !$("auto").checked || document.hidden || !$("confirm").hidden) return;
+  loading = true;
+  try { await load(); } finally { loading = false; }
+}, 5000);
 
 async function load() {
   const status = await api("GET", "/api/admin/status");
@@ -185,7 +195,15 @@ async function load() {
   // 503 is a degraded report, still a report; an older gateway without the route answers 404.
   if (health.status === 404) health = await api("GET", "/health");
   const audit = await api("GET", "/api/admin/audit?limit=50");
+  // What the routers' mirrors found, for each split that mirrors.
+  const mirrors = {};
+  for (const [name, split] of Object.entries(status.json.traffic || {})) {
+    if (!split.mirror || split.mirror.percentage === 0) continue;
+    const report = await api("GET", "/api/admin/traffic/" + encodeURIComponent(name) + "/mirror");
+    if (report.ok) mirrors[name] = report.json;
+  }
   state = {
+    mirrors,
     traffic: status.json.traffic || {},
     flags: status.json.flags || {},
     upstreams: (health.json && health.json.upstreams) || {},
@@ -196,6 +214,7 @@ async function load() {
   $("mesh").hidden = false;
   say("");
   $("refresh").hidden = false;
+  $("auto-label").hidden = false;
   render();
 }
 
@@ -314,11 +333,13 @@ function renderSteering() {
     $("split-weight").value = split ? String(split.weight) : "0";
   };
   service.onchange = showSplit;
-  showSplit();
+  // Filled once, and on a change of service: a refresh never overwrites what the admin is typing.
+  if (!service.dataset.filled) { service.dataset.filled = "1"; showSplit(); }
   fill($("splits"),
-    h("tr", {}, ["service", "stable", "canary", "weight", "rolled back"].map((title) => h("th", {}, title))),
+    h("tr", {}, ["service", "stable", "canary", "weight", "mirror", "rolled back"].map((title) => h("th", {}, title))),
     Object.entries(state.traffic).map(([name, split]) => h("tr", { "data-split": name },
       h("td", {}, name), h("td", {}, split.stable), h("td", {}, split.canary || ""), h("td", {}, split.weight + "%"),
+      h("td", { class: "mirror" }, mirrorText(split, state.mirrors[name])),
       h("td", {}, split.rolledBack ? split.rolledBack.at + " (" + split.rolledBack.reason + ")" : ""))));
   fill($("flags"),
     h("tr", {}, ["flag", "enabled", "percentage", "users", "roles"].map((title) => h("th", {}, title))),
@@ -326,6 +347,15 @@ function renderSteering() {
       h("td", {}, name), h("td", {}, flag.enabled ? "on" : "killed"), h("td", {}, flag.percentage + "%"),
       h("td", {}, (flag.users || []).length), h("td", {}, (flag.roles || []).join(", ")))));
 }
+
+// A split's mirroring: its share, what the canary's copies matched, and the newest mismatch.
+const mirrorText = (split, report) => {
+  if (!split.mirror || split.mirror.percentage === 0) return "";
+  if (!report) return split.mirror.percentage + "%: nothing mirrored yet";
+  const newest = report.recent[0];
+  return split.mirror.percentage + "% to " + report.canary + ": " + report.matched + " matched, " + report.mismatched + " mismatched" +
+    (newest ? " (newest: " + newest.path + ", " + newest.difference + ")" : "");
+};
 
 function renderAudit() {
   fill($("audit"),
