@@ -8,7 +8,7 @@
  *   GET    /api/admin/traffic                     every service's split
  *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback?, outlierDetection?, mirror? }
  *   POST   /api/admin/traffic/{service}/rollback  weight 0 for the canary (routers follow within their cache time)
- *   GET    /api/admin/traffic/{service}/mirror    requests mirrored to the canary: matched, mismatched, the newest mismatches
+ *   GET    /api/admin/traffic/{service}/mirror    requests mirrored to the canary: matched, mismatched, the newest mismatches (zeros before the first)
  *   GET    /api/admin/flags                       every flag
  *   PUT    /api/admin/flags/{name}                { enabled, percentage, users?, roles? }
  *   DELETE /api/admin/flags/{name}
@@ -216,9 +216,13 @@ const answer = (request: Request, identity: Identity) =>
           const report = yield* Traffic.readMirrorReport(rollouts.value, service).pipe(
             Effect.mapError(() => new Problem.ServiceUnavailable({ detail: `${service}'s mirror counts could not be read; try again` }))
           )
-          return report === undefined
-            ? yield* new Problem.NotFound({ detail: `No request of ${service} has been mirrored` })
-            : Response.json(report, { headers: { "cache-control": "no-store" } })
+          if (report !== undefined) return Response.json(report, { headers: { "cache-control": "no-store" } })
+          // Nothing mirrored yet: zero counts for the split's canary, if it has one.
+          const split = yield* Traffic.readSplit(kv, service)
+          if (split?.canary === undefined) return yield* new Problem.NotFound({ detail: `${service} has no canary to mirror to` })
+          return Response.json({ canary: split.canary, matched: 0, mismatched: 0, recent: [] } satisfies Traffic.MirrorReport, {
+            headers: { "cache-control": "no-store" }
+          })
         }
         if (action !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })
         if (method === "GET") {

@@ -159,10 +159,10 @@ export const MirrorOutcome = Schema.Struct({
 })
 export type MirrorOutcome = typeof MirrorOutcome.Type
 
-/** A canary's mirrored requests since it became the one mirrored to. */
+/** A canary's mirrored requests since it became the one mirrored to (`since`: none before the first). */
 export const MirrorReport = Schema.Struct({
   canary: Schema.String,
-  since: Schema.String,
+  since: Schema.optional(Schema.String),
   matched: Schema.Number,
   mismatched: Schema.Number,
   /** The newest mismatches first, at most ten. */
@@ -235,7 +235,7 @@ export const countMirrored = (
   outcome: MirrorOutcome,
   now: number
 ): MirrorReport => {
-  const current: MirrorReport = report !== undefined && report.canary === canary
+  const current: MirrorReport = report !== undefined && report.canary === canary && report.since !== undefined
     ? report
     : { canary, since: new Date(now).toISOString(), matched: 0, mismatched: 0, recent: [] }
   return outcome.difference === undefined

@@ -351,7 +351,7 @@ function renderSteering() {
 // A split's mirroring: its share, what the canary's copies matched, and the newest mismatch.
 const mirrorText = (split, report) => {
   if (!split.mirror || split.mirror.percentage === 0) return "";
-  if (!report) return split.mirror.percentage + "%: nothing mirrored yet";
+  if (!report) return split.mirror.percentage + "%: no report";
   const newest = report.recent[0];
   return split.mirror.percentage + "% to " + report.canary + ": " + report.matched + " matched, " + report.mismatched + " mismatched" +
     (newest ? " (newest: " + newest.path + ", " + newest.difference + ")" : "");
