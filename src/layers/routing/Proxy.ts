@@ -6,7 +6,7 @@
  * attempt is a client span whose W3C trace context the upstream continues.
  */
 import { Clock, Context, Effect, Exit, Option } from "effect"
-import { readBody } from "../../runtime/Http.ts"
+import { readBody, readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import { type BreakerSettings, CircuitBreakers } from "../resilience/CircuitBreakers.ts"
 import { type BulkheadSettings, Bulkheads } from "../resilience/Bulkheads.ts"
@@ -266,23 +266,18 @@ const forwardTo = (upstream: Upstream, request: Request): Effect.Effect<Response
 const mirrorBodyLimit = 256 * 1024
 
 /** An answer as mirroring compares it; the body is read up to the limit, and left out past it. */
-const comparable = async (status: number, headers: Headers, body: ReadableStream<Uint8Array> | null): Promise<Traffic.ComparedAnswer> => {
+const comparable = (
+  status: number,
+  headers: Headers,
+  body: ReadableStream<Uint8Array> | null
+): Effect.Effect<Traffic.ComparedAnswer> => {
   const json = /^application\/([a-z0-9.+-]*\+)?json\b/i.test(headers.get("content-type") ?? "")
-  if (body === null) return { status, json, body: "" }
-  const reader = body.getReader()
-  const chunks: Array<Uint8Array> = []
-  let size = 0
-  for (;;) {
-    const { done, value } = await reader.read()
-    if (done) break
-    size += value.byteLength
-    if (size > mirrorBodyLimit) {
-      await reader.cancel()
-      return { status, json, body: undefined }
-    }
-    chunks.push(value)
-  }
-  return { status, json, body: new TextDecoder().decode(await new Blob(chunks).arrayBuffer()) }
+  if (body === null) return Effect.succeed({ status, json, body: "" })
+  return readLimited(body, mirrorBodyLimit).pipe(
+    Effect.map((bytes): Traffic.ComparedAnswer => ({ status, json, body: new TextDecoder().decode(bytes) })),
+    // Too large, or unreadable: compared by status and content type only.
+    Effect.orElseSucceed((): Traffic.ComparedAnswer => ({ status, json, body: undefined }))
+  )
 }
 
 /**
@@ -297,13 +292,13 @@ const mirror = (
 ): Effect.Effect<void, never, Bindings.Invocation> =>
   Effect.gen(function*() {
     const path = new URL(request.url).pathname
-    const expected = yield* Effect.promise(() => comparable(stable.status, stable.headers, stable.body))
+    const expected = yield* comparable(stable.status, stable.headers, stable.body)
     const exit = yield* Effect.exit(forward(target, request))
     if (exit._tag === "Failure") {
       const problem = Exit.findErrorOption(exit).pipe(Option.map((error) => error._tag), Option.getOrElse(() => "a defect"))
       return yield* record({ path, stable: stable.status, canary: problem, difference: `the canary failed: ${problem}` })
     }
-    const answer = yield* Effect.promise(() => comparable(exit.value.status, exit.value.headers, exit.value.body))
+    const answer = yield* comparable(exit.value.status, exit.value.headers, exit.value.body)
     yield* record({ path, stable: stable.status, canary: answer.status, difference: Traffic.compareAnswers(expected, answer) })
   })
 
