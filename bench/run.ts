@@ -106,7 +106,9 @@ const seeded = {
  * counted, none refused, so a variant measures the policy's cost, not its 429s
  * (the default, 600 a minute per client, refuses nearly all of a run).
  */
-const countEveryRequest = { RATE_LIMITS: [{ name: "api", prefix: "/api", limit: 1_000_000, windowSeconds: 60 }] }
+const countEveryRequest = {
+  RATE_LIMITS: [{ name: "api", prefix: "/api", limit: 1_000_000, windowSeconds: 60, store: "durable-object-batched" }]
+}
 
 /** The router's routes without their timeout, retry and breaker settings. */
 const routesWithoutPolicies = (defaults: Readonly<Record<string, unknown>>) => ({
@@ -166,6 +168,16 @@ const targets: Array<Target> = [
     credentials: "bearer",
     // Only the overload layer off: the routes' bulkheads (concurrency caps, adaptive limits).
     config: { "no-overload-gateway": countEveryRequest, "no-overload-router": routesWithoutBulkheads },
+    port: 0
+  },
+  {
+    id: "chain-local-limit",
+    group: "chain",
+    worker: "local-limit-gateway",
+    path: `/api/users/${seeded.id}`,
+    credentials: "bearer",
+    // The general rate limit counted per isolate (the memory store) instead of across isolates.
+    config: { "local-limit-gateway": { RATE_LIMITS: [{ name: "api", prefix: "/api", limit: 1_000_000, windowSeconds: 60, store: "memory" }] } },
     port: 0
   },
   // The chain with tracing on (every span exported as OTLP to a local receiver) and off.
@@ -247,6 +259,7 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["chain/bare-chain", "chain-mesh", "chain-bare"],
   ["policies on/off", "chain-mesh", "chain-no-policies"],
   ["overload layer on/off", "chain-mesh", "chain-no-overload"],
+  ["shared/per-isolate rate limit", "chain-mesh", "chain-local-limit"],
   ["users hop/bare", "users-mesh", "users-bare"],
   ["router+users/bare", "router-mesh", "router-bare"],
   ["cached/uncached product", "product-cached", "product-uncached"],
@@ -456,6 +469,7 @@ const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & 
   { name: "no-cache-gateway", from: "meshwork-gateway" },
   { name: "no-overload-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-overload-router" } },
   { name: "no-overload-router", from: "meshwork-router" },
+  { name: "local-limit-gateway", from: "meshwork-gateway" },
   // Each fan-out variant reaches products through its own counting proxy.
   { name: "meshwork-sessions", from: "meshwork-sessions", serviceBindings: { PRODUCTS: "count-batched" } },
   {

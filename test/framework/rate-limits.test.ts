@@ -9,7 +9,7 @@ import { env } from "cloudflare:workers"
 import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { evictDurableObject } from "cloudflare:test"
-import { rateLimitKey, type RateLimitPolicy, RateLimits } from "../../src/layers/security/RateLimits.ts"
+import { batchedLimiter, rateLimitKey, type RateLimitPolicy, RateLimits } from "../../src/layers/security/RateLimits.ts"
 import { Redis } from "../../src/runtime/Redis.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
 import { hasRedis, redisUrl } from "../helpers.ts"
@@ -50,7 +50,7 @@ const burst = (count: number, key: string) =>
     }
   })
 
-it.effect.each(([["memory"], ["durable-object"], ["redis"], ["cloudflare"]] as const).filter(([store]) => store !== "redis" || hasRedis))(
+it.effect.each(([["memory"], ["durable-object"], ["durable-object-batched"], ["redis"], ["cloudflare"]] as const).filter(([store]) => store !== "redis" || hasRedis))(
   "admits exactly N of 2N concurrent requests in a window (%s store)",
   ([store]) =>
     Effect.gen(function*() {
@@ -177,3 +177,54 @@ it.effect.each([["token-bucket"], ["fixed-window"]] as const)("the Durable Objec
     yield* Effect.promise(() => evictDurableObject(env.RATE_LIMITER.get(env.RATE_LIMITER.idFromName(`burst:${key}`))))
     expect(yield* burst(6, key)).toEqual({ admitted: 4, refused: 2 })
   }).pipe(Effect.provide(limitsWith([policy("durable-object", { algorithm })]))))
+
+describe("the batched Durable Object store", () => {
+  /** The RATE_LIMITER namespace, counting the calls made to its objects. */
+  const counted = () => {
+    const counter = { calls: 0 }
+    const namespace = {
+      idFromName: (name: string) => env.RATE_LIMITER.idFromName(name),
+      get: (id: DurableObjectId) => {
+        const stub = env.RATE_LIMITER.get(id) as unknown as { tokenBucket: (...args: Array<unknown>) => Promise<unknown> }
+        return {
+          tokenBucket: (...args: Array<unknown>) => {
+            counter.calls++
+            return stub.tokenBucket(...args)
+          }
+        }
+      }
+    } as unknown as DurableObjectNamespace
+    return { counter, namespace }
+  }
+  const hundred = policy("durable-object-batched", { limit: 100, windowSeconds: 3600 })
+  const send = (limiter: ReturnType<typeof batchedLimiter>, client: string) =>
+    Effect.map(Effect.exit(limiter(hundred, client)), Exit.isSuccess)
+
+  it.live("admits exactly the limit from one isolate, calling its object about once per tenth of the limit", () =>
+    Effect.gen(function*() {
+      const { counter, namespace } = counted()
+      const limiter = batchedLimiter(namespace)
+      const client = `batched-${crypto.randomUUID()}`
+      let admitted = 0
+      for (let n = 0; n < 150; n++) if (yield* send(limiter, client)) admitted++
+      expect(admitted).toBe(100)
+      // The first request, then every tenth let through (and once a second): not a call per request.
+      expect(counter.calls).toBeLessThanOrEqual(15)
+    }))
+
+  it.live("keeps a client within a tenth of its limit per isolate across two isolates, and the count survives eviction", () =>
+    Effect.gen(function*() {
+      const { counter, namespace } = counted()
+      const isolates = [batchedLimiter(namespace), batchedLimiter(namespace)]
+      const client = `batched-${crypto.randomUUID()}`
+      let admitted = 0
+      for (let n = 0; n < 300; n++) if (yield* send(isolates[n % 2]!, client)) admitted++
+      // Counted per isolate, each would admit 100; shared, at most a tenth more per isolate.
+      expect(admitted).toBeGreaterThanOrEqual(100)
+      expect(admitted).toBeLessThanOrEqual(120)
+      expect(counter.calls).toBeLessThan(60)
+      // The bucket lives in the object's storage: evicted, a fresh isolate still finds it spent.
+      yield* Effect.promise(() => evictDurableObject(env.RATE_LIMITER.get(env.RATE_LIMITER.idFromName(`burst:${client}`))))
+      expect(yield* send(batchedLimiter(namespace), client)).toBe(false)
+    }))
+})

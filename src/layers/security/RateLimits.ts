@@ -22,7 +22,11 @@
  * - `store`: `memory` (per isolate; Workers run many isolates, so the limit
  *   holds per isolate), `durable-object` (one object per client and policy:
  *   exact across isolates and locations; counters live in the object's
- *   storage, so an eviction forgets none), `redis` (`REDIS_URL`; atomic Lua scripts on Redis's own clock),
+ *   storage, so an eviction forgets none), `durable-object-batched` (the same
+ *   objects, a token bucket, but each isolate decides locally between calls:
+ *   it calls a client's object once a second, or once it has let a tenth of
+ *   the limit through, so a client's limit holds across isolates within a
+ *   tenth of it per isolate, without a call per request), `redis` (`REDIS_URL`; atomic Lua scripts on Redis's own clock),
  *   or `cloudflare` (a `ratelimits` binding named by `binding`: Cloudflare's
  *   own limiter, per location and approximate, which gives no remaining
  *   count; its limit and period are set on the binding).
@@ -36,7 +40,7 @@
  * draft-ietf-httpapi-ratelimit-headers); a refused request gets 429
  * problem+json with `Retry-After`.
  */
-import { Config, Context, Duration, Effect, identity, Layer, Metric, Schema } from "effect"
+import { Clock, Config, Context, Duration, Effect, identity, Layer, Metric, Schema } from "effect"
 import { RateLimiter } from "effect/persistence"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
@@ -59,7 +63,7 @@ export const RateLimitPolicy = Schema.Struct({
   limit: Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 })),
   windowSeconds: Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 86_400 })),
   algorithm: Schema.optionalKey(Schema.Literals(["token-bucket", "fixed-window"])),
-  store: Schema.optionalKey(Schema.Literals(["memory", "durable-object", "redis", "cloudflare"])),
+  store: Schema.optionalKey(Schema.Literals(["memory", "durable-object", "durable-object-batched", "redis", "cloudflare"])),
   /** The binding a store needs: a `ratelimits` binding, or the Durable Object namespace (default RATE_LIMITER). */
   binding: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[A-Z][A-Z0-9_]*$/))),
   onStoreError: Schema.optionalKey(Schema.Literals(["open", "closed"]))
@@ -292,6 +296,12 @@ type Limiter = (policy: RateLimitPolicy, key: string) => Effect.Effect<RateLimit
 /** How long a store may take to decide before the policy's `onStoreError` applies. */
 export const storeTimeoutMillis = 500
 
+const withStoreTimeout = (policy: RateLimitPolicy) =>
+  Effect.timeoutOrElse({
+    duration: Duration.millis(storeTimeoutMillis),
+    orElse: () => Effect.fail(storeError(`The ${policy.store} store did not answer in time`))
+  })
+
 /**
  * Effect's in-memory store, bounded: it keeps counters for at most `maxKeys`
  * clients (Effect's never forgets one), then starts afresh. A public gateway
@@ -359,6 +369,76 @@ const cloudflareLimiter = (binding: RateLimit): Limiter => (policy, key) =>
     )
   )
 
+/** A batched client's bucket as this isolate knows it. */
+interface Batched {
+  /** Tokens left in the object's bucket at the last call (after what it was told), possibly below 0. */
+  left: number
+  /** When the last call answered. */
+  at: number
+  /** Requests let through here since then, not yet told to the object. */
+  pending: number
+}
+
+/** How often a batched bucket calls its object at most, while a client keeps sending. */
+export const batchSyncMillis = 1000
+
+/**
+ * `durable-object-batched`: each client's token bucket lives in its
+ * RateLimiterObject (in storage, shared by every isolate), and this isolate
+ * decides from what the object said at the last call, refilled since, less
+ * what it let through since. It calls the object (spending what it let
+ * through, and the request at hand) on a client's first request, then at
+ * most once a second, and whenever it has let a tenth of the limit through
+ * since the last call. The object is told every request let through, so an
+ * isolate can overshoot a client's limit by at most a tenth of it before it
+ * learns what the others spent. Keeps at most `maxKeys` clients per isolate.
+ */
+export const batchedLimiter = (namespace: DurableObjectNamespace, maxKeys = 50_000): Limiter => {
+  const buckets = new Map<string, Batched>()
+  const stub = (key: string) => namespace.get(namespace.idFromName(key)) as unknown as RateLimiterStub
+  return (policy, client) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      const key = `${policy.name}:${client}`
+      const refillMillis = (policy.windowSeconds * 1000) / policy.limit
+      const resetSeconds = policy.windowSeconds
+      const refused = (left: number) =>
+        Effect.fail(
+          new RateLimiter.RateLimiterError({
+            reason: new RateLimiter.RateLimitExceeded({
+              key: client,
+              retryAfter: Duration.millis(Math.ceil((1 - left) * refillMillis)),
+              limit: policy.limit,
+              remaining: 0
+            })
+          })
+        )
+      const known = buckets.get(key)
+      if (known !== undefined) {
+        const available = Math.min(policy.limit, known.left + (now - known.at) / refillMillis) - known.pending
+        if (now - known.at < batchSyncMillis && known.pending < Math.max(1, policy.limit / 10)) {
+          if (available < 1) return refused(available)
+          known.pending++
+          return Effect.succeed<RateLimitDecision>({ policy, remaining: Math.floor(available - 1), resetSeconds })
+        }
+      }
+      // The object is told what this isolate let through, and this request; its answer is the truth again.
+      const spend = (known?.pending ?? 0) + 1
+      return Effect.tryPromise({
+        try: () => stub(key).tokenBucket(key, spend, refillMillis, policy.limit, true),
+        catch: (cause) => storeError("The rate limit object did not answer", cause)
+      }).pipe(
+        withStoreTimeout(policy),
+        Effect.flatMap(([left]) => {
+          if (!buckets.has(key) && buckets.size >= maxKeys) buckets.clear()
+          buckets.set(key, { left, at: now, pending: 0 })
+          return left >= 0
+            ? Effect.succeed<RateLimitDecision>({ policy, remaining: left, resetSeconds })
+            : refused(left + 1)
+        })
+      )
+    })
+}
+
 const isRateLimit = (u: unknown): u is RateLimit =>
   typeof u === "object" && u !== null && typeof (u as { limit?: unknown }).limit === "function"
 
@@ -385,6 +465,9 @@ export class RateLimits extends Context.Service<RateLimits, {
             break
           case "durable-object":
             limiters.set(policy, yield* effectLimiter(durableObjectStore(yield* Bindings.durableObject(policy.binding ?? "RATE_LIMITER"))))
+            break
+          case "durable-object-batched":
+            limiters.set(policy, batchedLimiter(yield* Bindings.durableObject(policy.binding ?? "RATE_LIMITER")))
             break
           case "redis":
             limiters.set(policy, yield* effectLimiter(redisStore(yield* Effect.provide(Redis, Redis.layer))))
@@ -413,11 +496,9 @@ export class RateLimits extends Context.Service<RateLimits, {
                 ...(decision?.remaining === undefined ? {} : { "meshwork.ratelimit.remaining": decision.remaining })
               })
             ),
-            // A remote store may hang; the in-memory one answers at once and needs no timer.
-            (policy.store ?? "memory") === "memory" ? identity : Effect.timeoutOrElse({
-              duration: Duration.millis(storeTimeoutMillis),
-              orElse: () => Effect.fail(storeError(`The ${policy.store} store did not answer in time`))
-            }),
+            // A remote store may hang; the in-memory one answers at once and needs no timer, and
+            // the batched one times only its calls to the object.
+            (policy.store ?? "memory") === "memory" || policy.store === "durable-object-batched" ? identity : withStoreTimeout(policy),
             Effect.catch((error): Effect.Effect<RateLimitDecision | undefined, Problem.TooManyRequests | Problem.ServiceUnavailable> => {
               const reason = error.reason
               if (reason._tag === "RateLimitExceeded") {
