@@ -48,14 +48,6 @@ const Purge = Schema.Struct({
   )
 })
 
-const SetSplit = Schema.Struct({
-  stable: Traffic.VersionName,
-  canary: Schema.optionalKey(Traffic.VersionName),
-  weight: Traffic.TrafficSplit.fields.weight,
-  autoRollback: Schema.optionalKey(Traffic.AutoRollback),
-  outlierDetection: Schema.optionalKey(Traffic.OutlierDetection),
-  mirror: Traffic.TrafficSplit.fields.mirror
-})
 
 const isJson = (contentType: string | null) =>
   contentType !== null && contentType.split(";", 1)[0]!.trim().toLowerCase() === "application/json"
@@ -121,7 +113,7 @@ const meshHealth = Effect.gen(function*() {
  * names: 404 for a service no route serves, 400 for a version it lacks, 503
  * when the report could not be complete (a proxy that did not answer).
  */
-const checkSplit = (service: string, split: typeof SetSplit.Type) =>
+const checkSplit = (service: string, split: Traffic.SplitSettings) =>
   Effect.gen(function*() {
     const report = yield* meshHealth
     const versions = HealthReport.servicesOf(report).get(service)
@@ -230,7 +222,7 @@ const answer = (request: Request, identity: Identity) =>
           return split === undefined ? yield* new Problem.NotFound({ detail: `${service} has no traffic split` }) : Response.json(split)
         }
         if (method !== "PUT") return yield* notAllowed("GET, PUT /api/admin/traffic/{service}")
-        const split = yield* body(request, SetSplit)
+        const split = yield* body(request, Traffic.SplitSettings)
         if (split.canary === undefined && split.weight > 0) return yield* invalidPayload("canary", "A weight above 0 needs a canary")
         if (split.canary === split.stable) return yield* invalidPayload("canary", "The canary and the stable version differ")
         if (split.canary === undefined && (split.mirror?.percentage ?? 0) > 0) return yield* invalidPayload("mirror", "Mirroring needs a canary to mirror to")

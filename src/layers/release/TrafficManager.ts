@@ -91,7 +91,8 @@ export const OutlierDetection = Schema.Struct({
 })
 export type OutlierDetection = typeof OutlierDetection.Type
 
-export const TrafficSplit = Schema.Struct({
+/** What an admin sets: a split without its rollback record (`PUT /api/admin/traffic/{service}`). */
+export const SplitSettings = Schema.Struct({
   stable: VersionName,
   canary: Schema.optionalKey(VersionName),
   /** Percent of users on the canary, 0 to 100 (two decimals). */
@@ -102,7 +103,12 @@ export const TrafficSplit = Schema.Struct({
   mirror: Schema.optionalKey(Schema.Struct({
     /** Percent of those requests copied, 0 to 100. */
     percentage: Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 }))
-  })),
+  }))
+})
+export type SplitSettings = typeof SplitSettings.Type
+
+export const TrafficSplit = Schema.Struct({
+  ...SplitSettings.fields,
   /** The last rollback, manual or automatic. */
   rolledBack: Schema.optionalKey(Schema.Struct({ at: Schema.String, reason: Schema.String, canary: VersionName }))
 })

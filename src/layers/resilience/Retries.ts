@@ -265,7 +265,8 @@ export const withRetries = <A, E, R>(options: {
         ? settings.hedgeAfterMs
         : undefined
       let hedges = 0
-      const mayHedge = () => {
+      // Made only for a call that may hedge: every other call pays nothing for hedging.
+      const mayHedge = hedgeAfter === undefined ? undefined : () => {
         if (!budget.tryRetry(clock.currentTimeMillisUnsafe())) return false
         hedges = 1
         return true
@@ -273,7 +274,7 @@ export const withRetries = <A, E, R>(options: {
       const loop = (retry: number): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
         const left = deadline - clock.currentTimeMillisUnsafe()
         const limited = timeout === undefined || left < timeout ? within(left, "the deadline") : within(timeout, `${timeout} ms`)
-        const first = retry === 0 && hedgeAfter !== undefined && hedgeAfter < left
+        const first = retry === 0 && hedgeAfter !== undefined && mayHedge !== undefined && hedgeAfter < left
           ? hedged(limited, hedgeAfter, mayHedge)
           : limited
         return Effect.flatMap(Effect.exit(first), (exit) => {

@@ -379,6 +379,19 @@ interface Batched {
   pending: number
 }
 
+/** A batched bucket's refusal: `left` tokens (below 1) refill one per `refillMillis`. */
+const batchedRefusal = (policy: RateLimitPolicy, client: string, left: number, refillMillis: number) =>
+  Effect.fail(
+    new RateLimiter.RateLimiterError({
+      reason: new RateLimiter.RateLimitExceeded({
+        key: client,
+        retryAfter: Duration.millis(Math.ceil((1 - left) * refillMillis)),
+        limit: policy.limit,
+        remaining: 0
+      })
+    })
+  )
+
 /** How often a batched bucket calls its object at most, while a client keeps sending. */
 export const batchSyncMillis = 1000
 
@@ -401,22 +414,11 @@ export const batchedLimiter = (namespace: DurableObjectNamespace, maxKeys = 50_0
       const key = `${policy.name}:${client}`
       const refillMillis = (policy.windowSeconds * 1000) / policy.limit
       const resetSeconds = policy.windowSeconds
-      const refused = (left: number) =>
-        Effect.fail(
-          new RateLimiter.RateLimiterError({
-            reason: new RateLimiter.RateLimitExceeded({
-              key: client,
-              retryAfter: Duration.millis(Math.ceil((1 - left) * refillMillis)),
-              limit: policy.limit,
-              remaining: 0
-            })
-          })
-        )
       const known = buckets.get(key)
       if (known !== undefined) {
         const available = Math.min(policy.limit, known.left + (now - known.at) / refillMillis) - known.pending
         if (now - known.at < batchSyncMillis && known.pending < Math.max(1, policy.limit / 10)) {
-          if (available < 1) return refused(available)
+          if (available < 1) return batchedRefusal(policy, client, available, refillMillis)
           known.pending++
           return Effect.succeed<RateLimitDecision>({ policy, remaining: Math.floor(available - 1), resetSeconds })
         }
@@ -433,7 +435,7 @@ export const batchedLimiter = (namespace: DurableObjectNamespace, maxKeys = 50_0
           buckets.set(key, { left, at: now, pending: 0 })
           return left >= 0
             ? Effect.succeed<RateLimitDecision>({ policy, remaining: left, resetSeconds })
-            : refused(left + 1)
+            : batchedRefusal(policy, client, left + 1, refillMillis)
         })
       )
     })

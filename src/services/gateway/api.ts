@@ -9,7 +9,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "effect/http-api"
-import { AuditEntry, Flag, HealthReport, MirrorReport, Problem, TrafficSplit } from "meshwork"
+import { AuditEntry, Flag, HealthReport, MirrorReport, Problem, SplitSettings, TrafficSplit } from "meshwork"
 import { ApiKeysGroup, AuthGroup } from "../auth/api.ts"
 import { ImportsGroup, ProductsGroup } from "../products/api.ts"
 import { SessionsGroup } from "../sessions/api.ts"
@@ -73,14 +73,6 @@ export class MeshGroup extends HttpApiGroup.make("mesh")
   .annotate(OpenApi.Description, "The gateway's own routes: public, no token needed.")
 {}
 
-const SetSplit = Schema.Struct({
-  stable: TrafficSplit.fields.stable,
-  canary: TrafficSplit.fields.canary,
-  weight: TrafficSplit.fields.weight,
-  autoRollback: TrafficSplit.fields.autoRollback,
-  outlierDetection: TrafficSplit.fields.outlierDetection,
-  mirror: TrafficSplit.fields.mirror
-})
 const Purge = Schema.Struct({
   urls: Schema.optionalKey(Schema.Array(Schema.String).check(Schema.isMaxLength(1000))),
   tags: Schema.optionalKey(Schema.Array(Schema.String).check(Schema.isMaxLength(1000)))
@@ -114,7 +106,7 @@ export class AdminGroup extends HttpApiGroup.make("admin")
       .annotate(OpenApi.Summary, "Every service's traffic split"),
     HttpApiEndpoint.get("split", "/traffic/:service", { params: service, success: TrafficSplit, error: adminErrors })
       .annotate(OpenApi.Summary, "One service's traffic split"),
-    HttpApiEndpoint.put("setSplit", "/traffic/:service", { params: service, payload: SetSplit, success: SetSplit, error: adminErrors })
+    HttpApiEndpoint.put("setSplit", "/traffic/:service", { params: service, payload: SplitSettings, success: SplitSettings, error: adminErrors })
       .annotate(OpenApi.Summary, "Set a service's split between its stable and canary versions"),
     HttpApiEndpoint.post("rollback", "/traffic/:service/rollback", { params: service, success: TrafficSplit, error: adminErrors })
       .annotate(OpenApi.Summary, "Send no traffic to the canary"),
