@@ -93,18 +93,23 @@ const devOnly = new Set(["rootPath", "modulesRules", "connectHandlers", "email"]
 /**
  * Miniflare options for one Worker, bindings taken from its wrangler config,
  * code from a bundle. Only the options the config actually sets are kept.
+ * Vars come from the config only: a local `.dev.vars` (what `npm start`
+ * writes) never reaches the tests or the bench, whose secrets are `secrets`.
  */
 export const miniflareOptions = (
   worker: MeshWorker,
   scriptPath: string,
   secrets: Record<string, unknown> = {}
 ): LegacyWorkerOptions => {
-  const { workerOptions } = wranglerApi().unstable_getMiniflareWorkerOptions(join(root, worker.config))
+  const config = join(root, worker.config)
+  const { workerOptions } = wranglerApi().unstable_getMiniflareWorkerOptions(config)
   const options: Record<string, unknown> = {}
   for (const [key, value] of Object.entries(workerOptions)) {
     if (!devOnly.has(key) && !isEmpty(value)) options[key] = value
   }
-  const bindings = { ...(options["bindings"] as Record<string, unknown> | undefined), ...secrets }
+  const declared = new Set(Object.keys(wranglerApi().unstable_readConfig({ config }).vars ?? {}))
+  const fromConfig = Object.entries((options["bindings"] ?? {}) as Record<string, unknown>).filter(([name]) => declared.has(name))
+  const bindings = { ...Object.fromEntries(fromConfig), ...secrets }
   return { ...options, bindings, name: scriptName(worker), modules: true, scriptPath } as LegacyWorkerOptions
 }
 
