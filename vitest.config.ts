@@ -66,6 +66,8 @@ const workers = {
           ...telemetry,
           ...(name === "gateway" ? { OTLP_PROTOCOL: "json" } : {}),
           ...meshEnv(name),
+          // Every mesh Worker keeps its spans in the mesh too (the console's traces; test/mesh/live.test.ts).
+          KEEP_TRACES: "true",
           ...(name === "auth"
             ? {
               AUTH_SIGNING_KEYS: JSON.stringify({ active: signing.kid, keys: [signing, rotatedIn] }),
@@ -79,7 +81,10 @@ const workers = {
             }
             : {}),
           // Traffic splits and flags take effect at once in tests (production keeps them 10 s).
-          ...(name === "router" ? { TRAFFIC_CACHE_SECONDS: "0" } : {}),
+          // FAULT_INJECTION: faults an admin sets on a split (test/mesh/live.test.ts) are injected.
+          ...(name === "router" ? { TRAFFIC_CACHE_SECONDS: "0", FAULT_INJECTION: "true" } : {}),
+          // Live figures leave with every next request (deployed: every 10 s), so the tests read them at once.
+          ...(name === "router" || name === "gateway" ? { LIVE_STATS_INTERVAL_SECONDS: "0" } : {}),
           ...(name === "sessions" ? { FLAGS_CACHE_SECONDS: "0" } : {}),
           ...(name === "gateway"
             ? {
@@ -147,7 +152,8 @@ const workers = {
             SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true },
             RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },
             BREAKERS: { className: "CircuitBreakerObject", scriptName: "meshwork-router", useSQLite: true },
-            ROLLOUTS: { className: "RolloutObject", scriptName: "meshwork-router", useSQLite: true }
+            ROLLOUTS: { className: "RolloutObject", scriptName: "meshwork-router", useSQLite: true },
+            MESH_STATS: { className: "MeshStatsObject", scriptName: "meshwork-router", useSQLite: true }
           },
           ratelimits: { RATE_LIMIT: { namespace_id: "1001", simple: { limit: 10, period: 60 } } },
           bindings: {

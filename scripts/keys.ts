@@ -119,12 +119,20 @@ const allMeshKeys = (store: MeshKeyStore) => Object.values(store).flatMap((set) 
 /**
  * Where the local mesh differs from a deployed one, by Worker: admin changes (splits, rollbacks,
  * flags, revoked API keys) take effect within a second, not the deployed 10 s, so a change tried
- * in the console or with `npm run mesh` shows at once.
+ * in the console or with `npm run mesh` shows at once; the console's live figures lag by a second,
+ * not 10; faults an admin sets on a split are injected; and every Worker keeps its traces in the
+ * mesh for the console (KEEP_TRACES).
  */
 const localVars: Record<string, Record<string, string>> = {
-  gateway: { API_KEY_CACHE_SECONDS: "1" },
-  router: { TRAFFIC_CACHE_SECONDS: "1" },
-  sessions: { FLAGS_CACHE_SECONDS: "1" }
+  gateway: { API_KEY_CACHE_SECONDS: "1", LIVE_STATS_INTERVAL_SECONDS: "1", KEEP_TRACES: "true" },
+  // Faults an admin sets on a split (the console's) take effect locally; deployed, FAULT_INJECTION is off.
+  router: { TRAFFIC_CACHE_SECONDS: "1", LIVE_STATS_INTERVAL_SECONDS: "1", FAULT_INJECTION: "true", KEEP_TRACES: "true" },
+  sessions: { FLAGS_CACHE_SECONDS: "1", KEEP_TRACES: "true" },
+  // Every sampled span kept by the mesh for the console's waterfalls (deployed: off).
+  auth: { KEEP_TRACES: "true" },
+  users: { KEEP_TRACES: "true" },
+  "users-green": { KEEP_TRACES: "true" },
+  products: { KEEP_TRACES: "true" }
 }
 
 /** Writes the key files and every Worker's .dev.vars (users and users-green share one, and one key). */

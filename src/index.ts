@@ -80,6 +80,10 @@ export * as Batching from "./layers/edge/Batching.ts"
 export { CacheRoute, CacheTagIndexObject, EdgeCache } from "./layers/edge/EdgeCache.ts"
 export { Cors, CorsOrigin, CorsRoute, withCors } from "./layers/edge/Cors.ts"
 
+// Observability: live figures of the mesh, aggregated across isolates (the console's).
+export { LiveReport, LiveStats, MeshStatsObject } from "./layers/observability/LiveStats.ts"
+export { TraceDetail, TraceSummary } from "./layers/observability/TraceSample.ts"
+
 // Releasing: traffic splits, feature flags, the admin API over both.
 export { FeatureFlags, Flag } from "./layers/release/FeatureFlags.ts"
 export { adminPrefix, meshAdmin } from "./layers/release/MeshAdmin.ts"

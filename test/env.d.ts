@@ -15,6 +15,7 @@ declare global {
       readonly RATE_LIMITER: DurableObjectNamespace
       readonly BREAKERS: DurableObjectNamespace
       readonly ROLLOUTS: DurableObjectNamespace
+      readonly MESH_STATS: DurableObjectNamespace
       readonly RATE_LIMIT: RateLimit
       /** Every mesh Worker's public identity keys. */
       readonly MESH_PUBLIC_KEYS: string

@@ -178,7 +178,8 @@ export const isUnexpected = <E>(cause: Cause.Cause<E>): boolean => {
   return !HttpServerRespondable.isRespondable(error.value) || statusOf(error.value) >= 500
 }
 
-const statusOf = (error: unknown): number =>
+/** The HTTP status a typed error answers with: its `status`, else 500. */
+export const statusOf = (error: unknown): number =>
   typeof error === "object" && error !== null && "status" in error && typeof error.status === "number"
     ? error.status
     : 500

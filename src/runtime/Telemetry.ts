@@ -8,7 +8,8 @@
  *
  * | var | default | |
  * |---|---|---|
- * | `OTLP_ENDPOINT` | none: tracing off | the collector's base URL (`/v1/traces` is added). Without it (or `off`) no span is made, nothing exported. `npm start -- --otlp <url>` sets it for the local mesh |
+ * | `OTLP_ENDPOINT` | none: tracing off | the collector's base URL (`/v1/traces` is added). Without it (or `off`), and without `KEEP_TRACES`, no span is made, nothing exported. `npm start -- --otlp <url>` sets it for the local mesh |
+ * | `KEEP_TRACES` | `false` | keep a copy of every sampled span in the mesh (the `traces` object of the `MESH_STATS` binding): a bounded sample of recent traces the console draws (`npm start` turns it on). Turns tracing on, collector or not |
  * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
  * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
  * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
@@ -35,12 +36,12 @@
 import { Context, Duration, Effect, ErrorReporter, Layer, Logger, Metric, References, Tracer } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { OtlpExporter, OtlpMetrics, OtlpSerialization } from "effect/observability"
-import type { WorkerEnv } from "./Bindings.ts"
-import { makeService, type Service } from "./telemetry/Exporter.ts"
+import { WorkerEnv } from "./Bindings.ts"
+import { type KeptSpan, makeService, type MeshTraceStore, type Service } from "./telemetry/Exporter.ts"
 import { errorTypeReporter, jsonLogger } from "./telemetry/Logger.ts"
 import { defaults, type Settings, settings } from "./telemetry/Settings.ts"
 
-export type { Service, Stats } from "./telemetry/Exporter.ts"
+export type { KeptSpan, MeshTraceStore, Service, Stats } from "./telemetry/Exporter.ts"
 export { droppedSpans } from "./telemetry/Exporter.ts"
 export { jsonLogger } from "./telemetry/Logger.ts"
 export { requestDuration, requests } from "./telemetry/ServerSpans.ts"
@@ -64,6 +65,28 @@ export {
 /** Updates `metric` with `attributes`, from inside an effect. */
 export const record = <In>(metric: Metric.Metric<In, unknown>, value: In, attributes: Record<string, string>) =>
   Metric.update(Metric.withAttributes(metric, attributes), value)
+
+/** The object of the `MESH_STATS` namespace that keeps the mesh's traces (`KEEP_TRACES`). */
+export const traceStoreName = "traces"
+
+/**
+ * Where this Worker keeps its spans in the mesh: the `traces` object of its
+ * `MESH_STATS` binding, when `KEEP_TRACES` is on (a warning, and nothing
+ * kept, without the binding).
+ */
+const meshTraceStore = (config: Settings): Effect.Effect<MeshTraceStore | undefined, never, WorkerEnv> =>
+  Effect.gen(function*() {
+    if (!config.keepTraces) return undefined
+    const namespace = (yield* WorkerEnv)["MESH_STATS"] as DurableObjectNamespace | undefined
+    if (namespace === undefined || typeof namespace.idFromName !== "function") {
+      yield* Effect.logWarning(`${config.serviceName}: KEEP_TRACES needs the MESH_STATS Durable Object binding; no traces are kept`)
+      return undefined
+    }
+    return {
+      keepSpans: (spans: ReadonlyArray<KeptSpan>) =>
+        (namespace.get(namespace.idFromName(traceStoreName)) as unknown as MeshTraceStore).keepSpans(spans)
+    }
+  })
 
 /** This isolate's telemetry: its settings, tracer and exporter. */
 export class Telemetry extends Context.Service<Telemetry, Service>()("meshwork/runtime/Telemetry") {}
@@ -113,7 +136,7 @@ export const layer = (serviceName: string, options: { readonly metrics?: boolean
         ))
       )
       : undefined
-    const service = makeService(config, flushMetrics)
+    const service = makeService(config, flushMetrics, yield* meshTraceStore(config))
     const logger = Logger.layer([jsonLogger(serviceName, config.serviceVersion), Logger.tracerLogger])
     // Off: Effect's own spans (Effect.fn, withSpan) are not even made.
     if (!service.enabled) return Layer.mergeAll(Layer.succeed(Telemetry, service), logger, Layer.succeed(References.TracerEnabled, false))

@@ -38,6 +38,17 @@ describe("traffic splits", () => {
     expect(Math.abs(green / 10_000 - 0.2)).toBeLessThan(0.02)
   })
 
+  it.effect("sends a Worker calling as itself to the stable version, whatever the weight", () =>
+    Effect.gen(function*() {
+      const service = `machinery-${unique()}`
+      yield* Traffic.writeSplit(kv, service, { stable: "blue", canary: "green", weight: 100 })
+      const manager = Traffic.TrafficManager.make(kv, 0)
+      const versions = versionsOf(service)
+      const gateway: Identity = { kind: "service", sub: "gateway" }
+      expect((yield* manager.choose(versions, gateway, request)).version).toBe("blue")
+      expect((yield* manager.choose(versions, user(1), request)).version).toBe("green")
+    }))
+
   it("keeps users where they are while the weight moves: only users whose bucket crosses the line move", () => {
     const at = (weight: number) =>
       new Set(Array.from({ length: 10_000 }, (_, n) => `user:user-${n}`).filter((subject) =>

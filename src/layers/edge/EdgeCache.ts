@@ -46,6 +46,7 @@ import type { Identity } from "../security/Identity.ts"
 import { matchesPrefix } from "../routing/RoutingTable.ts"
 import * as Sharding from "../state/Sharding.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as LiveStats from "../observability/LiveStats.ts"
 
 /** Edge cache lookups by result (HIT, STALE, MISS, BYPASS...): the hit ratio is HIT+STALE over all. */
 export const cacheResults = Metric.counter("meshwork.cache.requests", {
@@ -513,7 +514,7 @@ export class EdgeCache extends Context.Service<EdgeCache, {
         if (status === null) return Effect.void
         return Effect.andThen(
           Telemetry.event("cache.lookup", { "meshwork.cache.result": status, "meshwork.cache.route": route.prefix }),
-          Telemetry.record(cacheResults, 1, { result: status })
+          Effect.andThen(Telemetry.record(cacheResults, 1, { result: status }), LiveStats.count("cache", status))
         )
       }))
 

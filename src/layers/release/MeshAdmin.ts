@@ -5,8 +5,11 @@
  *   GET    /api/admin/status                      traffic splits and flags
  *   GET    /api/admin/audit?limit=50              the newest changes made here (Audit.ts records every one)
  *   GET    /api/admin/health                      the mesh's detailed health (HealthReport.ts)
+ *   GET    /api/admin/live?minutes=5              live figures across isolates: calls by upstream and version, policy decisions, breaker transitions (LiveStats.ts)
+ *   GET    /api/admin/traces?limit=20&series=&errors=true   the mesh's sample of recent traces, newest first (TraceSample.ts)
+ *   GET    /api/admin/traces/{traceId}            one kept trace, with its spans
  *   GET    /api/admin/traffic                     every service's split
- *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback?, outlierDetection?, mirror? }
+ *   PUT    /api/admin/traffic/{service}           { stable, canary?, weight, autoRollback?, outlierDetection?, mirror?, faults? }
  *   POST   /api/admin/traffic/{service}/rollback  weight 0 for the canary (routers follow within their cache time)
  *   GET    /api/admin/traffic/{service}/mirror    requests mirrored to the canary: matched, mismatched, the newest mismatches (zeros before the first)
  *   GET    /api/admin/flags                       every flag
@@ -21,8 +24,12 @@
  * version the routers serve. Bodies are JSON, at most `maxBodyBytes`, and
  * input that does not decode is the services' 400 (`errors: [{ path, message }]`).
  */
-import { Effect, Schema } from "effect"
+import { Clock, Effect, Schema } from "effect"
 import * as Bindings from "../../runtime/Bindings.ts"
+import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as LiveStats from "../observability/LiveStats.ts"
+import type { MeshStatsObject } from "../observability/LiveStats.ts"
+import { maxTraces } from "../observability/TraceSample.ts"
 import { readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import { EdgeCache } from "../edge/EdgeCache.ts"
@@ -84,6 +91,9 @@ const name = (value: string | undefined, schema: Schema.Codec<string, string>, p
     Effect.mapError((error) => Problem.validationFailed(Problem.issuesOf("params", error).map((issue) => ({ ...issue, path: ["params", parameter] }))))
   )
 
+/** A W3C trace id: 32 lower-case hex digits. */
+const TraceId = Schema.String.check(Schema.isPattern(/^[0-9a-f]{32}$/))
+
 const invalidPayload = (field: string, message: string) => Problem.validationFailed([{ path: ["payload", field], message }])
 
 /** A configuration store failure, as the admin sees it. */
@@ -128,14 +138,17 @@ const checkSplit = (service: string, split: Traffic.SplitSettings) =>
     if (versions.length === 0) {
       return yield* Problem.validationFailed([{ path: ["params", "service"], message: `${service} has no versions to split between` }])
     }
-    const missing = (["stable", "canary"] as const).filter((field) => {
-      const version = split[field]
-      return version !== undefined && !versions.includes(version)
-    })
+    const missing = [
+      ...(["stable", "canary"] as const).flatMap((field) => {
+        const version = split[field]
+        return version !== undefined && !versions.includes(version) ? [{ path: ["payload", field], version }] : []
+      }),
+      ...Object.keys(split.faults ?? {}).filter((version) => !versions.includes(version)).map((version) => ({ path: ["payload", "faults", version], version }))
+    ]
     if (missing.length > 0) {
-      return yield* Problem.validationFailed(missing.map((field) => ({
-        path: ["payload", field],
-        message: `${service} has no version ${split[field]}; its versions are ${versions.join(", ")}`
+      return yield* Problem.validationFailed(missing.map(({ path, version }) => ({
+        path,
+        message: `${service} has no version ${version}; its versions are ${versions.join(", ")}`
       })))
     }
     // Traffic goes only to a version whose probes and readiness checks pass now: a promotion
@@ -179,6 +192,51 @@ const answer = (request: Request, identity: Identity) =>
         if (method !== "GET") return yield* notAllowed("GET /api/admin/audit")
         const limit = Number(new URL(request.url).searchParams.get("limit") ?? "50")
         return Response.json({ entries: yield* Audit.read(yield* config, Number.isInteger(limit) ? limit : 50) }, { headers: { "cache-control": "no-store" } })
+      }
+      case "live": {
+        if (item !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })
+        if (method !== "GET") return yield* notAllowed("GET /api/admin/live")
+        const minutes = Number(new URL(request.url).searchParams.get("minutes") ?? "5")
+        if (!Number.isInteger(minutes) || minutes < 1 || minutes > 15) {
+          return yield* Problem.validationFailed([{ path: ["query", "minutes"], message: "Expected a whole number of minutes from 1 to 15" }])
+        }
+        const stats = yield* Effect.serviceOption(LiveStats.LiveStats)
+        if (stats._tag === "None") {
+          return yield* new Problem.NotFound({ detail: "This Worker keeps no live figures (LiveStats.layer and a MESH_STATS binding)" })
+        }
+        // This Worker's own figures, and those of the Workers it routes to (the router reports what it forwards).
+        const table = yield* Effect.serviceOption(RoutingTable)
+        const workers = [...new Set([stats.value.name, ...(table._tag === "Some" ? table.value.upstreams.map((upstream) => upstream.service) : [])])]
+        const report = yield* LiveStats.readReport(stats.value.namespace, workers, minutes, yield* Clock.currentTimeMillis)
+        return Response.json(report, { headers: { "cache-control": "no-store" } })
+      }
+      case "traces": {
+        if (action !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })
+        if (method !== "GET") return yield* notAllowed(item === undefined ? "GET /api/admin/traces" : "GET /api/admin/traces/{traceId}")
+        const namespace = yield* Effect.option(Bindings.durableObject("MESH_STATS"))
+        if (namespace._tag === "None") {
+          return yield* new Problem.NotFound({ detail: "The mesh keeps its traces in the MESH_STATS Durable Object, which this Worker does not bind" })
+        }
+        const store = namespace.value.get(namespace.value.idFromName(Telemetry.traceStoreName)) as unknown as Pick<MeshStatsObject, "traces" | "trace">
+        const unavailable = () => new Problem.ServiceUnavailable({ detail: "The mesh's trace sample could not be read; try again" })
+        const noStore = { headers: { "cache-control": "no-store" } }
+        if (item !== undefined) {
+          const traceId = yield* name(item, TraceId, "traceId")
+          const trace = yield* Effect.tryPromise({ try: () => store.trace(traceId), catch: unavailable })
+          return trace === undefined
+            ? yield* new Problem.NotFound({ detail: `The mesh keeps no trace ${traceId} (it keeps the newest ${maxTraces} of 15 minutes)` })
+            : Response.json(trace, noStore)
+        }
+        const query = new URL(request.url).searchParams
+        const limit = Number(query.get("limit") ?? "20")
+        if (!Number.isInteger(limit) || limit < 1 || limit > maxTraces) {
+          return yield* Problem.validationFailed([{ path: ["query", "limit"], message: `Expected a whole number from 1 to ${maxTraces}` }])
+        }
+        const traces = yield* Effect.tryPromise({
+          try: () => store.traces({ limit, series: query.get("series") ?? undefined, errors: query.get("errors") === "true" }),
+          catch: unavailable
+        })
+        return Response.json({ traces }, noStore)
       }
       case "health": {
         if (item !== undefined) return yield* new Problem.NotFound({ detail: `No admin resource ${path}` })

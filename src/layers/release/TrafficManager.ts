@@ -22,7 +22,11 @@
  * buckets below `weight * 100` go to the canary. Raising the weight only adds
  * buckets, so a user on the canary at 10% is still on it at 20%, and a user
  * moves only when their bucket crosses the line. Anonymous callers hash by
- * their address. An admin may pick a version with `x-use-version: green`;
+ * their address. A Worker calling as itself (the gateway's checks of a
+ * user's status, of an API key) always reaches the stable version: a canary
+ * serves clients' requests, and a failing one cannot take the mesh's own
+ * machinery down with it (an admin whose every request is checked against a
+ * failing canary could not roll it back). An admin may pick a version with `x-use-version: green`;
  * answers say which version served them in `x-meshwork-version`.
  *
  * Automatic rollback: the router counts the canary's answers per isolate
@@ -62,6 +66,7 @@ import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as ConfigStore from "./ConfigStore.ts"
+import { FaultSettings } from "../resilience/FaultInjection.ts"
 import { hasRole, type Identity } from "../security/Identity.ts"
 import { fnv1a64 } from "../state/Sharding.ts"
 
@@ -103,7 +108,13 @@ export const SplitSettings = Schema.Struct({
   mirror: Schema.optionalKey(Schema.Struct({
     /** Percent of those requests copied, 0 to 100. */
     percentage: Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 }))
-  }))
+  })),
+  /**
+   * Faults injected into the calls to a version, by version name, as a
+   * route's `faults` (FaultInjection.ts): only in a router whose
+   * `FAULT_INJECTION` var is `true` (`npm start` sets it; deployed it is off).
+   */
+  faults: Schema.optionalKey(Schema.Record(VersionName, FaultSettings))
 })
 export type SplitSettings = typeof SplitSettings.Type
 
@@ -398,6 +409,8 @@ const mirrorable = new Set(["GET", "HEAD"])
 export interface Chosen {
   readonly version: string
   readonly fetcher: Fetcher
+  /** The split's faults for this version. */
+  readonly faults?: FaultSettings | undefined
   readonly mirror?: { readonly version: string; readonly fetcher: Fetcher } | undefined
 }
 
@@ -444,7 +457,11 @@ export class TrafficManager extends Context.Service<TrafficManager, {
         return Effect.flatMap(splits.get(prefix + versions.service), (found): Effect.Effect<Chosen> => {
           const split = usable(versions, found)
           if (split === undefined) return Effect.succeed(fetcherOf(versions.defaultVersion))
-          const chosen = fetcherOf(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
+          if (identity?.kind === "service") return Effect.succeed(fetcherOf(split.stable))
+          // A version the split injects faults into carries them (FaultInjection.ts).
+          const pick = (version: string): Chosen =>
+            split.faults?.[version] === undefined ? fetcherOf(version) : { ...fetcherOf(version), faults: split.faults[version] }
+          const chosen = pick(versionFor(split, bucketOf(versions.service, subjectOf(identity, request))))
           const withMirror = (): Chosen => {
             const percentage = split.mirror?.percentage ?? 0
             if (
@@ -458,7 +475,7 @@ export class TrafficManager extends Context.Service<TrafficManager, {
           const canary = split.canary
           return Effect.map(Clock.currentTimeMillis, (now) =>
             outliers.ejected(versions.service, now) === chosen.version
-              ? fetcherOf(chosen.version === split.stable ? canary : split.stable)
+              ? pick(chosen.version === split.stable ? canary : split.stable)
               : withMirror())
         })
       },

@@ -20,6 +20,7 @@
 import { Clock, Context, Effect, Exit, Layer, Metric, Schema } from "effect"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as LiveStats from "../observability/LiveStats.ts"
 
 const Count = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 100_000 }))
 
@@ -80,7 +81,7 @@ export class Bulkheads extends Context.Service<Bulkheads, {
           return Effect.andThen(
             Effect.andThen(
               Telemetry.event("bulkhead.shed", { "meshwork.upstream": upstream.service, "meshwork.bulkhead.limit": cap }),
-              Telemetry.record(bulkheadShed, 1, { upstream: upstream.service })
+              Effect.andThen(Telemetry.record(bulkheadShed, 1, { upstream: upstream.service }), LiveStats.count("bulkhead.shed", upstream.service))
             ),
             Effect.fail(new Problem.ServiceUnavailable({
               retryAfterSeconds: 1,

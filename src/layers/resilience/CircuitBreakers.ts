@@ -40,6 +40,7 @@ import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as LiveStats from "../observability/LiveStats.ts"
 
 /** A circuit breaker's state per upstream: 0 closed, 1 half-open, 2 open. */
 export const breakerState = Metric.gauge("meshwork.breaker.state", {
@@ -294,7 +295,10 @@ const observe = (key: string, state: BreakerState, event: string, attributes: Re
 
 const observeTransition = (transition: Transition | undefined) =>
   transition === undefined ? Effect.void : Effect.andThen(
-    observe(transition.key, transition.to, "breaker.transition", { "meshwork.breaker.from": transition.from }),
+    Effect.andThen(
+      observe(transition.key, transition.to, "breaker.transition", { "meshwork.breaker.from": transition.from }),
+      LiveStats.transition(transition.key, transition.from, transition.to)
+    ),
     Effect.logInfo("circuit breaker", transition.key, `${transition.from} -> ${transition.to}`).pipe(
       Effect.annotateLogs({ breaker: transition.key, from: transition.from, to: transition.to })
     )

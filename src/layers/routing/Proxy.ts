@@ -15,6 +15,7 @@ import type { FaultSettings } from "../resilience/FaultInjection.ts"
 import * as Retry from "../resilience/Retries.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as Bindings from "../../runtime/Bindings.ts"
+import { LiveStats } from "../observability/LiveStats.ts"
 import * as Traffic from "../release/TrafficManager.ts"
 import * as Identity from "../security/Identity.ts"
 import * as Health from "./HealthReport.ts"
@@ -157,18 +158,21 @@ export const forward = (
           }),
           downstreamResponse
         )
+      // Faults stand in for the call inside its span, so a trace shows the injected answer.
+      const faults = Context.getOption(context, Faults.FaultInjection)
+      const injected = faults._tag === "Some" && faults.value.enabled && target.faults !== undefined
+        ? (trace: Telemetry.Carrier | undefined) => Faults.inject(target.service, target.faults, send(trace))
+        : send
       // With tracing on, each attempt is a client span whose context the upstream continues.
-      const traced = tracing
-        ? Effect.flatMap(Telemetry.activeCarrier, send).pipe(
+      const attempt = tracing
+        ? Effect.flatMap(Telemetry.activeCarrier, injected).pipe(
           Effect.tap((response) => Effect.annotateCurrentSpan("http.response.status_code", response.status)),
           Effect.withSpan(`${request.method} ${target.service}`, {
             kind: "client",
             attributes: { "http.request.method": request.method, "server.address": target.service }
           }, { captureStackTrace: false })
         )
-        : send(undefined)
-      const faults = Context.getOption(context, Faults.FaultInjection)
-      const attempt = faults._tag === "Some" && faults.value.enabled ? Faults.inject(target.service, target.faults, traced) : traced
+        : injected(undefined)
       const call = Retry.withRetries<Response, Problem.BadGateway, never>({
         upstream: target.service,
         method: request.method,
@@ -226,11 +230,13 @@ const forwardTo = (upstream: Upstream, request: Request): Effect.Effect<Response
   Effect.withFiber((fiber) => {
     const versions = upstream.resolvedVersions
     const traffic = versions === undefined ? undefined : Context.getOrUndefined(fiber.context, Traffic.TrafficManager)
-    if (versions === undefined || traffic === undefined) return forward(upstream, request)
+    const stats = Context.getOrUndefined(fiber.context, LiveStats)
+    if (versions === undefined || traffic === undefined) return observed(stats, upstream.service, forward(upstream, request))
     const identity = Context.getOrUndefined(fiber.context, Identity.CurrentIdentity)
     return Effect.flatMap(traffic.choose(versions, identity, request), (chosen) => {
       const service = chosen.version === versions.defaultVersion ? upstream.service : `${upstream.service}@${chosen.version}`
-      return Effect.flatMap(Effect.exit(forward({ ...upstream, service, fetcher: chosen.fetcher }, request)), (exit) => {
+      const call = forward({ ...upstream, service, fetcher: chosen.fetcher, faults: chosen.faults ?? upstream.faults }, request)
+      return Effect.flatMap(Effect.exit(observed(stats, `${upstream.service}@${chosen.version}`, call)), (exit) => {
         // Only the version's own failures count against it: not a request refused before it was sent.
         const failed = exit._tag === "Success"
           ? exit.value.status >= 500
@@ -261,6 +267,27 @@ const forwardTo = (upstream: Upstream, request: Request): Effect.Effect<Response
       })
     })
   })
+
+/**
+ * `call`, counted in this Worker's live figures (when it keeps them) under
+ * `series`: its status (a failure's own status; an interruption, the client
+ * gone, as 499) and latency.
+ */
+const observed = <E, R>(
+  stats: LiveStats["Service"] | undefined,
+  series: string,
+  call: Effect.Effect<Response, E, R>
+): Effect.Effect<Response, E, R> => {
+  if (stats === undefined) return call
+  const started = Date.now()
+  return Effect.onExit(call, (exit) => {
+    const status = exit._tag === "Success"
+      ? exit.value.status
+      : Option.match(Exit.findErrorOption(exit), { onNone: () => (Exit.hasInterrupts(exit) ? 499 : 500), onSome: Problem.statusOf })
+    stats.recorder.call(series, status, Date.now() - started)
+    return Effect.void
+  })
+}
 
 /** The most of a body mirroring compares; beyond it, only statuses and content types are. */
 const mirrorBodyLimit = 256 * 1024
@@ -323,7 +350,11 @@ export const proxy = <E = never, R = never>(
         ? Effect.succeed(cached.report)
         : Effect.tap(Health.report(service, upstreams), (report) => Effect.sync(() => (cached = { report, at: now }))))
   return (request: Request): Effect.Effect<Response, ProxyError | E, RoutingTable | Identity.IdentityKey | Bindings.Invocation | R> =>
-  RoutingTable.use((table): Effect.Effect<Response, ProxyError | E, Identity.IdentityKey | Bindings.Invocation | R> => {
+  RoutingTable.use((table) => Effect.withFiber((fiber): Effect.Effect<Response, ProxyError | E, Identity.IdentityKey | Bindings.Invocation | R> => {
+    // What this isolate counted since its last report leaves with the first request after the interval.
+    const stats = Context.getOrUndefined(fiber.context, LiveStats)
+    const invocation = stats === undefined ? undefined : Context.getOrUndefined(fiber.context, Bindings.Invocation)
+    if (invocation !== undefined) stats!.reportIfDue(Date.now(), invocation)
     const path = new URL(request.url).pathname
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
@@ -342,5 +373,5 @@ export const proxy = <E = never, R = never>(
     return upstream === undefined
       ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
       : Effect.andThen(Telemetry.annotateServerSpan("http.route", `${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
-  })
+  }))
 }

@@ -49,6 +49,7 @@ import { Redis } from "../../runtime/Redis.ts"
 import type * as Identity from "./Identity.ts"
 import { matchesPrefix, PathPrefix } from "../routing/RoutingTable.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as LiveStats from "../observability/LiveStats.ts"
 
 /** Requests refused by a rate limit, by limit name. */
 export const rateLimitRejections = Metric.counter("meshwork.ratelimit.rejections", {
@@ -508,6 +509,7 @@ export class RateLimits extends Context.Service<RateLimits, {
                   Effect.all([
                     Telemetry.event("ratelimit.rejected", { "meshwork.ratelimit": policy.name }),
                     Telemetry.record(rateLimitRejections, 1, { limit: policy.name }),
+                    LiveStats.count("ratelimit.rejected", policy.name),
                     Telemetry.annotateServerSpan("error.type", "TooManyRequests")
                   ]),
                   Effect.fail(

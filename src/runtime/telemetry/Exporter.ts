@@ -102,6 +102,61 @@ const toOtlp = (span: RecordedSpan) => {
   }
 }
 
+/**
+ * A finished span as the mesh keeps it (KEEP_TRACES): plain values, what the
+ * console draws a waterfall from.
+ */
+export interface KeptSpan {
+  readonly traceId: string
+  readonly spanId: string
+  readonly parentSpanId?: string | undefined
+  readonly name: string
+  /** The Worker or Durable Object class that made it (`service.name`). */
+  readonly service: string
+  readonly kind: "internal" | "server" | "client" | "producer" | "consumer"
+  /** Epoch ms, with fractions. */
+  readonly startMs: number
+  readonly durationMs: number
+  /** Set when the span failed: its status message. */
+  readonly error?: string | undefined
+  readonly attributes: Readonly<Record<string, string | number | boolean>>
+  readonly events: ReadonlyArray<{ readonly name: string; readonly atMs: number }>
+}
+
+/** Where an isolate keeps a copy of its spans in the mesh (the MESH_STATS object `traces`). */
+export interface MeshTraceStore {
+  readonly keepSpans: (spans: ReadonlyArray<KeptSpan>) => Promise<unknown>
+}
+
+type OtlpValue = { readonly stringValue?: string; readonly intValue?: number | string; readonly doubleValue?: number; readonly boolValue?: boolean }
+const plainValue = (value: OtlpValue): string | number | boolean | undefined =>
+  value.stringValue ?? (value.intValue !== undefined ? Number(value.intValue) : undefined) ?? value.doubleValue ?? value.boolValue
+
+const kindNames = ["internal", "internal", "server", "client", "producer", "consumer"] as const
+
+/** An OTLP span as the mesh keeps it: at most 32 attributes and 16 events, strings cut to 256 characters. */
+const toKept = (service: string, span: ReturnType<typeof toOtlp>): KeptSpan => {
+  const attributes: Record<string, string | number | boolean> = {}
+  for (const { key, value } of (span.attributes as ReadonlyArray<{ key: string; value: OtlpValue }>).slice(0, 32)) {
+    const plain = plainValue(value)
+    if (plain !== undefined) attributes[key] = typeof plain === "string" ? plain.slice(0, 256) : plain
+  }
+  const startMs = Number(BigInt(span.startTimeUnixNano) / 1000n) / 1000
+  return {
+    traceId: span.traceId,
+    spanId: span.spanId,
+    parentSpanId: span.parentSpanId,
+    name: span.name.slice(0, 256),
+    service,
+    kind: kindNames[span.kind],
+    startMs,
+    durationMs: Number(BigInt(span.endTimeUnixNano) - BigInt(span.startTimeUnixNano)) / 1e6,
+    error: span.status.code === errorStatus ? (span.status.message ?? "error").slice(0, 256) : undefined,
+    attributes,
+    events: span.events.slice(0, 16).map((event) => ({ name: event.name, atMs: Number(BigInt(event.timeUnixNano) / 1000n) / 1000 }))
+  }
+}
+
 /** What an isolate's exporter has done so far. */
 export interface Stats {
   exported: number
@@ -112,7 +167,7 @@ export interface Stats {
 
 export interface Service {
   readonly settings: Settings
-  /** False when `OTLP_ENDPOINT` is off: the runtime then serves without spans of its own. */
+  /** False when `OTLP_ENDPOINT` is off and the mesh keeps no traces: the runtime then serves without spans of its own. */
   readonly enabled: boolean
   readonly tracer: Tracer.Tracer
   readonly stats: Readonly<Stats>
@@ -144,7 +199,11 @@ const firstBackoffMs = 1_000
 /** Within what a request's `waitUntil` may take after its response (30 s), so a retry can wait for it. */
 const maxBackoffMs = 25_000
 
-export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void> | undefined): Service => {
+export const makeService = (
+  settings: Settings,
+  flushMetrics: Effect.Effect<void> | undefined,
+  meshStore?: MeshTraceStore | undefined
+): Service => {
   const stats: Stats = { exported: 0, dropped: 0, exports: 0, failedExports: 0 }
   type OtlpSpan = ReturnType<typeof toOtlp>
   // Spans are converted when they end: a span's Exit holds its request's values, which must not outlive it.
@@ -154,7 +213,7 @@ export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void
   const open = new Map<string, { count: number; since: number }>()
   let buffered = 0
   let lastMetricsExport = 0
-  const enabled = settings.endpoint !== undefined
+  const enabled = settings.endpoint !== undefined || meshStore !== undefined
   const serialization = settings.protocol === "json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf
   const serialize = Effect.runSync(Effect.provide(Effect.service(OtlpSerialization.OtlpSerialization), serialization))
   const resource = OtlpResource.make({
@@ -223,8 +282,36 @@ export const makeService = (settings: Settings, flushMetrics: Effect.Effect<void
     })
   }
 
-  /** Exports `spans`; answers whether the collector took them. */
+  /** Hands a copy of `spans` to the mesh's trace store, if kept there; never rejects. */
+  const keepInMesh = (spans: Array<OtlpSpan>): Promise<void> => {
+    if (meshStore === undefined) return Promise.resolve()
+    return meshStore.keepSpans(spans.map((span) => toKept(settings.serviceName, span))).then(
+      () => undefined,
+      (error: unknown) => {
+        const warning = `${settings.serviceName} mesh trace store`
+        if (warnedIsolate.has(warning)) return
+        warnedIsolate.add(warning)
+        console.warn(JSON.stringify({ level: "WARN", message: `${settings.serviceName}: the mesh's trace store (MESH_STATS) did not take spans`, error: String(error) }))
+      }
+    )
+  }
+
+  /** Exports `spans` (and keeps a copy in the mesh); answers whether the collector took them. */
   const exportSpans = async (spans: Array<OtlpSpan>): Promise<boolean> => {
+    const kept = keepInMesh(spans)
+    if (settings.endpoint === undefined) {
+      await kept
+      return true
+    }
+    try {
+      return await exportToCollector(spans)
+    } finally {
+      await kept
+    }
+  }
+
+  /** Exports `spans` to the collector; answers whether it took them. */
+  const exportToCollector = async (spans: Array<OtlpSpan>): Promise<boolean> => {
     stats.exports++
     try {
       const data = { resourceSpans: [{ resource, scopeSpans: [{ scope, spans }] }] }

@@ -12,6 +12,8 @@ export interface Settings {
   readonly timeoutMs: number
   readonly sampleRatio: number
   readonly trustClientTraceparent: boolean
+  /** Keep a copy of every sampled span in the mesh's trace store (the MESH_STATS binding), for the console. */
+  readonly keepTraces: boolean
   readonly metricsIntervalMs: number
   readonly maxBufferedSpans: number
 }
@@ -44,6 +46,7 @@ export const defaults = {
   timeoutMs: 2000,
   sampleRatio: 1,
   trustClientTraceparent: false,
+  keepTraces: false,
   metricsIntervalMs: 60_000,
   maxBufferedSpans: 4096
 } as const satisfies Omit<Settings, "serviceName">
@@ -59,6 +62,7 @@ export const settings = (serviceName: string) =>
     environment: Config.String("DEPLOYMENT_ENVIRONMENT").pipe(Config.withDefault(defaults.environment)),
     sampleRatio: Config.Number("TRACE_SAMPLE_RATIO").pipe(Config.withDefault(defaults.sampleRatio)),
     trustClientTraceparent: Config.Boolean("TRUST_CLIENT_TRACEPARENT").pipe(Config.withDefault(defaults.trustClientTraceparent)),
+    keepTraces: Config.Boolean("KEEP_TRACES").pipe(Config.withDefault(defaults.keepTraces)),
     metricsIntervalSeconds: Config.Number("METRICS_INTERVAL_SECONDS").pipe(Config.withDefault(defaults.metricsIntervalMs / 1000))
   }).pipe(Effect.map((c): Settings => {
     const endpoint = c.endpoint.trim().replace(/\/+$/, "")
@@ -72,6 +76,7 @@ export const settings = (serviceName: string) =>
       timeoutMs: Math.max(1, c.timeoutMs),
       sampleRatio: Math.min(1, Math.max(0, c.sampleRatio)),
       trustClientTraceparent: c.trustClientTraceparent,
+      keepTraces: c.keepTraces,
       metricsIntervalMs: Math.max(0, c.metricsIntervalSeconds * 1000),
       maxBufferedSpans: defaults.maxBufferedSpans
     }

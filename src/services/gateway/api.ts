@@ -9,7 +9,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "effect/http-api"
-import { AuditEntry, Flag, HealthReport, MirrorReport, Problem, SplitSettings, TrafficSplit } from "meshwork"
+import { AuditEntry, Flag, HealthReport, LiveReport, MirrorReport, Problem, SplitSettings, TraceDetail, TraceSummary, TrafficSplit } from "meshwork"
 import { ApiKeysGroup, AuthGroup } from "../auth/api.ts"
 import { ImportsGroup, ProductsGroup } from "../products/api.ts"
 import { SessionsGroup } from "../sessions/api.ts"
@@ -102,6 +102,26 @@ export class AdminGroup extends HttpApiGroup.make("admin")
     }).annotate(OpenApi.Summary, "The newest changes made through the admin API, newest first (who, what, when)"),
     HttpApiEndpoint.get("health", "/health", { success: HealthReport.HealthReport, error: adminErrors })
       .annotate(OpenApi.Summary, "The mesh's detailed health: every route, version and readiness check"),
+    HttpApiEndpoint.get("live", "/live", {
+      query: { minutes: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 15 }))) },
+      success: LiveReport,
+      error: adminErrors
+    })
+      .annotate(OpenApi.Summary, "Live figures across every isolate: calls, failures and latency by upstream and version, policy decisions, breaker transitions")
+      .annotate(OpenApi.Description, "Over the last `minutes` (default 5), in 10 s windows. Isolates report every `LIVE_STATS_INTERVAL_SECONDS` (10 s deployed), so the newest seconds may be missing."),
+    HttpApiEndpoint.get("traces", "/traces", {
+      query: {
+        limit: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 100 }))),
+        series: Schema.optional(Schema.String),
+        errors: Schema.optional(Schema.Literals(["true", "false"]))
+      },
+      success: Schema.Struct({ traces: Schema.Array(TraceSummary) }),
+      error: adminErrors
+    })
+      .annotate(OpenApi.Summary, "The mesh's sample of recent traces, newest first")
+      .annotate(OpenApi.Description, "Kept by the Workers with `KEEP_TRACES` on (the newest 100 of 15 minutes, failed ones kept longest). `series=users@green`: only traces that called it; `errors=true`: only failed ones."),
+    HttpApiEndpoint.get("trace", "/traces/:traceId", { params: { traceId: Schema.String }, success: TraceDetail, error: adminErrors })
+      .annotate(OpenApi.Summary, "One kept trace, with its spans in start order"),
     HttpApiEndpoint.get("traffic", "/traffic", { success: Schema.Record(Schema.String, TrafficSplit), error: adminErrors })
       .annotate(OpenApi.Summary, "Every service's traffic split"),
     HttpApiEndpoint.get("split", "/traffic/:service", { params: service, success: TrafficSplit, error: adminErrors })

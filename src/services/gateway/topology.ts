@@ -38,7 +38,8 @@ export const workers: ReadonlyArray<WorkerShape> = [
       CACHE_TAGS: "CacheTagIndexObject",
       REDIS_POOL: "RedisPoolObject",
       API_KEY_QUOTAS: "ApiKeyQuotaObject",
-      ROLLOUTS: "RolloutObject"
+      ROLLOUTS: "RolloutObject",
+      MESH_STATS: "MeshStatsObject"
     },
     produces: [],
     consumes: [],
@@ -46,7 +47,7 @@ export const workers: ReadonlyArray<WorkerShape> = [
   },
   {
     script: "meshwork-router",
-    durableObjects: { BREAKERS: "CircuitBreakerObject", ROLLOUTS: "RolloutObject" },
+    durableObjects: { BREAKERS: "CircuitBreakerObject", ROLLOUTS: "RolloutObject", MESH_STATS: "MeshStatsObject" },
     produces: [],
     consumes: [],
     calls: {
@@ -59,19 +60,19 @@ export const workers: ReadonlyArray<WorkerShape> = [
   },
   // Scalar's script for /api/docs (src/services/docs/).
   { script: "meshwork-docs", durableObjects: {}, produces: [], consumes: [], calls: {} },
-  { script: "meshwork-auth", durableObjects: {}, produces: [], consumes: ["meshwork-user-deletions"], calls: { USERS: "meshwork-users" } },
-  { script: "meshwork-users", durableObjects: {}, produces: ["meshwork-user-deletions"], consumes: [], calls: {} },
-  { script: "meshwork-users-green", durableObjects: {}, produces: ["meshwork-user-deletions"], consumes: [], calls: {} },
+  { script: "meshwork-auth", durableObjects: { MESH_STATS: "MeshStatsObject" }, produces: [], consumes: ["meshwork-user-deletions"], calls: { USERS: "meshwork-users" } },
+  { script: "meshwork-users", durableObjects: { MESH_STATS: "MeshStatsObject" }, produces: ["meshwork-user-deletions"], consumes: [], calls: {} },
+  { script: "meshwork-users-green", durableObjects: { MESH_STATS: "MeshStatsObject" }, produces: ["meshwork-user-deletions"], consumes: [], calls: {} },
   {
     script: "meshwork-products",
-    durableObjects: { LOCKS: "LockObject", VIEW_COUNTERS: "CounterShardObject" },
+    durableObjects: { LOCKS: "LockObject", VIEW_COUNTERS: "CounterShardObject", MESH_STATS: "MeshStatsObject" },
     produces: ["meshwork-product-imports", "meshwork-product-imports-dlq"],
     consumes: ["meshwork-product-imports", "meshwork-product-imports-dlq"],
     calls: { USERS: "meshwork-users" }
   },
   {
     script: "meshwork-sessions",
-    durableObjects: { SESSIONS: "SessionObject" },
+    durableObjects: { SESSIONS: "SessionObject", MESH_STATS: "MeshStatsObject" },
     produces: [],
     consumes: [],
     calls: { PRODUCTS: "meshwork-products" }

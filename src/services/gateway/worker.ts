@@ -11,7 +11,7 @@
  * (OpenAPI 3.1) and `/api/docs` (a reference page).
  */
 import { Layer } from "effect"
-import { ApiKeyAuthenticator, Authenticator, Cors, EdgeCache, Identity, Proxy, PublicRoutes, RateLimits, RoutingTable, withCors, Worker } from "meshwork"
+import { ApiKeyAuthenticator, Authenticator, Cors, EdgeCache, Identity, LiveStats, Proxy, PublicRoutes, RateLimits, RoutingTable, withCors, Worker } from "meshwork"
 import { withConsole } from "./console.ts"
 import { ApiDocs } from "./docs.ts"
 import { edge } from "./edge.ts"
@@ -49,6 +49,8 @@ export default Worker.make({
     RateLimits.layer,
     EdgeCache.layer,
     Cors.layer,
+    // Calls to the router, rate-limit rejections and cache results, reported to the router's MESH_STATS (the console's live panels).
+    LiveStats.layer,
     // GET /api/openapi.json and /api/docs: the API's description, from the services' definitions.
     ApiDocs.layer
   ),

@@ -5,12 +5,14 @@
  * a service's traffic between its versions as MESH_CONFIG says.
  */
 import { Layer } from "effect"
-import { Bulkheads, CircuitBreakers, FaultInjection, Identity, Proxy, Retries, RoutingTable, TrafficManager, Worker } from "meshwork"
+import { Bulkheads, CircuitBreakers, FaultInjection, Identity, LiveStats, Proxy, Retries, RoutingTable, TrafficManager, Worker } from "meshwork"
 
 /** The Durable Object behind BREAKER_STORE = "durable-object", bound as BREAKERS. */
 export { CircuitBreakerObject } from "meshwork"
 /** Canary answers counted across isolates, for automatic rollback; bound as ROLLOUTS. */
 export { RolloutObject } from "meshwork"
+/** Live figures of the gateway's and the router's isolates, for the console; bound as MESH_STATS. */
+export { MeshStatsObject } from "meshwork"
 
 export default Worker.make({
   name: "router",
@@ -21,7 +23,9 @@ export default Worker.make({
     CircuitBreakers.layer,
     Bulkheads.layer,
     FaultInjection.layer,
-    TrafficManager.layer
+    TrafficManager.layer,
+    // Calls per upstream and version, policy decisions and breaker transitions, reported to MESH_STATS.
+    LiveStats.layer
   ),
   fetch: Identity.requireIdentity(Proxy.proxy("router"))
 })
