@@ -184,9 +184,10 @@ const run = async (options: { port: number; fresh: boolean; otlp: string | undef
         const seconds = ((Date.now() - started) / 1000).toFixed(1)
         console.log(`\nMeshwork is up on http://127.0.0.1:${options.port} in ${seconds} s (${workers.length} Workers; Ctrl+C stops it)`)
         console.log(`  curl http://127.0.0.1:${options.port}/health`)
+        console.log(`  the console: http://127.0.0.1:${options.port}/console (ada@meshwork.dev / ada-local-password)`)
         console.log(options.otlp === undefined
-          ? "  tracing is off: npm start -- --otlp http://127.0.0.1:4318, with npm run traces\n"
-          : `  traces go to ${options.otlp}\n`)
+          ? "  traces are kept by the mesh for the console; to export them too: npm start -- --otlp http://127.0.0.1:4318, with npm run traces\n"
+          : `  traces are kept by the mesh for the console, and go to ${options.otlp}\n`)
         return
       }
       if (options.verbose || worthShowing(line)) console.log(raw)

@@ -54,7 +54,23 @@ const page = `<!doctype html>
     <section id="refusal" hidden><h2>Refused</h2><p id="refusal-detail"></p></section>
     <div id="mesh" hidden>
       <section><h2>Topology</h2><div id="graph"></div></section>
+      <section>
+        <h2>Live figures <span class="hint" id="live-span"></span></h2>
+        <table id="live"></table>
+      </section>
       <section><h2>Policy state</h2><table id="breakers"></table></section>
+      <section>
+        <h2>Policy decisions <span class="hint" id="decisions-span"></span></h2>
+        <div class="columns">
+          <div><h3>Rate limits, edge cache, retries, bulkheads</h3><table id="decisions"></table></div>
+          <div><h3>Breaker transitions</h3><table id="transitions"></table></div>
+        </div>
+      </section>
+      <section id="traces-section">
+        <h2>Recent traces <span class="hint" id="traces-filter"></span> <button type="button" id="traces-all" hidden>Show all</button></h2>
+        <table id="traces"></table>
+        <div id="waterfall"></div>
+      </section>
       <section>
         <h2>Steering</h2>
         <div class="columns">
@@ -64,6 +80,7 @@ const page = `<!doctype html>
             <label>Stable <select id="split-stable"></select></label>
             <label>Canary <select id="split-canary"></select></label>
             <label>Canary weight (%) <input id="split-weight" type="number" min="0" max="100" step="1" value="0"></label>
+            <label>Inject faults into the canary: abort (%) <input id="split-faults" type="number" min="0" max="100" step="1" value="0"></label>
             <div class="buttons">
               <button type="button" id="set-split">Set split</button>
               <button type="button" id="promote">Promote canary</button>
@@ -115,6 +132,15 @@ table { border-collapse: collapse; margin-top: .5em; } td, th { text-align: left
 svg text { font: 12px system-ui, sans-serif; } svg .title { font-weight: 600; font-size: 13px; }
 svg .node rect { fill: #fff; stroke: #8a949e; } svg .node.up rect { stroke: #17803d; } svg .node.down rect { stroke: #c62828; stroke-width: 2; }
 svg .edge { stroke: #8a949e; fill: none; } svg .edge.idle { stroke-dasharray: 4 4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.failing td:first-child { color: #c62828; font-weight: 600; }
+svg.spark polyline { fill: none; stroke-width: 1.5; } svg.spark .requests { stroke: #3b6fb6; } svg.spark .errors { stroke: #c62828; }
+svg .rate { fill: #3b6fb6; } svg .rate.failing { fill: #c62828; font-weight: 600; }
+#traces tr.trace { cursor: pointer; } #traces tr.trace:hover td { background: #eef3fb; } #traces tr.selected td { background: #dde8f7; }
+#traces tr.trace-error td:nth-child(2) { color: #c62828; font-weight: 600; }
+#waterfall svg .bar { fill: #6b8fc7; } #waterfall svg .bar.error { fill: #c62828; } #waterfall svg .grid { stroke: #eef0f3; }
+#waterfall svg text.label { font: 11px ui-monospace, monospace; } #waterfall h3 { margin-top: .8em; }
+button.link { background: none; border: none; color: #3b6fb6; text-decoration: underline; cursor: pointer; padding: 0; font: inherit; }
 td.body { font-family: ui-monospace, monospace; font-size: 12px; max-width: 420px; word-break: break-all; }
 `
 
@@ -128,7 +154,7 @@ let pending = null;
 const $ = (id) => document.getElementById(id);
 // Elements are built with textContent only: nothing the API returns is parsed as HTML.
 const h = (tag, attributes, ...children) => {
-  const svg = ["svg", "g", "rect", "text", "path", "line"].includes(tag);
+  const svg = ["svg", "g", "rect", "text", "path", "line", "polyline"].includes(tag);
   const element = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
   for (const [name, value] of Object.entries(attributes || {})) element.setAttribute(name, String(value));
   for (const child of children.flat()) element.append(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -184,6 +210,10 @@ setInterval(async () => {
 async function load() {
   const status = await api("GET", "/api/admin/status");
   if (status.status === 401) { $("signout").click(); return say("Your session expired: sign in again.", true); }
+  if (!status.ok && status.status !== 403 && state !== null) {
+    // The admin API failed this time: the page keeps what it showed, and says so.
+    return say("The admin API answered " + status.status + " (" + problemText(status) + "): showing what it said before.", true);
+  }
   if (!status.ok) {
     // A non-admin: the admin API's refusal, and nothing of the mesh.
     $("mesh").hidden = true;
@@ -195,6 +225,10 @@ async function load() {
   // 503 is a degraded report, still a report; an older gateway without the route answers 404.
   if (health.status === 404) health = await api("GET", "/health");
   const audit = await api("GET", "/api/admin/audit?limit=50");
+  // Live figures over the last 5 minutes, across every isolate (404 on a gateway that keeps none).
+  const live = await api("GET", "/api/admin/live?minutes=5");
+  // The mesh's sample of recent traces, filtered as the admin chose (404 where it keeps none).
+  const traces = await api("GET", "/api/admin/traces?limit=20" + (traceFilter ? "&errors=true&series=" + encodeURIComponent(traceFilter.calls) : ""));
   // What the routers' mirrors found, for each split that mirrors.
   const mirrors = {};
   for (const [name, split] of Object.entries(status.json.traffic || {})) {
@@ -208,7 +242,9 @@ async function load() {
     flags: status.json.flags || {},
     upstreams: (health.json && health.json.upstreams) || {},
     healthStatus: (health.json && health.json.status) || "unknown",
-    audit: audit.ok ? audit.json.entries : []
+    audit: audit.ok ? audit.json.entries : [],
+    live: live.ok ? live.json : null,
+    traces: traces.ok ? traces.json.traces : null
   };
   $("refusal").hidden = true;
   $("mesh").hidden = false;
@@ -238,7 +274,10 @@ const sharesOf = (route) => {
 
 function render() {
   renderGraph();
+  renderLive();
   renderBreakers();
+  renderDecisions();
+  renderTraces();
   renderSteering();
   renderAudit();
 }
@@ -272,7 +311,14 @@ function renderGraph() {
   const link = (from, to, label, idle, index) => {
     const x1 = from.x + from.width, y1 = from.y + 20, x2 = to.x, y2 = to.y + 20;
     edges.append(h("path", { class: "edge" + (idle ? " idle" : ""), d: "M" + x1 + "," + y1 + " C" + (x1 + 60) + "," + y1 + " " + (x2 - 60) + "," + y2 + " " + x2 + "," + y2 }));
-    if (label) edges.append(h("text", { x: Math.max(x1 + 6, x2 - 105), y: y2 - 5, "data-edge": index }, label));
+    if (label) edges.append(h("text", { x: Math.max(x1 + 8, x2 - 150), y: y2 - 5, "data-edge": index }, label));
+    // The edge's live figures: calls per second and the share that failed, over the last minutes.
+    const figures = liveOf(index);
+    if (figures && figures.requests > 0) {
+      const failing = figures.errorRate > 0;
+      edges.append(h("text", { x: Math.max(x1 + 8, x2 - 150), y: y2 + 12, class: "rate" + (failing ? " failing" : ""), "data-rate": index },
+        figures.perSecond + "/s" + (failing ? " \\u00b7 " + percent(figures.errorRate) + " failed" : "")));
+    }
   };
   svg.append(edges, gateway.group, router.group);
   link(gateway, router, "/api", false, "router");
@@ -292,14 +338,165 @@ function renderGraph() {
       const parts = [route.prefix];
       if (version !== "default") parts.push(version);
       if (health) parts.push(health.status + (health.breaker ? " \\u00b7 breaker " + health.breaker : ""));
-      const box = node(byScript[script], 690, y, 340, parts.join(" \\u00b7 "), health);
+      const box = node(byScript[script], 750, y, 285, parts.join(" \\u00b7 "), health);
       svg.append(box.group);
-      link(router, box, route.service + (version !== "default" ? "@" + version : "") + " " + shares[version] + "%", shares[version] === 0, route.service + "@" + version);
+      link(router, box, route.service + (version !== "default" ? "@" + version : "") + " " + shares[version] + "%", shares[version] === 0, version === "default" ? route.service : route.service + "@" + version);
       y += box.height + 12;
     }
   }
   svg.setAttribute("height", String(Math.max(y, below, router.height + 20)));
   $("graph").replaceChildren(svg);
+}
+
+const percent = (share) => (Math.round(share * 1000) / 10) + "%";
+// A series' live figures: the router's calls to a service or one of its versions, or the gateway's to the router.
+const liveOf = (series) => state.live && state.live.series.find((entry) => entry.series === series);
+const ms = (value) => value === null ? "" : value + " ms";
+
+// Calls per window as a small line: blue all calls, red the failed ones.
+const sparkline = (timeline) => {
+  const width = 150, height = 24;
+  const top = Math.max(1, ...timeline.map((window) => window.requests));
+  const points = (key) => timeline.map((window, i) =>
+    (timeline.length < 2 ? 0 : Math.round((i / (timeline.length - 1)) * width)) + "," + (height - 2 - Math.round((window[key] / top) * (height - 4)))).join(" ");
+  return h("svg", { class: "spark", width, height, "aria-hidden": "true" },
+    h("polyline", { class: "requests", points: points("requests") }),
+    h("polyline", { class: "errors", points: points("errors") }));
+};
+
+function renderLive() {
+  const live = state.live;
+  if (!live) {
+    $("live-span").textContent = "";
+    return fill($("live"), h("caption", {}, "This gateway keeps no live figures (LiveStats.layer and its MESH_STATS binding)."));
+  }
+  $("live-span").textContent = "last 5 minutes, every isolate, " + live.windowSeconds + " s windows" +
+    (live.unavailable.length > 0 ? " \\u00b7 not read: " + live.unavailable.join(", ") : "");
+  fill($("live"),
+    h("tr", {}, ["calls to", "from", "calls", "per second", "failed", "p50", "p99", "calls per " + live.windowSeconds + " s", ""].map((title) => h("th", {}, title))),
+    live.series.length === 0 ? [h("tr", {}, h("td", { colspan: 9 }, "No calls yet."))] : [],
+    live.series.map((entry) => h("tr", { "data-series": entry.series, class: entry.errors > 0 ? "failing" : "" },
+      h("td", {}, entry.series), h("td", {}, entry.from),
+      h("td", { class: "num" }, entry.requests), h("td", { class: "num" }, entry.perSecond),
+      h("td", { class: "num failed" }, entry.errors + " (" + percent(entry.errorRate) + ")"),
+      h("td", { class: "num" }, ms(entry.p50Ms)), h("td", { class: "num" }, ms(entry.p99Ms)),
+      h("td", {}, sparkline(entry.timeline)),
+      h("td", {}, entry.errors > 0 ? h("button", { type: "button", class: "link", "data-traces": entry.series }, "failed traces") : ""))));
+  for (const button of $("live").querySelectorAll("button[data-traces]")) {
+    button.addEventListener("click", () => showFailedTraces(button.getAttribute("data-traces")));
+  }
+}
+
+// What a live series is called in a trace: the router names a route's default version by the service alone.
+const callsName = (series) => {
+  const [service, version] = series.split("@");
+  const route = TOPOLOGY.routes.find((candidate) => candidate.service === service);
+  return version !== undefined && route && route.defaultVersion === version ? service : series;
+};
+
+// Traces: the list follows the filter (all, or the failed calls to one series); a clicked row draws its waterfall.
+let traceFilter = null;
+let selectedTrace = null;
+async function showFailedTraces(series) {
+  traceFilter = { series, calls: callsName(series) };
+  await load();
+  $("traces-section").scrollIntoView();
+  const first = state.traces && state.traces[0];
+  if (first) await showTrace(first.traceId);
+}
+$("traces-all").addEventListener("click", async () => { traceFilter = null; await load(); });
+
+function renderTraces() {
+  $("traces-filter").textContent = traceFilter ? "failed calls to " + traceFilter.series : "the mesh's sample, newest first";
+  $("traces-all").hidden = traceFilter === null;
+  if (state.traces === null) return fill($("traces"), h("caption", {}, "This mesh keeps no traces: KEEP_TRACES and the MESH_STATS binding (npm start turns them on)."));
+  fill($("traces"),
+    h("tr", {}, ["when", "request", "duration", "Workers", "spans", "failure"].map((title) => h("th", {}, title))),
+    state.traces.length === 0 ? [h("tr", {}, h("td", { colspan: 6 }, "None kept."))] : [],
+    state.traces.map((trace) => {
+      const row = h("tr", { class: "trace" + (trace.error ? " trace-error" : "") + (trace.traceId === selectedTrace ? " selected" : ""), "data-trace": trace.traceId },
+        h("td", {}, trace.startedAt), h("td", {}, trace.name), h("td", { class: "num" }, trace.durationMs + " ms"),
+        h("td", {}, trace.services.join(", ")), h("td", { class: "num" }, trace.spans), h("td", {}, trace.error || ""));
+      row.addEventListener("click", () => showTrace(trace.traceId));
+      return row;
+    }));
+}
+
+// A trace as a waterfall: one bar per span in tree order, placed on the trace's time line.
+async function showTrace(traceId) {
+  const answer = await api("GET", "/api/admin/traces/" + encodeURIComponent(traceId));
+  if (!answer.ok) return say("Trace " + traceId + ": " + problemText(answer), true);
+  selectedTrace = traceId;
+  for (const row of $("traces").querySelectorAll("tr.trace")) row.classList.toggle("selected", row.getAttribute("data-trace") === traceId);
+  const spans = answer.json.items;
+  const ids = new Set(spans.map((span) => span.spanId));
+  const children = new Map();
+  for (const span of spans) {
+    const parent = span.parentSpanId && ids.has(span.parentSpanId) ? span.parentSpanId : null;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(span);
+  }
+  const ordered = [];
+  const visit = (parent, depth) => {
+    for (const span of (children.get(parent) || []).sort((a, b) => a.startMs - b.startMs)) {
+      ordered.push({ span, depth });
+      visit(span.spanId, depth + 1);
+    }
+  };
+  visit(null, 0);
+  const start = Math.min(...spans.map((span) => span.startMs));
+  const total = Math.max(0.001, Math.max(...spans.map((span) => span.startMs + span.durationMs)) - start);
+  const labelWidth = 430, barWidth = 560, row = 18;
+  const svg = h("svg", { width: labelWidth + barWidth + 40, height: ordered.length * row + 24, role: "img", "aria-label": "Waterfall of trace " + traceId });
+  for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
+    const x = labelWidth + fraction * barWidth;
+    svg.append(h("line", { class: "grid", x1: x, x2: x, y1: 0, y2: ordered.length * row + 6 }),
+      h("text", { x, y: ordered.length * row + 20, "text-anchor": "middle" }, (Math.round(total * fraction * 100) / 100) + " ms"));
+  }
+  ordered.forEach(({ span, depth }, i) => {
+    const x = labelWidth + ((span.startMs - start) / total) * barWidth;
+    const width = Math.max(1, (span.durationMs / total) * barWidth);
+    svg.append(h("g", { class: "span" + (span.error ? " error" : ""), "data-span": span.name },
+      h("text", { class: "label", x: 4 + depth * 12, y: i * row + 13 }, span.service + ": " + span.name),
+      h("rect", { class: "bar" + (span.error ? " error" : ""), x, y: i * row + 3, width, height: row - 6, rx: 2 }),
+      // The duration right of its bar, or left of it when the bar reaches the end.
+      h("text", x + width > labelWidth + barWidth * 0.8
+        ? { class: "label", x: x - 4, y: i * row + 13, "text-anchor": "end" }
+        : { class: "label", x: x + width + 4, y: i * row + 13 },
+        (Math.round(span.durationMs * 100) / 100) + " ms" + (span.error ? " \\u00b7 " + span.error : ""))));
+  });
+  fill($("waterfall"), h("h3", {}, "Trace " + traceId + " \\u00b7 " + answer.json.name + " \\u00b7 " + answer.json.durationMs + " ms"), svg);
+}
+
+// Each policy's decisions, read from the live counters.
+const decisionNames = {
+  "ratelimit.rejected": "rate limit rejected",
+  "cache": "edge cache",
+  "retries": "retries sent",
+  "retry.refused": "retries refused by the budget",
+  "bulkhead.shed": "shed by the bulkhead"
+};
+function renderDecisions() {
+  const live = state.live;
+  if (!live) return fill($("decisions")), fill($("transitions"));
+  $("decisions-span").textContent = "last 5 minutes, every isolate";
+  const cache = live.counters.filter((counter) => counter.name === "cache");
+  const lookups = cache.filter((counter) => counter.label !== "BYPASS").reduce((sum, counter) => sum + counter.count, 0);
+  const hits = cache.filter((counter) => counter.label === "HIT" || counter.label === "STALE").reduce((sum, counter) => sum + counter.count, 0);
+  fill($("decisions"),
+    h("tr", {}, ["decision", "of", "by", "count"].map((title) => h("th", {}, title))),
+    live.counters.length === 0 ? [h("tr", {}, h("td", { colspan: 4 }, "None yet."))] : [],
+    live.counters.map((counter) => h("tr", { "data-counter": counter.name + "|" + counter.label },
+      h("td", {}, decisionNames[counter.name] || counter.name), h("td", {}, counter.label), h("td", {}, counter.from),
+      h("td", { class: "num" }, counter.count))),
+    lookups > 0 ? [h("tr", { "data-counter": "cache-hit-ratio" }, h("td", {}, "edge cache hit ratio"), h("td", {}, "HIT and STALE of lookups"), h("td", {}, "gateway"),
+      h("td", { class: "num" }, percent(hits / lookups)))] : []);
+  fill($("transitions"),
+    h("tr", {}, ["when", "breaker", "from", "to", "in"].map((title) => h("th", {}, title))),
+    live.transitions.length === 0 ? [h("tr", {}, h("td", { colspan: 5 }, "None in the last 5 minutes."))] : [],
+    live.transitions.map((transition) => h("tr", { "data-transition": transition.upstream },
+      h("td", {}, transition.at), h("td", {}, transition.upstream), h("td", { class: transition.from }, transition.from),
+      h("td", { class: transition.to }, transition.to), h("td", {}, transition.worker))));
 }
 
 function renderBreakers() {
@@ -331,15 +528,19 @@ function renderSteering() {
     $("split-stable").value = split ? split.stable : route.defaultVersion;
     $("split-canary").value = (split && split.canary) || versions.find((v) => v !== $("split-stable").value);
     $("split-weight").value = split ? String(split.weight) : "0";
+    const faults = split && split.faults && split.canary && split.faults[split.canary];
+    $("split-faults").value = faults ? String(faults.abortPercent || 0) : "0";
   };
   service.onchange = showSplit;
   // Filled once, and on a change of service: a refresh never overwrites what the admin is typing.
   if (!service.dataset.filled) { service.dataset.filled = "1"; showSplit(); }
   fill($("splits"),
-    h("tr", {}, ["service", "stable", "canary", "weight", "mirror", "rolled back"].map((title) => h("th", {}, title))),
+    h("tr", {}, ["service", "stable", "canary", "weight", "mirror", "faults", "rolled back"].map((title) => h("th", {}, title))),
     Object.entries(state.traffic).map(([name, split]) => h("tr", { "data-split": name },
       h("td", {}, name), h("td", {}, split.stable), h("td", {}, split.canary || ""), h("td", {}, split.weight + "%"),
       h("td", { class: "mirror" }, mirrorText(split, state.mirrors[name])),
+      h("td", { class: "faults" }, Object.entries(split.faults || {}).map(([version, faults]) =>
+        version + ": " + [faults.abortPercent ? faults.abortPercent + "% aborted" : "", faults.delayPercent ? faults.delayPercent + "% delayed " + (faults.delayMs || 1000) + " ms" : ""].filter(Boolean).join(", ")).join("; ")),
       h("td", {}, split.rolledBack ? split.rolledBack.at + " (" + split.rolledBack.reason + ")" : ""))));
   fill($("flags"),
     h("tr", {}, ["flag", "enabled", "percentage", "users", "roles"].map((title) => h("th", {}, title))),
@@ -385,13 +586,19 @@ $("confirm-yes").addEventListener("click", async () => {
 });
 
 const splitPath = () => "/api/admin/traffic/" + encodeURIComponent($("split-service").value);
+// A split's other settings (automatic rollback, outlier detection, mirroring) are kept; faults are as the form says.
+const settingsOf = (service) => {
+  const { rolledBack, faults, stable, canary, weight, ...settings } = state.traffic[service] || {};
+  return settings;
+};
 $("set-split").addEventListener("click", () => {
-  const weight = Number($("split-weight").value);
-  const body = { stable: $("split-stable").value, weight };
+  const body = { ...settingsOf($("split-service").value), stable: $("split-stable").value, weight: Number($("split-weight").value) };
   if ($("split-canary").value !== body.stable) body.canary = $("split-canary").value;
+  const abort = Number($("split-faults").value);
+  if (body.canary && abort > 0) body.faults = { [body.canary]: { abortPercent: abort, abortStatus: 503 } };
   propose("PUT", splitPath(), body);
 });
-$("promote").addEventListener("click", () => propose("PUT", splitPath(), { stable: $("split-canary").value, weight: 0 }));
+$("promote").addEventListener("click", () => propose("PUT", splitPath(), { ...settingsOf($("split-service").value), stable: $("split-canary").value, weight: 0 }));
 $("rollback").addEventListener("click", () => propose("POST", splitPath() + "/rollback"));
 $("set-flag").addEventListener("click", () => {
   const name = $("flag-name").value;
