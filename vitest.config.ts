@@ -148,6 +148,7 @@ const workers = {
             LOCKS: { className: "LockObject", useSQLite: true },
             COUNTER_SHARDS: { className: "CounterShardObject", useSQLite: true },
             CACHE_TAGS: { className: "CacheTagIndexObject", useSQLite: true },
+            LOCAL_MESH_STATS: { className: "MeshStatsObject", useSQLite: true },
             REDIS_POOL: { className: "RedisPoolObject", useSQLite: true },
             SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true },
             RATE_LIMITER: { className: "RateLimiterObject", scriptName: "meshwork-gateway", useSQLite: true },

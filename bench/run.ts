@@ -171,6 +171,16 @@ const targets: Array<Target> = [
     port: 0
   },
   {
+    id: "chain-no-live",
+    group: "chain",
+    worker: "no-live-gateway",
+    path: `/api/users/${seeded.id}`,
+    credentials: "bearer",
+    // The console's live figures off (LiveStats): nothing counted per call, nothing reported.
+    config: { "no-live-gateway": { ...countEveryRequest, LIVE_STATS: false }, "no-live-router": { LIVE_STATS: false } },
+    port: 0
+  },
+  {
     id: "chain-local-limit",
     group: "chain",
     worker: "local-limit-gateway",
@@ -260,6 +270,7 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["policies on/off", "chain-mesh", "chain-no-policies"],
   ["overload layer on/off", "chain-mesh", "chain-no-overload"],
   ["shared/per-isolate rate limit", "chain-mesh", "chain-local-limit"],
+  ["live figures on/off", "chain-mesh", "chain-no-live"],
   ["users hop/bare", "users-mesh", "users-bare"],
   ["router+users/bare", "router-mesh", "router-bare"],
   ["cached/uncached product", "product-cached", "product-uncached"],
@@ -469,6 +480,8 @@ const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & 
   { name: "no-cache-gateway", from: "meshwork-gateway" },
   { name: "no-overload-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-overload-router" } },
   { name: "no-overload-router", from: "meshwork-router" },
+  { name: "no-live-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-live-router" } },
+  { name: "no-live-router", from: "meshwork-router" },
   { name: "local-limit-gateway", from: "meshwork-gateway" },
   // Each fan-out variant reaches products through its own counting proxy.
   { name: "meshwork-sessions", from: "meshwork-sessions", serviceBindings: { PRODUCTS: "count-batched" } },

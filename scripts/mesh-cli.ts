@@ -8,6 +8,8 @@
  *   npm run mesh -- traffic users green 100 --stable blue
  *   npm run mesh -- promote users green           # green becomes the stable version, no canary
  *   npm run mesh -- rollback users                # weight 0 for the canary (routers follow within their cache time)
+ *   npm run mesh -- faults users green 50         # abort half the calls to green (FAULT_INJECTION routers only)
+ *   npm run mesh -- live                          # the mesh's live figures, as the console shows them
  *   npm run mesh -- flags                          # every flag
  *   npm run mesh -- flags set new-checkout 10      # on for 10% of users (its user and role targets kept)
  *   npm run mesh -- flags set new-checkout 0 --users <id>,<id> --roles admin
@@ -40,6 +42,10 @@ npm run mesh: a running mesh's traffic splits, feature flags and API keys, throu
   npm run mesh -- mirror users green 10            copy 10% of blue's GETs to green and compare the answers
                                                    (0 stops); no user is moved
   npm run mesh -- mirror users                     the mirrored requests: matched, mismatched, the newest mismatches
+  npm run mesh -- faults users green 50            abort half the calls to green with 503 (where the router's
+                                                   FAULT_INJECTION is on, as under npm start); 0 removes them
+  npm run mesh -- live [--minutes 5]               calls, failures and p50/p99 per service and version across
+                                                   every isolate, policy decisions, breaker transitions
   npm run mesh -- flags                            every flag
   npm run mesh -- flags <name>                     one flag
   npm run mesh -- flags set new-checkout 10 [--users <id>,<id>] [--roles admin]
@@ -70,6 +76,7 @@ interface Flags {
   readonly "per-minute"?: string | undefined
   readonly "per-day"?: string | undefined
   readonly "expires-in"?: string | undefined
+  readonly minutes?: string | undefined
 }
 
 const tokenFile = join(root, ".wrangler/mesh-cli-token.json")
@@ -154,6 +161,37 @@ const session = (flags: Flags) => {
 }
 
 const print = (value: unknown) => console.log(JSON.stringify(value, null, 2))
+
+/** What `GET /api/admin/live` answers (src/layers/observability/LiveStats.ts), as far as the table reads it. */
+interface LiveReport {
+  readonly from: string
+  readonly to: string
+  readonly series: ReadonlyArray<{ series: string; from: string; requests: number; errors: number; perSecond: number; errorRate: number; p50Ms: number | null; p99Ms: number | null }>
+  readonly counters: ReadonlyArray<{ name: string; label: string; from: string; count: number }>
+  readonly transitions: ReadonlyArray<{ upstream: string; from: string; to: string; at: string }>
+}
+
+/** The live report as aligned text: one row per series, then the policy decisions and transitions. */
+const liveTable = (report: LiveReport): string => {
+  const rows = [
+    ["calls to", "from", "calls", "per s", "failed", "p50 ms", "p99 ms"],
+    ...report.series.map((entry) => [
+      entry.series,
+      entry.from,
+      String(entry.requests),
+      String(entry.perSecond),
+      `${entry.errors} (${Math.round(entry.errorRate * 1000) / 10}%)`,
+      String(entry.p50Ms ?? ""),
+      String(entry.p99Ms ?? "")
+    ])
+  ]
+  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
+  const lines = [`${report.from} to ${report.to}`, ...rows.map((row) => row.map((cell, column) => cell.padEnd(widths[column]!)).join("  ").trimEnd())]
+  if (report.series.length === 0) lines.push("no calls yet")
+  for (const counter of report.counters) lines.push(`${counter.name} ${counter.label} (${counter.from}): ${counter.count}`)
+  for (const transition of report.transitions) lines.push(`breaker ${transition.upstream}: ${transition.from} -> ${transition.to} at ${transition.at}`)
+  return lines.join("\n")
+}
 const list = (value: string | undefined) => value === undefined ? undefined : value.split(",").map((item) => item.trim()).filter(Boolean)
 const need = (value: string | undefined, what: string): string => value ?? usage(what)
 
@@ -233,6 +271,20 @@ const run = async (flags: Flags, [command, ...args]: ReadonlyArray<string>) => {
         mirror: { percentage: percent }
       }))
     }
+    case "faults": {
+      const [service, version, percentage] = args
+      if (service === undefined || version === undefined) return usage("faults <service> <version> <percent>, e.g. faults users green 50")
+      const percent = integer(percentage, "the percentage of calls aborted", { min: 0, max: 100 })
+      const { kept, stable } = await currentSplit(service)
+      const { [version]: _, ...others } = (kept as { faults?: Record<string, unknown> }).faults ?? {}
+      const faults = percent === 0 ? others : { ...others, [version]: { abortPercent: percent, abortStatus: 503 } }
+      const { faults: __, ...withoutFaults } = kept as { faults?: unknown }
+      return print(await call("PUT", `/traffic/${service}`, { ...withoutFaults, stable, ...(Object.keys(faults).length === 0 ? {} : { faults }) }))
+    }
+    case "live": {
+      const minutes = integer(flags.minutes ?? "5", "--minutes", { min: 1, max: 15 })
+      return console.log(liveTable((await call("GET", `/live?minutes=${minutes}`)) as LiveReport))
+    }
     case "promote": {
       const [service, version] = args
       if (service === undefined || version === undefined) return usage("promote <service> <version>, e.g. promote users green")
@@ -305,7 +357,8 @@ await main({
     plan: { type: "string" },
     "per-minute": { type: "string" },
     "per-day": { type: "string" },
-    "expires-in": { type: "string" }
+    "expires-in": { type: "string" },
+    minutes: { type: "string" }
   },
   run: ({ values, positionals }) => run(values, positionals)
 })

@@ -16,6 +16,8 @@ declare global {
       readonly BREAKERS: DurableObjectNamespace
       readonly ROLLOUTS: DurableObjectNamespace
       readonly MESH_STATS: DurableObjectNamespace
+      /** MeshStatsObject hosted by the runner, for reading its storage. */
+      readonly LOCAL_MESH_STATS: DurableObjectNamespace
       readonly RATE_LIMIT: RateLimit
       /** Every mesh Worker's public identity keys. */
       readonly MESH_PUBLIC_KEYS: string

@@ -9,7 +9,7 @@
  * | var | default | |
  * |---|---|---|
  * | `OTLP_ENDPOINT` | none: tracing off | the collector's base URL (`/v1/traces` is added). Without it (or `off`), and without `KEEP_TRACES`, no span is made, nothing exported. `npm start -- --otlp <url>` sets it for the local mesh |
- * | `KEEP_TRACES` | `false` | keep a copy of every sampled span in the mesh (the `traces` object of the `MESH_STATS` binding): a bounded sample of recent traces the console draws (`npm start` turns it on). Turns tracing on, collector or not |
+ * | `KEEP_TRACES` | `false` | keep a copy of every sampled span in the mesh (the `(traces)` object of the `MESH_STATS` binding): a bounded sample of recent traces the console draws (`npm start` turns it on). Turns tracing on, collector or not |
  * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
  * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
  * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
@@ -66,11 +66,15 @@ export {
 export const record = <In>(metric: Metric.Metric<In, unknown>, value: In, attributes: Record<string, string>) =>
   Metric.update(Metric.withAttributes(metric, attributes), value)
 
-/** The object of the `MESH_STATS` namespace that keeps the mesh's traces (`KEEP_TRACES`). */
-export const traceStoreName = "traces"
+/**
+ * The object of the `MESH_STATS` namespace that keeps the mesh's traces
+ * (`KEEP_TRACES`); the others are named after Workers, which no name in
+ * parentheses is.
+ */
+export const traceStoreName = "(traces)"
 
 /**
- * Where this Worker keeps its spans in the mesh: the `traces` object of its
+ * Where this Worker keeps its spans in the mesh: the `(traces)` object of its
  * `MESH_STATS` binding, when `KEEP_TRACES` is on (a warning, and nothing
  * kept, without the binding).
  */

@@ -5,7 +5,7 @@
  * at once; and the mesh's sample of recent traces (TraceSample.ts).
  */
 import { expect, it } from "@effect/vitest"
-import { evictDurableObject } from "cloudflare:test"
+import { evictDurableObject, runInDurableObject } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Effect } from "effect"
 import { describe } from "vitest"
@@ -265,5 +265,46 @@ describe("the mesh's trace sample", () => {
       yield* Effect.promise(() => evictDurableObject(env.MESH_STATS.get(env.MESH_STATS.idFromName(name))))
       check(yield* Effect.promise(() => stub().trace(id)))
       expect((yield* Effect.promise(() => stub().traces({ limit: 5 }))).map((trace) => trace.traceId)).toEqual([id])
+    }))
+})
+
+describe("MeshStatsObject's storage", () => {
+  it.effect("holds one key per kept trace and per window, never more than the sample and the retention allow", () =>
+    Effect.gen(function*() {
+      const stub = env.LOCAL_MESH_STATS.get(env.LOCAL_MESH_STATS.idFromName(`storage-${unique()}`))
+      const store = stub as unknown as Pick<LiveStats.MeshStatsObject, "keepSpans" | "add">
+      // 500 traces of 2 spans, sent by 50 "isolates" at once.
+      yield* Effect.promise(() => Promise.all(Array.from({ length: 50 }, (_, isolate) =>
+        store.keepSpans(Array.from({ length: 10 }, (_, n) => {
+          const traceId = (isolate * 10 + n + 1).toString(16).padStart(32, "0")
+          return [0, 1].map((span): KeptSpan => ({
+            traceId,
+            spanId: `${traceId.slice(-12)}000${span}`,
+            ...(span === 0 ? {} : { parentSpanId: `${traceId.slice(-12)}0000` }),
+            name: "GET /api/*",
+            service: "gateway",
+            kind: "server",
+            startMs: Date.now(),
+            durationMs: 1,
+            attributes: {},
+            events: []
+          }))
+        }).flat()).then(() => undefined)
+      )))
+      // And 200 reports of 150 series each: one window (or two, at a boundary), capped at maxSeries + 1 series.
+      yield* Effect.promise(() => Promise.all(Array.from({ length: 200 }, (_, report) => {
+        const recorder = new LiveStats.Recorder(0, 0)
+        for (let n = 0; n < 150; n++) recorder.call(`service-${report}-${n}`, 200, 1)
+        return store.add(recorder.pending())
+      })))
+      const stored = yield* Effect.promise(() => runInDurableObject(stub, (_instance, state) => ({
+        traces: [...state.storage.kv.list({ prefix: "t:" })].length,
+        windows: [...state.storage.kv.list<LiveStats.Figures>({ prefix: "w:" })].map(([, figures]) => figures)
+      })))
+      expect(stored.traces).toBe(maxTraces)
+      expect(stored.windows.length).toBeGreaterThanOrEqual(1)
+      expect(stored.windows.length).toBeLessThanOrEqual(2)
+      for (const window of stored.windows) expect(Object.keys(window.calls).length).toBeLessThanOrEqual(LiveStats.maxSeries + 1)
+      expect(stored.windows.reduce((sum, window) => sum + totalCalls(window), 0)).toBe(200 * 150)
     }))
 })

@@ -45,6 +45,22 @@ describe("the admin API and the router", () => {
     expect(await versionOf(member.token, { "x-use-version": "green" })).toBe("blue")
   })
 
+  it("judges each split an admin sets on its own answers: the routers' shared count starts afresh", async () => {
+    const admin = await signedIn("admin")
+    const rollouts = env.ROLLOUTS.get(env.ROLLOUTS.idFromName("users")) as unknown as {
+      record: (canary: string, answers: { total: number; failed: number }, settings: Record<string, number>) => Promise<string | undefined>
+    }
+    expect((await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 0 }, admin.token)).status).toBe(200)
+    // 30 failed answers of green, under a threshold they do not reach.
+    expect(await rollouts.record("green", { total: 30, failed: 30 }, { minRequests: 100 })).toBeUndefined()
+    // One more would trip the default rollback (20 answers, a fifth failed)...
+    // ...but the admin sets the split again (a fix deployed): counting starts afresh.
+    expect((await send("PUT", "/api/admin/traffic/users", { stable: "blue", canary: "green", weight: 10 }, admin.token)).status).toBe(200)
+    expect(await rollouts.record("green", { total: 1, failed: 1 }, {})).toBeUndefined()
+    // Without a new split, the count goes on: 19 more failures trip it.
+    expect(await rollouts.record("green", { total: 19, failed: 19 }, {})).toMatch(/^automatic: 20 of 20 answers of green failed/)
+  })
+
   it("turns a flag on for a user, which the sessions service sees", async () => {
     const admin = await signedIn("admin")
     const member = await signedIn()

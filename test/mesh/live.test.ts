@@ -97,16 +97,19 @@ describe("live figures", () => {
       return list.traces.length > 0
     })
 
-    // Faults off, the breaker closes again once green answers its probes (openMs = 1 s, then 2 probes),
-    // and the mesh's health report (reused for 5 s) says so: the files after this one see a healthy mesh.
+    // Faults off, the breaker closes again once green answers its probes (openMs = 1 s, then 2 probes):
+    // its transition to Closed shows in the live figures, and then the mesh's health report (each
+    // router reuses its own for 5 s) is ok again, so the files after this one see a healthy mesh.
+    const opened = report.transitions.find((transition) => transition.upstream === "users@green" && transition.to === "Open")!.at
     await kv.delete("traffic/users")
     await eventually(async () => {
       const response = await gateway(`/api/users/${member.id}`, { headers: { authorization: `Bearer ${admin.token}`, "x-use-version": "green" } })
       await response.body?.cancel()
-      const health = await send("GET", "/api/admin/health", undefined, admin.token)
-      const report = await health.json() as { upstreams?: Record<string, { breaker?: string }> }
-      return health.status === 200 && report.upstreams?.["users@green"]?.breaker === "Closed"
+      await nudge()
+      return (await live(admin.token)).transitions.some((transition) =>
+        transition.upstream === "users@green" && transition.to === "Closed" && transition.at > opened)
     })
+    await eventually(async () => (await send("GET", "/api/admin/health", undefined, admin.token)).status === 200)
   })
 
   it("counts rate-limit rejections by policy and edge-cache lookups", async () => {

@@ -164,3 +164,22 @@ describe("npm run mesh -- keys", { timeout: 60_000 }, () => {
     }
   })
 })
+
+describe("npm run mesh -- live", { timeout: 60_000 }, () => {
+  it("prints the mesh's live figures across isolates: the calls it just got, by series", async () => {
+    // Public routes through the gateway and the router: counted as calls to the router and to auth.
+    for (let i = 0; i < 3; i++) await (await fetch(`${base}/api/auth/.well-known/jwks.json`)).body?.cancel()
+    const deadline = Date.now() + 30_000
+    for (;;) {
+      const result = spawnSync(process.execPath, [join(root, "scripts/mesh-cli.ts"), "live", "--minutes", "2", "--url", base], { cwd: root, encoding: "utf8" })
+      expect(result.status, result.stderr).toBe(0)
+      const lines = result.stdout.split("\n")
+      expect(lines[1]).toMatch(/^calls to\s+from\s+calls\s+per s\s+failed\s+p50 ms\s+p99 ms$/)
+      if (lines.some((line) => /^auth\s+router\s+[1-9]\d*\s/.test(line)) && lines.some((line) => /^router\s+gateway\s+[1-9]\d*\s/.test(line))) return
+      // Isolates report at most every second under npm start: the next request carries it.
+      expect(Date.now(), result.stdout).toBeLessThan(deadline)
+      await (await fetch(`${base}/api/auth/.well-known/jwks.json`)).body?.cancel()
+      await new Promise((resolve) => setTimeout(resolve, 500))
+    }
+  })
+})

@@ -265,7 +265,7 @@ const windowKey = (start: number) => `w:${start}`
 /**
  * One Worker's live figures across its isolates (`LiveStats`): reports
  * added into windows, kept in storage (one key per window, and the recent
- * breaker transitions), for `retentionMillis`. The object named `traces`
+ * breaker transitions), for `retentionMillis`. The object named `(traces)`
  * keeps the mesh's sample of recent traces instead (TraceSample.ts), one
  * storage key per trace.
  */

@@ -1,7 +1,7 @@
 /**
  * The mesh's own sample of recent traces, for the console's waterfalls
  * (docs/console.md): every Worker with `KEEP_TRACES` on hands its sampled
- * spans to the `traces` object of its `MESH_STATS` binding, in the same
+ * spans to the `(traces)` object of its `MESH_STATS` binding, in the same
  * round as its OTLP export (src/runtime/telemetry/Exporter.ts). The object
  * keeps the newest `maxTraces` traces of the last 15 minutes, those with a
  * failed span before the others, each with at most `maxSpansPerTrace` spans.

@@ -165,6 +165,11 @@ const checkSplit = (service: string, split: Traffic.SplitSettings) =>
     }
   })
 
+/** A split an admin sets is judged on its own answers: the routers' shared count (ROLLOUTS, when bound) starts afresh. */
+const restartCounting = (service: string) =>
+  Effect.flatMap(Effect.option(Bindings.durableObject("ROLLOUTS")), (rollouts) =>
+    rollouts._tag === "None" ? Effect.void : Traffic.restartCounting(rollouts.value, service))
+
 /** 405 with `Allow`: `allowed` is "<METHODS> <path>", e.g. "GET, PUT /api/admin/traffic/{service}". */
 const notAllowed = (allowed: string) =>
   Effect.fail(new Problem.MethodNotAllowed({ allow: allowed.split(" ").slice(0, -1).join(" ").split(", "), detail: allowed }))
@@ -253,6 +258,7 @@ const answer = (request: Request, identity: Identity) =>
           if (method !== "POST") return yield* notAllowed("POST /api/admin/traffic/{service}/rollback")
           const rolledBack = yield* Traffic.rollback(kv, service, `manual, by ${identity.kind === "user" ? identity.sub : "?"}`)
           if (rolledBack === undefined) return yield* new Problem.NotFound({ detail: `${service} has no canary to roll back` })
+          yield* restartCounting(service)
           yield* Effect.logWarning(`Rolled ${service} back by hand`)
           return Response.json(rolledBack)
         }
@@ -286,6 +292,7 @@ const answer = (request: Request, identity: Identity) =>
         if (split.canary === undefined && (split.mirror?.percentage ?? 0) > 0) return yield* invalidPayload("mirror", "Mirroring needs a canary to mirror to")
         yield* checkSplit(service, split)
         yield* Traffic.writeSplit(kv, service, split)
+        yield* restartCounting(service)
         return Response.json(split)
       }
       case "flags": {

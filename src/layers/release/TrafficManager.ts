@@ -382,6 +382,11 @@ export class RolloutObject extends DurableObjects.make({ name: "RolloutObject", 
     }))
   }
 
+  /** Forgets the canary answers counted so far: an admin set the split anew (MeshAdmin). */
+  restart(): Promise<void> {
+    return this.run(DurableObjects.State.useSync((state) => state.storage.kv.delete("window")).pipe(Effect.asVoid))
+  }
+
   /** Counts a mirrored request's outcome; kept in storage until another canary is mirrored to. */
   mirrored(canary: string, outcome: MirrorOutcome): Promise<void> {
     return this.run(DurableObjects.State.useSync((state) => {
@@ -395,6 +400,16 @@ export class RolloutObject extends DurableObjects.make({ name: "RolloutObject", 
     return this.run(DurableObjects.State.useSync((state) => state.storage.kv.get<MirrorReport>("mirror")))
   }
 }
+
+/**
+ * Starts `service`'s count of canary answers afresh in its RolloutObject
+ * (`rollouts`, the ROLLOUTS binding): a split an admin sets is judged on its
+ * own answers. Best effort: a failure is logged, the split stands.
+ */
+export const restartCounting = (rollouts: DurableObjectNamespace, service: string) =>
+  Effect.tryPromise(() =>
+    (rollouts.get(rollouts.idFromName(service)) as unknown as Pick<RolloutObject, "restart">).restart()
+  ).pipe(Effect.catch((error) => Effect.logWarning(`Restarting ${service}'s canary count failed`, error)))
 
 /** A service's mirror report from its RolloutObject (in `rollouts`, the ROLLOUTS binding). */
 export const readMirrorReport = (rollouts: DurableObjectNamespace, service: string) =>

@@ -24,7 +24,7 @@ import { HttpClientError, type HttpClientResponse } from "effect/http"
 import * as Problem from "../../runtime/Problem.ts"
 import type * as ServiceClient from "../../runtime/ServiceClient.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
-import { LiveStats } from "../observability/LiveStats.ts"
+import { LiveStats, type Recorder } from "../observability/LiveStats.ts"
 
 const Millis = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))
 
@@ -252,13 +252,7 @@ export const withRetries = <A, E, R>(options: {
       const clock = fiber.getRef(Clock.Clock)
       const started = clock.currentTimeMillisUnsafe()
       budget.request(started)
-      // Retries sent and refused by the budget, in the Worker's live figures when it keeps them.
       const recorder = Context.getOrUndefined(fiber.context, LiveStats)?.recorder
-      const tryRetry = (now: number) => {
-        const allowed = budget.tryRetry(now)
-        recorder?.count(allowed ? "retries" : "retry.refused", upstream)
-        return allowed
-      }
       const deadline = started + settings.deadlineMs
       // The latest retryable answer: what the caller gets if retrying runs out.
       let latest: A | undefined
@@ -275,7 +269,7 @@ export const withRetries = <A, E, R>(options: {
       let hedges = 0
       // Made only for a call that may hedge: every other call pays nothing for hedging.
       const mayHedge = hedgeAfter === undefined ? undefined : () => {
-        if (!tryRetry(clock.currentTimeMillisUnsafe())) return false
+        if (!takeRetry(budget, recorder, upstream, clock.currentTimeMillisUnsafe())) return false
         hedges = 1
         return true
       }
@@ -313,7 +307,7 @@ export const withRetries = <A, E, R>(options: {
             const now = clock.currentTimeMillisUnsafe()
             const asked = parseRetryAfter(retryAfter, now)
             const delay = Math.max(jittered, asked === undefined ? 0 : Duration.toMillis(asked))
-            if (now + delay >= deadline || !tryRetry(now)) return settle(exit)
+            if (now + delay >= deadline || !takeRetry(budget, recorder, upstream, now)) return settle(exit)
             return Telemetry.event("retry", {
               "meshwork.retry.upstream": upstream,
               "meshwork.retry.attempt": used + 2,
@@ -328,6 +322,13 @@ export const withRetries = <A, E, R>(options: {
     })
   }
   return options.retries !== undefined ? run(options.retries) : Effect.flatMap(Effect.serviceOption(Retries), (retries) => run(Option.getOrUndefined(retries)))
+}
+
+/** Takes a retry from `budget`, counting it, or its refusal, in the Worker's live figures (when it keeps them). */
+const takeRetry = (budget: RetryBudget, recorder: Recorder | undefined, upstream: string, now: number): boolean => {
+  const allowed = budget.tryRetry(now)
+  recorder?.count(allowed ? "retries" : "retry.refused", upstream)
+  return allowed
 }
 
 /** Answers of a typed client (`effect/http` responses); their bodies are released by Effect's client. */
