@@ -136,6 +136,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.failing td:first-child { color: #c62828; font-weight: 600; }
 svg.spark polyline { fill: none; stroke-width: 1.5; } svg.spark .requests { stroke: #3b6fb6; } svg.spark .errors { stroke: #c62828; }
 svg .rate { fill: #3b6fb6; } svg .rate.failing { fill: #c62828; font-weight: 600; }
+#traces, #live { width: 100%; } #traces td:first-child, #transitions td:first-child { white-space: nowrap; }
 #traces tr.trace { cursor: pointer; } #traces tr.trace:hover td { background: #eef3fb; } #traces tr.selected td { background: #dde8f7; }
 #traces tr.trace-error td:nth-child(2) { color: #c62828; font-weight: 600; }
 #waterfall svg .bar { fill: #6b8fc7; } #waterfall svg .bar.error { fill: #c62828; } #waterfall svg .grid { stroke: #eef0f3; }
