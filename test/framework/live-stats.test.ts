@@ -57,6 +57,19 @@ describe("an isolate's recorder", () => {
     expect(totalCalls(recorder.pending())).toBe(1)
   })
 
+  it("stops waiting for a report that never settles after 30 s, so the next one still goes", async () => {
+    const recorder = new LiveStats.Recorder(10_000, 0)
+    recorder.call("products", 200, 3)
+    void recorder.report(10_000, () => new Promise<never>(() => {}))
+    recorder.call("products", 200, 3)
+    expect(recorder.due(30_000)).toBe(false)
+    expect(recorder.due(40_001)).toBe(true)
+    const sent: Array<LiveStats.Figures> = []
+    await recorder.report(40_001, (figures) => Promise.resolve(sent.push(figures)))
+    expect(totalCalls(sent[0]!)).toBe(1)
+    expect(recorder.due(60_000)).toBe(false) // nothing new to say
+  })
+
   it("loses no count when a report fails: it leaves with the next one, with what came meanwhile", async () => {
     const recorder = new LiveStats.Recorder(0, 0)
     for (let i = 0; i < 10; i++) recorder.call("users@green", i % 2 === 0 ? 500 : 200, 5)

@@ -17,7 +17,8 @@
  * the interval hands what was counted since to the Worker's own
  * MeshStatsObject (one per Worker, named after it) in one RPC under
  * `waitUntil`; a report that fails to arrive is kept and sent with the next
- * one, so nothing counted is lost while the isolate lives (bounded: at most
+ * one, so nothing counted is lost while the isolate lives (but for a report
+ * that never settles, given up on after 30 s; bounded: at most
  * `maxSeries` series and `maxCounters` counters per report, the rest added
  * up under `(other)`). The object adds reports into 10 s windows kept for
  * 15 minutes, in memory and in its storage, so an eviction loses nothing.
@@ -117,11 +118,20 @@ export const merge = (target: Figures, source: Figures): Figures => {
   return target
 }
 
+/**
+ * How long a report may be on its way before the isolate stops waiting for
+ * it: an RPC under a request's `waitUntil` may never settle once that
+ * request's context is gone, and its counts are then lost, but the next
+ * report must still go.
+ */
+const reportTimeoutMillis = 30_000
+
 /** One isolate's counts since its last report. Plain numbers, no I/O. */
 export class Recorder {
   #figures = emptyFigures()
   #lastReport: number
-  #reporting = false
+  /** When the report on its way was sent, if one is. */
+  #reportingSince: number | undefined
 
   constructor(readonly intervalMillis: number, now: number) {
     this.#lastReport = now
@@ -143,9 +153,10 @@ export class Recorder {
     addTransitions(this.#figures, [transition])
   }
 
-  /** Whether a report is due: the interval has passed, none is on its way, and there is something to say. */
+  /** Whether a report is due: the interval has passed, none is on its way (for 30 s at most), and there is something to say. */
   due(now: number): boolean {
-    return !this.#reporting && now - this.#lastReport >= this.intervalMillis && !isEmpty(this.#figures)
+    return (this.#reportingSince === undefined || now - this.#reportingSince > reportTimeoutMillis) &&
+      now - this.#lastReport >= this.intervalMillis && !isEmpty(this.#figures)
   }
 
   /**
@@ -156,16 +167,15 @@ export class Recorder {
     const figures = this.#figures
     this.#figures = emptyFigures()
     this.#lastReport = now
-    this.#reporting = true
-    return send(figures).then(
-      () => {
-        this.#reporting = false
-      },
-      () => {
-        this.#reporting = false
-        this.#figures = merge(figures, this.#figures)
-      }
-    )
+    this.#reportingSince = now
+    // Only the latest report clears the mark: one given up on may settle after a newer one went.
+    const done = () => {
+      if (this.#reportingSince === now) this.#reportingSince = undefined
+    }
+    return send(figures).then(done, () => {
+      done()
+      this.#figures = merge(figures, this.#figures)
+    })
   }
 
   /** What is counted and not yet reported (for tests). */

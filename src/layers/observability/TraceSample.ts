@@ -55,8 +55,10 @@ export class TraceSample {
     }
     for (const id of dropped) this.traces.delete(id)
     if (this.traces.size > maxTraces) {
-      const order = [...this.traces.entries()].sort(([, a], [, b]) => Number(hasError(a)) - Number(hasError(b)) || a.lastAt - b.lastAt)
-      for (const [id] of order.slice(0, this.traces.size - maxTraces)) {
+      const order = [...this.traces.entries()]
+        .map(([id, trace]) => ({ id, failed: Number(hasError(trace)), lastAt: trace.lastAt }))
+        .sort((a, b) => a.failed - b.failed || a.lastAt - b.lastAt)
+      for (const { id } of order.slice(0, this.traces.size - maxTraces)) {
         this.traces.delete(id)
         dropped.push(id)
       }

@@ -123,7 +123,7 @@ export interface KeptSpan {
   readonly events: ReadonlyArray<{ readonly name: string; readonly atMs: number }>
 }
 
-/** Where an isolate keeps a copy of its spans in the mesh (the MESH_STATS object `traces`). */
+/** Where an isolate keeps a copy of its spans in the mesh (the MESH_STATS object `(traces)`). */
 export interface MeshTraceStore {
   readonly keepSpans: (spans: ReadonlyArray<KeptSpan>) => Promise<unknown>
 }

@@ -244,8 +244,9 @@ async function load() {
     upstreams: (health.json && health.json.upstreams) || {},
     healthStatus: (health.json && health.json.status) || "unknown",
     audit: audit.ok ? audit.json.entries : [],
-    live: live.ok ? live.json : null,
-    traces: traces.ok ? traces.json.traces : null
+    // 404: not kept here; another failure keeps what the page showed.
+    live: live.ok ? live.json : live.status === 404 ? null : state && state.live,
+    traces: traces.ok ? traces.json.traces : traces.status === 404 ? null : state && state.traces
   };
   $("refusal").hidden = true;
   $("mesh").hidden = false;
@@ -595,11 +596,16 @@ const settingsOf = (service) => {
 $("set-split").addEventListener("click", () => {
   const body = { ...settingsOf($("split-service").value), stable: $("split-stable").value, weight: Number($("split-weight").value) };
   if ($("split-canary").value !== body.stable) body.canary = $("split-canary").value;
+  else delete body.mirror;
   const abort = Number($("split-faults").value);
   if (body.canary && abort > 0) body.faults = { [body.canary]: { abortPercent: abort, abortStatus: 503 } };
   propose("PUT", splitPath(), body);
 });
-$("promote").addEventListener("click", () => propose("PUT", splitPath(), { ...settingsOf($("split-service").value), stable: $("split-canary").value, weight: 0 }));
+// The promoted canary is stable, with no canary: nothing to mirror to.
+$("promote").addEventListener("click", () => {
+  const { mirror, ...settings } = settingsOf($("split-service").value);
+  propose("PUT", splitPath(), { ...settings, stable: $("split-canary").value, weight: 0 });
+});
 $("rollback").addEventListener("click", () => propose("POST", splitPath() + "/rollback"));
 $("set-flag").addEventListener("click", () => {
   const name = $("flag-name").value;
