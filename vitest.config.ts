@@ -16,7 +16,7 @@
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin"
 import { join } from "node:path"
 import { defineConfig } from "vitest/config"
-import { generateKey, generateMeshKeys, meshNameOf } from "./scripts/keys.ts"
+import { generateKey, generateMeshKeys, keepsTraces, meshNameOf } from "./scripts/keys.ts"
 import { buildMesh, bundle, entry, miniflareOptions, root, workers as meshWorkers } from "./scripts/mesh.ts"
 import { startReceiver } from "./scripts/otlp.ts"
 import { installHint, startRedis } from "./scripts/redis.ts"
@@ -66,8 +66,8 @@ const workers = {
           ...telemetry,
           ...(name === "gateway" ? { OTLP_PROTOCOL: "json" } : {}),
           ...meshEnv(name),
-          // Every mesh Worker keeps its spans in the mesh too (the console's traces; test/mesh/live.test.ts).
-          KEEP_TRACES: "true",
+          // The mesh's Workers keep their spans in the mesh too (the console's traces; test/mesh/live.test.ts).
+          ...(keepsTraces(name) ? { KEEP_TRACES: "true" } : {}),
           ...(name === "auth"
             ? {
               AUTH_SIGNING_KEYS: JSON.stringify({ active: signing.kid, keys: [signing, rotatedIn] }),

@@ -123,6 +123,11 @@ const routesWithoutBulkheads = (defaults: Readonly<Record<string, unknown>>) => 
 /** The body of the `api` group's POST, valid for every variant. */
 const newUser = JSON.stringify({ email: "new@example.com", name: "New User", tags: ["bench", "load"] })
 
+/** A read of a user through the whole chain, gateway -> router -> users, entering at `gateway` with a user's token. */
+function chain(id: string, gateway: string, config: NonNullable<Target["config"]>, group: "chain" | "tracing" = "chain"): Target {
+  return { id, group, worker: gateway, path: `/api/users/${seeded.id}`, credentials: "bearer", config, port: 0 }
+}
+
 const targets: Array<Target> = [
   { id: "bare", group: "one-hop", worker: "bare", path: "/hello", port: 0 },
   { id: "hono", group: "one-hop", worker: "hono", path: "/hello", port: 0 },
@@ -141,90 +146,28 @@ const targets: Array<Target> = [
     port: 0
   })),
   { id: "chain-bare", group: "chain", worker: "bare-gateway", path: `/api/users/${seeded.id}`, port: 0 },
-  {
-    id: "chain-mesh",
-    group: "chain",
-    worker: "meshwork-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    config: { "meshwork-gateway": countEveryRequest },
-    port: 0
-  },
-  {
-    id: "chain-no-policies",
-    group: "chain",
-    worker: "no-policies-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    // Every resilience policy off: no rate limits, routes without timeout, retry or breaker settings.
-    config: { "no-policies-gateway": { RATE_LIMITS: [] }, "no-policies-router": routesWithoutPolicies },
-    port: 0
-  },
-  {
-    id: "chain-no-overload",
-    group: "chain",
-    worker: "no-overload-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    // Only the overload layer off: the routes' bulkheads (concurrency caps, adaptive limits).
-    config: { "no-overload-gateway": countEveryRequest, "no-overload-router": routesWithoutBulkheads },
-    port: 0
-  },
+  chain("chain-mesh", "meshwork-gateway", { "meshwork-gateway": countEveryRequest }),
+  // Every resilience policy off: no rate limits, routes without timeout, retry or breaker settings.
+  chain("chain-no-policies", "no-policies-gateway", { "no-policies-gateway": { RATE_LIMITS: [] }, "no-policies-router": routesWithoutPolicies }),
+  // Only the overload layer off: the routes' bulkheads (concurrency caps, adaptive limits).
+  chain("chain-no-overload", "no-overload-gateway", { "no-overload-gateway": countEveryRequest, "no-overload-router": routesWithoutBulkheads }),
   // The console's live figures (LiveStats) on and off, each on copies of the gateway and the router
   // that no other variant uses: chain-mesh's own Workers also serve other groups, and measured up to
   // 10% below identical copies in the same run, which would be charged to whatever a copy turns off.
-  {
-    id: "chain-live",
-    group: "chain",
-    worker: "live-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    config: { "live-gateway": countEveryRequest },
-    port: 0
-  },
-  {
-    id: "chain-no-live",
-    group: "chain",
-    worker: "no-live-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    // Nothing counted per call, nothing reported.
-    config: { "no-live-gateway": { ...countEveryRequest, LIVE_STATS: false }, "no-live-router": { LIVE_STATS: false } },
-    port: 0
-  },
-  {
-    id: "chain-local-limit",
-    group: "chain",
-    worker: "local-limit-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    // The general rate limit counted per isolate (the memory store) instead of across isolates.
-    config: { "local-limit-gateway": { RATE_LIMITS: [{ name: "api", prefix: "/api", limit: 1_000_000, windowSeconds: 60, store: "memory" }] } },
-    port: 0
-  },
+  chain("chain-live", "live-gateway", { "live-gateway": countEveryRequest }),
+  // Nothing counted per call, nothing reported.
+  chain("chain-no-live", "no-live-gateway", { "no-live-gateway": { ...countEveryRequest, LIVE_STATS: false }, "no-live-router": { LIVE_STATS: false } }),
+  // The general rate limit counted per isolate (the memory store) instead of across isolates.
+  chain("chain-local-limit", "local-limit-gateway", {
+    "local-limit-gateway": { RATE_LIMITS: [{ name: "api", prefix: "/api", limit: 1_000_000, windowSeconds: 60, store: "memory" }] }
+  }),
   // The chain with tracing on (every span exported as OTLP to a local receiver) and off.
-  {
-    id: "chain-traced",
-    group: "tracing",
-    worker: "traced-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    config: {
-      "traced-gateway": (): Record<string, unknown> => ({ ...countEveryRequest, OTLP_ENDPOINT: collectorUrl() }),
-      "traced-router": () => ({ OTLP_ENDPOINT: collectorUrl() }),
-      "traced-users": () => ({ OTLP_ENDPOINT: collectorUrl() })
-    },
-    port: 0
-  },
-  {
-    id: "chain-untraced",
-    group: "tracing",
-    worker: "meshwork-gateway",
-    path: `/api/users/${seeded.id}`,
-    credentials: "bearer",
-    config: { "meshwork-gateway": countEveryRequest },
-    port: 0
-  },
+  chain("chain-traced", "traced-gateway", {
+    "traced-gateway": (): Record<string, unknown> => ({ ...countEveryRequest, OTLP_ENDPOINT: collectorUrl() }),
+    "traced-router": () => ({ OTLP_ENDPOINT: collectorUrl() }),
+    "traced-users": () => ({ OTLP_ENDPOINT: collectorUrl() })
+  }, "tracing"),
+  chain("chain-untraced", "meshwork-gateway", { "meshwork-gateway": countEveryRequest }, "tracing"),
   { id: "users-bare", group: "hops", worker: "bare-users", path: `/api/users/${seeded.id}`, port: 0 },
   { id: "users-mesh", group: "hops", worker: "meshwork-users", path: `/api/users/${seeded.id}`, credentials: "identity", port: 0 },
   { id: "router-bare", group: "hops", worker: "bare-router", path: `/api/users/${seeded.id}`, port: 0 },

@@ -124,16 +124,14 @@ const allMeshKeys = (store: MeshKeyStore) => Object.values(store).flatMap((set) 
  * mesh for the console (KEEP_TRACES).
  */
 const localVars: Record<string, Record<string, string>> = {
-  gateway: { API_KEY_CACHE_SECONDS: "1", LIVE_STATS_INTERVAL_SECONDS: "1", KEEP_TRACES: "true" },
+  gateway: { API_KEY_CACHE_SECONDS: "1", LIVE_STATS_INTERVAL_SECONDS: "1" },
   // Faults an admin sets on a split (the console's) take effect locally; deployed, FAULT_INJECTION is off.
-  router: { TRAFFIC_CACHE_SECONDS: "1", LIVE_STATS_INTERVAL_SECONDS: "1", FAULT_INJECTION: "true", KEEP_TRACES: "true" },
-  sessions: { FLAGS_CACHE_SECONDS: "1", KEEP_TRACES: "true" },
-  // Every sampled span kept by the mesh for the console's waterfalls (deployed: off).
-  auth: { KEEP_TRACES: "true" },
-  users: { KEEP_TRACES: "true" },
-  "users-green": { KEEP_TRACES: "true" },
-  products: { KEEP_TRACES: "true" }
+  router: { TRAFFIC_CACHE_SECONDS: "1", LIVE_STATS_INTERVAL_SECONDS: "1", FAULT_INJECTION: "true" },
+  sessions: { FLAGS_CACHE_SECONDS: "1" }
 }
+
+/** Workers that keep their spans in the mesh for the console (KEEP_TRACES; deployed: off): all but docs, which binds no MESH_STATS. */
+export const keepsTraces = (worker: string) => worker !== "docs"
 
 /** Writes the key files and every Worker's .dev.vars (users and users-green share one, and one key). */
 const writeLocal = (tokens: KeySet, mesh: MeshKeyStore, options: LocalOptions = {}) => {
@@ -147,6 +145,7 @@ const writeLocal = (tokens: KeySet, mesh: MeshKeyStore, options: LocalOptions = 
     }
     if (worker.name === "auth") managed["AUTH_SIGNING_KEYS"] = `'${JSON.stringify(tokens)}'`
     Object.assign(managed, localVars[worker.name])
+    if (keepsTraces(worker.name)) managed["KEEP_TRACES"] = "true"
     if (options.otlpEndpoint !== undefined) managed["OTLP_ENDPOINT"] = options.otlpEndpoint
     const path = join(root, dirname(worker.config), ".dev.vars")
     write(path, mergeDevVars(existsSync(path) ? readFileSync(path, "utf8") : "", managed))

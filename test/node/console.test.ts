@@ -132,6 +132,27 @@ describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", 
     return { page, errors, elsewhere }
   }
 
+  /** Every user to green through the split form, with `abort` percent of green's calls aborted, confirmed. */
+  const everyoneToGreen = async (page: Page, abort: string, shot: string) => {
+    await page.selectOption("#split-service", "users")
+    await page.selectOption("#split-stable", "blue")
+    await page.selectOption("#split-canary", "green")
+    await page.fill("#split-weight", "100")
+    await page.fill("#split-faults", abort)
+    await page.click("#set-split")
+    await confirm(page, "PUT /api/admin/traffic/users", shot)
+  }
+
+  /** Sets users' split through the admin API, as `npm run mesh` would. */
+  const putUsersSplit = async (token: string, split: Record<string, unknown>) => {
+    const answer = await fetch(`${base}/api/admin/traffic/users`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify(split)
+    })
+    expect(answer.status, await answer.text()).toBe(200)
+  }
+
   /** Reads `selector`'s text, having asked the page to reload the mesh's state (it would every 5 s anyway). */
   const refreshed = (page: Page, selector: string) => async () => {
     await page.click("#refresh")
@@ -160,12 +181,7 @@ describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", 
     const member = await login("uma@meshwork.dev", "uma-local-password")
     expect(await usersVersion(member)).toBe("blue")
 
-    await page.selectOption("#split-service", "users")
-    await page.selectOption("#split-stable", "blue")
-    await page.selectOption("#split-canary", "green")
-    await page.fill("#split-weight", "100")
-    await page.click("#set-split")
-    await confirm(page, "PUT /api/admin/traffic/users", "console-confirm.png")
+    await everyoneToGreen(page, "0", "console-confirm.png")
     await expect.poll(() => page.textContent(`[data-edge="users@green"]`)).toContain("100%")
     // Routers keep a split up to TRAFFIC_CACHE_SECONDS (1 s under npm start).
     await expect.poll(() => usersVersion(member), { timeout: 30_000, interval: 500 }).toBe("green")
@@ -190,12 +206,7 @@ describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", 
     // Mirroring, set through the admin API as `npm run mesh -- mirror` does: the page shows what the
     // canary's copies matched without a click, refreshing itself every 5 s.
     const admin = await login("ada@meshwork.dev", "ada-local-password")
-    const mirror = await fetch(`${base}/api/admin/traffic/users`, {
-      method: "PUT",
-      headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
-      body: JSON.stringify({ stable: "blue", canary: "green", weight: 0, mirror: { percentage: 100 } })
-    })
-    expect(mirror.status).toBe(200)
+    await putUsersSplit(admin, { stable: "blue", canary: "green", weight: 0, mirror: { percentage: 100 } })
     await expect.poll(async () => {
       expect(await usersVersion(member)).toBe("blue")
       return page.textContent(`[data-split="users"] .mirror`)
@@ -206,20 +217,9 @@ describe.skipIf(chromiumPath === undefined && !ci)("GET /console in a browser", 
     // green's breaker opens. The split's automatic rollback would usually act first (it needs a fifth of
     // 20 calls failed, the breaker three quarters of its last 50): it is set out of reach here, through
     // the admin API as `npm run mesh` would, and the form keeps it.
-    const quiet = await fetch(`${base}/api/admin/traffic/users`, {
-      method: "PUT",
-      headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
-      body: JSON.stringify({ stable: "blue", canary: "green", weight: 0, autoRollback: { minRequests: 100_000 } })
-    })
-    expect(quiet.status).toBe(200)
+    await putUsersSplit(admin, { stable: "blue", canary: "green", weight: 0, autoRollback: { minRequests: 100_000 } })
     await expect.poll(refreshed(page, `[data-split="users"] .mirror`), { timeout: 30_000, interval: 500 }).toBe("")
-    await page.selectOption("#split-service", "users")
-    await page.selectOption("#split-stable", "blue")
-    await page.selectOption("#split-canary", "green")
-    await page.fill("#split-weight", "100")
-    await page.fill("#split-faults", "100")
-    await page.click("#set-split")
-    await confirm(page, "PUT /api/admin/traffic/users", "console-confirm-faults.png")
+    await everyoneToGreen(page, "100", "console-confirm-faults.png")
     await expect.poll(() => page.textContent(`[data-split="users"] .faults`)).toBe("green: 100% aborted")
     // Everyone is on green (the gateway's own user checks too) by the next call after the routers' 1 s.
     await new Promise((resolve) => setTimeout(resolve, 1_500))

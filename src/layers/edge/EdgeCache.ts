@@ -512,10 +512,11 @@ export class EdgeCache extends Context.Service<EdgeCache, {
       }).pipe(Effect.tap((response) => {
         const status = response.headers.get(header)
         if (status === null) return Effect.void
-        return Effect.andThen(
+        return Effect.all([
           Telemetry.event("cache.lookup", { "meshwork.cache.result": status, "meshwork.cache.route": route.prefix }),
-          Effect.andThen(Telemetry.record(cacheResults, 1, { result: status }), LiveStats.count("cache", status))
-        )
+          Telemetry.record(cacheResults, 1, { result: status }),
+          LiveStats.count("cache", status)
+        ], { discard: true })
       }))
 
     return EdgeCache.of({

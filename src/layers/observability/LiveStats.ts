@@ -172,7 +172,14 @@ export class Recorder {
     const done = () => {
       if (this.#reportingSince === now) this.#reportingSince = undefined
     }
-    return send(figures).then(done, () => {
+    // A send that throws at once fails like one that rejects.
+    let sent: Promise<unknown>
+    try {
+      sent = send(figures)
+    } catch (error) {
+      sent = Promise.reject(error)
+    }
+    return sent.then(done, () => {
       done()
       this.#figures = merge(figures, this.#figures)
     })
@@ -427,14 +434,18 @@ export const readReport = (namespace: DurableObjectNamespace, workers: ReadonlyA
     for (const { worker, answer } of read) {
       if (answer === undefined) continue
       const total = emptyFigures()
+      for (const { figures } of answer.windows) merge(total, figures)
+      // Each series' calls per window; a series the total folded into (other) is counted there too.
       const timelines = new Map<string, Array<{ requests: number; errors: number }>>()
       for (const { at, figures } of answer.windows) {
-        merge(total, figures)
         const slot = windowStarts.indexOf(at)
+        if (slot === -1) continue
         for (const [name, calls] of Object.entries(figures.calls)) {
-          let timeline = timelines.get(name)
-          if (timeline === undefined) timelines.set(name, timeline = windowStarts.map(() => ({ requests: 0, errors: 0 })))
-          if (slot !== -1) timeline[slot] = { requests: calls.n, errors: calls.errors }
+          const key = total.calls[name] === undefined ? other : name
+          let timeline = timelines.get(key)
+          if (timeline === undefined) timelines.set(key, timeline = windowStarts.map(() => ({ requests: 0, errors: 0 })))
+          timeline[slot]!.requests += calls.n
+          timeline[slot]!.errors += calls.errors
         }
       }
       for (const [name, calls] of Object.entries(total.calls)) {

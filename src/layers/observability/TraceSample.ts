@@ -133,7 +133,6 @@ export const KeptSpanSchema = Schema.Struct({
 /** One kept trace, as the admin API answers it. */
 export const TraceDetail = Schema.Struct({
   ...TraceSummary.fields,
-  spans: Schema.Number,
   /** Spans in start order. */
   items: Schema.Array(KeptSpanSchema)
 })

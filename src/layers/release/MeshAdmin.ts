@@ -28,7 +28,6 @@ import { Clock, Effect, Schema } from "effect"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as LiveStats from "../observability/LiveStats.ts"
-import type { MeshStatsObject } from "../observability/LiveStats.ts"
 import { maxTraces } from "../observability/TraceSample.ts"
 import { readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
@@ -222,7 +221,7 @@ const answer = (request: Request, identity: Identity) =>
         if (namespace._tag === "None") {
           return yield* new Problem.NotFound({ detail: "The mesh keeps its traces in the MESH_STATS Durable Object, which this Worker does not bind" })
         }
-        const store = namespace.value.get(namespace.value.idFromName(Telemetry.traceStoreName)) as unknown as Pick<MeshStatsObject, "traces" | "trace">
+        const store = namespace.value.get(namespace.value.idFromName(Telemetry.traceStoreName)) as unknown as Pick<LiveStats.MeshStatsObject, "traces" | "trace">
         const unavailable = () => new Problem.ServiceUnavailable({ detail: "The mesh's trace sample could not be read; try again" })
         const noStore = { headers: { "cache-control": "no-store" } }
         if (item !== undefined) {

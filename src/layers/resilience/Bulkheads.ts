@@ -79,10 +79,11 @@ export class Bulkheads extends Context.Service<Bulkheads, {
         const cap = Math.max(1, Math.floor(state.limit))
         if (state.inFlight >= cap) {
           return Effect.andThen(
-            Effect.andThen(
+            Effect.all([
               Telemetry.event("bulkhead.shed", { "meshwork.upstream": upstream.service, "meshwork.bulkhead.limit": cap }),
-              Effect.andThen(Telemetry.record(bulkheadShed, 1, { upstream: upstream.service }), LiveStats.count("bulkhead.shed", upstream.service))
-            ),
+              Telemetry.record(bulkheadShed, 1, { upstream: upstream.service }),
+              LiveStats.count("bulkhead.shed", upstream.service)
+            ], { discard: true }),
             Effect.fail(new Problem.ServiceUnavailable({
               retryAfterSeconds: 1,
               detail: `${upstream.service} is at its concurrency limit; try again shortly`

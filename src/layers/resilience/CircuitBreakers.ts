@@ -295,10 +295,10 @@ const observe = (key: string, state: BreakerState, event: string, attributes: Re
 
 const observeTransition = (transition: Transition | undefined) =>
   transition === undefined ? Effect.void : Effect.andThen(
-    Effect.andThen(
+    Effect.all([
       observe(transition.key, transition.to, "breaker.transition", { "meshwork.breaker.from": transition.from }),
       LiveStats.transition(transition.key, transition.from, transition.to)
-    ),
+    ], { discard: true }),
     Effect.logInfo("circuit breaker", transition.key, `${transition.from} -> ${transition.to}`).pipe(
       Effect.annotateLogs({ breaker: transition.key, from: transition.from, to: transition.to })
     )
