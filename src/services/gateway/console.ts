@@ -190,6 +190,7 @@ $("signin").addEventListener("submit", async (event) => {
   $("who").textContent = $("email").value;
   $("signin").hidden = true;
   $("signout").hidden = false;
+  say("");
   await load();
 });
 $("signout").addEventListener("click", () => {
@@ -208,11 +209,13 @@ setInterval(async () => {
   try { await load(); } finally { loading = false; }
 }, 5000);
 
+let refreshFailed = false;
 async function load() {
   const status = await api("GET", "/api/admin/status");
   if (status.status === 401) { $("signout").click(); return say("Your session expired: sign in again.", true); }
   if (!status.ok && status.status !== 403 && state !== null) {
-    // The admin API failed this time: the page keeps what it showed, and says so.
+    // The admin API failed this time: the page keeps what it showed, and says so (until a refresh succeeds).
+    refreshFailed = true;
     return say("The admin API answered " + status.status + " (" + problemText(status) + "): showing what it said before.", true);
   }
   if (!status.ok) {
@@ -250,7 +253,9 @@ async function load() {
   };
   $("refusal").hidden = true;
   $("mesh").hidden = false;
-  say("");
+  // What the last change said stays until the next one; only a failed refresh's notice goes.
+  if (refreshFailed) say("");
+  refreshFailed = false;
   $("refresh").hidden = false;
   $("auto-label").hidden = false;
   render();
