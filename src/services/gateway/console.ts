@@ -12,7 +12,7 @@
  * origin only. Everything it shows of the mesh comes from the admin API, so a
  * non-admin who signs in gets its 403 and sees nothing of the mesh.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { Problem } from "meshwork"
 import { pageHeaders } from "./pages.ts"
 import { routes, workers } from "./topology.ts"
@@ -586,6 +586,8 @@ $("confirm-yes").addEventListener("click", async () => {
   $("confirm").hidden = true;
   if (!change) return;
   const answer = await api(change.method, change.path, change.body);
+  // What the change answered replaces a failed refresh's notice, and stays.
+  refreshFailed = false;
   if (answer.ok) say("Done: " + change.method + " " + change.path);
   else say(change.method + " " + change.path + " refused: " + problemText(answer) +
     ((answer.json && answer.json.errors) ? " " + answer.json.errors.map((e) => e.path.join(".") + ": " + e.message).join("; ") : ""), true);
