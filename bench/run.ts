@@ -1035,6 +1035,8 @@ const coldVariants: ReadonlyArray<{ readonly id: string; readonly worker: string
   { id: "bare", worker: "bare", path: "/hello" },
   { id: "hono", worker: "hono", path: "/hello" },
   { id: "meshwork", worker: "meshwork", path: "/hello" },
+  // Effect's own HTTP stack: the floor under any Worker built on Effect.
+  { id: "effect-stock", worker: "effect-stock", path: "/hello" },
   // The gateway's and the router's health probe the (warm) Workers behind them.
   { id: "gateway", worker: "meshwork-gateway", path: "/health" },
   { id: "router", worker: "meshwork-router", path: "/health", credentials: "identity" },

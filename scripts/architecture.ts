@@ -7,7 +7,13 @@
  * - the reference mesh (`src/services`) and the examples reach the framework
  *   only through its public surface, the package name `meshwork`
  *   (`src/index.ts`); the framework never imports itself by that name;
- * - no import cycles.
+ * - no import cycles;
+ * - Effect is imported module by module (`effect/Schema`,
+ *   `effect/http-api/HttpApiBuilder`), never through a barrel (`effect`,
+ *   `effect/http-api`) except for types: esbuild keeps every export of a
+ *   namespace re-exported by a barrel, so `import { Schema } from "effect"`
+ *   alone puts all of Schema, with its crypto and network schemas, into the
+ *   bundle (docs/deploy.md, "Bundle size").
  */
 import { readdirSync, readFileSync } from "node:fs"
 import { dirname, join, normalize } from "node:path"
@@ -17,10 +23,12 @@ export interface SourceFile {
   /** Path from the repository root, with `/` separators. */
   readonly path: string
   readonly imports: ReadonlyArray<string>
+  /** Effect barrels it imports values from (`effect`, `effect/http`, ...). */
+  readonly barrels?: ReadonlyArray<string>
 }
 
 export interface Violation {
-  readonly rule: "direction" | "public-surface" | "cycle"
+  readonly rule: "direction" | "public-surface" | "cycle" | "barrel"
   readonly message: string
 }
 
@@ -38,6 +46,12 @@ export const importsOf = (text: string): Array<string> => {
   return found
 }
 
+const barrelImports = /(?:^|[\s;])import\s+(?!type\s)[^"'`;]*?from\s*["'](effect(?:\/[a-z-]+)?)["']/g
+
+/** The Effect barrels a module's text imports values from (type-only imports aside). */
+export const barrelsOf = (text: string): Array<string> =>
+  [...text.matchAll(barrelImports)].map((match) => match[1]!)
+
 /** Every `.ts` file under `dirs` (relative to `root`), with its imports. */
 export const readSources = (root: string, dirs: ReadonlyArray<string>): Array<SourceFile> => {
   const files: Array<SourceFile> = []
@@ -52,7 +66,8 @@ export const readSources = (root: string, dirs: ReadonlyArray<string>): Array<So
       const path = `${dir}/${entry.name}`
       if (entry.isDirectory()) walk(path)
       else if (entry.name.endsWith(".ts") && !entry.name.endsWith(".d.ts")) {
-        files.push({ path, imports: importsOf(readFileSync(join(root, path), "utf8")) })
+        const text = readFileSync(join(root, path), "utf8")
+        files.push({ path, imports: importsOf(text), barrels: barrelsOf(text) })
       }
     }
   }
@@ -104,6 +119,12 @@ export const check = (files: ReadonlyArray<SourceFile>): Array<Violation> => {
       } else if (from === "examples" && to === "services") {
         violations.push({ rule: "public-surface", message: `${says}: an example stands on the framework alone` })
       }
+    }
+    for (const barrel of file.barrels ?? []) {
+      violations.push({
+        rule: "barrel",
+        message: `${file.path} imports values from "${barrel}": import each module by its path (e.g. "effect/Effect"), so the bundle keeps only what is used`
+      })
     }
     graph.set(file.path, edges)
   }

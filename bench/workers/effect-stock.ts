@@ -1,6 +1,9 @@
 /** One hop on Effect 4's stock HttpRouter.toWebHandler (logger off), for reference. */
-import { Effect, Layer } from "effect"
-import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServer from "effect/http/HttpServer"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 
 const App = HttpRouter.add(
   "GET",

@@ -1,5 +1,6 @@
 /** One hop on Meshwork's runtime adapter, the same route and body. */
-import { Effect, Layer } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Problem from "../../src/runtime/Problem.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
 

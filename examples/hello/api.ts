@@ -3,8 +3,10 @@
  * and the hello Worker (whose typed client calls it): change a schema here and
  * both stop compiling until they agree.
  */
-import { Schema } from "effect"
-import { HttpApi, HttpApiEndpoint, HttpApiGroup } from "effect/http-api"
+import * as Schema from "effect/Schema"
+import * as HttpApi from "effect/http-api/HttpApi"
+import * as HttpApiEndpoint from "effect/http-api/HttpApiEndpoint"
+import * as HttpApiGroup from "effect/http-api/HttpApiGroup"
 import { Health } from "meshwork"
 
 export const Greeting = Schema.Struct({ message: Schema.String })

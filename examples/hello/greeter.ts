@@ -1,6 +1,7 @@
 /** The greeter: a second Worker that serves `GreeterApi` over its service binding. */
-import { Effect, Layer } from "effect"
-import { HttpApiBuilder } from "effect/http-api"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import { Health, Http, Worker } from "meshwork"
 import { GreeterApi } from "./api.ts"
 

@@ -4,7 +4,9 @@
  * `Retries` policy), counts the visits of each name in a Durable Object, and
  * answers both. Anything else is a 404 problem.
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type { HttpApiClient } from "effect/http-api"
 import { Bindings, DurableObjects, Problem, Retries, ServiceClient, Worker } from "meshwork"
 import { GreeterApi } from "./api.ts"

@@ -7,7 +7,11 @@
  * never an `undefined` at request time. Plain vars and secrets are read with
  * Effect's `Config` (the runtime installs a ConfigProvider over `env`).
  */
-import { Context, Effect, Layer, Predicate, Schema } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Predicate from "effect/Predicate"
+import * as Schema from "effect/Schema"
 
 /** The Worker's `env` object. Prefer the typed accessors in this module. */
 export class WorkerEnv extends Context.Service<WorkerEnv, Readonly<Record<string, unknown>>>()(

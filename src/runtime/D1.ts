@@ -12,9 +12,15 @@
  * Schema changes are D1 migrations (`migrations/*.sql`), applied by
  * `wrangler d1 migrations apply`, never at request time.
  */
-import { Context, Effect, Layer, Stream } from "effect"
-import { Reactivity } from "effect/reactivity"
-import { SqlClient, SqlConnection, SqlError, Statement } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
+import * as Reactivity from "effect/reactivity/Reactivity"
+import * as SqlClient from "effect/sql/SqlClient"
+import * as SqlConnection from "effect/sql/SqlConnection"
+import * as SqlError from "effect/sql/SqlError"
+import * as Statement from "effect/sql/Statement"
 import * as Bindings from "./Bindings.ts"
 
 const uniqueViolation = /UNIQUE constraint failed: ([^:]+)/

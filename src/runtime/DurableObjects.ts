@@ -21,7 +21,11 @@
  * `fetch` continues the trace of the request's `traceparent`.
  */
 import { DurableObject } from "cloudflare:workers"
-import { Cause, Context, Effect, Exit, Layer } from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import * as Telemetry from "./Telemetry.ts"
 import * as ServerSpans from "./telemetry/ServerSpans.ts"
 import { Invocation, type WorkerEnv } from "./Bindings.ts"

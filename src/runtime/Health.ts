@@ -12,8 +12,12 @@
  * handlers.handle("health", Health.ready("users", { d1: Health.d1("USERS_DB") }))
  * ```
  */
-import { Duration, Effect, Schema } from "effect"
-import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema } from "effect/http-api"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import * as HttpApiEndpoint from "effect/http-api/HttpApiEndpoint"
+import * as HttpApiGroup from "effect/http-api/HttpApiGroup"
+import * as HttpApiSchema from "effect/http-api/HttpApiSchema"
 import * as Bindings from "./Bindings.ts"
 
 /** The outcome of one readiness check. */

@@ -20,17 +20,23 @@
  * Not supported on this path: `HttpEffect.appendPreResponseHandler` (and so
  * `HttpApiBuilder.securitySetCookie`); set cookies on the response instead.
  */
-import { Cause, Context, Effect, Exit, Inspectable, Layer, type Schema, Scope, Stream } from "effect"
-import {
-  Cookies,
-  HttpIncomingMessage,
-  HttpRouter,
-  HttpServer,
-  HttpServerError,
-  HttpServerRequest,
-  HttpServerResponse,
-  UrlParams
-} from "effect/http"
+import type { Schema } from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Inspectable from "effect/Inspectable"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as Cookies from "effect/http/Cookies"
+import * as HttpIncomingMessage from "effect/http/HttpIncomingMessage"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServer from "effect/http/HttpServer"
+import * as HttpServerError from "effect/http/HttpServerError"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as UrlParams from "effect/http/UrlParams"
 import * as Problem from "./Problem.ts"
 import type { Handler } from "./Worker.ts"
 

@@ -3,9 +3,10 @@
  * `{ items, nextCursor }` out. The cursor is opaque to clients (base64url of
  * the last id returned); `nextCursor: null` means there is nothing more.
  */
-import { Result, Schema } from "effect"
-import { Base64Url } from "effect/encoding"
-import { HttpApiError } from "effect/http-api"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
+import * as Base64Url from "effect/encoding/Base64Url"
+import * as HttpApiError from "effect/http-api/HttpApiError"
 
 export const defaultLimit = 20
 export const maxLimit = 100

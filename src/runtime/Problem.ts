@@ -6,9 +6,15 @@
  * themselves; this module declares the generic HTTP problems the mesh uses and
  * turns any failure into an `application/problem+json` Response.
  */
-import { Cause, Effect, Exit, Schema, SchemaIssue } from "effect"
-import { HttpServerRespondable, HttpServerResponse, ProblemDetails } from "effect/http"
-import { HttpApiError } from "effect/http-api"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Schema from "effect/Schema"
+import * as SchemaIssue from "effect/SchemaIssue"
+import * as HttpServerRespondable from "effect/http/HttpServerRespondable"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as ProblemDetails from "effect/http/ProblemDetails"
+import * as HttpApiError from "effect/http-api/HttpApiError"
 
 /** One invalid input value: where it was (`["payload", "email"]`) and why. */
 export const Issue = Schema.Struct({

@@ -33,8 +33,15 @@
  * A batch never fails as a whole, so one poison message does not redeliver
  * its neighbours.
  */
-import { Cause, Clock, Duration, Effect, Exit, Random, Schema } from "effect"
-import { SqlClient, type SqlError, type Statement } from "effect/sql"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Random from "effect/Random"
+import * as Schema from "effect/Schema"
+import type { SqlError, Statement } from "effect/sql"
+import * as SqlClient from "effect/sql/SqlClient"
 import * as Telemetry from "./Telemetry.ts"
 import * as Bindings from "./Bindings.ts"
 import { D1Batch } from "./D1.ts"

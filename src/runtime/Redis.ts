@@ -22,7 +22,15 @@
  * `rediss://` for TLS; default `redis://127.0.0.1:6379`) says where.
  */
 import { connect } from "cloudflare:sockets"
-import { Config, Context, Duration, Effect, Exit, Layer, Pool, Schema, Scope } from "effect"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Pool from "effect/Pool"
+import * as Schema from "effect/Schema"
+import * as Scope from "effect/Scope"
 import * as Bindings from "./Bindings.ts"
 import * as DurableObjects from "./DurableObjects.ts"
 

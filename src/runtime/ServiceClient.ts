@@ -13,9 +13,16 @@
  *
  * A schema change in the API is then a compile error in every caller.
  */
-import { Duration, Effect, Layer } from "effect"
-import { FetchHttpClient, HttpClient, HttpClientError, HttpClientRequest, type HttpClientResponse } from "effect/http"
-import { type HttpApi, HttpApiClient, type HttpApiGroup } from "effect/http-api"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type { HttpClientResponse } from "effect/http"
+import * as FetchHttpClient from "effect/http/FetchHttpClient"
+import * as HttpClient from "effect/http/HttpClient"
+import * as HttpClientError from "effect/http/HttpClientError"
+import * as HttpClientRequest from "effect/http/HttpClientRequest"
+import type { HttpApi, HttpApiGroup } from "effect/http-api"
+import * as HttpApiClient from "effect/http-api/HttpApiClient"
 import * as Bindings from "./Bindings.ts"
 import { TraceState } from "./telemetry/TraceContext.ts"
 

@@ -33,9 +33,19 @@
  * counted) for one retry at the backoff's end, under the `waitUntil` of a
  * request that ended during it.
  */
-import { Context, Duration, Effect, ErrorReporter, Layer, Logger, Metric, References, Tracer } from "effect"
-import { FetchHttpClient } from "effect/http"
-import { OtlpExporter, OtlpMetrics, OtlpSerialization } from "effect/observability"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as ErrorReporter from "effect/ErrorReporter"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Metric from "effect/Metric"
+import * as References from "effect/References"
+import * as Tracer from "effect/Tracer"
+import * as FetchHttpClient from "effect/http/FetchHttpClient"
+import * as OtlpExporter from "effect/observability/OtlpExporter"
+import * as OtlpMetrics from "effect/observability/OtlpMetrics"
+import * as OtlpSerialization from "effect/observability/OtlpSerialization"
 import { WorkerEnv } from "./Bindings.ts"
 import { type KeptSpan, makeService, type MeshTraceStore, type Service } from "./telemetry/Exporter.ts"
 import { errorTypeReporter, jsonLogger } from "./telemetry/Logger.ts"

@@ -22,7 +22,14 @@
  * caller's trace), and its spans are exported under `ctx.waitUntil` once the
  * request and its `waitUntil` work are done.
  */
-import { Cause, ConfigProvider, Context, Effect, Exit, Layer, Scope, type Tracer } from "effect"
+import type { Tracer } from "effect"
+import * as Cause from "effect/Cause"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
 import * as Telemetry from "./Telemetry.ts"
 import * as ServerSpans from "./telemetry/ServerSpans.ts"
 import { withoutTraceContext } from "./telemetry/TraceContext.ts"

@@ -3,7 +3,7 @@
  * the check itself catches each kind of break.
  */
 import { describe, expect, it } from "vitest"
-import { check, importsOf, projectSources, type SourceFile } from "../../scripts/architecture.ts"
+import { barrelsOf, check, importsOf, projectSources, type SourceFile } from "../../scripts/architecture.ts"
 import { root } from "../../scripts/mesh.ts"
 
 describe("the project's imports", () => {
@@ -55,6 +55,20 @@ describe("the check", () => {
   it("refuses the framework importing itself by name", () => {
     const violations = check([file("src/layers/edge/EdgeCache.ts", "meshwork"), file("src/index.ts")])
     expect(violations.map((violation) => violation.rule)).toEqual(["direction"])
+  })
+
+  it("refuses values from an Effect barrel, and lets types and modules by path through", () => {
+    const text = `
+      import { Effect, Layer } from "effect"
+      import { HttpApiBuilder } from "effect/http-api"
+      import type { Duration } from "effect"
+      import type { HttpApiClient } from "effect/http-api"
+      import * as Schema from "effect/Schema"
+      import * as HttpRouter from "effect/http/HttpRouter"
+    `
+    expect(barrelsOf(text)).toEqual(["effect", "effect/http-api"])
+    const violations = check([{ path: "src/runtime/Worker.ts", imports: [], barrels: barrelsOf(text) }])
+    expect(violations.map((violation) => violation.rule)).toEqual(["barrel", "barrel"])
   })
 
   it("finds a cycle, however long", () => {

@@ -23,7 +23,11 @@
  * request a fan-out issues all its lookups at once, and a short window
  * (even 0: one turn of the scheduler) already batches them.
  */
-import { Duration, Effect, Exit, Request, RequestResolver } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Request from "effect/Request"
+import * as RequestResolver from "effect/RequestResolver"
 
 export interface Options<A, E, E2, R> {
   /** One upstream call for up to `maxBatchSize` distinct keys; the map holds the keys it found. */

@@ -26,7 +26,12 @@
  *   combination), and the opaque origin `null` (sandboxed frames, files) can
  *   never be listed: the layer refuses such a configuration when it is built.
  */
-import { Cause, Config, Context, Effect, Layer, Schema } from "effect"
+import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import { matchesPrefix, PathPrefix } from "../routing/RoutingTable.ts"

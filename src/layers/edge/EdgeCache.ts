@@ -39,7 +39,13 @@
  * per data center: a purge clears this location; purging every location is
  * Cloudflare's zone purge API, which this does not call.
  */
-import { Clock, Config, Context, Effect, Layer, Metric, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import type { Identity } from "../security/Identity.ts"

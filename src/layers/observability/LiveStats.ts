@@ -27,7 +27,11 @@
  * traffic. An isolate that gets no more requests keeps its last few seconds
  * of counts until it is evicted.
  */
-import { Config, Context, Effect, Layer, Schema } from "effect"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"

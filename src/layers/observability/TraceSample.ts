@@ -10,7 +10,7 @@
  * (`TRACE_SAMPLE_RATIO`): every one under `npm start`; set a small ratio
  * where traffic is real.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 import type { KeptSpan } from "../../runtime/Telemetry.ts"
 
 export const maxTraces = 100

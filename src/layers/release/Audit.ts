@@ -13,7 +13,9 @@
  * eventually consistent across locations, so the count may briefly exceed
  * the bound there).
  */
-import { Clock, Effect, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import { readLimited } from "../../runtime/Http.ts"
 import type { Identity } from "../security/Identity.ts"

@@ -3,7 +3,11 @@
  * namespace (traffic splits, feature flags), read through a per-isolate
  * cache. A KV failure never fails a request: the last copy read stands.
  */
-import { Clock, Config, Effect, Option, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 
 /** KV failed (unreachable, or over its write rate). */

@@ -19,7 +19,10 @@
  * a change reaches everyone within that plus KV's propagation. When KV
  * fails, the last copy stands; without the binding every flag is off.
  */
-import { Context, Effect, Layer, Schema } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as ConfigStore from "./ConfigStore.ts"
 import type { Identity } from "../security/Identity.ts"
 import { fnv1a64 } from "../state/Sharding.ts"

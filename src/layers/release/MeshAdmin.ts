@@ -24,7 +24,9 @@
  * version the routers serve. Bodies are JSON, at most `maxBodyBytes`, and
  * input that does not decode is the services' 400 (`errors: [{ path, message }]`).
  */
-import { Clock, Effect, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as LiveStats from "../observability/LiveStats.ts"

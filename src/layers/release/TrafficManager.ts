@@ -61,7 +61,13 @@
  * A KV failure never fails a request: the router keeps its last split, and
  * without the `MESH_CONFIG` binding uses each route's default version.
  */
-import { Clock, Context, Effect, Layer, Metric, Option, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"

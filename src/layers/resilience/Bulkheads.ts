@@ -17,7 +17,13 @@
  * once, and earns it back gradually as it recovers. On in a Worker when its
  * layer has `Bulkheads.layer` (the router has it).
  */
-import { Clock, Context, Effect, Exit, Layer, Metric, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Schema from "effect/Schema"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as LiveStats from "../observability/LiveStats.ts"

@@ -34,8 +34,16 @@
  *
  * Add `CircuitBreakers.layer` to a proxy Worker's layer to turn them on.
  */
-import { Cause, Clock, Config, Context, Effect, Exit, Layer, Metric, Schema } from "effect"
-import { CircuitBreaker } from "effect/persistence"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Schema from "effect/Schema"
+import * as CircuitBreaker from "effect/persistence/CircuitBreaker"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Problem from "../../runtime/Problem.ts"

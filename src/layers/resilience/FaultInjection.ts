@@ -14,7 +14,13 @@
  * `FAULT_INJECTION` is `true` (the router has the layer; the var is off unless
  * set, for example in a local `.dev.vars`).
  */
-import { Config, Context, Duration, Effect, Layer, Random, Schema } from "effect"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
+import * as Schema from "effect/Schema"
 
 const Percent = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 100 }))
 

@@ -19,8 +19,18 @@
  * Settings come from each route of the `ROUTES` table (`timeoutMs`, `retry`);
  * add `Retries.layer` to a proxy Worker to turn retries on.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Layer, Option, Random, Schema } from "effect"
-import { HttpClientError, type HttpClientResponse } from "effect/http"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Random from "effect/Random"
+import * as Schema from "effect/Schema"
+import type { HttpClientResponse } from "effect/http"
+import * as HttpClientError from "effect/http/HttpClientError"
 import * as Problem from "../../runtime/Problem.ts"
 import type * as ServiceClient from "../../runtime/ServiceClient.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"

@@ -14,7 +14,9 @@
  * it only to other Workers of the mesh (Proxy.ts), and the gateway to admins
  * (`GET /api/admin/health`, MeshAdmin.ts). Anyone else gets `status` only.
  */
-import { Duration, Effect, Schema } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 import { Check } from "../../runtime/Health.ts"
 import type { Versions } from "../release/TrafficManager.ts"
 import { CircuitBreakers } from "../resilience/CircuitBreakers.ts"

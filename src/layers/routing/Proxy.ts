@@ -5,7 +5,11 @@
  * path and query reach the upstream exactly as they were routed. Each
  * attempt is a client span whose W3C trace context the upstream continues.
  */
-import { Clock, Context, Effect, Exit, Option } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
 import { readBody, readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import { type BreakerSettings, CircuitBreakers } from "../resilience/CircuitBreakers.ts"

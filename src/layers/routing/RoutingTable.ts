@@ -14,7 +14,11 @@
  * Matching is on path-segment boundaries: `/api/users` matches `/api/users`
  * and `/api/users/7`, never `/api/usersadmin`. The longest prefix wins.
  */
-import { Config, Context, Effect, Layer, Schema } from "effect"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import type { Versions } from "../release/TrafficManager.ts"
 import { BreakerSettings } from "../resilience/CircuitBreakers.ts"

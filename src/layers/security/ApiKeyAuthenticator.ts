@@ -22,7 +22,12 @@
  *   not counted. If the object cannot answer, the request gets 503: quotas
  *   fail closed.
  */
-import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Problem from "../../runtime/Problem.ts"

@@ -29,7 +29,12 @@
  * Failures are 401 with `WWW-Authenticate: Bearer ... error="invalid_token"`
  * (RFC 6750), or 403 for a disabled account, both problem+json.
  */
-import { Clock, Config, Context, Effect, Layer, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import { decodeProtectedHeader, importJWK, type JWK, jwtVerify } from "jose"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as Problem from "../../runtime/Problem.ts"

@@ -28,10 +28,19 @@
  * fetch: requireIdentity(handler)
  * ```
  */
-import { Clock, Config, Context, Effect, Layer, Redacted, Result, Schema } from "effect"
-import { Base64Url } from "effect/encoding"
-import { HttpClientRequest, HttpServerRequest } from "effect/http"
-import { HttpApiMiddleware, HttpApiSecurity } from "effect/http-api"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
+import * as Base64Url from "effect/encoding/Base64Url"
+import * as HttpClientRequest from "effect/http/HttpClientRequest"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
+import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import { ecdsa, es256, importSigningKey, type Key, pathOf, signJws } from "./Jws.ts"

@@ -3,7 +3,7 @@
  * alone: what the Workers sign with, and what the Node-side tools (tests'
  * set-up, the benchmark) sign with too.
  */
-import { Base64Url } from "effect/encoding"
+import * as Base64Url from "effect/encoding/Base64Url"
 
 /** A WebCrypto key, named without a runtime's global type. */
 export type Key = Awaited<ReturnType<typeof crypto.subtle.importKey>>

@@ -40,8 +40,16 @@
  * draft-ietf-httpapi-ratelimit-headers); a refused request gets 429
  * problem+json with `Retry-After`.
  */
-import { Clock, Config, Context, Duration, Effect, identity, Layer, Metric, Schema } from "effect"
-import { RateLimiter } from "effect/persistence"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import { identity } from "effect/Function"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Schema from "effect/Schema"
+import * as RateLimiter from "effect/persistence/RateLimiter"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Problem from "../../runtime/Problem.ts"

@@ -20,7 +20,10 @@
  * `1 / (n + 1)` of the keys per added shard, and their counts stay behind in
  * their old shard: plan the count up front, or migrate.
  */
-import { Context, Effect, Layer, Schema } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"

@@ -41,7 +41,13 @@
  * `get` (or a refused `update`/`replace`/`remove`) of a key never written leaves
  * the object without storage, and Cloudflare keeps no object without storage.
  */
-import { Clock, Context, Duration, Effect, Layer, Result, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Sharding from "./Sharding.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"

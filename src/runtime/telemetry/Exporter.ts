@@ -3,8 +3,16 @@
  * OTLP/HTTP in one POST per drain, under `ctx.waitUntil` (see
  * src/runtime/Telemetry.ts for when).
  */
-import { Cause, Context, Duration, Effect, Exit, Metric, Option, Tracer } from "effect"
-import { OtlpResource, OtlpSerialization } from "effect/observability"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
+import * as OtlpResource from "effect/observability/OtlpResource"
+import * as OtlpSerialization from "effect/observability/OtlpSerialization"
 import type { Settings } from "./Settings.ts"
 import { errorTag } from "./TraceContext.ts"
 

@@ -1,5 +1,8 @@
 /** JSON log lines that name their trace, and `error.type` from typed failures an HTTP API rendered. */
-import { Context, ErrorReporter, Logger, Tracer } from "effect"
+import * as Context from "effect/Context"
+import * as ErrorReporter from "effect/ErrorReporter"
+import * as Logger from "effect/Logger"
+import * as Tracer from "effect/Tracer"
 import { errorTag, ServerSpan } from "./TraceContext.ts"
 
 /**

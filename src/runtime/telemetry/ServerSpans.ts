@@ -1,5 +1,12 @@
 /** Server spans: what the runtime wraps each request and object call in, and the export after it. */
-import { Cause, Clock, Context, Effect, Exit, Metric, Option, Tracer } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
 import type { Service } from "./Exporter.ts"
 import { type Carrier, errorTag, parseTraceparent, ServerSpan, TraceState } from "./TraceContext.ts"
 

@@ -1,5 +1,6 @@
 /** The telemetry settings of a Worker, from its vars (the table in src/runtime/Telemetry.ts). */
-import { Config, Effect } from "effect"
+import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
 
 export interface Settings {
   readonly serviceName: string

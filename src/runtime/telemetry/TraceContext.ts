@@ -3,7 +3,12 @@
  * records on spans: the carrier to send with a call, the served request's
  * span and `tracestate`, policy events, typed error tags.
  */
-import { Clock, Context, Effect, type Fiber, References, Tracer } from "effect"
+import type { Fiber } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as References from "effect/References"
+import * as Tracer from "effect/Tracer"
 
 export interface Carrier {
   readonly traceparent: string

@@ -4,7 +4,10 @@
  * email change, once auth has checked its password. Any failure to ask is
  * a 502 naming the users service, never a silent pass.
  */
-import { Context, Effect, Layer, Option } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { Identity, Problem } from "meshwork"
 import type { User } from "../users/api.ts"
 import { UsersClient } from "../users/client.ts"

@@ -15,9 +15,16 @@
  * | `API_KEY_DEFAULT_PLAN` | `free` | the plan of a key created without one |
  * | `API_KEYS_PER_USER` | `20` | working (not revoked, not expired) keys per user |
  */
-import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
-import { Base64Url, Hex } from "effect/encoding"
-import { SqlClient } from "effect/sql"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as Base64Url from "effect/encoding/Base64Url"
+import * as Hex from "effect/encoding/Hex"
+import * as SqlClient from "effect/sql/SqlClient"
 import { Pagination } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { type ApiKey, apiKeyPattern, InvalidApiKey, type IssuedApiKey, PlanName, Quota, TooManyApiKeys, UnknownPlan } from "./api.ts"

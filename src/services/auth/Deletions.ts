@@ -9,8 +9,12 @@
  * dropped after that, the credentials kept with the user they belong to.
  * Deleting is idempotent, so a redelivered message changes nothing.
  */
-import { Context, Effect, Layer, Option, Schema } from "effect"
-import { SqlClient } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as SqlClient from "effect/sql/SqlClient"
 import { D1, Problem, Queues } from "meshwork"
 import { UserDeleted, userDeletionsQueue } from "../users/api.ts"
 import { Accounts } from "./Accounts.ts"

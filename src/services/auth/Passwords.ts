@@ -10,9 +10,15 @@
  * login at this setting can be cut off: lower the var there and accept the
  * weaker hash, or stay on the paid plan.
  */
-import { Config, Context, Effect, Layer, Option, Result, Schema } from "effect"
-import { Base64 } from "effect/encoding"
-import { SqlClient } from "effect/sql"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
+import * as Base64 from "effect/encoding/Base64"
+import * as SqlClient from "effect/sql/SqlClient"
 import { AuthDb } from "./db.ts"
 import { nowIso } from "../shared/Rows.ts"
 

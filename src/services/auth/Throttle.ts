@@ -23,9 +23,15 @@
  * clear. Rows expire and are deleted a few at a time as attempts come in: the
  * tables hold about what the last window's attempts touched.
  */
-import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
-import { Hex } from "effect/encoding"
-import { SqlClient } from "effect/sql"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as Hex from "effect/encoding/Hex"
+import * as SqlClient from "effect/sql/SqlClient"
 import { TooManyAttempts } from "./api.ts"
 import { AuthDb } from "./db.ts"
 

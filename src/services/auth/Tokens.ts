@@ -7,9 +7,16 @@
  * `npm run keys`: the active key signs, every key in the set is published in
  * the JWKS and so still verifies; retiring a key removes it from the set.
  */
-import { Clock, Config, Context, Effect, Layer, Option, Schema } from "effect"
-import { Base64Url, Hex } from "effect/encoding"
-import { SqlClient } from "effect/sql"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as Base64Url from "effect/encoding/Base64Url"
+import * as Hex from "effect/encoding/Hex"
+import * as SqlClient from "effect/sql/SqlClient"
 import { importJWK, SignJWT } from "jose"
 import { uuidv7 } from "../shared/Ids.ts"
 import type { Jwks } from "./api.ts"

@@ -1,6 +1,9 @@
 /** The auth API's handlers, and the routes a Worker serves. */
-import { Effect, Layer, Option } from "effect"
-import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
+import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
 import type { HttpServerRequest } from "effect/http"
 import { Health, Identity, rateLimitKey } from "meshwork"
 import { Accounts } from "./Accounts.ts"

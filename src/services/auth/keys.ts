@@ -5,8 +5,10 @@
  * that is not an admin, a key among them, issues only for itself and only
  * roles it holds). Plans and quotas of its own are the admins' to give.
  */
-import { Clock, Effect, Option } from "effect"
-import { HttpApiBuilder } from "effect/http-api"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import { Identity, Pagination, Problem } from "meshwork"
 import { UserNotFound } from "../users/api.ts"
 import { Accounts } from "./Accounts.ts"

@@ -1,5 +1,5 @@
 /** The auth Worker: internal, reached through the router; asks users who has an email. */
-import { Layer } from "effect"
+import * as Layer from "effect/Layer"
 import { Http, Queues, Retries, Worker } from "meshwork"
 import { userDeletionsQueue } from "../users/api.ts"
 import { Accounts } from "./Accounts.ts"

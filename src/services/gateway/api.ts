@@ -7,8 +7,14 @@
  * writes them into every operation. Nothing here serves a request: the
  * gateway's routes are served by edge.ts and MeshAdmin; this describes them.
  */
-import { Schema } from "effect"
-import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "effect/http-api"
+import * as Schema from "effect/Schema"
+import * as HttpApi from "effect/http-api/HttpApi"
+import * as HttpApiEndpoint from "effect/http-api/HttpApiEndpoint"
+import * as HttpApiGroup from "effect/http-api/HttpApiGroup"
+import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
+import * as HttpApiSchema from "effect/http-api/HttpApiSchema"
+import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
+import * as OpenApi from "effect/http-api/OpenApi"
 import { AuditEntry, Flag, HealthReport, LiveReport, MirrorReport, Problem, SplitSettings, TraceDetail, TraceSummary, TrafficSplit } from "meshwork"
 import { ApiKeysGroup, AuthGroup } from "../auth/api.ts"
 import { ImportsGroup, ProductsGroup } from "../products/api.ts"

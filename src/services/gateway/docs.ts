@@ -12,8 +12,11 @@
  * Answers carry a strong `ETag` (a `304` for a matching `If-None-Match`) and
  * `Cache-Control`.
  */
-import { Context, Effect, Layer, Option } from "effect"
-import { OpenApi } from "effect/http-api"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as OpenApi from "effect/http-api/OpenApi"
 import { Bindings, Problem, PublicRoutes } from "meshwork"
 import { PublicApi } from "./api.ts"
 import { pageHeaders } from "./pages.ts"

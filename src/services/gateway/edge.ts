@@ -8,7 +8,8 @@
  * (`/api/openapi.json`, `/api/docs`: docs.ts) are the gateway's own, answered
  * here after authentication and rate limits, never forwarded.
  */
-import { Context, Effect } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
 import { ApiDocs } from "./docs.ts"
 import {
   adminPrefix,

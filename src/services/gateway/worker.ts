@@ -10,7 +10,7 @@
  * answered here. It describes the API it serves at `/api/openapi.json`
  * (OpenAPI 3.1) and `/api/docs` (a reference page).
  */
-import { Layer } from "effect"
+import * as Layer from "effect/Layer"
 import { ApiKeyAuthenticator, Authenticator, Cors, EdgeCache, Identity, LiveStats, Proxy, PublicRoutes, RateLimits, RoutingTable, withCors, Worker } from "meshwork"
 import { withConsole } from "./console.ts"
 import { ApiDocs } from "./docs.ts"

@@ -12,8 +12,12 @@
  * (`Queues.once`), so redeliveries change nothing and a job's counts always
  * add up to its total once it is done.
  */
-import { Context, Effect, Layer, Schema } from "effect"
-import { SqlClient, type SqlError, type Statement } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import type { SqlError, Statement } from "effect/sql"
+import * as SqlClient from "effect/sql/SqlClient"
 import { D1, Problem, Queues } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"

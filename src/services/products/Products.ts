@@ -7,8 +7,12 @@
  * update with a lower one is refused with `StaleFencingToken`, so a writer
  * whose lock expired mid-update cannot overwrite its successor.
  */
-import { Context, Effect, Layer, Schema } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import type { SqlError } from "effect/sql"
+import * as SqlClient from "effect/sql/SqlClient"
 import { D1 } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"

@@ -3,7 +3,9 @@
  * service through its typed client: a cross-Worker call over a service
  * binding, typed end to end.
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { Identity, Problem } from "meshwork"
 import { UsersClient } from "../users/client.ts"
 import { UnknownSeller } from "./api.ts"

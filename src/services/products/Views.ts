@@ -2,7 +2,10 @@
  * Product view counts, sharded over `VIEW_SHARDS` counter objects (default
  * 8) by product id (src/layers/state/ShardedCounters.ts).
  */
-import { Config, Context, Effect, Layer } from "effect"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { Bindings, ShardedCounters, Sharding } from "meshwork"
 
 export class ProductViews extends Context.Service<ProductViews, ShardedCounters.ShardedCounters>()(

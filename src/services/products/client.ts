@@ -2,7 +2,9 @@
  * The typed client other Workers use to call the products service over their
  * `PRODUCTS` binding, and batched product lookups on top of it.
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type { HttpApiClient } from "effect/http-api"
 import { Batching, Identity, Problem, Retries, ServiceClient } from "meshwork"
 import { type Product, ProductNotFound, ProductsApi } from "./api.ts"

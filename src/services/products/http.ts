@@ -1,6 +1,9 @@
 /** The products API's handlers, and the routes a Worker serves. */
-import { Effect, Layer } from "effect"
-import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
+import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
+import * as HttpApiSchema from "effect/http-api/HttpApiSchema"
 import { Health, Identity, Locks, Pagination, Problem, type ShardedCounters } from "meshwork"
 import { maxIds, ProductLocked, ProductsApi } from "./api.ts"
 import { Imports } from "./Imports.ts"

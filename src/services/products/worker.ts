@@ -3,7 +3,8 @@
  * over its own binding, and consumes the product import queue and its
  * dead-letter queue.
  */
-import { Effect, Layer } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { D1, Http, Locks, Queues, Retries, ShardedCounters, Worker } from "meshwork"
 import { ProductsRoutes } from "./http.ts"
 import { ImportItem, Imports, importsDeadLetterQueue, importsQueue } from "./Imports.ts"

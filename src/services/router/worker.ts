@@ -4,7 +4,7 @@
  * `ROUTES` table of its wrangler config to the services' bindings, splitting
  * a service's traffic between its versions as MESH_CONFIG says.
  */
-import { Layer } from "effect"
+import * as Layer from "effect/Layer"
 import { Bulkheads, CircuitBreakers, FaultInjection, Identity, LiveStats, Proxy, Retries, RoutingTable, TrafficManager, Worker } from "meshwork"
 
 /** The Durable Object behind BREAKER_STORE = "durable-object", bound as BREAKERS. */

@@ -3,7 +3,11 @@
  * coordinator (src/layers/state/StateCoordinator.ts), one Durable Object per
  * session. Changes are applied atomically, in order, inside the object.
  */
-import { Context, Effect, Layer, Result, Schema } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
 import { Bindings, StateCoordinator } from "meshwork"
 
 const Name = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))

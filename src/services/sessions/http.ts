@@ -1,6 +1,10 @@
 /** The sessions API's handlers: a session is its creator's alone. */
-import { Config, Effect, Layer } from "effect"
-import { HttpApiBuilder, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
+import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
+import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
+import * as HttpApiSchema from "effect/http-api/HttpApiSchema"
 import { FeatureFlags, Health, Identity, Problem, StateCoordinator } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import {

@@ -2,7 +2,7 @@
  * The sessions Worker: internal, reached through the router; each session is
  * a Durable Object. It reads products over its PRODUCTS binding, in batches.
  */
-import { Layer } from "effect"
+import * as Layer from "effect/Layer"
 import { FeatureFlags, Http, Worker } from "meshwork"
 import { ProductsClient } from "../products/client.ts"
 import { SessionsRoutes } from "./http.ts"

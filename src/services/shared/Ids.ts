@@ -3,8 +3,9 @@
  * id alone is a stable, chronological pagination key, and they read the
  * clock through Effect's `Clock`, so tests control them with `TestClock`.
  */
-import { Clock, Effect } from "effect"
-import { Hex } from "effect/encoding"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Hex from "effect/encoding/Hex"
 
 export const uuidv7: Effect.Effect<string> = Effect.map(Clock.currentTimeMillis, (millis) => {
   const bytes = crypto.getRandomValues(new Uint8Array(16))

@@ -1,5 +1,7 @@
 /** Small helpers shared by the services' D1 stores. */
-import { Clock, Effect, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 
 /** The current time as an ISO 8601 string, from Effect's Clock (so TestClock controls it). */
 export const nowIso: Effect.Effect<string> = Effect.map(Clock.currentTimeMillis, (millis) => new Date(millis).toISOString())

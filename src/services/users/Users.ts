@@ -2,8 +2,12 @@
  * The users store: D1 through `effect/sql`. SQL failures are defects (the
  * caller cannot act on them); a duplicate email is the typed `EmailTaken`.
  */
-import { Context, Effect, Layer, Schema } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import type { SqlError } from "effect/sql"
+import * as SqlClient from "effect/sql/SqlClient"
 import { D1 } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"

@@ -1,5 +1,6 @@
 /** The typed client other Workers use to call the users service over their `USERS` binding. */
-import { Context, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Layer from "effect/Layer"
 import type { HttpApiClient } from "effect/http-api"
 import { Retries, ServiceClient } from "meshwork"
 import { UsersApi } from "./api.ts"

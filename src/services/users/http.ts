@@ -1,6 +1,8 @@
 /** The users API's handlers, and the routes a Worker serves. */
-import { Effect, Layer } from "effect"
-import { HttpApiBuilder, HttpApiMiddleware } from "effect/http-api"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
+import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
 import { Health, Identity, Pagination, Problem, Queues } from "meshwork"
 import { type UpdateUser, UserDeleted, UsersApi } from "./api.ts"
 import { Users } from "./Users.ts"

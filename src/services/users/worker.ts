@@ -1,5 +1,5 @@
 /** The users Worker: internal, reached only through the router's service binding. */
-import { Layer } from "effect"
+import * as Layer from "effect/Layer"
 import { Http, Worker } from "meshwork"
 import { UsersRoutes } from "./http.ts"
 import { Users } from "./Users.ts"
