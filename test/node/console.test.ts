@@ -1,7 +1,7 @@
 /**
- * The mesh console (src/services/gateway/console.ts, docs/console.md).
+ * The mesh console (src/services/docs/console.ts, served through the gateway; docs/console.md).
  *
- * Its static topology (src/services/gateway/topology.ts) is checked against
+ * Its static topology (src/services/docs/topology.ts) is checked against
  * the wrangler configs it was written from. Then, against the node project's
  * shared mesh (`npm start` on a free port, fresh state, test/node/mesh-setup.ts), a
  * real headless Chromium signs in as the demo admin, sees every Worker in the
@@ -25,7 +25,7 @@ import { type Browser, chromium, type Page } from "playwright-core"
 import { unstable_readConfig } from "wrangler"
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest"
 import { root, workers as meshWorkers } from "../../scripts/mesh.ts"
-import { routes, workers } from "../../src/services/gateway/topology.ts"
+import { routes, workers } from "../../src/services/docs/topology.ts"
 import { meshUrl } from "./mesh.ts"
 
 const ci = process.env["CI"] === "true"

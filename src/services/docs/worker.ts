@@ -1,10 +1,12 @@
 /**
- * The docs Worker: serves Scalar's API reference script (3.2 MB) for the
- * gateway's `/api/docs` page, so the gateway's own bundle stays small and
- * its isolates never parse the script. Internal: the gateway reaches it over
- * its DOCS service binding, and it serves only that one public, static file.
- * No Effect here: a module with one `fetch` evaluates fastest.
+ * The docs Worker: the mesh's static pages, so that the gateway's own bundle
+ * stays small and its isolates never parse them. It serves Scalar's API
+ * reference script (3.2 MB) for the gateway's `/api/docs` page, and the mesh
+ * console (`/console`, console.ts). Internal: the gateway reaches it over its
+ * DOCS service binding, for those public, static files only. No Effect here:
+ * a module with one `fetch` evaluates fastest.
  */
+import { consolePath, serveConsole } from "./console.ts"
 import { javascript, version } from "./scalar.ts"
 
 const scriptPath = "/api/docs/scalar.js"
@@ -14,10 +16,13 @@ let etag: string | undefined
 export default {
   async fetch(request: Request): Promise<Response> {
     const url = new URL(request.url)
-    if (url.pathname !== scriptPath) return new Response(null, { status: 404 })
     if (request.method !== "GET" && request.method !== "HEAD") {
       return new Response(null, { status: 405, headers: { allow: "GET, HEAD" } })
     }
+    if (url.pathname === consolePath || url.pathname.startsWith(`${consolePath}/`)) {
+      return serveConsole(request) ?? new Response(null, { status: 404 })
+    }
+    if (url.pathname !== scriptPath) return new Response(null, { status: 404 })
     etag ??= `"scalar-${version}-${javascript.length}"`
     const headers = {
       "content-type": "text/javascript; charset=utf-8",
