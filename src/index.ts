@@ -60,11 +60,11 @@ export {
   type VerifiedKey
 } from "./layers/security/ApiKeyAuthenticator.ts"
 export * as Identity from "./layers/security/Identity.ts"
+export { rateLimitKey } from "./layers/security/ClientKey.ts"
 export {
   RateLimiterObject,
   type RateLimitDecision,
   rateLimitHeaders,
-  rateLimitKey,
   RateLimitPolicy,
   RateLimits
 } from "./layers/security/RateLimits.ts"
