@@ -15,7 +15,38 @@ import * as HttpApiSchema from "effect/http-api/HttpApiSchema"
 import * as OpenApi from "effect/http-api/OpenApi"
 import { Health, Identity, Problem } from "meshwork"
 import { Product } from "../products/api.ts"
-import { Session, SessionChange } from "./Sessions.ts"
+
+const Name = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+const ProductId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+export const AttributeValue = Schema.Union([Schema.String.check(Schema.isMaxLength(1000)), Schema.Finite, Schema.Boolean])
+const Quantity = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 999 }))
+const Count = Schema.Int.check(Schema.isBetween({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }))
+
+/** A session holds at most this many cart lines, attributes and counters each. */
+export const maxEntries = 100
+
+export const Session = Schema.Struct({
+  attributes: Schema.Record(Name, AttributeValue).check(Schema.isMaxProperties(maxEntries)),
+  cart: Schema.Record(ProductId, Quantity).check(Schema.isMaxProperties(maxEntries)),
+  counters: Schema.Record(Name, Count).check(Schema.isMaxProperties(maxEntries))
+})
+export type Session = typeof Session.Type
+
+export const SessionChange = Schema.Union([
+  /** Adds `by` (default 1) to a counter that starts at 0. */
+  Schema.TaggedStruct("Increment", {
+    counter: Name,
+    by: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: -1_000_000, maximum: 1_000_000 })))
+  }),
+  /** Sets a product's quantity in the cart; 0 takes it out. */
+  Schema.TaggedStruct("SetCartItem", {
+    productId: ProductId,
+    quantity: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 999 }))
+  }),
+  /** Sets an attribute; null removes it. */
+  Schema.TaggedStruct("SetAttribute", { name: Name, value: Schema.NullOr(AttributeValue) })
+])
+export type SessionChange = typeof SessionChange.Type
 
 export const SessionId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
 

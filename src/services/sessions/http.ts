@@ -15,7 +15,8 @@ import {
   SessionsApi
 } from "./api.ts"
 import { productLookups } from "../products/client.ts"
-import { emptySession, type Session, Sessions } from "./Sessions.ts"
+import type { Session } from "./api.ts"
+import { emptySession, Sessions } from "./Sessions.ts"
 
 /** Only users have sessions; the owner is the user's id, so nobody else's calls find them. */
 const owner = Effect.map(
