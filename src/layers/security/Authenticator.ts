@@ -4,7 +4,7 @@
  *
  * - The `Authorization` header must be exactly `Bearer <token>` (one token,
  *   at most 4 KiB). Anything else is 401.
- * - Tokens are verified with jose: ES256 only, the configured issuer and
+ * - Tokens are verified on WebCrypto (Jws.ts `verifyJwt`): ES256 only, the configured issuer and
  *   audience, `typ: at+jwt`, `exp`/`nbf` with `CLOCK_TOLERANCE_SECONDS` (30),
  *   and refused once older than `TOKEN_MAX_AGE_SECONDS` (300) from `iat`.
  *   Unknown `crit` headers are refused; `jku`, `x5u` and embedded keys are
@@ -35,10 +35,10 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
-import { decodeProtectedHeader, importJWK, type JWK, jwtVerify } from "jose"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Identity from "./Identity.ts"
+import { importVerifyingKey, jwsHeader, type Key, verifyJwt } from "./Jws.ts"
 import * as Proxy from "../routing/Proxy.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 
@@ -165,7 +165,7 @@ export class Authenticator extends Context.Service<Authenticator, {
           )
 
         // Key ring: replaced wholesale on refresh; never shared I/O, only parsed keys.
-        let keys = new Map<string, CryptoKey>()
+        let keys = new Map<string, Key>()
         // Tokens already verified, until their validity ends (bounded; cleared when full).
         const verified = new Map<string, VerifiedToken>()
         let lastRefresh = Number.NEGATIVE_INFINITY
@@ -181,11 +181,11 @@ export class Authenticator extends Context.Service<Authenticator, {
           )
           if (status !== 200) return yield* new Problem.BadGateway({ service: "auth", detail: "The JWKS is unavailable" })
           const jwks = yield* Effect.mapError(decodeJwks(body), () => new Problem.BadGateway({ service: "auth" }))
-          const next = new Map<string, CryptoKey>()
+          const next = new Map<string, Key>()
           for (const jwk of jwks.keys) {
             if (typeof jwk["kid"] !== "string" || jwk["alg"] !== "ES256") continue
-            const imported = yield* Effect.option(Effect.tryPromise(() => importJWK(jwk as JWK, "ES256")))
-            if (imported._tag === "Some" && imported.value instanceof CryptoKey) next.set(jwk["kid"], imported.value)
+            const imported = yield* Effect.option(Effect.tryPromise(() => importVerifyingKey(jwk)))
+            if (imported._tag === "Some") next.set(jwk["kid"], imported.value)
           }
           keys = next
           for (const [token, entry] of verified) if (!next.has(entry.kid)) verified.delete(token)
@@ -222,34 +222,31 @@ export class Authenticator extends Context.Service<Authenticator, {
               if (now <= remembered.validUntil) return remembered.claims
               verified.delete(token)
             }
-            const header = yield* Effect.try({
-              try: () => decodeProtectedHeader(token),
-              catch: () => invalidToken("The token is malformed")
-            })
-            if (header.alg !== "ES256") return yield* invalidToken("The token's algorithm is not allowed")
-            if (typeof header.kid !== "string") return yield* invalidToken("The token has no key id")
-            const key = yield* keyFor(header.kid)
+            const header = jwsHeader(token)
+            if (header === undefined) return yield* invalidToken("The token is malformed")
+            if (header["alg"] !== "ES256") return yield* invalidToken("The token's algorithm is not allowed")
+            const kid = header["kid"]
+            if (typeof kid !== "string") return yield* invalidToken("The token has no key id")
+            const key = yield* keyFor(kid)
             const now = yield* Clock.currentTimeMillis
-            const { payload } = yield* Effect.tryPromise({
-              try: () =>
-                jwtVerify(token, key, {
-                  algorithms: ["ES256"],
-                  issuer: settings.issuer,
-                  audience: settings.audience,
-                  typ: "at+jwt",
-                  clockTolerance: settings.clockToleranceSeconds,
-                  maxTokenAge: settings.maxTokenAgeSeconds,
-                  requiredClaims: ["iss", "aud", "sub", "iat", "exp", "jti"],
-                  currentDate: new Date(now)
-                }),
-              catch: (error) =>
-                invalidToken(error instanceof Error && "code" in error ? `The token was refused (${String(error.code)})` : "The token was refused")
-            })
+            const result = yield* Effect.promise(() =>
+              verifyJwt(token, key, {
+                issuer: settings.issuer,
+                audience: settings.audience,
+                typ: "at+jwt",
+                required: ["iss", "aud", "sub", "iat", "exp", "jti"],
+                clockToleranceSeconds: settings.clockToleranceSeconds,
+                maxTokenAgeSeconds: settings.maxTokenAgeSeconds,
+                now
+              })
+            )
+            if (!result.ok) return yield* invalidToken(`The token was refused (${result.reason})`)
+            const { payload } = result
             const claims = yield* Effect.mapError(decodeClaims(payload), () => invalidToken("The token's claims are malformed"))
-            // Valid until the earlier of expiry and maximum age, each with the tolerance jose allowed.
-            const validUntil = Math.min(payload.exp! * 1000, (payload.iat! + settings.maxTokenAgeSeconds) * 1000) + tolerance
+            // Valid until the earlier of expiry and maximum age, each with the tolerance allowed.
+            const validUntil = Math.min((payload["exp"] as number) * 1000, ((payload["iat"] as number) + settings.maxTokenAgeSeconds) * 1000) + tolerance
             if (verified.size >= 10_000) verified.clear()
-            verified.set(token, { claims, kid: header.kid, validUntil })
+            verified.set(token, { claims, kid, validUntil })
             return claims
           })
 

@@ -36,14 +36,13 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
-import * as Base64Url from "effect/encoding/Base64Url"
 import * as HttpClientRequest from "effect/http/HttpClientRequest"
 import * as HttpServerRequest from "effect/http/HttpServerRequest"
 import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
 import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
-import { ecdsa, es256, importSigningKey, type Key, pathOf, signJws } from "./Jws.ts"
+import { ecdsa, es256, fromBase64url, importSigningKey, type Key, pathOf, segmentJson, signJws } from "./Jws.ts"
 
 export { importSigningKey, pathOf, signJws } from "./Jws.ts"
 
@@ -141,7 +140,6 @@ export const stripSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string>
 
 // Stateless codecs, shared by every request of the isolate.
 const encoder = new TextEncoder()
-const decoder = new TextDecoder()
 
 /** How long a signer reuses one assertion for the same audience and request (well inside its lifetime). */
 const reuseMillis = 10_000
@@ -206,8 +204,6 @@ const remember = <V>(map: Map<string, V>, key: string, value: V) => {
   if (map.size >= 10_000) map.clear()
   map.set(key, value)
 }
-
-const fromBase64url = (text: string): Uint8Array | undefined => Result.getOrUndefined(Base64Url.decode(text))
 
 const reuse = (name: string, make: (now: number) => object) =>
   Effect.gen(function*() {
@@ -279,7 +275,7 @@ const verifyJws = <C extends ServiceClaims | PrincipalClaims>(
     if (value.length > 4096) return yield* refused(`The ${what} is malformed`)
     const parts = value.split(".")
     if (parts.length !== 3) return yield* refused(`The ${what} is malformed`)
-    const header = parseJson(parts[0]!) as { alg?: unknown; kid?: unknown } | undefined
+    const header = segmentJson(parts[0]!) as { alg?: unknown; kid?: unknown } | undefined
     if (header?.alg !== "ES256" || typeof header.kid !== "string") return yield* refused(`The ${what} is not ES256 with a key id`)
     const signer = keys.publicKeys.get(header.kid)
     if (signer === undefined) return yield* refused(`The ${what} names an unknown key`)
@@ -287,23 +283,13 @@ const verifyJws = <C extends ServiceClaims | PrincipalClaims>(
     const valid = signature !== undefined && signature.length === 64 &&
       (yield* Effect.promise(() => crypto.subtle.verify(es256, signer.key, signature, encoder.encode(`${parts[0]}.${parts[1]}`))))
     if (!valid) return yield* refused(`The ${what} is not signed by its key`)
-    const claims = Result.getOrUndefined(decode(parseJson(parts[1]!)))
+    const claims = Result.getOrUndefined(decode(segmentJson(parts[1]!)))
     if (claims === undefined) return yield* refused(`The ${what} is malformed`)
     if (claims.iss !== signer.worker) return yield* refused(`The ${what} claims another Worker than its key's`)
     if (!checkTimes(claims, now)) return yield* refused(`The ${what} has expired`)
     remember(keys.verified, value, claims)
     return claims
   })
-
-const parseJson = (part: string): unknown => {
-  const bytes = fromBase64url(part)
-  if (bytes === undefined) return undefined
-  try {
-    return JSON.parse(decoder.decode(bytes))
-  } catch {
-    return undefined
-  }
-}
 
 const matchesPath = (pattern: string, path: string) =>
   pattern === "*" || pattern === path || (pattern.endsWith("/*") && path.startsWith(pattern.slice(0, -1)))

@@ -1,9 +1,13 @@
 /**
- * The compact JWS (ES256) of the mesh's identity assertions, on WebCrypto
- * alone: what the Workers sign with, and what the Node-side tools (tests'
- * set-up, the benchmark) sign with too.
+ * Compact JWS (ES256) on WebCrypto alone: the mesh's identity assertions,
+ * signed by every Worker and by the Node-side tools (tests' set-up, the
+ * benchmark), and the access tokens auth signs and the gateway verifies
+ * (`verifyJwt`). No JWT library: the rules are few and fixed (ES256 only,
+ * keys only from the caller), and a library would be most of a bundle's
+ * security code.
  */
 import * as Base64Url from "effect/encoding/Base64Url"
+import * as Result from "effect/Result"
 
 /** A WebCrypto key, named without a runtime's global type. */
 export type Key = Awaited<ReturnType<typeof crypto.subtle.importKey>>
@@ -22,9 +26,12 @@ const encoder = new TextEncoder()
 export const ecdsa = { name: "ECDSA", namedCurve: "P-256" } as const
 export const es256 = { name: "ECDSA", hash: "SHA-256" } as const
 
-/** Signs `claims` as a compact JWS (ES256) under `kid`. */
-export const signJws = async (key: Key, kid: string, claims: object): Promise<string> => {
-  const body = `${Base64Url.encode(JSON.stringify({ alg: "ES256", kid, typ: "meshwork+jwt" }))}.${Base64Url.encode(JSON.stringify(claims))}`
+/**
+ * Signs `claims` as a compact JWS (ES256) under `kid`, of type `typ` (the
+ * mesh's identity assertions by default; auth's access tokens are `at+jwt`).
+ */
+export const signJws = async (key: Key, kid: string, claims: object, typ = "meshwork+jwt"): Promise<string> => {
+  const body = `${Base64Url.encode(JSON.stringify({ alg: "ES256", kid, typ }))}.${Base64Url.encode(JSON.stringify(claims))}`
   const signature = await crypto.subtle.sign(es256, key, encoder.encode(body))
   return `${body}.${Base64Url.encode(new Uint8Array(signature))}`
 }
@@ -39,4 +46,97 @@ export const pathOf = (url: string): string => {
   if (start === -1) return "/"
   const query = url.indexOf("?", start)
   return query === -1 ? url.slice(start) : url.slice(start, query)
+}
+
+const decoder = new TextDecoder()
+
+/** The bytes of a base64url segment, or `undefined` if it is not one. */
+export const fromBase64url = (text: string): Uint8Array | undefined => Result.getOrUndefined(Base64Url.decode(text))
+
+/** A base64url segment's JSON object, or `undefined` (not base64url, not JSON, or not an object). */
+export const segmentJson = (segment: string): Record<string, unknown> | undefined => {
+  const bytes = fromBase64url(segment)
+  if (bytes === undefined) return undefined
+  try {
+    const value: unknown = JSON.parse(decoder.decode(bytes))
+    return typeof value === "object" && value !== null && !Array.isArray(value) ? value as Record<string, unknown> : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Imports a public verification key (a JWK) for ES256. */
+export const importVerifyingKey = (jwk: { readonly kty?: unknown; readonly crv?: unknown; readonly x?: unknown; readonly y?: unknown }): Promise<Key> =>
+  crypto.subtle.importKey("jwk", { kty: jwk.kty as string, crv: jwk.crv as string, x: jwk.x as string, y: jwk.y as string }, ecdsa, false, ["verify"])
+
+/** What a JWT must satisfy besides its signature (RFC 7519, RFC 8725, RFC 9068 for `at+jwt`). */
+export interface JwtRules {
+  readonly issuer: string
+  readonly audience: string
+  /** The `typ` header, compared without case and without an `application/` prefix. */
+  readonly typ: string
+  /** Claims that must be present (`iss`, `aud`, `exp` ...). */
+  readonly required: ReadonlyArray<string>
+  /** Seconds of clock skew allowed on `exp`, `nbf` and `iat`. */
+  readonly clockToleranceSeconds: number
+  /** Refused once `iat` is older than this. */
+  readonly maxTokenAgeSeconds: number
+  /** Now, in milliseconds. */
+  readonly now: number
+}
+
+/** A verified token's header and claims, or why it was refused. */
+export type JwtResult =
+  | { readonly ok: true; readonly header: Record<string, unknown>; readonly payload: Record<string, unknown> }
+  | { readonly ok: false; readonly reason: string }
+
+const refuse = (reason: string): JwtResult => ({ ok: false, reason })
+
+const mediaType = (typ: string) => {
+  const lower = typ.toLowerCase()
+  return lower.startsWith("application/") ? lower.slice("application/".length) : lower
+}
+
+/** The protected header of a compact JWS, or `undefined` if it is malformed. */
+export const jwsHeader = (token: string): Record<string, unknown> | undefined => {
+  const parts = token.split(".")
+  return parts.length === 3 ? segmentJson(parts[0]!) : undefined
+}
+
+/**
+ * Verifies a compact JWS JWT signed with ES256 by `key`, then its claims by
+ * `rules`. The algorithm is ES256 whatever the header says; a `crit` header
+ * is refused (no extension is understood); `jku`, `x5u`, `jwk` and the like
+ * are never read: the caller chose `key`.
+ */
+export const verifyJwt = async (token: string, key: Key, rules: JwtRules): Promise<JwtResult> => {
+  const parts = token.split(".")
+  if (parts.length !== 3) return refuse("malformed")
+  const header = segmentJson(parts[0]!)
+  if (header === undefined) return refuse("malformed header")
+  if (header["alg"] !== "ES256") return refuse("algorithm")
+  if (header["crit"] !== undefined) return refuse("unsupported crit header")
+  if (typeof header["typ"] !== "string" || mediaType(header["typ"]) !== mediaType(rules.typ)) return refuse("typ")
+  const signature = fromBase64url(parts[2]!)
+  if (signature === undefined || signature.length !== 64) return refuse("signature")
+  const signed = new TextEncoder().encode(`${parts[0]}.${parts[1]}`)
+  if (!(await crypto.subtle.verify(es256, key, signature, signed))) return refuse("signature")
+  const payload = segmentJson(parts[1]!)
+  if (payload === undefined) return refuse("malformed claims")
+  for (const claim of rules.required) if (payload[claim] === undefined) return refuse(`missing ${claim}`)
+  const { iss, aud, sub, jti, iat, exp, nbf } = payload
+  if (iss !== undefined && iss !== rules.issuer) return refuse("issuer")
+  if (aud !== undefined && !(aud === rules.audience || (Array.isArray(aud) && aud.includes(rules.audience)))) return refuse("audience")
+  if ((sub !== undefined && typeof sub !== "string") || (jti !== undefined && typeof jti !== "string")) return refuse("malformed claims")
+  const isTime = (value: unknown) => value === undefined || (typeof value === "number" && Number.isFinite(value))
+  if (!isTime(iat) || !isTime(exp) || !isTime(nbf)) return refuse("malformed claims")
+  const now = Math.floor(rules.now / 1000)
+  const tolerance = rules.clockToleranceSeconds
+  if (typeof exp === "number" && exp <= now - tolerance) return refuse("expired")
+  if (typeof nbf === "number" && nbf > now + tolerance) return refuse("not yet valid")
+  if (typeof iat === "number") {
+    if (iat > now + tolerance) return refuse("issued in the future")
+    if (now - iat - tolerance > rules.maxTokenAgeSeconds) return refuse("too old")
+  }
+  return { ok: true, header, payload }
 }

@@ -17,7 +17,7 @@ import * as Schema from "effect/Schema"
 import * as Base64Url from "effect/encoding/Base64Url"
 import * as Hex from "effect/encoding/Hex"
 import * as SqlClient from "effect/sql/SqlClient"
-import { importJWK, SignJWT } from "jose"
+import { Identity } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import type { Jwks } from "./api.ts"
 import { InvalidRefreshToken } from "./api.ts"
@@ -68,7 +68,8 @@ export class AccessTokens extends Context.Service<AccessTokens, {
       const settings = yield* TokenSettings
       const keySet = yield* Config.schema(Schema.fromJsonString(KeySet), "AUTH_SIGNING_KEYS")
       const active = keySet.keys.find((key) => key.kid === keySet.active)!
-      const privateKey = yield* Effect.promise(() => importJWK(active, "ES256"))
+      // Signed on WebCrypto alone, as the mesh signs its identity assertions: no JWT library in this bundle.
+      const privateKey = yield* Effect.promise(() => Identity.importSigningKey(active))
       const jwks: Jwks = {
         keys: keySet.keys.map(({ kty, crv, x, y, kid, alg }) => ({ kty, crv, x, y, kid, alg, use: "sig" as const }))
       }
@@ -80,15 +81,15 @@ export class AccessTokens extends Context.Service<AccessTokens, {
           const now = Math.floor((yield* Clock.currentTimeMillis) / 1000)
           const jti = yield* uuidv7
           return yield* Effect.promise(() =>
-            new SignJWT({ roles: [subject.role] })
-              .setProtectedHeader({ alg: "ES256", kid: active.kid, typ: "at+jwt" })
-              .setIssuer(settings.issuer)
-              .setAudience(settings.audience)
-              .setSubject(subject.id)
-              .setIssuedAt(now)
-              .setExpirationTime(now + settings.accessTtlSeconds)
-              .setJti(jti)
-              .sign(privateKey)
+            Identity.signJws(privateKey, active.kid, {
+              roles: [subject.role],
+              iss: settings.issuer,
+              aud: settings.audience,
+              sub: subject.id,
+              iat: now,
+              exp: now + settings.accessTtlSeconds,
+              jti
+            }, "at+jwt")
           )
         })
       })
