@@ -48,7 +48,7 @@ const duration = Number(flags.duration)
 const connections = Number(flags.connections)
 const coldSamples = Number(flags.samples)
 
-const groups = ["one-hop", "api", "chain", "hops", "cache", "fan-out", "tracing", "cold"] as const
+const groups = ["one-hop", "api", "chain", "hops", "rpc", "cache", "fan-out", "tracing", "cold"] as const
 type Group = (typeof groups)[number]
 const only = flags.only?.split(",")
 for (const group of only ?? []) {
@@ -146,14 +146,12 @@ const targets: Array<Target> = [
     port: 0
   })),
   { id: "chain-bare", group: "chain", worker: "bare-gateway", path: `/api/users/${seeded.id}`, port: 0 },
-  chain("chain-mesh", "meshwork-gateway", { "meshwork-gateway": countEveryRequest }),
+  chain("chain-mesh", "chain-gateway", { "chain-gateway": countEveryRequest }),
   // Every resilience policy off: no rate limits, routes without timeout, retry or breaker settings.
   chain("chain-no-policies", "no-policies-gateway", { "no-policies-gateway": { RATE_LIMITS: [] }, "no-policies-router": routesWithoutPolicies }),
   // Only the overload layer off: the routes' bulkheads (concurrency caps, adaptive limits).
   chain("chain-no-overload", "no-overload-gateway", { "no-overload-gateway": countEveryRequest, "no-overload-router": routesWithoutBulkheads }),
-  // The console's live figures (LiveStats) on and off, each on copies of the gateway and the router
-  // that no other variant uses: chain-mesh's own Workers also serve other groups, and measured up to
-  // 10% below identical copies in the same run, which would be charged to whatever a copy turns off.
+  // The console's live figures (LiveStats) on and off, on two copies that differ only in them.
   chain("chain-live", "live-gateway", { "live-gateway": countEveryRequest }),
   // Nothing counted per call, nothing reported.
   chain("chain-no-live", "no-live-gateway", { "no-live-gateway": { ...countEveryRequest, LIVE_STATS: false }, "no-live-router": { LIVE_STATS: false } }),
@@ -167,11 +165,14 @@ const targets: Array<Target> = [
     "traced-router": () => ({ OTLP_ENDPOINT: collectorUrl() }),
     "traced-users": () => ({ OTLP_ENDPOINT: collectorUrl() })
   }, "tracing"),
-  chain("chain-untraced", "meshwork-gateway", { "meshwork-gateway": countEveryRequest }, "tracing"),
+  chain("chain-untraced", "untraced-gateway", { "untraced-gateway": countEveryRequest }, "tracing"),
   { id: "users-bare", group: "hops", worker: "bare-users", path: `/api/users/${seeded.id}`, port: 0 },
   { id: "users-mesh", group: "hops", worker: "meshwork-users", path: `/api/users/${seeded.id}`, credentials: "identity", port: 0 },
   { id: "router-bare", group: "hops", worker: "bare-router", path: `/api/users/${seeded.id}`, port: 0 },
   { id: "router-mesh", group: "hops", worker: "meshwork-router", path: `/api/users/${seeded.id}`, credentials: "identity", port: 0 },
+  // One internal hop over the same service binding, as an HTTP request and as a Workers RPC call.
+  { id: "hop-http", group: "rpc", worker: "hop-client", path: "/http/users/u_42", port: 0 },
+  { id: "hop-rpc", group: "rpc", worker: "hop-client", path: "/rpc/users/u_42", port: 0 },
   // A product read through the whole mesh: the gateway's edge cache on (HITs) and off.
   {
     id: "product-cached",
@@ -228,6 +229,7 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["live figures on/off", "chain-live", "chain-no-live"],
   ["users hop/bare", "users-mesh", "users-bare"],
   ["router+users/bare", "router-mesh", "router-bare"],
+  ["rpc/http hop", "hop-rpc", "hop-http"],
   ["cached/uncached product", "product-cached", "product-uncached"],
   ["cart batched/per-id", "cart-batched", "cart-per-id"],
   ["tracing on/off", "chain-traced", "chain-untraced"]
@@ -421,6 +423,8 @@ const benchWorkers: Record<string, { readonly file?: string } & Record<string, u
   "bare-gateway": { serviceBindings: { ROUTER: "bare-router" } },
   "bare-router": { serviceBindings: { USERS: "bare-users" } },
   "bare-users": { d1Databases: { USERS_DB: "bench-bare-users" } },
+  "hop-client": { serviceBindings: { SERVER: "hop-server" } },
+  "hop-server": {},
   "count-batched": { file: "counting-proxy", serviceBindings: { UPSTREAM: "meshwork-products" } },
   "count-per-id": { file: "counting-proxy", serviceBindings: { UPSTREAM: "meshwork-products" } }
 }
@@ -430,6 +434,12 @@ const benchWorkers: Record<string, { readonly file?: string } & Record<string, u
  * settings are their own until a variant says otherwise (Target.config).
  */
 const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & Record<string, unknown>> = [
+  // Every chain variant runs on a gateway and a router of its own, which serve nothing else, as the
+  // hand-written chain's do: the mesh's own Workers also serve the hops and cache groups, and a
+  // Worker that has served other requests measured up to 25% slower on the chain than an identical
+  // copy in the same run (bench/RESULTS.md, "Like with like").
+  { name: "chain-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "chain-router" } },
+  { name: "chain-router", from: "meshwork-router" },
   { name: "no-policies-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-policies-router" } },
   { name: "no-policies-router", from: "meshwork-router" },
   { name: "no-cache-gateway", from: "meshwork-gateway" },
@@ -439,7 +449,8 @@ const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & 
   { name: "live-router", from: "meshwork-router" },
   { name: "no-live-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-live-router" } },
   { name: "no-live-router", from: "meshwork-router" },
-  { name: "local-limit-gateway", from: "meshwork-gateway" },
+  { name: "local-limit-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "local-limit-router" } },
+  { name: "local-limit-router", from: "meshwork-router" },
   // Each fan-out variant reaches products through its own counting proxy.
   { name: "meshwork-sessions", from: "meshwork-sessions", serviceBindings: { PRODUCTS: "count-batched" } },
   {
@@ -448,10 +459,13 @@ const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & 
     serviceBindings: { PRODUCTS: "count-per-id" },
     durableObjects: { SESSIONS: { className: "SessionObject", scriptName: "meshwork-sessions", useSQLite: true } }
   },
-  // The chain gateway -> router -> users again, for the tracing group.
+  // The chain gateway -> router -> users again, twice, for the tracing group: traced and not.
   { name: "traced-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "traced-router" } },
   { name: "traced-router", from: "meshwork-router", serviceBindings: { USERS: "traced-users" } },
-  { name: "traced-users", from: "meshwork-users" }
+  { name: "traced-users", from: "meshwork-users" },
+  { name: "untraced-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "untraced-router" } },
+  { name: "untraced-router", from: "meshwork-router", serviceBindings: { USERS: "untraced-users" } },
+  { name: "untraced-users", from: "meshwork-users" }
 ]
 
 /** Every Worker's options, the mesh's if it was built; bench Workers not bundled yet (`bundle`). */
@@ -892,11 +906,21 @@ const profile = async (target: Target) => {
       self.set(key, (self.get(key) ?? 0) + delta)
       total += delta
     })
-    const busy = total - (self.get("(idle) :0") ?? 0)
+    // An isolate that runs no JavaScript shows as "(program)" (workerd outside the isolate), like "(idle)".
+    const busy = total - (self.get("(idle) :0") ?? 0) - (self.get("(program) :0") ?? 0)
     if (busy < total * 0.05) continue
     const file = join(root, "bench/results", `${target.id}-${session.title.replace(/\W+/g, "_")}.cpuprofile`)
     writeFileSync(file, JSON.stringify(profile))
+    // Where this hop's busy time goes: JavaScript (the bundle's, and workerd's own modules such as
+    // D1's), workerd's native calls (frames with no script: Request, Response, fetch, streams), GC.
+    const share = (match: (key: string) => boolean) =>
+      [...self].filter(([key]) => match(key)).reduce((sum, [, micros]) => sum + micros, 0) / busy
+    const gc = share((key) => key.startsWith("(garbage collector)"))
+    const native = share((key) => key.endsWith(" :0") && !key.startsWith("(") )
+    const requests = Object.values(sample.statuses).reduce((sum, count) => sum + count, 0)
     console.log(`\n${session.title}: ${(total / 1000).toFixed(0)} ms sampled, ${file}`)
+    console.log(`  busy ${(busy / 1000).toFixed(0)} ms${requests > 0 ? `, ${(busy / requests).toFixed(0)} µs per request` : ""}: ` +
+      `JavaScript ${(100 * (1 - gc - native)).toFixed(0)}%, native ${(100 * native).toFixed(0)}%, GC ${(100 * gc).toFixed(0)}%`)
     for (const [key, micros] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 15)) {
       console.log(`  ${((100 * micros) / total).toFixed(1).padStart(5)}%  ${key}`)
     }
@@ -906,6 +930,7 @@ const profile = async (target: Target) => {
 
 /** The load groups: checks, warm-up, interleaved rounds. */
 const runLoad = async (mf: Miniflare) => {
+  console.log(`workerd is up (${elapsed()}); checking and warming up every variant...`)
   /** Each variant's samples by round; a round it failed is a hole. */
   const samples = new Map<string, Array<Sample | undefined>>(targets.map((target) => [target.id, Array.from({ length: rounds })]))
   const broken = (target: Target) => failures.get(target.id)?.some((f) => f.kind === "check" || f.kind === "error") === true
@@ -964,7 +989,7 @@ const runLoad = async (mf: Miniflare) => {
       const sample = await measure(target, duration, `round ${round}`)
       samples.get(target.id)![round - 1] = sample
     }
-    console.log(`round ${round}/${rounds}: ${order.map((t) => `${t.id} ${Math.round(samples.get(t.id)![round - 1]?.rps ?? 0)}`).join(", ")}`)
+    console.log(`round ${round}/${rounds} (${elapsed()}): ${order.map((t) => `${t.id} ${Math.round(samples.get(t.id)![round - 1]?.rps ?? 0)}`).join(", ")}`)
   }
 
   const summary = targets.map((target) => {
@@ -1203,8 +1228,16 @@ const runCold = async () => {
 }
 
 /** The markdown table of a full run, for bench/RESULTS.md. */
+/** Minutes and seconds since the run began. */
+const benchStarted = Date.now()
+const elapsed = (since = benchStarted) => {
+  const seconds = Math.round((Date.now() - since) / 1000)
+  return `${Math.floor(seconds / 60)} min ${String(seconds % 60).padStart(2, "0")} s`
+}
+
 const resultsTable = (results: {
   readonly commit: string
+  readonly took: string
   readonly machine: ReturnType<typeof machine>
   readonly clean: boolean
   readonly failures: Record<string, unknown>
@@ -1216,7 +1249,7 @@ const resultsTable = (results: {
   return [
     `### ${file.replace(/\.json$/, "")} (\`${results.commit}\`)`,
     "",
-    `${rounds} rounds of ${duration} s, ${connections} connections, ${coldSamples} cold samples; load average at the start ${
+    `${rounds} rounds of ${duration} s, ${connections} connections, ${coldSamples} cold samples; took ${results.took}; load average at the start ${
       results.machine.loadAverage.join(", ")
     }; ${results.clean ? "every variant ran clean" : `**not clean**: ${Object.keys(results.failures).join(", ")} failed (the JSON says how)`}.`,
     "Load ratios: higher is better (req/s; CPU is the inverse ratio of µs per request). Cold ratios: higher is slower.",
@@ -1283,6 +1316,7 @@ const main = async (): Promise<boolean> => {
   const results = {
     date: started.toISOString(),
     commit,
+    took: elapsed(),
     machine: machineAtStart,
     settings: { groups: only ?? groups, rounds, durationSeconds: duration, connections, threads: 1, coldSamples },
     clean,
@@ -1291,7 +1325,7 @@ const main = async (): Promise<boolean> => {
     cold
   }
   writeFileSync(join(root, "bench/results", file), JSON.stringify(results, null, 2) + "\n")
-  console.log(`\nwrote bench/results/${file}`)
+  console.log(`\nwrote bench/results/${file} (the run took ${results.took})`)
   if (fullRun) {
     recordFullRun(resultsTable(results, file))
     console.log("added its table to bench/RESULTS.md")
