@@ -166,6 +166,9 @@ const targets: Array<Target> = [
     "traced-users": () => ({ OTLP_ENDPOINT: collectorUrl() })
   }, "tracing"),
   chain("chain-untraced", "untraced-gateway", { "untraced-gateway": countEveryRequest }, "tracing"),
+  // One hop (the one-hop route on Meshwork's adapter) with tracing on and exporting, and off, on two copies.
+  { id: "hop-traced", group: "tracing", worker: "meshwork-traced", path: "/hello", config: { "meshwork-traced": () => ({ OTLP_ENDPOINT: collectorUrl() }) }, port: 0 },
+  { id: "hop-untraced", group: "tracing", worker: "meshwork-untraced", path: "/hello", port: 0 },
   { id: "users-bare", group: "hops", worker: "bare-users", path: `/api/users/${seeded.id}`, port: 0 },
   { id: "users-mesh", group: "hops", worker: "meshwork-users", path: `/api/users/${seeded.id}`, credentials: "identity", port: 0 },
   { id: "router-bare", group: "hops", worker: "bare-router", path: `/api/users/${seeded.id}`, port: 0 },
@@ -232,7 +235,8 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["rpc/http hop", "hop-rpc", "hop-http"],
   ["cached/uncached product", "product-cached", "product-uncached"],
   ["cart batched/per-id", "cart-batched", "cart-per-id"],
-  ["tracing on/off", "chain-traced", "chain-untraced"]
+  ["tracing on/off", "chain-traced", "chain-untraced"],
+  ["tracing on/off, one hop", "hop-traced", "hop-untraced"]
 ]
 
 /** What went wrong with a variant; any of these marks it, and the run is not clean. */
@@ -423,6 +427,8 @@ const benchWorkers: Record<string, { readonly file?: string } & Record<string, u
   "bare-gateway": { serviceBindings: { ROUTER: "bare-router" } },
   "bare-router": { serviceBindings: { USERS: "bare-users" } },
   "bare-users": { d1Databases: { USERS_DB: "bench-bare-users" } },
+  "meshwork-traced": { file: "meshwork" },
+  "meshwork-untraced": { file: "meshwork" },
   "hop-client": { serviceBindings: { SERVER: "hop-server" } },
   "hop-server": {},
   "count-batched": { file: "counting-proxy", serviceBindings: { UPSTREAM: "meshwork-products" } },
