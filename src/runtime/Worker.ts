@@ -145,7 +145,7 @@ export const respond = (services: Context.Context<never>, annotations: Record<st
   if (Problem.isUnexpected(exit.cause)) {
     const log = Effect.logError("Request failed", exit.cause).pipe(Effect.annotateLogs(annotations))
     // Logged in the request's span, so the line carries its trace id.
-    Effect.runForkWith(services)(span === undefined ? log : Effect.withParentSpan(log, span))
+    Effect.runForkWith(services)(span === undefined ? log : Effect.withParentSpan(log, span, { captureStackTrace: false }))
   }
   return Problem.fromCause(exit.cause)
 }

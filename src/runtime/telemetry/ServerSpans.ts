@@ -76,7 +76,8 @@ export const startSpan = (service: Service, name: string, kind: Tracer.SpanKind,
 /** Runs `effect` inside `span` (its parent span, `ServerSpan`, and the carried `tracestate`). */
 export const within = <A, E, R>(effect: Effect.Effect<A, E, R>, span: Tracer.Span, tracestate: string | undefined) =>
   effect.pipe(
-    Effect.withParentSpan(span),
+    // No stack trace: it would name this runtime's frame, and capturing one per request costs more than the rest of the span.
+    Effect.withParentSpan(span, { captureStackTrace: false }),
     Effect.provideService(ServerSpan, span),
     Effect.provideService(TraceState, tracestate)
   )
@@ -103,10 +104,29 @@ export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unkno
     "http.route": typeof route === "string" ? route : "unmatched",
     "http.response.status_code": String(response.status)
   }
-  const context = Context.empty()
-  Metric.withAttributes(requests, attributes).updateUnsafe(1, context)
+  const { count, duration } = seriesOf(attributes)
+  count.updateUnsafe(1, metricContext)
   const start = span.status._tag === "Ended" ? span.status.startTime : end
-  Metric.withAttributes(requestDuration, attributes).updateUnsafe(Number(end - start) / 1e9, context)
+  duration.updateUnsafe(Number(end - start) / 1e9, metricContext)
+}
+
+const metricContext = Context.empty()
+
+/**
+ * The request metrics of one method, route and status, made once per isolate: a metric with
+ * attributes is keyed by a sorted JSON of them, which costs more than the update itself.
+ */
+const series = new Map<string, { readonly count: Metric.Metric<number, unknown>; readonly duration: Metric.Metric<number, unknown> }>()
+const seriesOf = (attributes: Record<string, string>) => {
+  const key = `${attributes["http.request.method"]} ${attributes["http.route"]} ${attributes["http.response.status_code"]}`
+  let found = series.get(key)
+  if (found === undefined) {
+    // Routes are a Worker's own and statuses few; the bound only guards against a runaway label.
+    if (series.size >= 1000) series.clear()
+    found = { count: Metric.withAttributes(requests, attributes), duration: Metric.withAttributes(requestDuration, attributes) }
+    series.set(key, found)
+  }
+  return found
 }
 
 /**
@@ -150,7 +170,13 @@ export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<u
       pending.push(promise)
       ctx.waitUntil(promise)
     },
-    done: () => ctx.waitUntil(exportAfter(service, traceId, settled))
+    // With no work to wait for (most requests), the export needs no timer and no race.
+    done: () =>
+      ctx.waitUntil(
+        pending.length === 0
+          ? Promise.all([service.finish(traceId), service.exportMetrics()]).then(() => undefined, () => undefined)
+          : exportAfter(service, traceId, settled)
+      )
   }
 }
 
