@@ -120,6 +120,11 @@ const routesWithoutBulkheads = (defaults: Readonly<Record<string, unknown>>) => 
   ROUTES: (defaults["ROUTES"] as ReadonlyArray<Record<string, unknown>>).map(({ bulkhead: _, ...route }) => route)
 })
 
+/** The routes without their timeouts, every other policy on (the gateway's route to the router, the router's to users). */
+const routesWithoutTimeouts = (defaults: Readonly<Record<string, unknown>>) => ({
+  ROUTES: (defaults["ROUTES"] as ReadonlyArray<Record<string, unknown>>).map(({ timeoutMs: _, ...route }) => route)
+})
+
 /** The body of the `api` group's POST, valid for every variant. */
 const newUser = JSON.stringify({ email: "new@example.com", name: "New User", tags: ["bench", "load"] })
 
@@ -148,6 +153,8 @@ const targets: Array<Target> = [
   { id: "chain-bare", group: "chain", worker: "bare-gateway", path: `/api/users/${seeded.id}`, port: 0 },
   chain("chain-mesh", "chain-gateway", { "chain-gateway": countEveryRequest }),
   // Every resilience policy off: no rate limits, routes without timeout, retry or breaker settings.
+  // Only the routes' timeouts off.
+  chain("chain-no-timeouts", "no-timeouts-gateway", { "no-timeouts-gateway": (d: Readonly<Record<string, unknown>>) => ({ ...countEveryRequest, ...routesWithoutTimeouts(d) }), "no-timeouts-router": routesWithoutTimeouts }),
   chain("chain-no-policies", "no-policies-gateway", { "no-policies-gateway": { RATE_LIMITS: [] }, "no-policies-router": routesWithoutPolicies }),
   // Only the overload layer off: the routes' bulkheads (concurrency caps, adaptive limits).
   chain("chain-no-overload", "no-overload-gateway", { "no-overload-gateway": countEveryRequest, "no-overload-router": routesWithoutBulkheads }),
@@ -227,6 +234,7 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["api-post hono/bare", "api-post-hono", "api-post-bare"],
   ["chain/bare-chain", "chain-mesh", "chain-bare"],
   ["policies on/off", "chain-mesh", "chain-no-policies"],
+  ["timeouts on/off", "chain-mesh", "chain-no-timeouts"],
   ["overload layer on/off", "chain-mesh", "chain-no-overload"],
   ["shared/per-isolate rate limit", "chain-mesh", "chain-local-limit"],
   ["live figures on/off", "chain-live", "chain-no-live"],
@@ -446,6 +454,8 @@ const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & 
   // copy in the same run (bench/RESULTS.md, "Like with like").
   { name: "chain-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "chain-router" } },
   { name: "chain-router", from: "meshwork-router" },
+  { name: "no-timeouts-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-timeouts-router" } },
+  { name: "no-timeouts-router", from: "meshwork-router" },
   { name: "no-policies-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-policies-router" } },
   { name: "no-policies-router", from: "meshwork-router" },
   { name: "no-cache-gateway", from: "meshwork-gateway" },

@@ -120,6 +120,38 @@ it.effect("a route timeout cancels the upstream call, with or without retries", 
     expect(yield* calls(k)).toEqual({ calls: 1, aborted: true })
   }))
 
+// On the live clock (as deployed) the proxy times an attempt out by its fetch's own signal, not by
+// Effect's timeout: the same answers, on real time.
+it.live("on the live clock, a route timeout and a deadline abort the upstream call by the fetch's own signal", () =>
+  Effect.gen(function*() {
+    const hung = key()
+    const refused = yield* Effect.flip(call(`/hang?key=${hung}`, { timeoutMs: 100 }))
+    expect(refused).toBeInstanceOf(Problem.GatewayTimeout)
+    expect(refused.detail).toBe("flaky did not answer within 100 ms")
+    yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+    expect(yield* calls(hung)).toEqual({ calls: 1, aborted: true })
+
+    const late = key()
+    const started = Date.now()
+    const past = yield* Effect.flip(
+      call(`/hang?key=${late}`, { retry: { attempts: 3, deadlineMs: 300 }, timeoutMs: 5_000 }).pipe(Effect.provide(Retries.layer))
+    )
+    expect(past).toBeInstanceOf(Problem.GatewayTimeout)
+    expect(past.detail).toBe("flaky did not answer within the deadline")
+    expect(Date.now() - started).toBeLessThan(3_000)
+    yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+    // On real time a retry may still start in the last milliseconds before the deadline, and is aborted at it.
+    expect(yield* calls(late)).toMatchObject({ aborted: true })
+
+    // An answer in time is the answer, and an unreachable upstream is still 502, not a timeout.
+    expect((yield* call(`/status/200?key=${key()}`, { timeoutMs: 1_000 })).status).toBe(200)
+    const gone = yield* Effect.flip(Proxy.forward(
+      { service: "gone", fetcher: { fetch: () => Promise.reject(new Error("connection refused")) } as never, timeoutMs: 1_000 },
+      new Request("http://gone/x")
+    ))
+    expect(gone).toBeInstanceOf(Problem.BadGateway)
+  }))
+
 it.effect("under a 100%-failing upstream the budget caps retries at 20% of requests (at least 10/s)", () =>
   Effect.gen(function*() {
     const k = key()

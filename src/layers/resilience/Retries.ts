@@ -206,13 +206,20 @@ export const withRetries = <A, E, R>(options: {
   readonly unreachable: (error: E) => boolean
   /** The Worker's `Retries`, when the caller has already looked it up; otherwise it is read from the context. */
   readonly retries?: Retries["Service"] | undefined
+  /**
+   * `attempt` bounded by a timeout of its own making (a fetch's signal, a native timer), failing
+   * with `timedOut()` when it passes: cheaper than the Effect timeout used without it, which races
+   * the attempt against a sleep in two fibers. It must cover all of the attempt's waiting.
+   */
+  readonly attemptWithin?: ((millis: number, timedOut: () => Problem.GatewayTimeout) => Effect.Effect<A, E | Problem.GatewayTimeout, R>) | undefined
 }): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
-  const { answer, upstream, attempt } = options
-  const within = (millis: number, what: string): Effect.Effect<A, E | Problem.GatewayTimeout, R> =>
-    Effect.timeoutOrElse(attempt, {
-      duration: Duration.millis(Math.max(0, millis)),
-      orElse: () => Effect.fail(new Problem.GatewayTimeout({ detail: `${upstream} did not answer within ${what}` }))
-    })
+  const { answer, upstream, attempt, attemptWithin } = options
+  const within = (millis: number, what: string): Effect.Effect<A, E | Problem.GatewayTimeout, R> => {
+    const timedOut = () => new Problem.GatewayTimeout({ detail: `${upstream} did not answer within ${what}` })
+    return attemptWithin !== undefined
+      ? attemptWithin(Math.max(0, millis), timedOut)
+      : Effect.timeoutOrElse(attempt, { duration: Duration.millis(Math.max(0, millis)), orElse: () => Effect.fail(timedOut()) })
+  }
   const timeout = options.timeoutMs
   const once = timeout === undefined ? attempt : within(timeout, `${timeout} ms`)
   const retryable = (error: E | Problem.GatewayTimeout): boolean =>

@@ -153,30 +153,49 @@ export const forward = (
       // Every optional policy is read from the context once, here, not per step.
       const context = fiber.context
       const tracing = Telemetry.isTracing(fiber)
+      const unreachable = () =>
+        new Problem.BadGateway({ service: target.service, detail: `The ${target.service} service could not be reached` })
       const send = (trace: Telemetry.Carrier | undefined) =>
         Effect.map(
-          Effect.tryPromise({
-            try: (signal) => target.fetcher.fetch(outgoing(trace), { signal }),
-            catch: () =>
-              new Problem.BadGateway({ service: target.service, detail: `The ${target.service} service could not be reached` })
-          }),
+          Effect.tryPromise({ try: (signal) => target.fetcher.fetch(outgoing(trace), { signal }), catch: unreachable }),
           downstreamResponse
         )
       // Faults stand in for the call inside its span, so a trace shows the injected answer.
       const faults = Context.getOption(context, Faults.FaultInjection)
-      const injected = faults._tag === "Some" && faults.value.enabled && target.faults !== undefined
+      const faulty = faults._tag === "Some" && faults.value.enabled && target.faults !== undefined
+      const injected = faulty
         ? (trace: Telemetry.Carrier | undefined) => Faults.inject(target.service, target.faults, send(trace))
         : send
       // With tracing on, each attempt is a client span whose context the upstream continues.
-      const attempt = tracing
-        ? Effect.flatMap(Telemetry.activeCarrier, injected).pipe(
-          Effect.tap((response) => Effect.annotateCurrentSpan("http.response.status_code", response.status)),
-          Effect.withSpan(`${request.method} ${target.service}`, {
-            kind: "client",
-            attributes: { "http.request.method": request.method, "server.address": target.service }
-          }, { captureStackTrace: false })
-        )
-        : injected(undefined)
+      const traced = <E>(sending: (trace: Telemetry.Carrier | undefined) => Effect.Effect<Response, E>): Effect.Effect<Response, E> =>
+        tracing
+          ? Effect.flatMap(Telemetry.activeCarrier, sending).pipe(
+            Effect.tap((response) => Effect.annotateCurrentSpan("http.response.status_code", response.status)),
+            Effect.withSpan(`${request.method} ${target.service}`, {
+              kind: "client",
+              attributes: { "http.request.method": request.method, "server.address": target.service }
+            }, { captureStackTrace: false })
+          )
+          : sending(undefined)
+      const attempt = traced(injected)
+      // On the live clock, an attempt's timeout is its fetch's own signal, a native timer: no fibers
+      // raced per call. On another clock (tests' virtual time) the timeout must follow that clock, and
+      // with faults injected a delay must count against it: then the Effect timeout.
+      const attemptWithin = faulty || fiber.getRef(Clock.Clock) !== liveClock
+        ? undefined
+        : (millis: number, timedOut: () => Problem.GatewayTimeout) =>
+          traced((trace) =>
+            Effect.suspend(() => {
+              const timer = AbortSignal.timeout(millis)
+              return Effect.map(
+                Effect.tryPromise({
+                  try: (signal) => target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timer]) }),
+                  catch: () => (timer.aborted ? timedOut() : unreachable())
+                }),
+                downstreamResponse
+              )
+            })
+          )
       const call = Retry.withRetries<Response, Problem.BadGateway, never>({
         upstream: target.service,
         method: request.method,
@@ -186,6 +205,7 @@ export const forward = (
         answer: Retry.webResponse,
         unreachable: (error) => error instanceof Problem.BadGateway,
         attempt,
+        attemptWithin,
         retries: Option.getOrNull(Context.getOption(context, Retry.Retries)) ?? undefined
       })
       const breakers = Context.getOption(context, CircuitBreakers)
@@ -194,6 +214,9 @@ export const forward = (
       const bulkheads = Context.getOrUndefined(context, Bulkheads)
       return bulkheads === undefined ? guarded : bulkheads.guard(target, guarded)
     })))
+
+/** Effect's live clock, the default of `Clock.Clock` (one instance per isolate). */
+const liveClock = Context.get(Context.empty(), Clock.Clock)
 
 /**
  * This Worker's assertion for the upstream (audience: the route's service,
