@@ -207,7 +207,7 @@ export const withRetries = <A, E, R>(options: {
   /** The Worker's `Retries`, when the caller has already looked it up; otherwise it is read from the context. */
   readonly retries?: Retries["Service"] | undefined
   /**
-   * `attempt` bounded by a timeout of its own making (a fetch's signal, a native timer), failing
+   * `attempt` bounded by a timeout of its own making (a fetch's signal aborted by a timer), failing
    * with `timedOut()` when it passes: cheaper than the Effect timeout used without it, which races
    * the attempt against a sleep in two fibers. It must cover all of the attempt's waiting.
    */

@@ -178,19 +178,23 @@ export const forward = (
           )
           : sending(undefined)
       const attempt = traced(injected)
-      // On the live clock, an attempt's timeout is its fetch's own signal, a native timer: no fibers
-      // raced per call. On another clock (tests' virtual time) the timeout must follow that clock, and
+      // On the live clock, an attempt's timeout is its fetch's own signal, aborted by a plain timer: no
+      // fibers raced per call. On another clock (tests' virtual time) the timeout must follow that clock, and
       // with faults injected a delay must count against it: then the Effect timeout.
       const attemptWithin = faulty || fiber.getRef(Clock.Clock) !== liveClock
         ? undefined
         : (millis: number, timedOut: () => Problem.GatewayTimeout) =>
           traced((trace) =>
             Effect.suspend(() => {
-              const timer = AbortSignal.timeout(millis)
+              // Cleared as soon as the fetch settles: no timer outlives its call.
+              const timeout = new AbortController()
+              const timer = setTimeout(() => timeout.abort(), millis)
               return Effect.map(
                 Effect.tryPromise({
-                  try: (signal) => target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timer]) }),
-                  catch: () => (timer.aborted ? timedOut() : unreachable())
+                  try: (signal) =>
+                    target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timeout.signal]) })
+                      .finally(() => clearTimeout(timer)),
+                  catch: () => (timeout.signal.aborted ? timedOut() : unreachable())
                 }),
                 downstreamResponse
               )
