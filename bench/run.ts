@@ -944,6 +944,25 @@ const profile = async (target: Target) => {
   console.log(`\n${target.id}: ${Math.round(sample.rps)} req/s under the profiler, statuses ${JSON.stringify(sample.statuses)}`)
 }
 
+/** `items` in an order drawn from `seed` (Fisher-Yates over a small xorshift generator). */
+const shuffled = <T>(items: ReadonlyArray<T>, seed: number): Array<T> => {
+  const out = [...items]
+  let state = (seed * 2654435761) >>> 0 || 1
+  const next = () => {
+    state ^= state << 13
+    state >>>= 0
+    state ^= state >>> 17
+    state ^= state << 5
+    state >>>= 0
+    return state / 2 ** 32
+  }
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1))
+    ;[out[i], out[j]] = [out[j]!, out[i]!]
+  }
+  return out
+}
+
 /** The load groups: checks, warm-up, interleaved rounds. */
 const runLoad = async (mf: Miniflare) => {
   console.log(`workerd is up (${elapsed()}); checking and warming up every variant...`)
@@ -999,8 +1018,10 @@ const runLoad = async (mf: Miniflare) => {
   }
   const measured = targets.filter((target) => !broken(target))
   for (let round = 1; round <= rounds; round++) {
-    // Rotate the order each round so no variant always runs first or last.
-    const order = measured.map((_, i) => measured[(i + round) % measured.length]!).filter((target) => !broken(target))
+    // A new order each round (seeded by the round, so runs are alike): no variant always runs first
+    // or last, nor always right after the same neighbour, whose leftovers (a D1 file's checkpoint, a
+    // collector's backlog, garbage) would otherwise always fall on it. A rotation kept neighbours.
+    const order = shuffled(measured, round).filter((target) => !broken(target))
     for (const target of order) {
       const sample = await measure(target, duration, `round ${round}`)
       samples.get(target.id)![round - 1] = sample
