@@ -86,6 +86,11 @@ describe("verifyJwt", () => {
     expect(await reason(await sign(header, { ...claims, aud: ["other"] }))).toBe("audience")
     const { jti: _, ...noJti } = claims
     expect(await reason(await sign(header, noJti))).toBe("missing jti")
+    // The issuer, audience and age are checked against claims that must be there, whatever else is required.
+    const { iss: _i, ...noIss } = claims
+    const { iat: _t, ...noIat } = claims
+    expect(await reason(await sign(header, noIss), { required: [] })).toBe("missing iss")
+    expect(await reason(await sign(header, noIat), { required: [] })).toBe("missing iat")
     expect(await reason(await sign(header, { ...claims, sub: 42 }))).toBe("malformed claims")
     expect(await reason(await sign(header, { ...claims, exp: "soon" }))).toBe("malformed claims")
   })

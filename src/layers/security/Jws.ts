@@ -75,7 +75,7 @@ export interface JwtRules {
   readonly audience: string
   /** The `typ` header, compared without case and without an `application/` prefix. */
   readonly typ: string
-  /** Claims that must be present (`iss`, `aud`, `exp` ...). */
+  /** Claims that must be present besides `iss`, `aud` and `iat`, which always must (`exp`, `sub` ...). */
   readonly required: ReadonlyArray<string>
   /** Seconds of clock skew allowed on `exp`, `nbf` and `iat`. */
   readonly clockToleranceSeconds: number
@@ -123,7 +123,8 @@ export const verifyJwt = async (token: string, key: Key, rules: JwtRules): Promi
   if (!(await crypto.subtle.verify(es256, key, signature, signed))) return refuse("signature")
   const payload = segmentJson(parts[1]!)
   if (payload === undefined) return refuse("malformed claims")
-  for (const claim of rules.required) if (payload[claim] === undefined) return refuse(`missing ${claim}`)
+  // The issuer, audience and maximum age are checked against claims that must then be there.
+  for (const claim of ["iss", "aud", "iat", ...rules.required]) if (payload[claim] === undefined) return refuse(`missing ${claim}`)
   const { iss, aud, sub, jti, iat, exp, nbf } = payload
   if (iss !== undefined && iss !== rules.issuer) return refuse("issuer")
   if (aud !== undefined && !(aud === rules.audience || (Array.isArray(aud) && aud.includes(rules.audience)))) return refuse("audience")

@@ -170,13 +170,7 @@ export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<u
       pending.push(promise)
       ctx.waitUntil(promise)
     },
-    // With no work to wait for (most requests), the export needs no timer and no race.
-    done: () =>
-      ctx.waitUntil(
-        pending.length === 0
-          ? Promise.all([service.finish(traceId), service.exportMetrics()]).then(() => undefined, () => undefined)
-          : exportAfter(service, traceId, settled)
-      )
+    done: () => ctx.waitUntil(exportAfter(service, traceId, settled))
   }
 }
 

@@ -14,18 +14,25 @@ export const consolePath = "/console"
  * come from the docs Worker; everything else goes to `handler`.
  */
 export const withConsole = <E, R>(handler: (request: Request) => Effect.Effect<Response, E, R>) =>
-(request: Request): Effect.Effect<Response, E | Problem.NotFound | Problem.MethodNotAllowed, R | Bindings.WorkerEnv> => {
+(request: Request): Effect.Effect<Response, E | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway, R | Bindings.WorkerEnv> => {
   const path = new URL(request.url).pathname
   if (path !== consolePath && !path.startsWith(`${consolePath}/`)) return handler(request)
   if (request.method !== "GET" && request.method !== "HEAD") {
     return Effect.fail(new Problem.MethodNotAllowed({ allow: ["GET", "HEAD"], detail: `GET ${path}` }))
   }
   const notFound = (detail: string) => new Problem.NotFound({ detail })
+  const unavailable = () => new Problem.BadGateway({ service: "docs", detail: "The docs Worker, which serves the console, did not answer" })
   return Bindings.fetcher("DOCS").pipe(
     Effect.mapError(() => notFound("The docs Worker, which serves the console, is not bound as DOCS")),
-    Effect.flatMap((docs) => Effect.promise(() => docs.fetch(`http://docs.internal${path}`, { method: request.method }))),
-    Effect.flatMap((response) =>
-      response.status === 404 ? Effect.fail(notFound(`No console asset ${path}`)) : Effect.succeed(response)
+    Effect.flatMap((docs) =>
+      Effect.tryPromise({ try: () => docs.fetch(`http://docs.internal${path}`, { method: request.method }), catch: unavailable })
+    ),
+    Effect.flatMap((response): Effect.Effect<Response, Problem.NotFound | Problem.BadGateway> =>
+      response.status === 404
+        ? Effect.fail(notFound(`No console asset ${path}`))
+        : response.ok || response.status === 304
+        ? Effect.succeed(response)
+        : Effect.fail(unavailable())
     )
   )
 }
