@@ -154,7 +154,10 @@ const targets: Array<Target> = [
   chain("chain-mesh", "chain-gateway", { "chain-gateway": countEveryRequest }),
   // Every resilience policy off: no rate limits, routes without timeout, retry or breaker settings.
   // Only the routes' timeouts off.
-  chain("chain-no-timeouts", "no-timeouts-gateway", { "no-timeouts-gateway": (d: Readonly<Record<string, unknown>>) => ({ ...countEveryRequest, ...routesWithoutTimeouts(d) }), "no-timeouts-router": routesWithoutTimeouts }),
+  chain("chain-no-timeouts", "no-timeouts-gateway", {
+    "no-timeouts-gateway": (defaults: Readonly<Record<string, unknown>>) => ({ ...countEveryRequest, ...routesWithoutTimeouts(defaults) }),
+    "no-timeouts-router": routesWithoutTimeouts
+  }),
   chain("chain-no-policies", "no-policies-gateway", { "no-policies-gateway": { RATE_LIMITS: [] }, "no-policies-router": routesWithoutPolicies }),
   // Only the overload layer off: the routes' bulkheads (concurrency caps, adaptive limits).
   chain("chain-no-overload", "no-overload-gateway", { "no-overload-gateway": countEveryRequest, "no-overload-router": routesWithoutBulkheads }),
@@ -449,9 +452,8 @@ const benchWorkers: Record<string, { readonly file?: string } & Record<string, u
  */
 const rewired: ReadonlyArray<{ readonly name: string; readonly from: string } & Record<string, unknown>> = [
   // Every chain variant runs on a gateway and a router of its own, which serve nothing else, as the
-  // hand-written chain's do: the mesh's own Workers also serve the hops and cache groups, and a
-  // Worker that has served other requests measured up to 25% slower on the chain than an identical
-  // copy in the same run (bench/RESULTS.md, "Like with like").
+  // hand-written chain's do (the mesh's own Workers also serve the hops and cache groups): each
+  // ratio then compares two Workers that differ only in what the variant says.
   { name: "chain-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "chain-router" } },
   { name: "chain-router", from: "meshwork-router" },
   { name: "no-timeouts-gateway", from: "meshwork-gateway", serviceBindings: { ROUTER: "no-timeouts-router" } },
@@ -932,7 +934,7 @@ const profile = async (target: Target) => {
     const share = (match: (key: string) => boolean) =>
       [...self].filter(([key]) => match(key)).reduce((sum, [, micros]) => sum + micros, 0) / busy
     const gc = share((key) => key.startsWith("(garbage collector)"))
-    const native = share((key) => key.endsWith(" :0") && !key.startsWith("(") )
+    const native = share((key) => key.endsWith(" :0") && !key.startsWith("("))
     const requests = Object.values(sample.statuses).reduce((sum, count) => sum + count, 0)
     console.log(`\n${session.title}: ${(total / 1000).toFixed(0)} ms sampled, ${file}`)
     console.log(`  busy ${(busy / 1000).toFixed(0)} ms${requests > 0 ? `, ${(busy / requests).toFixed(0)} µs per request` : ""}: ` +
@@ -1217,9 +1219,9 @@ const runCold = async () => {
       return undefined
     }
     const samples = new Map<string, Array<ColdSample>>(coldVariants.map((c) => [c.id, []]))
-    // One round to warm the host and the loader, then the samples, the order rotated each round.
+    // One round to warm the host and the loader, then the samples, in a new order each round (as the load rounds).
     for (let round = 0; round <= coldSamples; round++) {
-      const order = coldVariants.map((_, i) => coldVariants[(i + round) % coldVariants.length]!)
+      const order = shuffled(coldVariants, round + 1)
       for (const cold of order) {
         if (failures.has(`cold-${cold.id}`)) continue
         const evaluated = await coldStart(cold, true)
@@ -1267,8 +1269,8 @@ const runCold = async () => {
 /** The markdown table of a full run, for bench/RESULTS.md. */
 /** Minutes and seconds since the run began. */
 const benchStarted = Date.now()
-const elapsed = (since = benchStarted) => {
-  const seconds = Math.round((Date.now() - since) / 1000)
+const elapsed = () => {
+  const seconds = Math.round((Date.now() - benchStarted) / 1000)
   return `${Math.floor(seconds / 60)} min ${String(seconds % 60).padStart(2, "0")} s`
 }
 

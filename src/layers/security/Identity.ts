@@ -42,7 +42,7 @@ import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
 import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
-import { ecdsa, es256, fromBase64url, importSigningKey, type Key, pathOf, segmentJson, signJws } from "./Jws.ts"
+import { importSigningKey, importVerifyingKey, type Key, pathOf, segmentJson, signedBy, signJws } from "./Jws.ts"
 
 export { importSigningKey, pathOf, signJws } from "./Jws.ts"
 
@@ -139,7 +139,6 @@ export const stripSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string>
 }
 
 // Stateless codecs, shared by every request of the isolate.
-const encoder = new TextEncoder()
 
 /** How long a signer reuses one assertion for the same audience and request (well inside its lifetime). */
 const reuseMillis = 10_000
@@ -181,9 +180,7 @@ export class IdentityKey extends Context.Service<IdentityKey, {
       const key = yield* Effect.promise(() => importSigningKey(jwk))
       const publicKeys = new Map<string, { worker: string; key: Key }>()
       for (const [kid, entry] of Object.entries(published)) {
-        const imported = yield* Effect.promise(() =>
-          crypto.subtle.importKey("jwk", { kty: entry.kty, crv: entry.crv, x: entry.x, y: entry.y }, ecdsa, false, ["verify"])
-        )
+        const imported = yield* Effect.promise(() => importVerifyingKey(entry))
         publicKeys.set(kid, { worker: entry.worker, key: imported })
       }
       return IdentityKey.of({
@@ -279,10 +276,7 @@ const verifyJws = <C extends ServiceClaims | PrincipalClaims>(
     if (header?.alg !== "ES256" || typeof header.kid !== "string") return yield* refused(`The ${what} is not ES256 with a key id`)
     const signer = keys.publicKeys.get(header.kid)
     if (signer === undefined) return yield* refused(`The ${what} names an unknown key`)
-    const signature = fromBase64url(parts[2]!)
-    const valid = signature !== undefined && signature.length === 64 &&
-      (yield* Effect.promise(() => crypto.subtle.verify(es256, signer.key, signature, encoder.encode(`${parts[0]}.${parts[1]}`))))
-    if (!valid) return yield* refused(`The ${what} is not signed by its key`)
+    if (!(yield* Effect.promise(() => signedBy(parts, signer.key)))) return yield* refused(`The ${what} is not signed by its key`)
     const claims = Result.getOrUndefined(decode(segmentJson(parts[1]!)))
     if (claims === undefined) return yield* refused(`The ${what} is malformed`)
     if (claims.iss !== signer.worker) return yield* refused(`The ${what} claims another Worker than its key's`)

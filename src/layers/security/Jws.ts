@@ -23,8 +23,8 @@ export interface PrivateJwk {
 }
 
 const encoder = new TextEncoder()
-export const ecdsa = { name: "ECDSA", namedCurve: "P-256" } as const
-export const es256 = { name: "ECDSA", hash: "SHA-256" } as const
+const ecdsa = { name: "ECDSA", namedCurve: "P-256" } as const
+const es256 = { name: "ECDSA", hash: "SHA-256" } as const
 
 /**
  * Signs `claims` as a compact JWS (ES256) under `kid`, of type `typ` (the
@@ -51,7 +51,7 @@ export const pathOf = (url: string): string => {
 const decoder = new TextDecoder()
 
 /** The bytes of a base64url segment, or `undefined` if it is not one. */
-export const fromBase64url = (text: string): Uint8Array | undefined => Result.getOrUndefined(Base64Url.decode(text))
+const fromBase64url = (text: string): Uint8Array | undefined => Result.getOrUndefined(Base64Url.decode(text))
 
 /** A base64url segment's JSON object, or `undefined` (not base64url, not JSON, or not an object). */
 export const segmentJson = (segment: string): Record<string, unknown> | undefined => {
@@ -63,6 +63,17 @@ export const segmentJson = (segment: string): Record<string, unknown> | undefine
   } catch {
     return undefined
   }
+}
+
+/**
+ * Whether the three `parts` of a compact JWS carry an ES256 signature (raw r||s, 64 bytes) by `key`
+ * over the first two, as they were sent. The one signature check of the mesh's assertions and of
+ * access tokens.
+ */
+export const signedBy = (parts: ReadonlyArray<string>, key: Key): Promise<boolean> => {
+  const signature = fromBase64url(parts[2]!)
+  if (signature === undefined || signature.length !== 64) return Promise.resolve(false)
+  return crypto.subtle.verify(es256, key, signature, encoder.encode(`${parts[0]}.${parts[1]}`))
 }
 
 /** Imports a public verification key (a JWK) for ES256. */
@@ -117,10 +128,7 @@ export const verifyJwt = async (token: string, key: Key, rules: JwtRules): Promi
   if (header["alg"] !== "ES256") return refuse("algorithm")
   if (header["crit"] !== undefined) return refuse("unsupported crit header")
   if (typeof header["typ"] !== "string" || mediaType(header["typ"]) !== mediaType(rules.typ)) return refuse("typ")
-  const signature = fromBase64url(parts[2]!)
-  if (signature === undefined || signature.length !== 64) return refuse("signature")
-  const signed = new TextEncoder().encode(`${parts[0]}.${parts[1]}`)
-  if (!(await crypto.subtle.verify(es256, key, signature, signed))) return refuse("signature")
+  if (!(await signedBy(parts, key))) return refuse("signature")
   const payload = segmentJson(parts[1]!)
   if (payload === undefined) return refuse("malformed claims")
   // The issuer, audience and maximum age are checked against claims that must then be there.
