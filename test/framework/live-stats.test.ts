@@ -10,7 +10,7 @@ import { env } from "cloudflare:workers"
 import { Effect } from "effect"
 import { describe } from "vitest"
 import * as LiveStats from "../../src/layers/observability/LiveStats.ts"
-import { maxSpansPerTrace, maxTraces, summarize, type TraceDetail, TraceSample, traceRetentionMillis } from "../../src/layers/observability/TraceSample.ts"
+import { maxSpansPerTrace, maxTraces, newestKept, summarize, type TraceDetail, TraceSample, traceRetentionMillis } from "../../src/layers/observability/TraceSample.ts"
 import type { KeptSpan } from "../../src/runtime/Telemetry.ts"
 import { unique } from "../helpers.ts"
 
@@ -248,6 +248,26 @@ describe("the mesh's trace sample", () => {
     // Fifteen minutes later, nothing old is kept.
     sample.keep([span(traceId(5000), 0)], 400 + traceRetentionMillis)
     expect([...sample.traces.keys()]).toEqual([traceId(5000)])
+  })
+
+  it("keeps the newest newestKept traces whatever failed, so a trace's first spans are not dropped for older failures", () => {
+    const sample = new TraceSample()
+    for (let n = 0; n < 150; n++) sample.keep([span(traceId(n), 0, { error: "404" })], n)
+    expect(sample.traces.size).toBe(maxTraces)
+    // A new trace's innermost spans arrive first, without the failure its callers' client spans will carry.
+    const fresh = traceId(5000)
+    sample.keep([span(fresh, 2)], 200)
+    expect(sample.traces.has(fresh)).toBe(true)
+    sample.keep([span(fresh, 0, { error: "404" })], 201)
+    expect(sample.traces.get(fresh)!.spans.length).toBe(2)
+    // Sixty traces that did not fail: the newest newestKept of them stay, and the newest failed ones beside them.
+    for (let n = 0; n < 60; n++) sample.keep([span(traceId(1000 + n), 0)], 300 + n)
+    expect(sample.traces.size).toBe(maxTraces)
+    expect(sample.traces.has(fresh)).toBe(true)
+    expect(sample.traces.has(traceId(1059))).toBe(true)
+    expect(sample.traces.has(traceId(1010))).toBe(true)
+    expect(sample.traces.has(traceId(1009))).toBe(false)
+    expect(sample.list({ limit: maxTraces, errors: true }).length).toBe(maxTraces - newestKept)
   })
 
   it("lists traces newest first, by the upstreams they called and whether they failed", () => {

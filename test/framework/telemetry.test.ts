@@ -342,6 +342,21 @@ describe("a collector that is down or slow", () => {
     }
   })
 
+  it("exports the spans that ended during a failed export at the backoff's end, with no request to bring them", async () => {
+    const name = `stranded-${unique()}`
+    const slow = stats(name, { OTLP_TIMEOUT_MS: "500" })
+    await setMode("hang")
+    try {
+      // The first request's export hangs; the second ends meanwhile and leaves its spans to that export.
+      expect(await (await slow("/first", { waitForExports: false })).text()).toBe("ok")
+      expect(await (await slow("/second", { waitForExports: false })).text()).toBe("ok")
+    } finally {
+      await setMode("up")
+    }
+    // The export fails at its timeout; the retry at the backoff's end (1 s) takes the second request's spans.
+    await eventually(async () => (await spansOf({ service: name })).some((span) => span.attributes["url.path"] === "/second"), 10)
+  })
+
   it("serves the mesh's requests while the receiver fails or hangs", async () => {
     const admin = await signedIn("admin")
     try {

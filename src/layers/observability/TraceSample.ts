@@ -3,8 +3,9 @@
  * (docs/console.md): every Worker with `KEEP_TRACES` on hands its sampled
  * spans to the `(traces)` object of its `MESH_STATS` binding, in the same
  * round as its OTLP export (src/runtime/telemetry/Exporter.ts). The object
- * keeps the newest `maxTraces` traces of the last 15 minutes, those with a
- * failed span before the others, each with at most `maxSpansPerTrace` spans.
+ * keeps at most `maxTraces` traces of the last 15 minutes, each with at most
+ * `maxSpansPerTrace` spans: always the newest `newestKept`, and of the older
+ * ones those with a failed span longest.
  *
  * How many traces reach it is the Workers' head sampling
  * (`TRACE_SAMPLE_RATIO`): every one under `npm start`; set a small ratio
@@ -15,6 +16,15 @@ import type { KeptSpan } from "../../runtime/Telemetry.ts"
 
 export const maxTraces = 100
 export const maxSpansPerTrace = 200
+/**
+ * The newest traces, failed or not, that pruning never drops for an older
+ * one. A trace's spans arrive from each Worker on its own, the innermost
+ * first: whether it failed is often known only once its callers' client
+ * spans arrive. Were failure alone to decide, a mesh with `maxTraces`
+ * failed traces in 15 minutes would drop every new trace's first spans on
+ * arrival, and show no recent trace at all.
+ */
+export const newestKept = maxTraces / 2
 export const traceRetentionMillis = 15 * 60_000
 
 /** One kept trace: its spans (in the order they arrived) and when it was last added to. */
@@ -47,7 +57,10 @@ export class TraceSample {
     return { changed: [...changed], dropped }
   }
 
-  /** Drops traces past the retention, then the oldest until `maxTraces` are left, failed ones last. */
+  /**
+   * Drops traces past the retention, then, until `maxTraces` are left, the
+   * oldest outside the newest `newestKept`, failed ones last.
+   */
   prune(now: number): Array<string> {
     const dropped: Array<string> = []
     for (const [id, trace] of this.traces) {
@@ -55,10 +68,12 @@ export class TraceSample {
     }
     for (const id of dropped) this.traces.delete(id)
     if (this.traces.size > maxTraces) {
-      const order = [...this.traces.entries()]
-        .map(([id, trace]) => ({ id, failed: Number(hasError(trace)), lastAt: trace.lastAt }))
+      const older = [...this.traces.entries()]
+        .sort(([, a], [, b]) => a.lastAt - b.lastAt)
+        .slice(0, this.traces.size - newestKept)
+        .map(([id, trace]) => ({ id, lastAt: trace.lastAt, failed: Number(hasError(trace)) }))
         .sort((a, b) => a.failed - b.failed || a.lastAt - b.lastAt)
-      for (const { id } of order.slice(0, this.traces.size - maxTraces)) {
+      for (const { id } of older.slice(0, this.traces.size - maxTraces)) {
         this.traces.delete(id)
         dropped.push(id)
       }

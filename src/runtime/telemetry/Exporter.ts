@@ -369,7 +369,9 @@ export const makeService = (
    * Exports what is ready, then what became ready meanwhile, until nothing
    * is (or `maxDrainMs` passed: a request's waitUntil is limited). Requests
    * that end while it runs leave their spans to it, so under load one export
-   * carries many requests' spans, each request's all in the same one.
+   * carries many requests' spans, each request's all in the same one. After
+   * a failure, spans that ended meanwhile wait for the retry at the backoff's
+   * end, not for the isolate's next request, which may never come.
    */
   // When the running drain started; a drain whose request was cancelled mid-export
   // never clears it, so one older than it could possibly run is taken as gone.
@@ -379,7 +381,7 @@ export const makeService = (
     const started = exportingSince = Date.now()
     try {
       for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
-        if (!(await exportSpans(ready))) return
+        if (!(await exportSpans(ready))) return buckets.size > 0 ? retryAfterBackoff() : undefined
         if (Date.now() - started > maxDrainMs) return
       }
     } finally {

@@ -125,7 +125,7 @@ export class AdminGroup extends HttpApiGroup.make("admin")
       error: adminErrors
     })
       .annotate(OpenApi.Summary, "The mesh's sample of recent traces, newest first")
-      .annotate(OpenApi.Description, "Kept by the Workers with `KEEP_TRACES` on (the newest 100 of 15 minutes, failed ones kept longest). `series=users@green`: only traces that called it; `errors=true`: only failed ones."),
+      .annotate(OpenApi.Description, "Kept by the Workers with `KEEP_TRACES` on (100 of 15 minutes: the newest 50, and of the older ones the failed ones longest). `series=users@green`: only traces that called it; `errors=true`: only failed ones."),
     HttpApiEndpoint.get("trace", "/traces/:traceId", { params: { traceId: Schema.String }, success: TraceDetail, error: adminErrors })
       .annotate(OpenApi.Summary, "One kept trace, with its spans in start order"),
     HttpApiEndpoint.get("traffic", "/traffic", { success: Schema.Record(Schema.String, TrafficSplit), error: adminErrors })
