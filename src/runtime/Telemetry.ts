@@ -13,6 +13,7 @@
  * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
  * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
  * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
+ * | `OTLP_EXPORT_DELAY_MS` | `50` | how long an export waits for more requests' spans before it leaves (0 to 5000) |
  * | `SERVICE_VERSION` | `0.1.0` | `service.version` |
  * | `DEPLOYMENT_ENVIRONMENT` | `development` | `deployment.environment` |
  * | `TRACE_SAMPLE_RATIO` | `1` | head sampling of new traces; a trace carried in keeps its parent's decision |
@@ -22,7 +23,8 @@
  * How a Worker exports: spans are kept in the isolate, grouped by trace id,
  * and when a request ends (after its `waitUntil` work too) the spans of every
  * trace with no request still running in the isolate leave in one POST,
- * under `ctx.waitUntil`, within `OTLP_TIMEOUT_MS`; while one is in flight,
+ * `OTLP_EXPORT_DELAY_MS` later, under `ctx.waitUntil`, within
+ * `OTLP_TIMEOUT_MS`; while one is waiting or in flight,
  * requests that end leave their spans to its next round, so under load one
  * POST carries many requests. The response never waits for it. A failed or
  * timed-out export drops its spans and counts them

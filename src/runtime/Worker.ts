@@ -195,7 +195,12 @@ export const serveFetch = <R>(
   const invocation = ServerSpans.invocation(telemetry, ctx, span.traceId)
   const context = Context.add(services, Invocation, invocation)
   const render = respond(context, options.annotations, span)
-  return runWith(context, () => ServerSpans.within(handler(forwarded), span, tracestate), (exit) => {
+  // A handler that answered at once (an Exit) made no span or log to parent: no fiber for it.
+  const evaluate = (): ReturnType<typeof handler> => {
+    const effect = handler(forwarded)
+    return Exit.isExit(effect) ? effect : ServerSpans.within(effect, span, tracestate)
+  }
+  return runWith(context, evaluate, (exit) => {
     const response = render(exit)
     ServerSpans.endServerSpan(span, exit, response)
     invocation.done()

@@ -347,8 +347,9 @@ describe("a collector that is down or slow", () => {
     const slow = stats(name, { OTLP_TIMEOUT_MS: "500" })
     await setMode("hang")
     try {
-      // The first request's export hangs; the second ends meanwhile and leaves its spans to that export.
+      // The first request's export hangs; the second ends meanwhile (past the export's delay) and leaves its spans to that export.
       expect(await (await slow("/first", { waitForExports: false })).text()).toBe("ok")
+      await new Promise((resolve) => setTimeout(resolve, 200))
       expect(await (await slow("/second", { waitForExports: false })).text()).toBe("ok")
     } finally {
       await setMode("up")

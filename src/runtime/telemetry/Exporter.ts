@@ -185,10 +185,12 @@ export interface Service {
    * A request of `traceId` ended (undefined: an invocation of no one trace,
    * like a queue batch): exports the spans of every trace no request in this
    * isolate is still serving. Never rejects; settles within the timeout.
+   * Undefined when there is nothing for this request to wait for: an export
+   * in flight, or a retry already waiting, takes its spans.
    */
-  readonly finish: (traceId: string | undefined) => Promise<void>
-  /** Exports the isolate's metrics if `METRICS_INTERVAL_SECONDS` have passed since the last export. */
-  readonly exportMetrics: () => Promise<void>
+  readonly finish: (traceId: string | undefined) => Promise<void> | undefined
+  /** Exports the isolate's metrics if `METRICS_INTERVAL_SECONDS` have passed since the last export (undefined if not). */
+  readonly exportMetrics: () => Promise<void> | undefined
 }
 
 /** How long one request's waitUntil keeps exporting spans that other requests left to it. */
@@ -281,8 +283,8 @@ export const makeService = (
   let retryAt: number | undefined
   const retryPending = () => retryAt !== undefined && Date.now() < retryAt + settings.timeoutMs
   /** One drain when the backoff ends, so spans that ended meanwhile do not wait for a later request. */
-  const retryAfterBackoff = (): Promise<void> => {
-    if (retryPending()) return Promise.resolve()
+  const retryAfterBackoff = (): Promise<void> | undefined => {
+    if (retryPending()) return undefined
     const at = retryAt = backoffUntil
     return new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, at - Date.now()))).then(() => {
       if (retryAt === at) retryAt = undefined
@@ -380,6 +382,7 @@ export const makeService = (
   const drain = async (): Promise<void> => {
     const started = exportingSince = Date.now()
     try {
+      if (settings.exportDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, settings.exportDelayMs))
       for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
         if (!(await exportSpans(ready))) return buckets.size > 0 ? retryAfterBackoff() : undefined
         if (Date.now() - started > maxDrainMs) return
@@ -403,13 +406,13 @@ export const makeService = (
       const running = traceId === undefined ? undefined : open.get(traceId)
       if (running !== undefined && --running.count === 0) open.delete(traceId!)
       // An export in flight takes these spans with its next round; after a failure, the retry at the backoff's end.
-      if (exporting()) return Promise.resolve()
+      if (exporting()) return undefined
       return backingOff() ? retryAfterBackoff() : drain()
     },
     exportMetrics: () => {
-      if (flushMetrics === undefined || backingOff()) return Promise.resolve()
+      if (flushMetrics === undefined || backingOff()) return undefined
       const now = Date.now()
-      if (now - lastMetricsExport < settings.metricsIntervalMs) return Promise.resolve()
+      if (now - lastMetricsExport < settings.metricsIntervalMs) return undefined
       lastMetricsExport = now
       return Effect.runPromise(flushMetrics.pipe(Effect.timeoutOption(Duration.millis(settings.timeoutMs)), Effect.asVoid))
     }

@@ -34,11 +34,14 @@ export const endSpan = (span: Tracer.Span, exit: Exit.Exit<unknown, unknown>): v
 
 /** Starts the span of a request served by this Worker; its parent is the caller's span when trusted. */
 export const startServerSpan = (service: Service, request: Request, trustTraceparent: boolean) => {
-  const incoming = parseTraceparent(request.headers.get("traceparent"))
+  // Each read of a request's property crosses into the runtime: once each.
+  const headers = request.headers
+  const method = request.method
+  const incoming = parseTraceparent(headers.get("traceparent"))
   const trusted = incoming !== undefined && trustTraceparent
   const url = new URL(request.url)
   const span = service.tracer.span({
-    name: request.method,
+    name: method,
     parent: trusted ? Option.some(incoming) : Option.none(),
     annotations: Context.empty(),
     // An untrusted client trace is linked, not continued.
@@ -48,13 +51,13 @@ export const startServerSpan = (service: Service, request: Request, trustTracepa
     root: !trusted,
     sampled: trusted ? incoming.sampled : true
   })
-  span.attribute("http.request.method", request.method)
+  span.attribute("http.request.method", method)
   span.attribute("url.path", url.pathname)
   span.attribute("url.scheme", url.protocol.slice(0, -1))
   span.attribute("server.address", url.hostname)
-  const agent = request.headers.get("user-agent")
+  const agent = headers.get("user-agent")
   if (agent !== null) span.attribute("user_agent.original", agent)
-  const tracestate = trusted ? request.headers.get("tracestate") ?? undefined : undefined
+  const tracestate = trusted ? headers.get("tracestate") ?? undefined : undefined
   return { span, tracestate }
 }
 
@@ -136,14 +139,22 @@ const seriesOf = (attributes: Record<string, string>) => {
  */
 const maxWaitForWorkMs = 5000
 
-/** Waits for `work` (within `maxWaitForWorkMs`), then exports the spans of `traceId` and (now and then) the metrics. */
+/** Exports the spans of `traceId` and (now and then) the metrics; undefined when there is nothing to wait for. */
+const exportNow = (service: Service, traceId: string | undefined): Promise<void> | undefined => {
+  const spans = service.finish(traceId)
+  const metrics = service.exportMetrics()
+  if (spans === undefined && metrics === undefined) return undefined
+  return Promise.all([spans, metrics]).then(() => undefined, () => undefined)
+}
+
+/** Waits for `work` (within `maxWaitForWorkMs`), then exports as `exportNow` does. */
 const exportAfter = (service: Service, traceId: string | undefined, work: () => Promise<void>): Promise<void> => {
   let timer: ReturnType<typeof setTimeout> | undefined
   const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, maxWaitForWorkMs)))
   return Promise.race([work(), waited])
     .then(() => {
       if (timer !== undefined) clearTimeout(timer)
-      return Promise.all([service.finish(traceId), service.exportMetrics()])
+      return exportNow(service, traceId)
     })
     .then(() => undefined, () => undefined)
 }
@@ -170,7 +181,12 @@ export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<u
       pending.push(promise)
       ctx.waitUntil(promise)
     },
-    done: () => ctx.waitUntil(exportAfter(service, traceId, settled))
+    done: () => {
+      // Without waitUntil work (most requests), no timer and no race: under load an export in
+      // flight takes this request's spans, and the request has nothing to wait for.
+      const exported = pending.length === 0 ? exportNow(service, traceId) : exportAfter(service, traceId, settled)
+      if (exported !== undefined) ctx.waitUntil(exported)
+    }
   }
 }
 
