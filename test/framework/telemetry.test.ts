@@ -219,9 +219,11 @@ describe("sampling", () => {
   const probe = (vars: Record<string, string>) => {
     const name = `sampled-${unique()}`
     const worker = Worker.make({ name, layer: Layer.empty, fetch: () => Effect.succeed(new Response("ok")) })
+    // Sampling is under test, not batching: each call waits for its export, without the 50 ms delay.
+    const settings = { ...env, OTLP_EXPORT_DELAY_MS: "0", ...vars }
     const call = async (headers: Record<string, string> = {}) => {
       const ctx = createExecutionContext()
-      const response = await worker.fetch!(new Request("http://probe.test/", { headers }), { ...env, ...vars }, ctx)
+      const response = await worker.fetch!(new Request("http://probe.test/", { headers }), settings, ctx)
       await waitOnExecutionContext(ctx)
       expect(response.status).toBe(200)
     }
