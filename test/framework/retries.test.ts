@@ -150,6 +150,14 @@ it.live("on the live clock, a route timeout and a deadline abort the upstream ca
       new Request("http://gone/x")
     ))
     expect(gone).toBeInstanceOf(Problem.BadGateway)
+
+    // A fetcher of the user's own that ignores its signal still times out on time.
+    const deaf = yield* Effect.flip(Proxy.forward(
+      { service: "deaf", fetcher: { fetch: () => new Promise<Response>(() => undefined) } as never, timeoutMs: 100 },
+      new Request("http://deaf/x")
+    ))
+    expect(deaf).toBeInstanceOf(Problem.GatewayTimeout)
+    expect(deaf.detail).toBe("deaf did not answer within 100 ms")
   }))
 
 it.effect("under a 100%-failing upstream the budget caps retries at 20% of requests (at least 10/s)", () =>

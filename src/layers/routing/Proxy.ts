@@ -188,14 +188,21 @@ export const forward = (
         : (millis: number, timedOut: () => Problem.GatewayTimeout) =>
           traced((trace) =>
             Effect.suspend(() => {
-              // Cleared as soon as the fetch settles: no timer outlives its call.
               const timeout = new AbortController()
-              const timer = setTimeout(() => timeout.abort(), millis)
               return Effect.map(
                 Effect.tryPromise({
+                  // The timer ends the attempt itself, so a fetcher that ignores its signal cannot hold it
+                  // past the timeout; it is cleared as soon as the fetch settles: no timer outlives its call.
                   try: (signal) =>
-                    target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timeout.signal]) })
-                      .finally(() => clearTimeout(timer)),
+                    new Promise<Response>((resolve, reject) => {
+                      const timer = setTimeout(() => {
+                        timeout.abort()
+                        reject(timeout.signal.reason)
+                      }, millis)
+                      target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timeout.signal]) })
+                        .then(resolve, reject)
+                        .finally(() => clearTimeout(timer))
+                    }),
                   catch: () => (timeout.signal.aborted ? timedOut() : unreachable())
                 }),
                 downstreamResponse
