@@ -33,7 +33,8 @@
  * costs one attempt per backoff, never one per request. Spans that end
  * meanwhile wait (at most `maxBufferedSpans`; further ones are dropped and
  * counted) for one retry at the backoff's end, under the `waitUntil` of a
- * request that ended during it.
+ * request that ended during it; their copy for the mesh (`KEEP_TRACES`)
+ * goes at once all the same.
  */
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"

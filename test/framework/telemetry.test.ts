@@ -7,6 +7,7 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Effect, Layer, Logger } from "effect"
 import { afterEach, describe, expect, it as vitestIt, vi } from "vitest"
+import type * as LiveStats from "../../src/layers/observability/LiveStats.ts"
 import { CircuitBreakers } from "../../src/layers/resilience/CircuitBreakers.ts"
 import { IdentityKey } from "../../src/layers/security/Identity.ts"
 import { Retries } from "../../src/layers/resilience/Retries.ts"
@@ -358,6 +359,29 @@ describe("a collector that is down or slow", () => {
     }
     // The export fails at its timeout; the retry at the backoff's end (1 s) takes the second request's spans.
     await eventually(async () => (await spansOf({ service: name })).some((span) => span.attributes["url.path"] === "/second"), 10)
+  })
+
+  it("keeps a copy of the spans in the mesh at once while the collector is backed off", async () => {
+    const name = `console-${unique()}`
+    // Nothing listens on port 9; the mesh's trace store is the runner's MESH_STATS binding. Metrics
+    // (whose export to port 9 takes its whole timeout) go with the first request only.
+    const refused = stats(name, {
+      OTLP_ENDPOINT: "http://127.0.0.1:9",
+      OTLP_EXPORT_DELAY_MS: "0",
+      KEEP_TRACES: "true",
+      METRICS_INTERVAL_SECONDS: "3600"
+    })
+    const store = env.MESH_STATS.get(env.MESH_STATS.idFromName(Telemetry.traceStoreName)) as unknown as Pick<LiveStats.MeshStatsObject, "traces">
+    const kept = async () => (await store.traces({ limit: 100 })).filter((trace) => trace.services.includes(name)).length
+    // Two refused exports, the second after the first backoff: the isolate backs off for 2 s.
+    await refused("/first")
+    await new Promise((resolve) => setTimeout(resolve, 1_100))
+    await refused("/second")
+    expect(await kept()).toBe(2)
+    // A request within the backoff: its spans reach the mesh now, before the collector is tried again.
+    await refused("/third", { waitForExports: false })
+    await eventually(async () => (await kept()) === 3, 5)
+    expect(await (await refused("/stats", { waitForExports: false })).json()).toMatchObject({ exports: 2, failedExports: 2, exported: 0 })
   })
 
   it("serves the mesh's requests while the receiver fails or hangs", async () => {

@@ -2,7 +2,8 @@
  * The mesh's own sample of recent traces, for the console's waterfalls
  * (docs/console.md): every Worker with `KEEP_TRACES` on hands its sampled
  * spans to the `(traces)` object of its `MESH_STATS` binding, in the same
- * round as its OTLP export (src/runtime/telemetry/Exporter.ts). The object
+ * round as its OTLP export, or at once while a failing collector is backed
+ * off (src/runtime/telemetry/Exporter.ts). The object
  * keeps at most `maxTraces` traces of the last 15 minutes, each with at most
  * `maxSpansPerTrace` spans: always the newest `newestKept`, and of the older
  * ones those with a failed span longest.

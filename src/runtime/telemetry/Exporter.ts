@@ -306,18 +306,50 @@ export const makeService = (
     )
   }
 
-  /** Exports `spans` (and keeps a copy in the mesh); answers whether the collector took them. */
-  const exportSpans = async (spans: Array<OtlpSpan>): Promise<boolean> => {
-    const kept = keepInMesh(spans)
+  /**
+   * Exports `fresh` and `waiting` (spans the mesh's store has already), and
+   * keeps a copy of `fresh` in the mesh; answers whether the collector took them.
+   */
+  const exportSpans = async (fresh: Array<OtlpSpan>, waiting: Array<OtlpSpan>): Promise<boolean> => {
+    const keeping = fresh.length > 0 ? keepInMesh(fresh) : Promise.resolve()
     if (settings.endpoint === undefined) {
-      await kept
+      await keeping
       return true
     }
     try {
-      return await exportToCollector(spans)
+      return await exportToCollector(waiting.length === 0 ? fresh : [...waiting, ...fresh])
     } finally {
-      await kept
+      await keeping
     }
+  }
+
+  /**
+   * Spans in the mesh's store that wait for the collector: while the collector
+   * is backed off, a copy still goes to the mesh at once (the console need not
+   * wait for a collector that is down), one copy in flight at a time.
+   */
+  const copied: Array<OtlpSpan> = []
+  let copyingSince: number | undefined
+  const copying = () => copyingSince !== undefined && Date.now() - copyingSince < maxDrainMs + settings.timeoutMs
+  const copyWhileBackingOff = (): Promise<void> | undefined => {
+    if (meshStore === undefined || copying()) return undefined
+    const started = copyingSince = Date.now()
+    const copy = async (): Promise<void> => {
+      try {
+        for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
+          // Still buffered: they leave with the collector's next export.
+          buffered += ready.length
+          for (const span of ready) copied.push(span)
+          await keepInMesh(ready)
+          if (!backingOff() || Date.now() - started > maxDrainMs) break
+        }
+      } finally {
+        if (copyingSince === started) copyingSince = undefined
+      }
+      // The backoff may have ended during the copy, and its retry run before these spans were set aside.
+      if (copied.length > 0 && !backingOff() && !exporting()) return drain()
+    }
+    return copy()
   }
 
   /** Exports `spans` to the collector; answers whether it took them. */
@@ -383,8 +415,10 @@ export const makeService = (
     const started = exportingSince = Date.now()
     try {
       if (settings.exportDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, settings.exportDelayMs))
-      for (let ready = takeReady(); ready.length > 0; ready = takeReady()) {
-        if (!(await exportSpans(ready))) return buckets.size > 0 ? retryAfterBackoff() : undefined
+      for (let ready = takeReady(); ready.length > 0 || copied.length > 0; ready = takeReady()) {
+        const waiting = copied.splice(0)
+        buffered -= waiting.length
+        if (!(await exportSpans(ready, waiting))) return buckets.size > 0 || copied.length > 0 ? retryAfterBackoff() : undefined
         if (Date.now() - started > maxDrainMs) return
       }
     } finally {
@@ -405,9 +439,13 @@ export const makeService = (
     finish: (traceId) => {
       const running = traceId === undefined ? undefined : open.get(traceId)
       if (running !== undefined && --running.count === 0) open.delete(traceId!)
-      // An export in flight takes these spans with its next round; after a failure, the retry at the backoff's end.
+      // An export in flight takes these spans with its next round; after a failure, the retry at the
+      // backoff's end, the mesh's store a copy meanwhile.
       if (exporting()) return undefined
-      return backingOff() ? retryAfterBackoff() : drain()
+      if (!backingOff()) return drain()
+      const copy = copyWhileBackingOff()
+      const retry = retryAfterBackoff()
+      return copy === undefined ? retry : retry === undefined ? copy : Promise.all([copy, retry]).then(() => undefined)
     },
     exportMetrics: () => {
       if (flushMetrics === undefined || backingOff()) return undefined
