@@ -323,6 +323,9 @@ export const makeService = (
     }
   }
 
+  /** A loop started at `since` that has not ended; one older than it could possibly run is taken as gone. */
+  const stillRunning = (since: number | undefined) => since !== undefined && Date.now() - since < maxDrainMs + settings.timeoutMs
+
   /**
    * Spans in the mesh's store that wait for the collector: while the collector
    * is backed off, a copy still goes to the mesh at once (the console need not
@@ -330,7 +333,7 @@ export const makeService = (
    */
   const copied: Array<OtlpSpan> = []
   let copyingSince: number | undefined
-  const copying = () => copyingSince !== undefined && Date.now() - copyingSince < maxDrainMs + settings.timeoutMs
+  const copying = () => stillRunning(copyingSince)
   const copyWhileBackingOff = (): Promise<void> | undefined => {
     if (meshStore === undefined || copying()) return undefined
     const started = copyingSince = Date.now()
@@ -410,7 +413,7 @@ export const makeService = (
   // When the running drain started; a drain whose request was cancelled mid-export
   // never clears it, so one older than it could possibly run is taken as gone.
   let exportingSince: number | undefined
-  const exporting = () => exportingSince !== undefined && Date.now() - exportingSince < maxDrainMs + settings.timeoutMs
+  const exporting = () => stillRunning(exportingSince)
   const drain = async (): Promise<void> => {
     const started = exportingSince = Date.now()
     try {
