@@ -18,7 +18,7 @@ import { execFileSync } from "node:child_process"
 import { join, relative } from "node:path"
 import type { unstable_readConfig } from "wrangler"
 import { main, usage } from "./cli.ts"
-import { entry, type MeshWorker, root, workerdBuild, workers, wranglerApi } from "./mesh.ts"
+import { entry, type MeshWorker, root, workerdBuild, workers, wranglerApi, writeDocsAssets } from "./mesh.ts"
 
 const help = `
 npm run deploy: deploy the mesh's Workers to Cloudflare, each after the Workers it binds,
@@ -94,6 +94,7 @@ const selected = (worker: string | undefined, color: string | undefined): Readon
 }
 
 const deploy = async (options: { dryRun: boolean; worker: string | undefined; color: string | undefined }) => {
+  await writeDocsAssets()
   for (const worker of selected(options.worker, options.color)) {
     const config = wranglerApi().unstable_readConfig({ config: join(root, worker.config) })
     if (options.dryRun) {

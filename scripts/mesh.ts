@@ -6,9 +6,10 @@
  */
 import { build, type BuildOptions } from "esbuild"
 import type { LegacyWorkerOptions, Miniflare } from "miniflare"
-import { existsSync, readdirSync, readFileSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs"
 import { createRequire } from "node:module"
-import { dirname, join, resolve } from "node:path"
+import { basename, dirname, join, resolve } from "node:path"
+import { pathToFileURL } from "node:url"
 
 /**
  * wrangler, loaded on first use: loading it takes a second of CPU, which
@@ -114,6 +115,51 @@ export const miniflareOptions = (
 }
 
 /**
+ * Scalar's API reference script (3.2 MB), the one Effect ships for
+ * `HttpApiScalar.layer` (pinned with `effect`; its package exports do not name
+ * this internal module, so it is read by path).
+ */
+const scalarModule = join(root, "node_modules/effect/dist/http-api/internal/httpApiScalar.js")
+
+/** The docs Worker's static assets: the `[assets]` directory of src/services/docs/wrangler.toml. */
+export const docsAssets = join(root, ".build/docs-assets")
+
+/** How the assets are served (Workers' `_headers` format): an hour, then a revalidation by ETag. */
+const assetHeaders = `/api/docs/scalar.js
+  Content-Type: text/javascript; charset=utf-8
+  Cache-Control: public, max-age=3600
+  X-Content-Type-Options: nosniff
+`
+
+/**
+ * Writes the docs Worker's static assets, unless those of this `effect` are
+ * in place: Scalar's script, for the gateway's `/api/docs` page, and the
+ * headers it is served with. Wrangler uploads them beside the Worker and
+ * serves them before it runs (service binding calls included), so no
+ * Worker's bundle holds the script. Run before any Worker is started or
+ * deployed: wrangler needs the directory. Each file is renamed into place,
+ * so a mesh already serving them (tests start three at once) never reads
+ * one half written.
+ */
+export const writeDocsAssets = async (): Promise<void> => {
+  const effectVersion = (JSON.parse(readFileSync(join(root, "node_modules/effect/package.json"), "utf8")) as { version: string }).version
+  const stamp = `${effectVersion} ${statSync(scalarModule).size}\n${assetHeaders}`
+  const stampFile = `${docsAssets}.stamp`
+  if (existsSync(stampFile) && readFileSync(stampFile, "utf8") === stamp) return
+  const { javascript } = await import(pathToFileURL(scalarModule).href) as { readonly javascript: string }
+  const write = (file: string, text: string) => {
+    mkdirSync(dirname(file), { recursive: true })
+    // Written beside the directory, not in it: a mesh starting meanwhile would list it as an asset.
+    const partial = `${docsAssets}.${process.pid}.${basename(file)}.partial`
+    writeFileSync(partial, text)
+    renameSync(partial, file)
+  }
+  write(join(docsAssets, "api/docs/scalar.js"), javascript)
+  write(join(docsAssets, "_headers"), assetHeaders)
+  write(stampFile, stamp)
+}
+
+/**
  * Bundles every mesh Worker into `outdir/<name>.js` and returns their Miniflare
  * options. `secrets(name)` gives each Worker the secrets wrangler would read
  * from .dev.vars (the identity secret, the auth signing keys), and any var to
@@ -122,11 +168,13 @@ export const miniflareOptions = (
 export const buildMesh = async (
   outdir: string,
   options: { readonly minify?: boolean; readonly secrets?: (name: string) => Record<string, unknown> } = {}
-) =>
-  Promise.all(workers.map(async (worker) => {
+) => {
+  await writeDocsAssets()
+  return Promise.all(workers.map(async (worker) => {
     const scriptPath = await bundle(entry(worker), join(outdir, `${worker.name}.js`), { minify: options.minify ?? false })
     return miniflareOptions(worker, scriptPath, options.secrets?.(worker.name))
   }))
+}
 
 /** A local D1 database of the mesh, with its migrations and demo data. */
 export interface LocalDatabase {

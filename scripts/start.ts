@@ -17,7 +17,7 @@ import { join, resolve } from "node:path"
 import { createInterface } from "node:readline"
 import { integer, main, usage } from "./cli.ts"
 import { ensureLocalSecrets } from "./keys.ts"
-import { applyMigrations, type LocalDatabase, localDatabases, root, workers } from "./mesh.ts"
+import { applyMigrations, type LocalDatabase, localDatabases, root, workers, writeDocsAssets } from "./mesh.ts"
 
 const help = `
 npm start: the whole mesh locally (gateway, router, auth, users blue and green,
@@ -152,6 +152,7 @@ const run = async (options: { port: number; fresh: boolean; otlp: string | undef
   const created = await ensureLocalSecrets({ otlpEndpoint: options.otlp })
   console.log(created ? "local secrets: created (npm run keys -- show)" : "local secrets: in place")
   await migrate()
+  await writeDocsAssets()
 
   // The gateway's config comes first: it is the Worker wrangler dev serves on the port.
   const ordered = [...workers].reverse()
