@@ -145,7 +145,8 @@ export const writeDocsAssets = async (): Promise<void> => {
   const effectVersion = (JSON.parse(readFileSync(join(root, "node_modules/effect/package.json"), "utf8")) as { version: string }).version
   const stamp = `${effectVersion} ${statSync(scalarModule).size}\n${assetHeaders}`
   const stampFile = `${docsAssets}.stamp`
-  if (existsSync(stampFile) && readFileSync(stampFile, "utf8") === stamp) return
+  const script = join(docsAssets, "api/docs/scalar.js")
+  if (existsSync(stampFile) && readFileSync(stampFile, "utf8") === stamp && existsSync(script)) return
   const { javascript } = await import(pathToFileURL(scalarModule).href) as { readonly javascript: string }
   const write = (file: string, text: string) => {
     mkdirSync(dirname(file), { recursive: true })
@@ -154,7 +155,7 @@ export const writeDocsAssets = async (): Promise<void> => {
     writeFileSync(partial, text)
     renameSync(partial, file)
   }
-  write(join(docsAssets, "api/docs/scalar.js"), javascript)
+  write(script, javascript)
   write(join(docsAssets, "_headers"), assetHeaders)
   write(stampFile, stamp)
 }

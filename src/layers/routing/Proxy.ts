@@ -199,8 +199,17 @@ export const forward = (
                         timeout.abort()
                         reject(timeout.signal.reason)
                       }, millis)
-                      target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timeout.signal]) })
-                        .then(resolve, reject)
+                      let fetched: Promise<Response>
+                      try {
+                        fetched = target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timeout.signal]) })
+                      } catch (error) {
+                        clearTimeout(timer)
+                        return reject(error)
+                      }
+                      fetched
+                        // An answer after the timeout (or the caller gone) is nobody's: its body is let go, not left open.
+                        .then((response) =>
+                          timeout.signal.aborted || signal.aborted ? void response.body?.cancel().catch(() => undefined) : resolve(response), reject)
                         .finally(() => clearTimeout(timer))
                     }),
                   catch: () => (timeout.signal.aborted ? timedOut() : unreachable())

@@ -209,6 +209,12 @@ const firstBackoffMs = 1_000
 /** Within what a request's `waitUntil` may take after its response (30 s), so a retry can wait for it. */
 const maxBackoffMs = 25_000
 
+/**
+ * What a drain may take, from its start, under the `waitUntil` it runs in: 30 s
+ * from the response, less the wait for the request's own work (up to 5 s).
+ */
+const waitUntilBudgetMs = 25_000
+
 export const makeService = (
   settings: Settings,
   flushMetrics: Effect.Effect<void> | undefined,
@@ -246,7 +252,13 @@ export const makeService = (
 
   const sink = (span: RecordedSpan) => {
     if (!enabled) return
-    if (buffered >= settings.maxBufferedSpans) return drop(1)
+    if (buffered >= settings.maxBufferedSpans) {
+      // Spans the mesh's store has already make room first: the console keeps the newest.
+      if (copied.length === 0) return drop(1)
+      copied.shift()
+      buffered--
+      drop(1)
+    }
     buffered++
     const otlp = toOtlp(span)
     const bucket = buckets.get(otlp.traceId)
@@ -282,13 +294,19 @@ export const makeService = (
   /** When the one retry waiting out the backoff will run; a retry whose request was cancelled is taken as gone soon after. */
   let retryAt: number | undefined
   const retryPending = () => retryAt !== undefined && Date.now() < retryAt + settings.timeoutMs
-  /** One drain when the backoff ends, so spans that ended meanwhile do not wait for a later request. */
-  const retryAfterBackoff = (): Promise<void> | undefined => {
+  /**
+   * One drain when the backoff ends, so spans that ended meanwhile do not wait
+   * for a later request. A retry that a failed drain chains runs under the same
+   * `waitUntil` as it, so it must end by that drain's `deadline`; if it could
+   * not, none is set, and the next request's end sets one.
+   */
+  const retryAfterBackoff = (deadline?: number): Promise<void> | undefined => {
     if (retryPending()) return undefined
+    if (deadline !== undefined && backoffUntil + settings.exportDelayMs + settings.timeoutMs > deadline) return undefined
     const at = retryAt = backoffUntil
     return new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, at - Date.now()))).then(() => {
       if (retryAt === at) retryAt = undefined
-      return exporting() || backingOff() ? undefined : drain()
+      return exporting() || backingOff() ? undefined : drain(deadline)
     })
   }
 
@@ -414,14 +432,14 @@ export const makeService = (
   // never clears it, so one older than it could possibly run is taken as gone.
   let exportingSince: number | undefined
   const exporting = () => stillRunning(exportingSince)
-  const drain = async (): Promise<void> => {
+  const drain = async (deadline = Date.now() + waitUntilBudgetMs): Promise<void> => {
     const started = exportingSince = Date.now()
     try {
       if (settings.exportDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, settings.exportDelayMs))
       for (let ready = takeReady(); ready.length > 0 || copied.length > 0; ready = takeReady()) {
         const waiting = copied.splice(0)
         buffered -= waiting.length
-        if (!(await exportSpans(ready, waiting))) return buckets.size > 0 || copied.length > 0 ? retryAfterBackoff() : undefined
+        if (!(await exportSpans(ready, waiting))) return buckets.size > 0 || copied.length > 0 ? retryAfterBackoff(deadline) : undefined
         if (Date.now() - started > maxDrainMs) return
       }
     } finally {
@@ -448,7 +466,7 @@ export const makeService = (
       if (!backingOff()) return drain()
       const copy = copyWhileBackingOff()
       const retry = retryAfterBackoff()
-      return copy === undefined ? retry : retry === undefined ? copy : Promise.all([copy, retry]).then(() => undefined)
+      return copy === undefined ? retry : retry === undefined ? copy : Promise.allSettled([copy, retry]).then(() => undefined)
     },
     exportMetrics: () => {
       if (flushMetrics === undefined || backingOff()) return undefined

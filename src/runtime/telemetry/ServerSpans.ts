@@ -144,7 +144,7 @@ const exportNow = (service: Service, traceId: string | undefined): Promise<void>
   const spans = service.finish(traceId)
   const metrics = service.exportMetrics()
   if (spans === undefined && metrics === undefined) return undefined
-  return Promise.all([spans, metrics]).then(() => undefined, () => undefined)
+  return Promise.allSettled([spans, metrics]).then(() => undefined)
 }
 
 /** Waits for `work` (within `maxWaitForWorkMs`), then exports as `exportNow` does. */
