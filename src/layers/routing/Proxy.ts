@@ -191,27 +191,7 @@ export const forward = (
               const timeout = new AbortController()
               return Effect.map(
                 Effect.tryPromise({
-                  // The timer ends the attempt itself, so a fetcher that ignores its signal cannot hold it
-                  // past the timeout; it is cleared as soon as the fetch settles: no timer outlives its call.
-                  try: (signal) =>
-                    new Promise<Response>((resolve, reject) => {
-                      const timer = setTimeout(() => {
-                        timeout.abort()
-                        reject(timeout.signal.reason)
-                      }, millis)
-                      let fetched: Promise<Response>
-                      try {
-                        fetched = target.fetcher.fetch(outgoing(trace), { signal: AbortSignal.any([signal, timeout.signal]) })
-                      } catch (error) {
-                        clearTimeout(timer)
-                        return reject(error)
-                      }
-                      fetched
-                        // An answer after the timeout (or the caller gone) is nobody's: its body is let go, not left open.
-                        .then((response) =>
-                          timeout.signal.aborted || signal.aborted ? void response.body?.cancel().catch(() => undefined) : resolve(response), reject)
-                        .finally(() => clearTimeout(timer))
-                    }),
+                  try: (signal) => fetchWithin(target.fetcher, () => outgoing(trace), signal, timeout, millis),
                   catch: () => (timeout.signal.aborted ? timedOut() : unreachable())
                 }),
                 downstreamResponse
@@ -236,6 +216,31 @@ export const forward = (
       const bulkheads = Context.getOrUndefined(context, Bulkheads)
       return bulkheads === undefined ? guarded : bulkheads.guard(target, guarded)
     })))
+
+/**
+ * `fetcher.fetch(request())` with `signal`, ended after `millis` by a timer
+ * that aborts `timeout` and rejects at once, so a fetcher that ignores its
+ * signal cannot hold the attempt past it. The timer is cleared as soon as the
+ * fetch settles (no timer outlives its call), and an answer that comes after
+ * the timeout, or after the caller went away, has its body let go.
+ */
+const fetchWithin = (fetcher: Fetcher, request: () => Request, signal: AbortSignal, timeout: AbortController, millis: number) =>
+  new Promise<Response>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      timeout.abort()
+      reject(timeout.signal.reason)
+    }, millis)
+    let fetched: Promise<Response>
+    try {
+      fetched = fetcher.fetch(request(), { signal: AbortSignal.any([signal, timeout.signal]) })
+    } catch (error) {
+      clearTimeout(timer)
+      return reject(error)
+    }
+    fetched
+      .then((response) => timeout.signal.aborted || signal.aborted ? void response.body?.cancel().catch(() => undefined) : resolve(response), reject)
+      .finally(() => clearTimeout(timer))
+  })
 
 /** Effect's live clock, the default of `Clock.Clock` (one instance per isolate). */
 const liveClock = Context.get(Context.empty(), Clock.Clock)

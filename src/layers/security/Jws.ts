@@ -134,18 +134,16 @@ export const verifyJwt = async (token: string, key: Key, rules: JwtRules): Promi
   // The issuer, audience and maximum age are checked against claims that must then be there.
   for (const claim of ["iss", "aud", "iat", ...rules.required]) if (payload[claim] === undefined) return refuse(`missing ${claim}`)
   const { iss, aud, sub, jti, iat, exp, nbf } = payload
-  if (iss !== undefined && iss !== rules.issuer) return refuse("issuer")
-  if (aud !== undefined && !(aud === rules.audience || (Array.isArray(aud) && aud.includes(rules.audience)))) return refuse("audience")
+  if (iss !== rules.issuer) return refuse("issuer")
+  if (!(aud === rules.audience || (Array.isArray(aud) && aud.includes(rules.audience)))) return refuse("audience")
   if ((sub !== undefined && typeof sub !== "string") || (jti !== undefined && typeof jti !== "string")) return refuse("malformed claims")
   const isTime = (value: unknown) => value === undefined || (typeof value === "number" && Number.isFinite(value))
-  if (!isTime(iat) || !isTime(exp) || !isTime(nbf)) return refuse("malformed claims")
+  if (typeof iat !== "number" || !Number.isFinite(iat) || !isTime(exp) || !isTime(nbf)) return refuse("malformed claims")
   const now = Math.floor(rules.now / 1000)
   const tolerance = rules.clockToleranceSeconds
   if (typeof exp === "number" && exp <= now - tolerance) return refuse("expired")
   if (typeof nbf === "number" && nbf > now + tolerance) return refuse("not yet valid")
-  if (typeof iat === "number") {
-    if (iat > now + tolerance) return refuse("issued in the future")
-    if (now - iat - tolerance > rules.maxTokenAgeSeconds) return refuse("too old")
-  }
+  if (iat > now + tolerance) return refuse("issued in the future")
+  if (now - iat - tolerance > rules.maxTokenAgeSeconds) return refuse("too old")
   return { ok: true, header, payload }
 }

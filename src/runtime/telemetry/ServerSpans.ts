@@ -34,7 +34,7 @@ export const endSpan = (span: Tracer.Span, exit: Exit.Exit<unknown, unknown>): v
 
 /** Starts the span of a request served by this Worker; its parent is the caller's span when trusted. */
 export const startServerSpan = (service: Service, request: Request, trustTraceparent: boolean) => {
-  // Each read of a request's property crosses into the runtime: once each.
+  // Each property of the request read once.
   const headers = request.headers
   const method = request.method
   const incoming = parseTraceparent(headers.get("traceparent"))
