@@ -13,7 +13,7 @@
  * | `OTLP_PROTOCOL` | `json` | or `protobuf` (Effect's protobuf encoder costs more CPU in workerd than `JSON.stringify`: measured) |
  * | `OTLP_HEADERS` | none | `key=value,key=value`, e.g. a hosted collector's API key (a secret) |
  * | `OTLP_TIMEOUT_MS` | `2000` | longest an export may take; then its spans are dropped and counted |
- * | `OTLP_EXPORT_DELAY_MS` | `50` | how long an export waits for more requests' spans before it leaves (0 to 5000) |
+ * | `OTLP_EXPORT_DELAY_MS` | `50` | how long each export waits for more requests' spans before it leaves (0 to 5000): under load, at most one POST per this long per isolate |
  * | `SERVICE_VERSION` | `0.1.0` | `service.version` |
  * | `DEPLOYMENT_ENVIRONMENT` | `development` | `deployment.environment` |
  * | `TRACE_SAMPLE_RATIO` | `1` | head sampling of new traces; a trace carried in keeps its parent's decision |
@@ -25,8 +25,9 @@
  * trace with no request still running in the isolate leave in one POST,
  * `OTLP_EXPORT_DELAY_MS` later, under `ctx.waitUntil`, within
  * `OTLP_TIMEOUT_MS`; while one is waiting or in flight,
- * requests that end leave their spans to its next round, so under load one
- * POST carries many requests. The response never waits for it. A failed or
+ * requests that end leave their spans to its next round, which waits
+ * `OTLP_EXPORT_DELAY_MS` again, so under load one POST carries many requests
+ * (a POST's own cost is most of an export's). The response never waits for it. A failed or
  * timed-out export drops its spans and counts them
  * (`meshwork.telemetry.spans.dropped`, and `stats`), warns once, and backs
  * the isolate's exports off (1 s doubling to 25 s): an unreachable collector

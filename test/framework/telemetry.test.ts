@@ -254,6 +254,38 @@ describe("sampling", () => {
   })
 })
 
+describe("batching", () => {
+  it("sends at most one POST per OTLP_EXPORT_DELAY_MS while requests keep ending", async () => {
+    const worker = Worker.make({
+      name: `batched-${unique()}`,
+      layer: Layer.empty,
+      fetch: (request) =>
+        new URL(request.url).pathname === "/stats"
+          ? Telemetry.Telemetry.useSync((telemetry) => Response.json(telemetry.stats))
+          : Effect.succeed(new Response("ok"))
+    })
+    const settings = { ...env, OTLP_EXPORT_DELAY_MS: "100" }
+    const exporting: Array<Promise<void>> = []
+    const started = Date.now()
+    // Requests one after another for half a second: before, every round after the first left at
+    // once with the few requests that ended during the last POST, one POST every few ms.
+    let requests = 0
+    while (Date.now() - started < 500) {
+      const ctx = createExecutionContext()
+      expect((await worker.fetch!(new Request("http://probe.test/ok"), settings, ctx)).status).toBe(200)
+      exporting.push(waitOnExecutionContext(ctx))
+      requests++
+      await new Promise((resolve) => setTimeout(resolve, 0))
+    }
+    await Promise.all(exporting)
+    const elapsed = Date.now() - started
+    const ctx = createExecutionContext()
+    const counted = await (await worker.fetch!(new Request("http://probe.test/stats"), settings, ctx)).json() as Telemetry.Stats
+    expect(counted.exported).toBe(requests)
+    expect(counted.exports).toBeLessThanOrEqual(Math.ceil(elapsed / 100) + 1)
+  })
+})
+
 describe("trace context", () => {
   it("reads traceparent as W3C Trace Context has it", () => {
     const id = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -435,8 +435,13 @@ export const makeService = (
   const drain = async (deadline = Date.now() + waitUntilBudgetMs): Promise<void> => {
     const started = exportingSince = Date.now()
     try {
-      if (settings.exportDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, settings.exportDelayMs))
-      for (let ready = takeReady(); ready.length > 0 || copied.length > 0; ready = takeReady()) {
+      for (;;) {
+        // Each round waits for more requests' spans first: under load, a round right after the last
+        // one would carry only the few spans that ended during its POST, and a POST's own cost is
+        // most of an export's.
+        if (settings.exportDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, settings.exportDelayMs))
+        const ready = takeReady()
+        if (ready.length === 0 && copied.length === 0) return
         const waiting = copied.splice(0)
         buffered -= waiting.length
         if (!(await exportSpans(ready, waiting))) return buckets.size > 0 || copied.length > 0 ? retryAfterBackoff(deadline) : undefined
