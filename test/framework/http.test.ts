@@ -10,6 +10,7 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { HttpApi, HttpApiBuilder, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { describe, expect, it } from "vitest"
 import * as Http from "../../src/runtime/Http.ts"
+import { hostOf, schemeOf } from "../../src/runtime/Url.ts"
 import * as Problem from "../../src/runtime/Problem.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
 import { expectProblem } from "../helpers.ts"
@@ -225,5 +226,49 @@ describe("Http.readBody", () => {
       const result = await read(request)
       expect(result._tag === "Failure" && result.failure._tag).toBe("PayloadTooLarge")
     }
+  })
+})
+
+describe("Http.pathOf and Http.editable", () => {
+  it("reads a URL's path, host and scheme as new URL does, without parsing it", () => {
+    const urls = [
+      "http://a/b?c#d",
+      "https://user:pw@host.example:8443/p/a%2Fth;x?q=//x#f",
+      "http://[::1]:8787/x",
+      "http://h",
+      "http://h?x",
+      "http://h#y",
+      "http://h/a#b?c",
+      "https://x.internal/api/users/%C3%A9",
+      "http://h:80/a/./b/../c",
+      "http://u@h/p"
+    ]
+    for (const raw of urls) {
+      // A request's url is serialized by the runtime, as the request path sees it.
+      const url = new Request(raw).url
+      const parsed = new URL(url)
+      expect([Http.pathOf(url), hostOf(url), schemeOf(url)]).toEqual([parsed.pathname, parsed.hostname, parsed.protocol.slice(0, -1)])
+    }
+    expect(Http.pathOf("/api/users?x=1")).toBe("/api/users")
+  })
+
+  it("copies a response once to set its headers, then sets them in place", async () => {
+    // Like a fetched response, a redirect's headers are immutable.
+    const fetched = Response.redirect("http://example.test/next", 302)
+    expect(() => fetched.headers.set("x-first", "1")).toThrow()
+    const first = Http.editable(fetched)
+    first.headers.set("x-first", "1")
+    const second = Http.editable(first)
+    expect(second).toBe(first)
+    second.headers.set("x-second", "2")
+    expect([second.status, second.headers.get("location"), second.headers.get("x-first"), second.headers.get("x-second")])
+      .toEqual([302, "http://example.test/next", "1", "2"])
+    // One made elsewhere is copied, its own left as it was.
+    const other = new Response("y", { headers: { "x-own": "1" } })
+    const copy = Http.editable(other)
+    expect(copy).not.toBe(other)
+    copy.headers.set("x-own", "2")
+    expect(other.headers.get("x-own")).toBe("1")
+    expect(await copy.text()).toBe("y")
   })
 })

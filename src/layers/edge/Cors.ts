@@ -34,6 +34,8 @@ import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as Editable from "../../runtime/Editable.ts"
+import { pathOf } from "../../runtime/Url.ts"
 import { matchesPrefix, PathPrefix } from "../routing/RoutingTable.ts"
 
 /** `*`, or an origin as browsers send it: `scheme://host[:port]`, lower case, no path. */
@@ -203,7 +205,7 @@ export const decorate = (route: ResolvedRoute, origin: string | null, response: 
   const allowed = origin !== null && originAllowed(route, origin)
   const varies = !(route.anyOrigin && route.route.credentials !== true)
   if (!allowed && !varies) return response
-  const copy = new Response(response.body, response)
+  const copy = Editable.response(response)
   if (varies) appendVary(copy.headers, "Origin")
   if (allowed) {
     copy.headers.set("access-control-allow-origin", allowOrigin(route, origin))
@@ -241,7 +243,7 @@ export const withCors = <E, R>(handler: (request: Request) => Effect.Effect<Resp
   Effect.withFiber((fiber): Effect.Effect<Response, E | Problem.Forbidden, R> => {
     const cors = Context.getOrUndefined(fiber.context, Cors)
     if (cors === undefined) return handler(request)
-    const route = cors.routeFor(new URL(request.url).pathname)
+    const route = cors.routeFor(pathOf(request.url))
     if (route === undefined) return handler(request)
     if (isPreflight(request)) {
       const answer = preflight(route, request)

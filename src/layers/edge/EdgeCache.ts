@@ -52,6 +52,8 @@ import type { Identity } from "../security/Identity.ts"
 import { matchesPrefix } from "../routing/RoutingTable.ts"
 import * as Sharding from "../state/Sharding.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import * as Editable from "../../runtime/Editable.ts"
+import { pathOf } from "../../runtime/Url.ts"
 import * as LiveStats from "../observability/LiveStats.ts"
 
 /** Edge cache lookups by result (HIT, STALE, MISS, BYPASS...): the hit ratio is HIT+STALE over all. */
@@ -366,7 +368,7 @@ export class EdgeCache extends Context.Service<EdgeCache, {
       )
 
     const withStatus = (response: Response, status: CacheStatus, age?: number): Response => {
-      const copy = new Response(response.body, response)
+      const copy = Editable.response(response)
       copy.headers.set(header, status)
       if (age !== undefined) copy.headers.set("age", String(Math.max(0, Math.floor(age / 1000))))
       return copy
@@ -527,7 +529,7 @@ export class EdgeCache extends Context.Service<EdgeCache, {
 
     return EdgeCache.of({
       routeFor: (request) => {
-        const path = new URL(request.url).pathname
+        const path = pathOf(request.url)
         return ordered.find((route) => matchesPrefix(path, route.prefix))
       },
       serve,

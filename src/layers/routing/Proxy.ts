@@ -19,6 +19,8 @@ import type { FaultSettings } from "../resilience/FaultInjection.ts"
 import * as Retry from "../resilience/Retries.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as Bindings from "../../runtime/Bindings.ts"
+import * as Editable from "../../runtime/Editable.ts"
+import { pathOf } from "../../runtime/Url.ts"
 import { LiveStats } from "../observability/LiveStats.ts"
 import * as Traffic from "../release/TrafficManager.ts"
 import * as Identity from "../security/Identity.ts"
@@ -98,6 +100,13 @@ export const upstreamRequest = (
   maxBodyBytes: number = defaultMaxBodyBytes,
   assertion?: string
 ): Effect.Effect<(trace?: Telemetry.Carrier) => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
+  if (request.body === null && Editable.ownsRequest(request)) {
+    // A request made for this hop (the gateway's, with the caller's identity): its headers are set in place.
+    const headers = request.headers
+    for (const name of hopByHopHeaders(headers)) headers.delete(name)
+    if (assertion !== undefined) headers.set(Identity.header, assertion)
+    return Effect.succeed((trace) => trace === undefined ? request : new Request(request, { headers: Telemetry.withCarrier(headers, trace) }))
+  }
   let headers = stripHopByHop(request.headers)
   if (assertion !== undefined) {
     if (headers === request.headers) headers = new Headers(headers)
@@ -116,10 +125,11 @@ export const upstreamRequest = (
 
 /** The response to send downstream, hop-by-hop headers dropped. */
 export const downstreamResponse = (response: Response): Response => {
-  const headers = stripHopByHop(response.headers)
-  return headers === response.headers
-    ? response
-    : new Response(response.body, { status: response.status, statusText: response.statusText, headers })
+  const dropped = hopByHopHeaders(response.headers)
+  if (dropped.length === 0) return response
+  const copy = Editable.response(response)
+  for (const name of dropped) copy.headers.delete(name)
+  return copy
 }
 
 /** Where a request is forwarded, and the route's resilience settings. */
@@ -304,7 +314,7 @@ const forwardTo = (upstream: Upstream, request: Request): Effect.Effect<Response
           const answer = exit.value
           // A mirrored request: the client gets one branch of the body, the comparison the other.
           const [body, copy] = chosen.mirror === undefined || answer.body === null ? [answer.body, null] : answer.body.tee()
-          const response = new Response(body, answer)
+          const response = copy === null ? Editable.response(answer) : new Response(body, answer)
           response.headers.set(Traffic.versionHeader, chosen.version)
           if (chosen.mirror === undefined) return Effect.succeed(response)
           const canary = chosen.mirror
@@ -372,7 +382,7 @@ const mirror = (
   record: (outcome: Traffic.MirrorOutcome) => Effect.Effect<void>
 ): Effect.Effect<void, never, Bindings.Invocation> =>
   Effect.gen(function*() {
-    const path = new URL(request.url).pathname
+    const path = pathOf(request.url)
     const expected = yield* comparable(stable.status, stable.headers, stable.body)
     const exit = yield* Effect.exit(forward(target, request))
     if (exit._tag === "Failure") {
@@ -409,7 +419,7 @@ export const proxy = <E = never, R = never>(
     const stats = Context.getOrUndefined(fiber.context, LiveStats)
     const invocation = stats === undefined ? undefined : Context.getOrUndefined(fiber.context, Bindings.Invocation)
     if (invocation !== undefined) stats!.reportIfDue(Date.now(), invocation)
-    const path = new URL(request.url).pathname
+    const path = pathOf(request.url)
     if (path === "/health") {
       return request.method === "GET" || request.method === "HEAD"
         ? Effect.andThen(

@@ -299,7 +299,7 @@ export const authenticateClient = (
     const header = request.headers.get("authorization")
     if (keys !== undefined && header !== null && apiKeyScheme.test(header)) {
       const routes = Context.get(fiber.context as Context.Context<PublicRoutes>, PublicRoutes)
-      if (!routes.isPublic(request.method, new URL(request.url).pathname)) {
+      if (!routes.isPublic(request.method, Identity.pathOf(request.url))) {
         return Effect.flatMap(parseApiKey(header), (key) => Effect.map(keys.verify(key), (verified) => ({ identity: verified.identity, key: verified })))
       }
     }

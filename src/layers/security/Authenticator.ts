@@ -36,6 +36,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
+import * as Editable from "../../runtime/Editable.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Identity from "./Identity.ts"
 import { importVerifyingKey, jwsHeader, type Key, verifyJwt } from "./Jws.ts"
@@ -325,7 +326,7 @@ export const authenticate = (
 ): Effect.Effect<Identity.Identity, Problem.Unauthorized | Problem.Forbidden | Problem.BadGateway, PublicRoutes | Authenticator> =>
   Effect.withFiber((fiber) => {
     const context = fiber.context as Context.Context<PublicRoutes | Authenticator>
-    if (Context.get(context, PublicRoutes).isPublic(request.method, new URL(request.url).pathname)) return Effect.succeed(anonymous)
+    if (Context.get(context, PublicRoutes).isPublic(request.method, Identity.pathOf(request.url))) return Effect.succeed(anonymous)
     const authenticator = Context.get(context, Authenticator)
     return Effect.flatMap(parseBearer(request.headers.get("authorization")), (token) => {
       const identity = authenticator.known(token, fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())
@@ -361,5 +362,6 @@ export const withIdentity = (request: Request, identity: Identity.Identity) =>
     headers.set(Identity.principalHeader, assertion)
     // Version affinity for Cloudflare's Gradual Deployments of the Workers behind: one user, one version.
     if (identity.kind === "user") headers.set("cloudflare-workers-version-key", identity.sub)
-    return new Request(request, { headers })
+    // Made as editable: the proxy then adds this Worker's own assertion in place, with no second copy.
+    return Editable.request(request, headers)
   })

@@ -41,12 +41,7 @@ export const importSigningKey = (jwk: PrivateJwk): Promise<Key> =>
   crypto.subtle.importKey("jwk", { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y, d: jwk.d }, ecdsa, false, ["sign"])
 
 /** The path an assertion is bound to: the URL's path (the URL may be a bare path), without its query. */
-export const pathOf = (url: string): string => {
-  const start = url.startsWith("/") ? 0 : url.indexOf("/", url.indexOf("//") + 2)
-  if (start === -1) return "/"
-  const query = url.indexOf("?", start)
-  return query === -1 ? url.slice(start) : url.slice(start, query)
-}
+export { pathOf } from "../../runtime/Url.ts"
 
 const decoder = new TextDecoder()
 

@@ -56,6 +56,7 @@ import * as Problem from "../../runtime/Problem.ts"
 import { Redis } from "../../runtime/Redis.ts"
 import { matchesPrefix, PathPrefix } from "../routing/RoutingTable.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import { pathOf } from "../../runtime/Url.ts"
 import * as LiveStats from "../observability/LiveStats.ts"
 
 /** Requests refused by a rate limit, by limit name. */
@@ -445,7 +446,7 @@ export class RateLimits extends Context.Service<RateLimits, {
       }
       return RateLimits.of({
         policyFor: (request) => {
-          const path = new URL(request.url).pathname
+          const path = pathOf(request.url)
           return policies.find((policy) =>
             matchesPrefix(path, policy.prefix) &&
             (policy.methods === undefined || policy.methods.includes(request.method as never))

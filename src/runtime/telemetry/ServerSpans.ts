@@ -8,6 +8,7 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import type { Service } from "./Exporter.ts"
+import { hostOf, pathOf, schemeOf } from "../Url.ts"
 import { type Carrier, errorTag, parseTraceparent, ServerSpan, TraceState } from "./TraceContext.ts"
 
 // ---------------------------------------------------------------------------
@@ -39,7 +40,7 @@ export const startServerSpan = (service: Service, request: Request, trustTracepa
   const method = request.method
   const incoming = parseTraceparent(headers.get("traceparent"))
   const trusted = incoming !== undefined && trustTraceparent
-  const url = new URL(request.url)
+  const url = request.url
   const span = service.tracer.span({
     name: method,
     parent: trusted ? Option.some(incoming) : Option.none(),
@@ -52,9 +53,9 @@ export const startServerSpan = (service: Service, request: Request, trustTracepa
     sampled: trusted ? incoming.sampled : true
   })
   span.attribute("http.request.method", method)
-  span.attribute("url.path", url.pathname)
-  span.attribute("url.scheme", url.protocol.slice(0, -1))
-  span.attribute("server.address", url.hostname)
+  span.attribute("url.path", pathOf(url))
+  span.attribute("url.scheme", schemeOf(url))
+  span.attribute("server.address", hostOf(url))
   const agent = headers.get("user-agent")
   if (agent !== null) span.attribute("user_agent.original", agent)
   const tracestate = trusted ? headers.get("tracestate") ?? undefined : undefined

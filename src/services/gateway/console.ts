@@ -5,7 +5,7 @@
  * `/api` only). The page reads and steers the mesh through the admin API.
  */
 import * as Effect from "effect/Effect"
-import { Bindings, Problem } from "meshwork"
+import { Bindings, Http, Problem } from "meshwork"
 
 export const consolePath = "/console"
 
@@ -15,7 +15,7 @@ export const consolePath = "/console"
  */
 export const withConsole = <E, R>(handler: (request: Request) => Effect.Effect<Response, E, R>) =>
 (request: Request): Effect.Effect<Response, E | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway, R | Bindings.WorkerEnv> => {
-  const path = new URL(request.url).pathname
+  const path = Http.pathOf(request.url)
   if (path !== consolePath && !path.startsWith(`${consolePath}/`)) return handler(request)
   if (request.method !== "GET" && request.method !== "HEAD") {
     return Effect.fail(new Problem.MethodNotAllowed({ allow: ["GET", "HEAD"], detail: `GET ${path}` }))

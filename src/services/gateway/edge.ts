@@ -20,6 +20,7 @@ import {
   type Bindings,
   type Client,
   EdgeCache,
+  Http,
   type Identity,
   matchesPrefix,
   meshAdmin,
@@ -36,7 +37,7 @@ import {
 } from "meshwork"
 
 const withHeaders = (response: Response, values: Record<string, string>): Response => {
-  const copy = new Response(response.body, response)
+  const copy = Http.editable(response)
   for (const [name, value] of Object.entries(values)) copy.headers.set(name, value)
   return copy
 }
@@ -68,7 +69,7 @@ export const edge = (request: Request, forward: Proxy.Forward) =>
       const policy = limits?.policyFor(request)
       type Answer = Effect.Effect<Response, unknown, Identity.IdentityKey | Bindings.Invocation | Bindings.WorkerEnv>
       const answer = (headers: Record<string, string> | undefined): Answer => {
-        const path = new URL(request.url).pathname
+        const path = Http.pathOf(request.url)
         if (matchesPrefix(path, adminPrefix)) return meshAdmin(request, identity)
         if (docs !== undefined && docs.serves(path)) return docs.serve(request)
         const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
