@@ -188,6 +188,15 @@ it.effect("hedges a slow GET: a second attempt after hedgeAfterMs, the first ans
     expect(yield* calls(k)).toEqual({ calls: 2, aborted: true })
   }).pipe(Effect.provide(Retries.layer)))
 
+it.live("on the live clock, a hedge's slow first attempt is aborted by its fetch's own signal when the second answers", () =>
+  Effect.gen(function*() {
+    const k = key()
+    const answer = yield* call(`/hang-first?key=${k}`, { retry: { hedgeAfterMs: 100 }, timeoutMs: 5_000 }).pipe(Effect.provide(Retries.layer))
+    expect(answer).toEqual({ status: 200, body: "GET 200" })
+    yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+    expect(yield* calls(k)).toEqual({ calls: 2, aborted: true })
+  }))
+
 it.effect("never hedges a write, nor beyond the retry budget", () =>
   Effect.gen(function*() {
     // A PUT may be retried, but never sent twice at once: it waits out its timeout.

@@ -196,18 +196,7 @@ export const forward = (
       const attemptWithin = faulty || fiber.getRef(Clock.Clock) !== liveClock
         ? undefined
         : (millis: number, timedOut: () => Problem.GatewayTimeout) =>
-          traced((trace) =>
-            Effect.suspend(() => {
-              const timeout = new AbortController()
-              return Effect.map(
-                Effect.tryPromise({
-                  try: (signal) => fetchWithin(target.fetcher, () => outgoing(trace), signal, timeout, millis),
-                  catch: () => (timeout.signal.aborted ? timedOut() : unreachable())
-                }),
-                downstreamResponse
-              )
-            })
-          )
+          traced((trace) => Effect.map(fetchWithin(target.fetcher, () => outgoing(trace), millis, timedOut, unreachable), downstreamResponse))
       const call = Retry.withRetries<Response, Problem.BadGateway, never>({
         upstream: target.service,
         method: request.method,
@@ -228,28 +217,59 @@ export const forward = (
     })))
 
 /**
- * `fetcher.fetch(request())` with `signal`, ended after `millis` by a timer
- * that aborts `timeout` and rejects at once, so a fetcher that ignores its
- * signal cannot hold the attempt past it. The timer is cleared as soon as the
- * fetch settles (no timer outlives its call), and an answer that comes after
- * the timeout, or after the caller went away, has its body let go.
+ * `fetcher.fetch(request())`, ended after `millis` by a timer that aborts the
+ * fetch and fails with `timedOut()` at once, so a fetcher that ignores its
+ * signal cannot hold the attempt past it; a fetch that throws or rejects is
+ * `unreachable()`. One AbortController serves the timer and the fiber's
+ * interruption (a hedge's loser, a client gone), and the timer is cleared as
+ * soon as the attempt settles (no timer outlives its call). An answer that
+ * comes after the attempt ended has its body let go.
  */
-const fetchWithin = (fetcher: Fetcher, request: () => Request, signal: AbortSignal, timeout: AbortController, millis: number) =>
-  new Promise<Response>((resolve, reject) => {
+const fetchWithin = <E1, E2>(
+  fetcher: Fetcher,
+  request: () => Request,
+  millis: number,
+  timedOut: () => E1,
+  unreachable: () => E2
+): Effect.Effect<Response, E1 | E2> =>
+  Effect.callback<Response, E1 | E2>((resume) => {
+    const controller = new AbortController()
+    let done = false
+    const end = () => {
+      done = true
+      clearTimeout(timer)
+    }
     const timer = setTimeout(() => {
-      timeout.abort()
-      reject(timeout.signal.reason)
+      if (done) return
+      end()
+      controller.abort()
+      resume(Effect.fail(timedOut()))
     }, millis)
     let fetched: Promise<Response>
     try {
-      fetched = fetcher.fetch(request(), { signal: AbortSignal.any([signal, timeout.signal]) })
-    } catch (error) {
-      clearTimeout(timer)
-      return reject(error)
+      fetched = fetcher.fetch(request(), { signal: controller.signal })
+    } catch {
+      end()
+      return resume(Effect.fail(unreachable()))
     }
-    fetched
-      .then((response) => timeout.signal.aborted || signal.aborted ? void response.body?.cancel().catch(() => undefined) : resolve(response), reject)
-      .finally(() => clearTimeout(timer))
+    fetched.then(
+      (response) => {
+        if (done) return void response.body?.cancel().catch(() => undefined)
+        end()
+        resume(Effect.succeed(response))
+      },
+      () => {
+        if (done) return
+        end()
+        resume(Effect.fail(unreachable()))
+      }
+    )
+    // Interrupted: the fetch is aborted, and a late answer let go.
+    return Effect.sync(() => {
+      if (done) return
+      end()
+      controller.abort()
+    })
   })
 
 /** Effect's live clock, the default of `Clock.Clock` (one instance per isolate). */

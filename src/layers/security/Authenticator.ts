@@ -358,10 +358,12 @@ export const withIdentity = (request: Request, identity: Identity.Identity) =>
   Effect.map(principalFor(identity), (assertion) => {
     // Hop-by-hop headers go first: a client's `Connection: x-meshwork-principal`
     // then has nothing left to name when a later hop strips what Connection lists.
-    const headers = Identity.stripSpoofable(request.headers, [...Proxy.hopByHopHeaders(request.headers), ...versionHeaders])
+    // Made as editable (its headers a copy of its own): the proxy then adds this Worker's own assertion in place.
+    const outgoing = Editable.request(request)
+    const headers = outgoing.headers
+    Identity.dropSpoofable(headers, [...Proxy.hopByHopHeaders(headers), ...versionHeaders])
     headers.set(Identity.principalHeader, assertion)
     // Version affinity for Cloudflare's Gradual Deployments of the Workers behind: one user, one version.
     if (identity.kind === "user") headers.set("cloudflare-workers-version-key", identity.sub)
-    // Made as editable: the proxy then adds this Worker's own assertion in place, with no second copy.
-    return Editable.request(request, headers)
+    return outgoing
   })

@@ -126,15 +126,20 @@ export const spoofableHeaders: ReadonlyArray<string> = [
 const spoofable = new Set(spoofableHeaders)
 
 /**
- * A copy of `headers` without any identity header a client could have forged
- * (and any `x-meshwork-*` header), nor the names in `alsoDrop`. One pass over
- * the names present: each call into the runtime's Headers costs.
+ * Drops from `headers`, in place, any identity header a client could have
+ * forged (and any `x-meshwork-*` header), and the names in `alsoDrop`. One
+ * pass over the names present: each call into the runtime's Headers costs.
  */
-export const stripSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string> = []): Headers => {
-  const copy = new Headers(headers)
+export const dropSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string> = []): void => {
   const dropped: Array<string> = [...alsoDrop]
   for (const name of headers.keys()) if (spoofable.has(name) || name.startsWith("x-meshwork-")) dropped.push(name)
-  for (const name of dropped) copy.delete(name)
+  for (const name of dropped) headers.delete(name)
+}
+
+/** A copy of `headers` without the headers `dropSpoofable` drops. */
+export const stripSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string> = []): Headers => {
+  const copy = new Headers(headers)
+  dropSpoofable(copy, alsoDrop)
   return copy
 }
 
