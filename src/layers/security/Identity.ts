@@ -136,13 +136,6 @@ export const dropSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string> 
   for (const name of dropped) headers.delete(name)
 }
 
-/** A copy of `headers` without the headers `dropSpoofable` drops. */
-export const stripSpoofable = (headers: Headers, alsoDrop: ReadonlyArray<string> = []): Headers => {
-  const copy = new Headers(headers)
-  dropSpoofable(copy, alsoDrop)
-  return copy
-}
-
 // Stateless codecs, shared by every request of the isolate.
 
 /** How long a signer reuses one assertion for the same audience and request (well inside its lifetime). */
