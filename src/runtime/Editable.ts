@@ -18,12 +18,16 @@ export const response = (response: Response): Response => {
   return copy
 }
 
-/** A copy of `request` (with `headers` instead of its own, when given) whose headers can be set (`ownsRequest`). */
+/** A copy of `request` (with `headers` instead of its own, when given) whose headers can be set (`takeRequest`). */
 export const request = (request: Request, headers?: Headers): Request => {
   const copy = headers === undefined ? new Request(request) : new Request(request, { headers })
   requests.add(copy)
   return copy
 }
 
-/** Whether `request` was made by `request` here: its headers can be set in place, once it is not used elsewhere. */
-export const ownsRequest = (request: Request): boolean => requests.has(request)
+/**
+ * Whether `request` was made by `request` here, and not taken yet: its headers
+ * may then be set in place, once. A second taker (the same request forwarded
+ * again, to a canary or by a step of the user's own) copies it as usual.
+ */
+export const takeRequest = (request: Request): boolean => requests.delete(request)

@@ -10,6 +10,7 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { HttpApi, HttpApiBuilder, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { describe, expect, it } from "vitest"
 import * as Http from "../../src/runtime/Http.ts"
+import * as Editable from "../../src/runtime/Editable.ts"
 import { hostOf, schemeOf } from "../../src/runtime/Url.ts"
 import * as Problem from "../../src/runtime/Problem.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
@@ -270,5 +271,15 @@ describe("Http.pathOf and Http.editable", () => {
     copy.headers.set("x-own", "2")
     expect(other.headers.get("x-own")).toBe("1")
     expect(await copy.text()).toBe("y")
+  })
+
+  it("lets a request copied for a hop be changed in place once: a second taker copies it", () => {
+    const incoming = new Request("http://gateway.test/api/users", { headers: { "x-client": "1" } })
+    expect(Editable.takeRequest(incoming)).toBe(false)
+    const outgoing = Editable.request(incoming)
+    outgoing.headers.set("x-hop", "1")
+    expect(incoming.headers.get("x-hop")).toBeNull()
+    expect(Editable.takeRequest(outgoing)).toBe(true)
+    expect(Editable.takeRequest(outgoing)).toBe(false)
   })
 })

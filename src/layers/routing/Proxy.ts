@@ -100,7 +100,7 @@ export const upstreamRequest = (
   maxBodyBytes: number = defaultMaxBodyBytes,
   assertion?: string
 ): Effect.Effect<(trace?: Telemetry.Carrier) => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
-  if (request.body === null && Editable.ownsRequest(request)) {
+  if (request.body === null && Editable.takeRequest(request)) {
     // A request made for this hop (the gateway's, with the caller's identity): its headers are set in place.
     const headers = request.headers
     for (const name of hopByHopHeaders(headers)) headers.delete(name)

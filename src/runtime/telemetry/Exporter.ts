@@ -341,8 +341,9 @@ export const makeService = (
     }
   }
 
-  /** A loop started at `since` that has not ended; one older than it could possibly run is taken as gone. */
-  const stillRunning = (since: number | undefined) => since !== undefined && Date.now() - since < maxDrainMs + settings.timeoutMs
+  /** A loop started at `since` that has not ended; one older than it could possibly run (its last round's wait and POST included) is taken as gone. */
+  const stillRunning = (since: number | undefined) =>
+    since !== undefined && Date.now() - since < maxDrainMs + settings.exportDelayMs + settings.timeoutMs
 
   /**
    * Spans in the mesh's store that wait for the collector: while the collector
@@ -445,7 +446,8 @@ export const makeService = (
         const waiting = copied.splice(0)
         buffered -= waiting.length
         if (!(await exportSpans(ready, waiting))) return buckets.size > 0 || copied.length > 0 ? retryAfterBackoff(deadline) : undefined
-        if (Date.now() - started > maxDrainMs) return
+        // Within its request's waitUntil: no round that could not end by the deadline (the next request's end starts one).
+        if (Date.now() - started > maxDrainMs || Date.now() + settings.exportDelayMs + settings.timeoutMs > deadline) return
       }
     } finally {
       if (exportingSince === started) exportingSince = undefined

@@ -5,7 +5,7 @@
  * `/api` only). The page reads and steers the mesh through the admin API.
  */
 import * as Effect from "effect/Effect"
-import { Bindings, Http, Problem } from "meshwork"
+import { Bindings, Http, Problem, Proxy } from "meshwork"
 
 export const consolePath = "/console"
 
@@ -14,7 +14,11 @@ export const consolePath = "/console"
  * come from the docs Worker; everything else goes to `handler`.
  */
 export const withConsole = <E, R>(handler: (request: Request) => Effect.Effect<Response, E, R>) =>
-(request: Request): Effect.Effect<Response, E | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway, R | Bindings.WorkerEnv> => {
+(request: Request): Effect.Effect<
+  Response,
+  E | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.BadRequest,
+  R | Bindings.WorkerEnv
+> => {
   const path = Http.pathOf(request.url)
   if (path !== consolePath && !path.startsWith(`${consolePath}/`)) return handler(request)
   if (request.method !== "GET" && request.method !== "HEAD") {
@@ -22,8 +26,11 @@ export const withConsole = <E, R>(handler: (request: Request) => Effect.Effect<R
   }
   const notFound = (detail: string) => new Problem.NotFound({ detail })
   const unavailable = () => new Problem.BadGateway({ service: "docs", detail: "The docs Worker, which serves the console, did not answer" })
-  return Bindings.fetcher("DOCS").pipe(
-    Effect.mapError(() => notFound("The docs Worker, which serves the console, is not bound as DOCS")),
+  // The path as the client sent it: one the docs Worker could read another way is refused, as the proxy refuses it.
+  const docs = Bindings.fetcher("DOCS").pipe(
+    Effect.mapError(() => notFound("The docs Worker, which serves the console, is not bound as DOCS"))
+  )
+  return Effect.andThen(Proxy.checkPath(path), docs).pipe(
     Effect.flatMap((docs) =>
       Effect.tryPromise({ try: () => docs.fetch(`http://docs.internal${path}`, { method: request.method }), catch: unavailable })
     ),
