@@ -27,7 +27,7 @@ with its D1 migrations applied first and its queues created if missing.
   npm run deploy                                  every Worker (needs wrangler login or CLOUDFLARE_API_TOKEN)
   npm run deploy -- --worker users                users, blue and green
   npm run deploy -- --worker users --color green  green alone
-  npm run deploy -- --dry-run [--worker ...]      bundle, print each size and its largest parts; deploy nothing (offline)
+  npm run deploy -- --dry-run [--worker ...]      bundle, print each size and its largest parts, fail over 150 KiB gzip; deploy nothing (offline)
 
 Workers: ${workers.map((worker) => worker.name).filter((name) => !name.includes("-")).join(", ")}
 `
@@ -93,6 +93,9 @@ const selected = (worker: string | undefined, color: string | undefined): Readon
   return colored.length > 0 ? colored : usage(`${worker} has no ${color} version`)
 }
 
+/** The most a mesh Worker may weigh, gzip: a new isolate compiles and evaluates all of it before its first answer. */
+const budgetKiB = 150
+
 const deploy = async (options: { dryRun: boolean; worker: string | undefined; color: string | undefined }) => {
   await writeDocsAssets()
   for (const worker of selected(options.worker, options.color)) {
@@ -101,6 +104,11 @@ const deploy = async (options: { dryRun: boolean; worker: string | undefined; co
       const out = run(["deploy", "-c", worker.config, "--dry-run", "--outdir", join(root, ".build/deploy", worker.name)])
       const size = /Total Upload: (.*)/.exec(out)?.[1] ?? "unknown size"
       console.log(`${config.name}: ${size}\n  largest parts: ${await contributors(worker, 6)}`)
+      const gzip = Number(/gzip: ([\d.]+) KiB/.exec(size)?.[1])
+      if (gzip > budgetKiB) {
+        console.error(`${config.name} is over the mesh's ${budgetKiB} KiB gzip budget per Worker (docs/deploy.md#bundle-size)`)
+        process.exitCode = 1
+      }
       continue
     }
     for (const queue of queuesOf(config)) ensureQueue(queue)

@@ -27,6 +27,9 @@ export { Redis, RedisError, RedisPoolObject } from "./runtime/Redis.ts"
 export * as ServiceClient from "./runtime/ServiceClient.ts"
 export * as Telemetry from "./runtime/Telemetry.ts"
 export * as Worker from "./runtime/Worker.ts"
+// By name, not in Http: a Worker that only proxies then bundles none of Http's serving code.
+export { pathOf } from "./runtime/Url.ts"
+export { response as editableResponse } from "./runtime/Editable.ts"
 
 // Routing: the routing table, proxying over service bindings, the mesh's health report.
 export * as HealthReport from "./layers/routing/HealthReport.ts"

@@ -40,11 +40,6 @@ import * as UrlParams from "effect/http/UrlParams"
 import * as Problem from "./Problem.ts"
 import type { Handler } from "./Worker.ts"
 
-/** The path of a request's URL without parsing it (see Url.ts). */
-export { pathOf } from "./Url.ts"
-/** A response whose headers can be set, copied only when this isolate has not made it so already (see Editable.ts). */
-export { response as editable } from "./Editable.ts"
-
 /** The built routes of this Worker, as one effect per request. */
 export class HttpApp extends Context.Service<HttpApp, {
   readonly handle: Effect.Effect<

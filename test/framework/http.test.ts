@@ -11,7 +11,7 @@ import { HttpApi, HttpApiBuilder, HttpApiEndpoint, HttpApiGroup, HttpApiMiddlewa
 import { describe, expect, it } from "vitest"
 import * as Http from "../../src/runtime/Http.ts"
 import * as Editable from "../../src/runtime/Editable.ts"
-import { hostOf, schemeOf } from "../../src/runtime/Url.ts"
+import { hostOf, pathOf, schemeOf } from "../../src/runtime/Url.ts"
 import * as Problem from "../../src/runtime/Problem.ts"
 import * as Worker from "../../src/runtime/Worker.ts"
 import { expectProblem } from "../helpers.ts"
@@ -230,7 +230,7 @@ describe("Http.readBody", () => {
   })
 })
 
-describe("Http.pathOf and Http.editable", () => {
+describe("pathOf and editable copies", () => {
   it("reads a URL's path, host and scheme as new URL does, without parsing it", () => {
     const urls = [
       "http://a/b?c#d",
@@ -248,25 +248,25 @@ describe("Http.pathOf and Http.editable", () => {
       // A request's url is serialized by the runtime, as the request path sees it.
       const url = new Request(raw).url
       const parsed = new URL(url)
-      expect([Http.pathOf(url), hostOf(url), schemeOf(url)]).toEqual([parsed.pathname, parsed.hostname, parsed.protocol.slice(0, -1)])
+      expect([pathOf(url), hostOf(url), schemeOf(url)]).toEqual([parsed.pathname, parsed.hostname, parsed.protocol.slice(0, -1)])
     }
-    expect(Http.pathOf("/api/users?x=1")).toBe("/api/users")
+    expect(pathOf("/api/users?x=1")).toBe("/api/users")
   })
 
   it("copies a response once to set its headers, then sets them in place", async () => {
     // Like a fetched response, a redirect's headers are immutable.
     const fetched = Response.redirect("http://example.test/next", 302)
     expect(() => fetched.headers.set("x-first", "1")).toThrow()
-    const first = Http.editable(fetched)
+    const first = Editable.response(fetched)
     first.headers.set("x-first", "1")
-    const second = Http.editable(first)
+    const second = Editable.response(first)
     expect(second).toBe(first)
     second.headers.set("x-second", "2")
     expect([second.status, second.headers.get("location"), second.headers.get("x-first"), second.headers.get("x-second")])
       .toEqual([302, "http://example.test/next", "1", "2"])
     // One made elsewhere is copied, its own left as it was.
     const other = new Response("y", { headers: { "x-own": "1" } })
-    const copy = Http.editable(other)
+    const copy = Editable.response(other)
     expect(copy).not.toBe(other)
     copy.headers.set("x-own", "2")
     expect(other.headers.get("x-own")).toBe("1")

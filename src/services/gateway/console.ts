@@ -5,7 +5,7 @@
  * `/api` only). The page reads and steers the mesh through the admin API.
  */
 import * as Effect from "effect/Effect"
-import { Bindings, Http, Problem, Proxy } from "meshwork"
+import { Bindings, pathOf, Problem, Proxy } from "meshwork"
 
 export const consolePath = "/console"
 
@@ -19,7 +19,7 @@ export const withConsole = <E, R>(handler: (request: Request) => Effect.Effect<R
   E | Problem.NotFound | Problem.MethodNotAllowed | Problem.BadGateway | Problem.BadRequest,
   R | Bindings.WorkerEnv
 > => {
-  const path = Http.pathOf(request.url)
+  const path = pathOf(request.url)
   if (path !== consolePath && !path.startsWith(`${consolePath}/`)) return handler(request)
   if (request.method !== "GET" && request.method !== "HEAD") {
     return Effect.fail(new Problem.MethodNotAllowed({ allow: ["GET", "HEAD"], detail: `GET ${path}` }))

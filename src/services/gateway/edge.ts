@@ -20,10 +20,11 @@ import {
   type Bindings,
   type Client,
   EdgeCache,
-  Http,
+  editableResponse,
   type Identity,
   matchesPrefix,
   meshAdmin,
+  pathOf,
   Problem,
   type Proxy,
   type PublicRoutes,
@@ -37,7 +38,7 @@ import {
 } from "meshwork"
 
 const withHeaders = (response: Response, values: Record<string, string>): Response => {
-  const copy = Http.editable(response)
+  const copy = editableResponse(response)
   for (const [name, value] of Object.entries(values)) copy.headers.set(name, value)
   return copy
 }
@@ -69,7 +70,7 @@ export const edge = (request: Request, forward: Proxy.Forward) =>
       const policy = limits?.policyFor(request)
       type Answer = Effect.Effect<Response, unknown, Identity.IdentityKey | Bindings.Invocation | Bindings.WorkerEnv>
       const answer = (headers: Record<string, string> | undefined): Answer => {
-        const path = Http.pathOf(request.url)
+        const path = pathOf(request.url)
         if (matchesPrefix(path, adminPrefix)) return meshAdmin(request, identity)
         if (docs !== undefined && docs.serves(path)) return docs.serve(request)
         const upstream = (outgoing: Request) => Effect.flatMap(withIdentity(outgoing, identity), forward)
