@@ -18,9 +18,9 @@ export const response = (response: Response): Response => {
   return copy
 }
 
-/** A copy of `request` (with `headers` instead of its own, when given) whose headers can be set (`takeRequest`). */
-export const request = (request: Request, headers?: Headers): Request => {
-  const copy = headers === undefined ? new Request(request) : new Request(request, { headers })
+/** A copy of `request` whose headers can be set (`takeRequest`). */
+export const request = (request: Request): Request => {
+  const copy = new Request(request)
   requests.add(copy)
   return copy
 }
