@@ -30,7 +30,8 @@ import { convertV4MiniflareOptions, Miniflare } from "miniflare"
 import { unstable_splitSqlQuery } from "wrangler"
 import { importJWK, SignJWT } from "jose"
 import { generateKey, generateMeshKeys, meshNameOf } from "../scripts/keys.ts"
-import { importSigningKey, pathOf, signJws } from "../src/layers/security/Jws.ts"
+import { importSigningKey, signJws } from "../src/layers/security/Jws.ts"
+import { pathOf } from "../src/runtime/Url.ts"
 import { buildMesh, bundle, root, workers } from "../scripts/mesh.ts"
 
 const { values: flags } = parseArgs({

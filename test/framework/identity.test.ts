@@ -7,6 +7,7 @@ import { expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import * as Identity from "../../src/layers/security/Identity.ts"
+import { pathOf } from "../../src/runtime/Url.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
 import { meshEnv, signAs } from "../helpers.ts"
 
@@ -120,10 +121,10 @@ it.effect("a signer reuses an assertion for the same audience and request for 10
   }).pipe(Effect.provide(AsRouter)))
 
 it("binds an assertion to the path of a full URL or a bare path, never the query", () => {
-  expect(Identity.pathOf("http://users.internal/api/users/7?x=1")).toBe("/api/users/7")
-  expect(Identity.pathOf("/api/users/7?x=1")).toBe("/api/users/7")
-  expect(Identity.pathOf("/health")).toBe("/health")
-  expect(Identity.pathOf("http://router.internal")).toBe("/")
+  expect(pathOf("http://users.internal/api/users/7?x=1")).toBe("/api/users/7")
+  expect(pathOf("/api/users/7?x=1")).toBe("/api/users/7")
+  expect(pathOf("/health")).toBe("/health")
+  expect(pathOf("http://router.internal")).toBe("/")
 })
 
 it.effect("rotates a Worker's key under continuous requests without one failure", () =>

@@ -285,7 +285,7 @@ const assertionFor = (target: Target, request: Request): Effect.Effect<string | 
     if (keys === undefined) return Effect.succeed(undefined)
     const at = target.service.indexOf("@")
     const audience = at === -1 ? target.service : target.service.slice(0, at)
-    const path = Identity.pathOf(request.url)
+    const path = pathOf(request.url)
     // Signed for this call within the last 10 s: no effect to run.
     const ready = Identity.reusableFor(keys, audience, request.method, path, fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())
     if (ready !== undefined) return Effect.succeed(ready)

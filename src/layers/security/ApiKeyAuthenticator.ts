@@ -32,6 +32,7 @@ import * as Bindings from "../../runtime/Bindings.ts"
 import * as DurableObjects from "../../runtime/DurableObjects.ts"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import { pathOf } from "../../runtime/Url.ts"
 import { authenticate, type Authenticator, PublicRoutes, realm } from "./Authenticator.ts"
 import * as Identity from "./Identity.ts"
 
@@ -195,7 +196,7 @@ export class ApiKeyAuthenticator extends Context.Service<ApiKeyAuthenticator, {
         const quotas = yield* Bindings.durableObject(options.quotas ?? "API_KEY_QUOTAS")
         const keys = yield* Identity.IdentityKey
         const service = options.binding.toLowerCase()
-        const path = Identity.pathOf(options.verifyUrl)
+        const path = pathOf(options.verifyUrl)
 
         const ask = (key: string) =>
           Effect.gen(function*() {
@@ -299,7 +300,7 @@ export const authenticateClient = (
     const header = request.headers.get("authorization")
     if (keys !== undefined && header !== null && apiKeyScheme.test(header)) {
       const routes = Context.get(fiber.context as Context.Context<PublicRoutes>, PublicRoutes)
-      if (!routes.isPublic(request.method, Identity.pathOf(request.url))) {
+      if (!routes.isPublic(request.method, pathOf(request.url))) {
         return Effect.flatMap(parseApiKey(header), (key) => Effect.map(keys.verify(key), (verified) => ({ identity: verified.identity, key: verified })))
       }
     }

@@ -42,6 +42,7 @@ import * as Identity from "./Identity.ts"
 import { importVerifyingKey, jwsHeader, type Key, verifyJwt } from "./Jws.ts"
 import * as Proxy from "../routing/Proxy.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
+import { pathOf } from "../../runtime/Url.ts"
 
 export const realm = "meshwork"
 
@@ -149,7 +150,7 @@ export class Authenticator extends Context.Service<Authenticator, {
         // Internal calls carry this Worker's own identity, like any other Worker's.
         const internal = (url: string) =>
           Effect.gen(function*() {
-            const assertion = yield* Identity.signFor(options.audience, "GET", Identity.pathOf(url))
+            const assertion = yield* Identity.signFor(options.audience, "GET", pathOf(url))
             const trace = yield* Telemetry.activeCarrier
             const response = yield* Effect.tryPromise({
               try: () => upstream.fetch(url, { headers: { ...trace, [Identity.header]: assertion } }),
@@ -326,7 +327,7 @@ export const authenticate = (
 ): Effect.Effect<Identity.Identity, Problem.Unauthorized | Problem.Forbidden | Problem.BadGateway, PublicRoutes | Authenticator> =>
   Effect.withFiber((fiber) => {
     const context = fiber.context as Context.Context<PublicRoutes | Authenticator>
-    if (Context.get(context, PublicRoutes).isPublic(request.method, Identity.pathOf(request.url))) return Effect.succeed(anonymous)
+    if (Context.get(context, PublicRoutes).isPublic(request.method, pathOf(request.url))) return Effect.succeed(anonymous)
     const authenticator = Context.get(context, Authenticator)
     return Effect.flatMap(parseBearer(request.headers.get("authorization")), (token) => {
       const identity = authenticator.known(token, fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())

@@ -42,9 +42,10 @@ import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
 import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
 import * as Problem from "../../runtime/Problem.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
-import { importSigningKey, importVerifyingKey, type Key, pathOf, segmentJson, signedBy, signJws } from "./Jws.ts"
+import { pathOf } from "../../runtime/Url.ts"
+import { importSigningKey, importVerifyingKey, type Key, segmentJson, signedBy, signJws } from "./Jws.ts"
 
-export { importSigningKey, pathOf, signJws } from "./Jws.ts"
+export { importSigningKey, signJws } from "./Jws.ts"
 
 /** The calling Worker's service assertion. */
 export const header = "x-meshwork-identity"

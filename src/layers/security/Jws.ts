@@ -40,9 +40,6 @@ export const signJws = async (key: Key, kid: string, claims: object, typ = "mesh
 export const importSigningKey = (jwk: PrivateJwk): Promise<Key> =>
   crypto.subtle.importKey("jwk", { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y, d: jwk.d }, ecdsa, false, ["sign"])
 
-/** The path an assertion is bound to: the URL's path (the URL may be a bare path), without its query. */
-export { pathOf } from "../../runtime/Url.ts"
-
 const decoder = new TextDecoder()
 
 /** The bytes of a base64url segment, or `undefined` if it is not one. */

@@ -422,10 +422,11 @@ export const makeService = (
   }
 
   /**
-   * Exports what is ready, then what became ready meanwhile, until nothing
-   * is (or `maxDrainMs` passed: a request's waitUntil is limited). Requests
-   * that end while it runs leave their spans to it, so under load one export
-   * carries many requests' spans, each request's all in the same one. After
+   * Rounds, each `exportDelayMs` after the last, that export what is ready,
+   * until a round finds nothing (or `maxDrainMs` passed: a request's
+   * waitUntil is limited). Requests that end while it runs leave their spans
+   * to it, so under load one export carries many requests' spans, each
+   * request's all in the same one. After
    * a failure, spans that ended meanwhile wait for the retry at the backoff's
    * end, not for the isolate's next request, which may never come.
    */

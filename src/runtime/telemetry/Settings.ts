@@ -11,7 +11,7 @@ export interface Settings {
   readonly protocol: "json" | "protobuf"
   readonly headers: Readonly<Record<string, string>>
   readonly timeoutMs: number
-  /** How long a drain waits before it takes the ready spans, so one export carries many requests' spans. */
+  /** How long each round of a drain waits before it takes the ready spans, so one export carries many requests' spans. */
   readonly exportDelayMs: number
   readonly sampleRatio: number
   readonly trustClientTraceparent: boolean
@@ -47,7 +47,7 @@ export const defaults = {
   protocol: "json",
   headers: {},
   timeoutMs: 2000,
-  // A few ms more before a trace arrives buys one export per many requests under load (measured: bench/RESULTS.md).
+  // A few ms more before a trace leaves buys one POST per many requests under load (measured: bench/RESULTS.md).
   exportDelayMs: 50,
   sampleRatio: 1,
   trustClientTraceparent: false,
