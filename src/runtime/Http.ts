@@ -30,6 +30,7 @@ import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Cookies from "effect/http/Cookies"
+import * as HttpHeaders from "effect/http/Headers"
 import * as HttpIncomingMessage from "effect/http/HttpIncomingMessage"
 import * as HttpRouter from "effect/http/HttpRouter"
 import * as HttpServer from "effect/http/HttpServer"
@@ -153,47 +154,103 @@ const refuse = <E>(request: Request, error: E): Effect.Effect<never, E> => {
   return body === null ? Effect.fail(error) : Effect.andThen(Effect.promise(() => body.cancel()), Effect.fail(error))
 }
 
+/** A name `Headers.get` accepts, lowercase (the only keys an Effect `Headers` has). */
+const headerName = /^[a-z0-9!#$%&'*+.^_`|~-]+$/
+
 /**
- * `request` as the API gets it, its body already read: every body accessor
- * answers from `bytes` (the text decoded once), so Effect's decoders never
- * read the stream again, and a request a router rewrites (`modify`) keeps
- * them. The rest is `request`'s own.
+ * `headers` as an Effect `Headers`, read on demand: a lookup by name asks the
+ * Web headers (what an API's decoders and security do, one or two names per
+ * request); anything that lists or changes them copies them all once first.
+ * Copying them all up front (what `fromWeb` does) cost about 5% of a
+ * validated POST's CPU, more with a mesh hop's dozen headers.
  */
-class ReadRequest implements HttpServerRequest.HttpServerRequest {
+const lazyHeaders = (headers: Headers): HttpHeaders.Headers => {
+  const target = Object.create(Object.getPrototypeOf(HttpHeaders.empty)) as Record<string, string>
+  let copied = false
+  const copy = () => {
+    if (copied) return target
+    copied = true
+    for (const [name, value] of headers) target[name] = value
+    return target
+  }
+  return new Proxy(target, {
+    get: (_, key, receiver) => {
+      if (!copied && typeof key === "string" && headerName.test(key)) {
+        const value = headers.get(key)
+        if (value !== null) return value
+      }
+      return Reflect.get(copy(), key, receiver)
+    },
+    has: (_, key) => Reflect.has(copy(), key),
+    ownKeys: () => Reflect.ownKeys(copy()),
+    getOwnPropertyDescriptor: (_, key) => Reflect.getOwnPropertyDescriptor(copy(), key),
+    set: (_, key, value, receiver) => Reflect.set(copy(), key, value, receiver),
+    defineProperty: (_, key, descriptor) => Reflect.defineProperty(copy(), key, descriptor),
+    deleteProperty: (_, key) => Reflect.deleteProperty(copy(), key)
+  }) as unknown as HttpHeaders.Headers
+}
+
+/** A request body read once: its bytes and its text. */
+interface ReadBody {
+  readonly bytes: Uint8Array
+  readonly text: string
+}
+
+const emptyBody: ReadBody = { bytes: noBytes, text: "" }
+
+/**
+ * `request` as the API gets it. Its headers are read on demand (see
+ * `lazyHeaders`). When its body was read here, every body accessor answers
+ * from that (the text decoded once), so Effect's decoders never read the
+ * stream again, and a request a router rewrites (`modify`) keeps it. The
+ * rest is `request`'s own.
+ */
+class ServedRequest implements HttpServerRequest.HttpServerRequest {
   readonly [HttpServerRequest.TypeId] = HttpServerRequest.TypeId
   readonly [HttpIncomingMessage.TypeId] = HttpIncomingMessage.TypeId
-  readonly text: Effect.Effect<string>
   readonly #request: HttpServerRequest.HttpServerRequest
-  readonly #bytes: Uint8Array
-  readonly #text: string
+  readonly #body: ReadBody | undefined
+  #headers: HttpHeaders.Headers | undefined
 
-  constructor(request: HttpServerRequest.HttpServerRequest, bytes: Uint8Array, text: string = decoder.decode(bytes)) {
+  constructor(request: HttpServerRequest.HttpServerRequest, body?: ReadBody, headers?: HttpHeaders.Headers) {
     this.#request = request
-    this.#bytes = bytes
-    this.#text = text
-    this.text = Effect.succeed(text)
+    this.#body = body
+    this.#headers = headers
   }
 
-  get arrayBuffer(): Effect.Effect<ArrayBuffer> {
-    const bytes = this.#bytes
+  get text(): Effect.Effect<string, HttpServerError.HttpServerError> {
+    return this.#body === undefined ? this.#request.text : Effect.succeed(this.#body.text)
+  }
+  get arrayBuffer(): Effect.Effect<ArrayBuffer, HttpServerError.HttpServerError> {
+    if (this.#body === undefined) return this.#request.arrayBuffer
+    const bytes = this.#body.bytes
     return Effect.succeed(
       (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes.buffer : bytes.slice().buffer) as ArrayBuffer
     )
   }
   get json(): Effect.Effect<Schema.Json, HttpServerError.HttpServerError> {
+    const body = this.#body
+    if (body === undefined) return this.#request.json
     return Effect.try({
-      try: () => JSON.parse(this.#text) as Schema.Json,
+      try: () => JSON.parse(body.text) as Schema.Json,
       catch: (cause) => new HttpServerError.HttpServerError({ reason: new HttpServerError.RequestParseError({ request: this, cause }) })
     })
   }
-  get urlParamsBody(): Effect.Effect<UrlParams.UrlParams> {
-    return Effect.succeed(UrlParams.fromInput(new URLSearchParams(this.#text)))
+  get urlParamsBody(): Effect.Effect<UrlParams.UrlParams, HttpServerError.HttpServerError> {
+    const body = this.#body
+    return body === undefined ? this.#request.urlParamsBody : Effect.succeed(UrlParams.fromInput(new URLSearchParams(body.text)))
   }
-  get stream(): Stream.Stream<Uint8Array> {
-    return Stream.make(this.#bytes)
+  get stream(): Stream.Stream<Uint8Array, HttpServerError.HttpServerError> {
+    return this.#body === undefined ? this.#request.stream : Stream.make(this.#body.bytes)
+  }
+  get headers(): HttpHeaders.Headers {
+    // The source is the Web request `served` was given.
+    return this.#headers ??= lazyHeaders((this.#request.source as Request).headers)
   }
   modify(options: Parameters<HttpServerRequest.HttpServerRequest["modify"]>[0]): HttpServerRequest.HttpServerRequest {
-    return new ReadRequest(this.#request.modify(options), this.#bytes, this.#text)
+    // New headers are the modified request's own; otherwise these (read or not) still are.
+    const modified = this.#request.modify(options)
+    return new ServedRequest(modified, this.#body, options.headers === undefined ? this.headers : modified.headers)
   }
 
   get source() {
@@ -207,9 +264,6 @@ class ReadRequest implements HttpServerRequest.HttpServerRequest {
   }
   get method() {
     return this.#request.method
-  }
-  get headers() {
-    return this.#request.headers
   }
   get cookies() {
     return this.#request.cookies
@@ -246,6 +300,10 @@ class ReadRequest implements HttpServerRequest.HttpServerRequest {
   }
 }
 
+/** `request` as the API gets it, its body (if read) `body`. */
+const served = (request: Request, body?: ReadBody): HttpServerRequest.HttpServerRequest =>
+  new ServedRequest(HttpServerRequest.fromWeb(request), body)
+
 /**
  * A request without a body, without a content type that is not JSON: there
  * is no body for it to describe, and the API would answer it with a
@@ -275,16 +333,16 @@ export const guardBody = (
 > => {
   const length = request.headers.get("content-length")
   // An empty body (a bodiless POST that went through a proxy) is no body, whatever its type.
-  if (length === "0") return Effect.succeed(new ReadRequest(HttpServerRequest.fromWeb(untyped(request)), noBytes, ""))
+  if (length === "0") return Effect.succeed(served(untyped(request), emptyBody))
   // Whether there is a body at all is asked only when no length says so (the stream is made on demand).
-  if (length === null && request.body === null) return Effect.succeed(HttpServerRequest.fromWeb(untyped(request)))
+  if (length === null && request.body === null) return Effect.succeed(served(untyped(request)))
   const contentType = request.headers.get("content-type")
   if (contentType === null || !isJson(contentType)) {
     return refuse(request, new Problem.UnsupportedMediaType({ detail: "Request bodies must be application/json" }))
   }
   return Effect.map(
     readDeclared(request, limit, declaredLength(length)),
-    (bytes) => new ReadRequest(HttpServerRequest.fromWeb(request), bytes)
+    (bytes) => served(request, { bytes, text: decoder.decode(bytes) })
   )
 }
 
@@ -350,6 +408,6 @@ export const serve: Handler<unknown, HttpApp> = (request) =>
     const method = request.method
     const head = method === "HEAD"
     // GET and HEAD have no body to read (their payloads come from the query): no effect to read one.
-    if (method === "GET" || head) return respond(app, HttpServerRequest.fromWeb(request), head)
+    if (method === "GET" || head) return respond(app, served(request), head)
     return Effect.flatMap(guardBody(request, app.maxBodyBytes), (httpRequest) => respond(app, httpRequest, head))
   })

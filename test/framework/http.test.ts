@@ -6,7 +6,7 @@
 import { createExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Effect, Layer, Schema } from "effect"
-import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { Headers, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { HttpApi, HttpApiBuilder, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "effect/http-api"
 import { describe, expect, it } from "vitest"
 import * as Http from "../../src/runtime/Http.ts"
@@ -67,7 +67,26 @@ const rawWorker = Worker.make({
         const rewritten = yield* request.modify({ url: "/elsewhere" }).text
         return HttpServerResponse.jsonUnsafe({ text, json, bytes: bytes.byteLength, again, rewritten })
       })
-    )
+    ).pipe(Layer.provideMerge(HttpRouter.add(
+      "GET",
+      "/headers",
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const headers = request.headers
+        const rewritten = request.modify({ headers: Headers.set(headers, "x-added", "yes") }).headers
+        return HttpServerResponse.jsonUnsafe({
+          byName: [headers["x-one"], headers["X-One"], headers["x-absent"], headers["two words"]],
+          isHeaders: Headers.isHeaders(headers),
+          listed: { ...headers },
+          has: ["x-one" in headers, "x-absent" in headers],
+          constructorIsHeader: headers["constructor"],
+          toJSONIsMethod: typeof headers["toJSON"],
+          redacted: Headers.redact(headers, "authorization")["authorization"] !== "secret",
+          rewritten: { added: rewritten["x-added"], kept: rewritten["x-one"] },
+          kept: request.modify({ url: "/elsewhere" }).headers["x-one"]
+        })
+      })
+    )))
   ),
   fetch: Http.serve
 })
@@ -126,6 +145,24 @@ describe("Http.serve", () => {
         rewritten: body
       })
     }
+  })
+
+  it("gives a route the request's headers by name, listed, checked and rewritten, as Effect's Headers", async () => {
+    const response = await call(rawWorker, "/headers", {
+      headers: { "X-One": "1", "tojson": "not a method", "constructor": "a header", authorization: "secret" }
+    })
+    expect(response.status).toBe(200)
+    expect(await response.json()).toEqual({
+      byName: ["1", null, null, null],
+      isHeaders: true,
+      listed: { "x-one": "1", tojson: "not a method", constructor: "a header", authorization: "secret" },
+      has: [true, false],
+      constructorIsHeader: "a header",
+      toJSONIsMethod: "function",
+      redacted: true,
+      rewritten: { added: "yes", kept: "1" },
+      kept: "1"
+    })
   })
 
   it.each([
