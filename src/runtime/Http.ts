@@ -158,9 +158,10 @@ const refuse = <E>(request: Request, error: E): Effect.Effect<never, E> => {
 const headerName = /^[a-z0-9!#$%&'*+.^_`|~-]+$/
 
 /**
- * `headers` as an Effect `Headers`, read on demand: a lookup by name asks the
- * Web headers (what an API's decoders and security do, one or two names per
- * request); anything that lists or changes them copies them all once first.
+ * `headers` as an Effect `Headers`, read on demand: a lookup or a check by
+ * name asks the Web headers (what an API's decoders, header schemas and
+ * security do, a few names per request); anything that lists or changes them
+ * copies them all once first.
  * Copying them all up front (what `fromWeb` does) cost about 5% of a
  * validated POST's CPU, more with a mesh hop's dozen headers.
  */
@@ -174,14 +175,15 @@ const lazyHeaders = (headers: Headers): HttpHeaders.Headers => {
     return target
   }
   return new Proxy(target, {
+    // Until copied, the target has no own properties: what is not a header is its prototype's.
     get: (_, key, receiver) => {
       if (!copied && typeof key === "string" && headerName.test(key)) {
         const value = headers.get(key)
         if (value !== null) return value
       }
-      return Reflect.get(copy(), key, receiver)
+      return Reflect.get(target, key, receiver)
     },
-    has: (_, key) => Reflect.has(copy(), key),
+    has: (_, key) => (!copied && typeof key === "string" && headerName.test(key) && headers.has(key)) || Reflect.has(target, key),
     ownKeys: () => Reflect.ownKeys(copy()),
     getOwnPropertyDescriptor: (_, key) => Reflect.getOwnPropertyDescriptor(copy(), key),
     set: (_, key, value, receiver) => Reflect.set(copy(), key, value, receiver),
