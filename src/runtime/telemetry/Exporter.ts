@@ -224,9 +224,15 @@ export const makeService = (
   type OtlpSpan = ReturnType<typeof toOtlp>
   // Spans are converted when they end: a span's Exit holds its request's values, which must not outlive it.
   const buckets = new Map<string, Array<OtlpSpan>>()
-  // Requests in flight per trace, and when the trace's first one began: a request whose
-  // handler never settles (its client went away) must not hold its trace's spans for good.
+  // Requests in flight per trace, and when a drain first found the trace open (0: not yet): a
+  // request whose handler never settles (its client went away) must not hold its trace's spans
+  // for good. A drain, not `begin`, reads the clock: Date.now() costs a request about 0.7 µs.
   const open = new Map<string, { count: number; since: number }>()
+  /** Whether `running` (a trace's open requests) still holds its spans back at `now`. */
+  const holds = (running: { count: number; since: number }, now: number) => {
+    if (running.since === 0) running.since = now
+    return now - running.since < maxOpenMs
+  }
   let buffered = 0
   let lastMetricsExport = 0
   const enabled = settings.endpoint !== undefined || meshStore !== undefined
@@ -409,10 +415,10 @@ export const makeService = (
     const ready: Array<OtlpSpan> = []
     const now = Date.now()
     // Unsampled traces have no bucket to clear theirs: sweep the stale ones now and then.
-    if (open.size > 1000) for (const [id, running] of open) if (now - running.since >= maxOpenMs) open.delete(id)
+    if (open.size > 1000) for (const [id, running] of open) if (!holds(running, now)) open.delete(id)
     for (const [id, spans] of buckets) {
       const running = open.get(id)
-      if (running !== undefined && now - running.since < maxOpenMs) continue
+      if (running !== undefined && holds(running, now)) continue
       open.delete(id)
       buckets.delete(id)
       for (const span of spans) ready.push(span)
@@ -462,7 +468,7 @@ export const makeService = (
     stats,
     begin: (traceId) => {
       const running = open.get(traceId)
-      if (running === undefined) open.set(traceId, { count: 1, since: Date.now() })
+      if (running === undefined) open.set(traceId, { count: 1, since: 0 })
       else running.count++
     },
     finish: (traceId) => {
