@@ -5,7 +5,7 @@
  */
 import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers"
-import { Effect, Layer, Logger } from "effect"
+import { Clock, Effect, Layer, Logger } from "effect"
 import { afterEach, describe, expect, it as vitestIt, vi } from "vitest"
 import type * as LiveStats from "../../src/layers/observability/LiveStats.ts"
 import { CircuitBreakers } from "../../src/layers/resilience/CircuitBreakers.ts"
@@ -287,6 +287,16 @@ describe("batching", () => {
 })
 
 describe("trace context", () => {
+  it("times server spans on the clock Effect times their children on", async () => {
+    // ServerSpans reads Date.now() in nanoseconds, which in workerd is exactly Effect's default
+    // clock (one frozen clock, whole milliseconds): were it not, a child could start before its server span.
+    const clock = Clock.Clock.defaultValue()
+    for (let i = 0; i < 3; i++) {
+      expect(clock.currentTimeNanosUnsafe()).toBe(BigInt(Date.now()) * 1_000_000n)
+      await new Promise((resolve) => setTimeout(resolve, 2))
+    }
+  })
+
   it("reads traceparent as W3C Trace Context has it", () => {
     const id = "4bf92f3577b34da6a3ce929d0e0e4736"
     expect(Telemetry.parseTraceparent(`00-${id}-00f067aa0ba902b7-01`)).toMatchObject({ traceId: id, spanId: "00f067aa0ba902b7", sampled: true })
