@@ -73,17 +73,23 @@ const rawWorker = Worker.make({
       Effect.gen(function*() {
         const request = yield* HttpServerRequest.HttpServerRequest
         const headers = request.headers
-        const rewritten = request.modify({ headers: Headers.set(headers, "x-added", "yes") }).headers
-        return HttpServerResponse.jsonUnsafe({
+        // In this order: read by name first, then listed (which copies them), then changed.
+        const byName = {
           byName: [headers["x-one"], headers["X-One"], headers["x-absent"], headers["two words"]],
           isHeaders: Headers.isHeaders(headers),
           has: ["x-one" in headers, "x-absent" in headers, "toJSON" in headers],
-          listed: { ...headers },
           constructorIsHeader: headers["constructor"],
           toJSONIsMethod: typeof headers["toJSON"],
-          redacted: Headers.redact(headers, "authorization")["authorization"] !== "secret",
-          rewritten: { added: rewritten["x-added"], kept: rewritten["x-one"] },
           kept: request.modify({ url: "/elsewhere" }).headers["x-one"]
+        }
+        const listed = { ...headers }
+        const redacted = Headers.redact(headers, "authorization")["authorization"] !== "secret"
+        const rewritten = request.modify({ headers: Headers.set(headers, "x-added", "yes") }).headers
+        return HttpServerResponse.jsonUnsafe({
+          ...byName,
+          listed,
+          redacted,
+          rewritten: { added: rewritten["x-added"], kept: rewritten["x-one"], original: headers["x-added"] ?? null }
         })
       })
     )))
@@ -160,7 +166,7 @@ describe("Http.serve", () => {
       constructorIsHeader: "a header",
       toJSONIsMethod: "function",
       redacted: true,
-      rewritten: { added: "yes", kept: "1" },
+      rewritten: { added: "yes", kept: "1", original: null },
       kept: "1"
     })
   })
