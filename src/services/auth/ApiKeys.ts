@@ -27,6 +27,7 @@ import * as Hex from "effect/encoding/Hex"
 import * as SqlClient from "effect/sql/SqlClient"
 import { Pagination } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
+import { noStackTrace } from "../shared/Spans.ts"
 import { type ApiKey, apiKeyPattern, InvalidApiKey, type IssuedApiKey, PlanName, Quota, TooManyApiKeys, UnknownPlan } from "./api.ts"
 import { AuthDb } from "./db.ts"
 
@@ -183,7 +184,7 @@ export class ApiKeys extends Context.Service<ApiKeys, {
             const now = yield* Clock.currentTimeMillis
             if (row === undefined || row.revoked_at !== null || (row.expires_at !== null && row.expires_at <= now)) return yield* invalid()
             return { id: row.id, userId: row.user_id, roles: decodeRoles(row.roles), quota: quotaOf(row), expiresAt: row.expires_at }
-          }).pipe(Effect.withSpan("ApiKeys.verify"))
+          }).pipe(Effect.withSpan("ApiKeys.verify", undefined, noStackTrace))
       })
     })
   )

@@ -16,6 +16,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import { D1 } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"
+import { noStackTrace } from "../shared/Spans.ts"
 import type { CreateProduct, Product, UpdateProduct } from "./api.ts"
 import { ProductNotFound, SkuTaken, StaleFencingToken } from "./api.ts"
 
@@ -77,13 +78,13 @@ export class Products extends Context.Service<Products, {
         list: ({ limit, afterId }) =>
           products(sql`SELECT * FROM products WHERE id > ${afterId ?? ""} ORDER BY id LIMIT ${limit}`).pipe(
             Effect.orDie,
-            Effect.withSpan("Products.list")
+            Effect.withSpan("Products.list", undefined, noStackTrace)
           ),
         get: (id) =>
           products(sql`SELECT * FROM products WHERE id = ${id}`).pipe(
             Effect.orDie,
             Effect.flatMap(first(notFound(id))),
-            Effect.withSpan("Products.get")
+            Effect.withSpan("Products.get", undefined, noStackTrace)
           ),
         getMany: (ids) =>
           products(sql`SELECT * FROM products WHERE ${sql.in("id", ids)}`).pipe(
@@ -92,7 +93,7 @@ export class Products extends Context.Service<Products, {
               const byId = new Map(found.map((product) => [product.id, product]))
               return [...new Set(ids)].flatMap((id) => byId.get(id) ?? [])
             }),
-            Effect.withSpan("Products.getMany", { attributes: { "meshwork.batch.size": ids.length } })
+            Effect.withSpan("Products.getMany", { attributes: { "meshwork.batch.size": ids.length } }, noStackTrace)
           ),
         create: Effect.fn("Products.create")(function*(input) {
           const id = yield* uuidv7

@@ -11,6 +11,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import { D1 } from "meshwork"
 import { uuidv7 } from "../shared/Ids.ts"
 import { decodeRows, first, nowIso } from "../shared/Rows.ts"
+import { noStackTrace } from "../shared/Spans.ts"
 import type { CreateUser, UpdateUser, User } from "./api.ts"
 import { EmailTaken, Role, UserNotFound } from "./api.ts"
 
@@ -33,13 +34,6 @@ const users = decodeRows(UserRow, (row): User => ({
   createdAt: row.created_at,
   updatedAt: row.updated_at
 }))
-
-/**
- * For the reads on every request's path: their spans skip the stack trace
- * Effect would capture for each call (a new Error each time, even with
- * tracing off). The span's name says where it comes from.
- */
-const noStackTrace = { captureStackTrace: false } as const
 
 const emailTaken = (email: string) => (error: SqlError.SqlError) =>
   error.reason._tag === "UniqueViolation" ? Effect.fail(new EmailTaken({ email })) : Effect.die(error)
