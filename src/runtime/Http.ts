@@ -202,7 +202,7 @@ const emptyBody: ReadBody = { bytes: noBytes, text: "" }
 
 /**
  * `request` as the API gets it. Its headers are read on demand (see
- * `lazyHeaders`). When its body was read here, every body accessor answers
+ * `lazyHeaders`), its cookies from them. When its body was read here, every body accessor answers
  * from that (the text decoded once), so Effect's decoders never read the
  * stream again, and a request a router rewrites (`modify`) keeps it. The
  * rest is `request`'s own.
@@ -213,6 +213,7 @@ class ServedRequest implements HttpServerRequest.HttpServerRequest {
   readonly #request: HttpServerRequest.HttpServerRequest
   readonly #body: ReadBody | undefined
   #headers: HttpHeaders.Headers | undefined
+  #cookies: Record<string, string> | undefined
 
   constructor(request: HttpServerRequest.HttpServerRequest, body?: ReadBody, headers?: HttpHeaders.Headers) {
     this.#request = request
@@ -267,8 +268,9 @@ class ServedRequest implements HttpServerRequest.HttpServerRequest {
   get method() {
     return this.#request.method
   }
-  get cookies() {
-    return this.#request.cookies
+  get cookies(): Record<string, string> {
+    // From these headers: the wrapped request's would copy every header to read one.
+    return this.#cookies ??= Cookies.parseHeader(this.headers["cookie"] ?? "")
   }
   get remoteAddress() {
     return this.#request.remoteAddress

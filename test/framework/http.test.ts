@@ -80,7 +80,8 @@ const rawWorker = Worker.make({
           has: ["x-one" in headers, "x-absent" in headers, "toJSON" in headers],
           constructorIsHeader: headers["constructor"],
           toJSONIsMethod: typeof headers["toJSON"],
-          kept: request.modify({ url: "/elsewhere" }).headers["x-one"]
+          kept: request.modify({ url: "/elsewhere" }).headers["x-one"],
+          cookies: request.cookies
         }
         const listed = { ...headers }
         const redacted = Headers.redact(headers, "authorization")["authorization"] !== "secret"
@@ -155,19 +156,20 @@ describe("Http.serve", () => {
 
   it("gives a route the request's headers by name, listed, checked and rewritten, as Effect's Headers", async () => {
     const response = await call(rawWorker, "/headers", {
-      headers: { "X-One": "1", "tojson": "not a method", "constructor": "a header", authorization: "secret" }
+      headers: { "X-One": "1", "tojson": "not a method", "constructor": "a header", authorization: "secret", cookie: "a=1; b=two" }
     })
     expect(response.status).toBe(200)
     expect(await response.json()).toEqual({
       byName: ["1", null, null, null],
       isHeaders: true,
-      listed: { "x-one": "1", tojson: "not a method", constructor: "a header", authorization: "secret" },
+      listed: { "x-one": "1", tojson: "not a method", constructor: "a header", authorization: "secret", cookie: "a=1; b=two" },
       has: [true, false, true],
       constructorIsHeader: "a header",
       toJSONIsMethod: "function",
       redacted: true,
       rewritten: { added: "yes", kept: "1", original: null },
-      kept: "1"
+      kept: "1",
+      cookies: { a: "1", b: "two" }
     })
   })
 
