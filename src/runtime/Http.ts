@@ -251,9 +251,10 @@ class ServedRequest implements HttpServerRequest.HttpServerRequest {
     return this.#headers ??= lazyHeaders((this.#request.source as Request).headers)
   }
   modify(options: Parameters<HttpServerRequest.HttpServerRequest["modify"]>[0]): HttpServerRequest.HttpServerRequest {
-    // New headers are the modified request's own; otherwise these (read or not) still are.
+    // New headers are the modified request's own; otherwise these still are (made on demand
+    // from the same source if not yet asked for).
     const modified = this.#request.modify(options)
-    return new ServedRequest(modified, this.#body, options.headers === undefined ? this.headers : modified.headers)
+    return new ServedRequest(modified, this.#body, options.headers === undefined ? this.#headers : modified.headers)
   }
 
   get source() {
