@@ -86,7 +86,7 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
       // A call that is not traced makes no spans: they would be roots of no one's trace.
       if (call === undefined) return Effect.runPromiseExitWith(services)(Effect.withTracerEnabled(effect, false)).then(settle)
       const span = ServerSpans.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace)
-      const invocation = ServerSpans.invocation(telemetry, this.ctx, span.traceId)
+      const invocation = ServerSpans.invocation(telemetry, this.ctx)
       const traced = ServerSpans.within(effect, span, call.trace?.tracestate)
       return Effect.runPromiseExitWith(Context.add(services, Invocation, invocation))(traced).then((exit) => {
         ServerSpans.endSpan(span, exit)

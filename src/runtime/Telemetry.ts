@@ -20,10 +20,9 @@
  * | `TRUST_CLIENT_TRACEPARENT` | `false` | public Workers only: continue a client's trace, rather than start one linked to it |
  * | `METRICS_INTERVAL_SECONDS` | `60` | an isolate exports its metrics at most this often |
  *
- * How a Worker exports: spans are kept in the isolate, grouped by trace id,
- * and when a request ends (after its `waitUntil` work too) the spans of every
- * trace with no request still running in the isolate leave in one POST,
- * `OTLP_EXPORT_DELAY_MS` later, under `ctx.waitUntil`, within
+ * How a Worker exports: ended spans wait in the isolate, and when a request
+ * ends (after its `waitUntil` work too) every span that ended so far leaves
+ * in one POST, `OTLP_EXPORT_DELAY_MS` later, under `ctx.waitUntil`, within
  * `OTLP_TIMEOUT_MS`; while one is waiting or in flight,
  * requests that end leave their spans to its next round, which waits
  * `OTLP_EXPORT_DELAY_MS` again, so under load one POST carries many requests

@@ -192,7 +192,7 @@ export const serveFetch = <R>(
     return runWith(context, () => handler(forwarded), respond(context, options.annotations))
   }
   const { span, tracestate } = ServerSpans.startServerSpan(telemetry, request, trust)
-  const invocation = ServerSpans.invocation(telemetry, ctx, span.traceId)
+  const invocation = ServerSpans.invocation(telemetry, ctx)
   const context = Context.add(services, Invocation, invocation)
   const render = respond(context, options.annotations, span)
   // A handler that answered at once (an Exit) made no span or log to parent: no fiber for it.
@@ -202,8 +202,7 @@ export const serveFetch = <R>(
   }
   return runWith(context, evaluate, (exit) => {
     const response = render(exit)
-    ServerSpans.endServerSpan(span, exit, response)
-    invocation.done()
+    invocation.done(ServerSpans.endServerSpan(span, exit, response))
     return response
   })
 }
@@ -225,7 +224,7 @@ const runInvocation = async <R>(
     return runWith(context, effect, onExit)
   }
   const span = spanName === undefined ? undefined : ServerSpans.startSpan(telemetry, spanName, "internal", undefined)
-  const invocation = ServerSpans.invocation(telemetry, ctx, span?.traceId)
+  const invocation = ServerSpans.invocation(telemetry, ctx)
   const context = Context.add(services, Invocation, invocation)
   try {
     return await runWith(

@@ -1,5 +1,5 @@
 /**
- * The span exporter of one isolate: spans are kept per trace id and leave as
+ * The span exporter of one isolate: ended spans wait in the isolate and leave as
  * OTLP/HTTP in one POST per drain, under `ctx.waitUntil` (see
  * src/runtime/Telemetry.ts for when).
  */
@@ -26,14 +26,38 @@ export const droppedSpans = Metric.counter("meshwork.telemetry.spans.dropped", {
 })
 
 
-/** A span that, once ended and if sampled, waits in the isolate's buffer. */
+/** How a span failed, kept from its Exit when it ends: the Exit itself holds the request's values. */
+interface Failure {
+  readonly type: string
+  readonly message: string
+}
+
+/** A failed Exit's error, or undefined when it succeeded or was only interrupted (not an error in a trace). */
+const failureOf = (exit: Exit.Exit<unknown, unknown>): Failure | undefined => {
+  if (Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause)) return undefined
+  const error = Cause.squash(exit.cause)
+  return {
+    type: errorTag(error) ?? (error instanceof Error ? error.name : typeof error),
+    message: error instanceof Error ? error.message : String(error)
+  }
+}
+
+/**
+ * A span that, once ended and if sampled, waits in the isolate's buffer as it
+ * is, to be converted with the rest of its export: converting each span when
+ * it ends cost a traced request about 4 µs under load (measured), with the
+ * conversion's code cold every time.
+ */
 class RecordedSpan extends Tracer.NativeSpan {
+  failure: Failure | undefined = undefined
   constructor(options: ConstructorParameters<typeof Tracer.NativeSpan>[0], readonly sink: (span: RecordedSpan) => void) {
     super(options)
   }
   override end(endTime: bigint, exit: Exit.Exit<unknown, unknown>): void {
     if (this.status._tag === "Ended") return
-    super.end(endTime, exit)
+    // The Exit is not kept: a success holds the request's answer, which must not wait for the export.
+    this.failure = failureOf(exit)
+    super.end(endTime, Exit.void)
     if (this.sampled) this.sink(this)
   }
 }
@@ -49,44 +73,40 @@ const spanName = (span: RecordedSpan): string => {
 }
 
 const errorStatus = 2
+const unset = { code: 0 }
 
-/** The OTLP status: HTTP spans by their status code (server 5xx, client 4xx and 5xx), others by their exit. */
-const spanStatus = (span: RecordedSpan, exit: Exit.Exit<unknown, unknown>): { code: number; message?: string } => {
+/** The OTLP status: HTTP spans by their status code (server 5xx, client 4xx and 5xx), others by how they ended. */
+const spanStatus = (span: RecordedSpan): { readonly code: number; readonly message?: string } => {
   const status = span.attributes.get("http.response.status_code")
-  const errorType = span.attributes.get("error.type")
   if (typeof status === "number") {
     const failed = status >= 500 || (span.kind === "client" && status >= 400)
-    return failed ? { code: errorStatus, message: String(errorType ?? status) } : { code: 0 }
+    return failed ? { code: errorStatus, message: String(span.attributes.get("error.type") ?? status) } : unset
   }
-  if (Exit.isSuccess(exit)) return { code: 0 }
-  if (Cause.hasInterruptsOnly(exit.cause)) return { code: 0 }
-  const error = Cause.squash(exit.cause)
-  return { code: errorStatus, message: error instanceof Error ? error.message : String(error) }
+  return span.failure === undefined ? unset : { code: errorStatus, message: span.failure.message }
 }
 
+type Ended = Extract<Tracer.SpanStatus, { _tag: "Ended" }>
+type SpanEvent = readonly [name: string, time: bigint, attributes: Record<string, unknown>]
+const noEvents: ReadonlyArray<SpanEvent> = []
+
+/** A span's events, and an `exception` event when it failed with an error no `error.type` attribute names. */
+const eventsOf = (span: RecordedSpan, status: Ended): ReadonlyArray<SpanEvent> => {
+  const events = span._events ?? noEvents
+  const failure = span.failure
+  if (failure === undefined || span.attributes.has("error.type")) return events
+  return [...events, ["exception", status.endTime, { "exception.type": failure.type, "exception.message": failure.message }]]
+}
+
+const noLinks: ReadonlyArray<never> = []
+
+/**
+ * A span as OTLP has it. Counts of dropped items are left out (none are
+ * dropped; both encodings read a missing count as zero).
+ */
 const toOtlp = (span: RecordedSpan) => {
-  const status = span.status as Extract<Tracer.SpanStatus, { _tag: "Ended" }>
-  const events = (span._events ?? []).map(([name, time, attributes]) => ({
-    name,
-    timeUnixNano: String(time),
-    attributes: OtlpResource.entriesToAttributes(Object.entries(attributes)),
-    droppedAttributesCount: 0
-  }))
-  if (Exit.isFailure(status.exit) && !span.attributes.has("error.type")) {
-    const error = Cause.squash(status.exit.cause)
-    if (!Cause.hasInterruptsOnly(status.exit.cause)) {
-      events.push({
-        name: "exception",
-        timeUnixNano: String(status.endTime),
-        attributes: OtlpResource.entriesToAttributes(Object.entries({
-          "exception.type": errorTag(error) ?? (error instanceof Error ? error.name : typeof error),
-          "exception.message": error instanceof Error ? error.message : String(error)
-        })),
-        droppedAttributesCount: 0
-      })
-    }
-  }
+  const status = span.status as Ended
   const parent = Option.getOrUndefined(span.parent)
+  const events = eventsOf(span, status)
   return {
     traceId: span.traceId.padStart(32, "0"),
     spanId: span.spanId,
@@ -96,17 +116,17 @@ const toOtlp = (span: RecordedSpan) => {
     startTimeUnixNano: String(status.startTime),
     endTimeUnixNano: String(status.endTime),
     attributes: OtlpResource.entriesToAttributes(span.attributes),
-    droppedAttributesCount: 0,
-    events,
-    droppedEventsCount: 0,
-    status: spanStatus(span, status.exit),
-    links: span.links.map((link) => ({
+    events: events.length === 0 ? noEvents : events.map(([name, time, attributes]) => ({
+      name,
+      timeUnixNano: String(time),
+      attributes: OtlpResource.entriesToAttributes(Object.entries(attributes))
+    })),
+    status: spanStatus(span),
+    links: span.links.length === 0 ? noLinks : span.links.map((link) => ({
       traceId: link.span.traceId.padStart(32, "0"),
       spanId: link.span.spanId,
-      attributes: OtlpResource.entriesToAttributes(Object.entries(link.attributes)),
-      droppedAttributesCount: 0
-    })),
-    droppedLinksCount: 0
+      attributes: OtlpResource.entriesToAttributes(Object.entries(link.attributes))
+    }))
   }
 }
 
@@ -136,32 +156,30 @@ export interface MeshTraceStore {
   readonly keepSpans: (spans: ReadonlyArray<KeptSpan>) => Promise<unknown>
 }
 
-type OtlpValue = { readonly stringValue?: string; readonly intValue?: number | string; readonly doubleValue?: number; readonly boolValue?: boolean }
-const plainValue = (value: OtlpValue): string | number | boolean | undefined =>
-  value.stringValue ?? (value.intValue !== undefined ? Number(value.intValue) : undefined) ?? value.doubleValue ?? value.boolValue
-
-const kindNames = ["internal", "internal", "server", "client", "producer", "consumer"] as const
-
-/** An OTLP span as the mesh keeps it: at most 32 attributes and 16 events, strings cut to 256 characters. */
-const toKept = (service: string, span: ReturnType<typeof toOtlp>): KeptSpan => {
+/** A span as the mesh keeps it: at most 32 attributes (strings, numbers, booleans) and 16 events, strings cut to 256 characters. */
+const toKept = (service: string, span: RecordedSpan): KeptSpan => {
+  const status = span.status as Ended
   const attributes: Record<string, string | number | boolean> = {}
-  for (const { key, value } of (span.attributes as ReadonlyArray<{ key: string; value: OtlpValue }>).slice(0, 32)) {
-    const plain = plainValue(value)
-    if (plain !== undefined) attributes[key] = typeof plain === "string" ? plain.slice(0, 256) : plain
+  let count = 0
+  for (const [key, value] of span.attributes) {
+    if (count++ === 32) break
+    if (typeof value === "string") attributes[key] = value.slice(0, 256)
+    else if (typeof value === "number" || typeof value === "boolean") attributes[key] = value
+    else if (typeof value === "bigint") attributes[key] = Number(value)
   }
-  const startMs = Number(BigInt(span.startTimeUnixNano) / 1000n) / 1000
+  const { code, message } = spanStatus(span)
   return {
-    traceId: span.traceId,
+    traceId: span.traceId.padStart(32, "0"),
     spanId: span.spanId,
-    parentSpanId: span.parentSpanId,
-    name: span.name.slice(0, 256),
+    parentSpanId: Option.getOrUndefined(span.parent)?.spanId,
+    name: spanName(span).slice(0, 256),
     service,
-    kind: kindNames[span.kind],
-    startMs,
-    durationMs: Number(BigInt(span.endTimeUnixNano) - BigInt(span.startTimeUnixNano)) / 1e6,
-    error: span.status.code === errorStatus ? (span.status.message ?? "error").slice(0, 256) : undefined,
+    kind: span.kind,
+    startMs: Number(status.startTime / 1000n) / 1000,
+    durationMs: Number(status.endTime - status.startTime) / 1e6,
+    error: code === errorStatus ? (message ?? "error").slice(0, 256) : undefined,
     attributes,
-    events: span.events.slice(0, 16).map((event) => ({ name: event.name, atMs: Number(BigInt(event.timeUnixNano) / 1000n) / 1000 }))
+    events: eventsOf(span, status).slice(0, 16).map(([name, time]) => ({ name, atMs: Number(time / 1000n) / 1000 }))
   }
 }
 
@@ -179,25 +197,19 @@ export interface Service {
   readonly enabled: boolean
   readonly tracer: Tracer.Tracer
   readonly stats: Readonly<Stats>
-  /** A request (or object call) of `traceId` starts in this isolate. */
-  readonly begin: (traceId: string) => void
   /**
-   * A request of `traceId` ended (undefined: an invocation of no one trace,
-   * like a queue batch): exports the spans of every trace no request in this
-   * isolate is still serving. Never rejects; settles within the timeout.
-   * Undefined when there is nothing for this request to wait for: an export
-   * in flight, or a retry already waiting, takes its spans.
+   * An invocation ended at `now` (epoch ms, which its span has just read):
+   * exports the spans that ended. Never rejects; settles within the timeout.
+   * Undefined when there is nothing for this invocation to wait for: an
+   * export in flight, or a retry already waiting, takes its spans.
    */
-  readonly finish: (traceId: string | undefined) => Promise<void> | undefined
-  /** Exports the isolate's metrics if `METRICS_INTERVAL_SECONDS` have passed since the last export (undefined if not). */
-  readonly exportMetrics: () => Promise<void> | undefined
+  readonly finish: (now: number) => Promise<void> | undefined
+  /** Exports the isolate's metrics if `METRICS_INTERVAL_SECONDS` have passed by `now` since the last export (undefined if not). */
+  readonly exportMetrics: (now: number) => Promise<void> | undefined
 }
 
 /** How long one request's waitUntil keeps exporting spans that other requests left to it. */
 const maxDrainMs = 10_000
-
-/** A trace whose requests have run this long no longer holds back its spans (a request may never settle). */
-const maxOpenMs = 60_000
 
 /**
  * After a failed export the isolate makes no export for this long, doubling
@@ -221,18 +233,9 @@ export const makeService = (
   meshStore?: MeshTraceStore | undefined
 ): Service => {
   const stats: Stats = { exported: 0, dropped: 0, exports: 0, failedExports: 0 }
-  type OtlpSpan = ReturnType<typeof toOtlp>
-  // Spans are converted when they end: a span's Exit holds its request's values, which must not outlive it.
-  const buckets = new Map<string, Array<OtlpSpan>>()
-  // Requests in flight per trace, and when a drain first found the trace open (0: not yet): a
-  // request whose handler never settles (its client went away) must not hold its trace's spans
-  // for good. A drain, not `begin`, reads the clock: Date.now() costs a request about 0.7 µs.
-  const open = new Map<string, { count: number; since: number }>()
-  /** Whether `running` (a trace's open requests) still holds its spans back at `now`. */
-  const holds = (running: { count: number; since: number }, now: number) => {
-    if (running.since === 0) running.since = now
-    return now - running.since < maxOpenMs
-  }
+  // Spans wait as they ended, and are converted when they leave. They leave in the order they ended, like an OpenTelemetry batch processor's: a trace's spans may
+  // leave in several POSTs, which the collector joins by trace id.
+  let ended: Array<RecordedSpan> = []
   let buffered = 0
   let lastMetricsExport = 0
   const enabled = settings.endpoint !== undefined || meshStore !== undefined
@@ -266,10 +269,7 @@ export const makeService = (
       drop(1)
     }
     buffered++
-    const otlp = toOtlp(span)
-    const bucket = buckets.get(otlp.traceId)
-    if (bucket === undefined) buckets.set(otlp.traceId, [otlp])
-    else bucket.push(otlp)
+    ended.push(span)
   }
 
   const tracer = Tracer.make({
@@ -296,7 +296,7 @@ export const makeService = (
 
   let backoffMs = 0
   let backoffUntil = 0
-  const backingOff = () => backoffMs > 0 && Date.now() < backoffUntil
+  const backingOff = (now = Date.now()) => backoffMs > 0 && now < backoffUntil
   /** When the one retry waiting out the backoff will run; a retry whose request was cancelled is taken as gone soon after. */
   let retryAt: number | undefined
   const retryPending = () => retryAt !== undefined && Date.now() < retryAt + settings.timeoutMs
@@ -312,12 +312,12 @@ export const makeService = (
     const at = retryAt = backoffUntil
     return new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, at - Date.now()))).then(() => {
       if (retryAt === at) retryAt = undefined
-      return exporting() || backingOff() ? undefined : drain(deadline)
+      return exporting(Date.now()) || backingOff() ? undefined : drain(deadline)
     })
   }
 
   /** Hands a copy of `spans` to the mesh's trace store, if kept there; never rejects. */
-  const keepInMesh = (spans: Array<OtlpSpan>): Promise<void> => {
+  const keepInMesh = (spans: Array<RecordedSpan>): Promise<void> => {
     if (meshStore === undefined) return Promise.resolve()
     return meshStore.keepSpans(spans.map((span) => toKept(settings.serviceName, span))).then(
       () => undefined,
@@ -334,7 +334,7 @@ export const makeService = (
    * Exports `fresh` and `waiting` (spans the mesh's store has already), and
    * keeps a copy of `fresh` in the mesh; answers whether the collector took them.
    */
-  const exportSpans = async (fresh: Array<OtlpSpan>, waiting: Array<OtlpSpan>): Promise<boolean> => {
+  const exportSpans = async (fresh: Array<RecordedSpan>, waiting: Array<RecordedSpan>): Promise<boolean> => {
     const keeping = fresh.length > 0 ? keepInMesh(fresh) : Promise.resolve()
     if (settings.endpoint === undefined) {
       await keeping
@@ -348,17 +348,17 @@ export const makeService = (
   }
 
   /** A loop started at `since` that has not ended; one older than it could possibly run (its last round's wait and POST included) is taken as gone. */
-  const stillRunning = (since: number | undefined) =>
-    since !== undefined && Date.now() - since < maxDrainMs + settings.exportDelayMs + settings.timeoutMs
+  const stillRunning = (since: number | undefined, now: number) =>
+    since !== undefined && now - since < maxDrainMs + settings.exportDelayMs + settings.timeoutMs
 
   /**
    * Spans in the mesh's store that wait for the collector: while the collector
    * is backed off, a copy still goes to the mesh at once (the console need not
    * wait for a collector that is down), one copy in flight at a time.
    */
-  const copied: Array<OtlpSpan> = []
+  const copied: Array<RecordedSpan> = []
   let copyingSince: number | undefined
-  const copying = () => stillRunning(copyingSince)
+  const copying = () => stillRunning(copyingSince, Date.now())
   const copyWhileBackingOff = (): Promise<void> | undefined => {
     if (meshStore === undefined || copying()) return undefined
     const started = copyingSince = Date.now()
@@ -375,16 +375,16 @@ export const makeService = (
         if (copyingSince === started) copyingSince = undefined
       }
       // The backoff may have ended during the copy, and its retry run before these spans were set aside.
-      if (copied.length > 0 && !backingOff() && !exporting()) return drain()
+      if (copied.length > 0 && !backingOff() && !exporting(Date.now())) return drain()
     }
     return copy()
   }
 
   /** Exports `spans` to the collector; answers whether it took them. */
-  const exportToCollector = async (spans: Array<OtlpSpan>): Promise<boolean> => {
+  const exportToCollector = async (spans: Array<RecordedSpan>): Promise<boolean> => {
     stats.exports++
     try {
-      const data = { resourceSpans: [{ resource, scopeSpans: [{ scope, spans }] }] }
+      const data = { resourceSpans: [{ resource, scopeSpans: [{ scope, spans: spans.map(toOtlp) }] }] }
       await post("/v1/traces", serialize.traces(data as never) as never)
       stats.exported += spans.length
       backoffMs = 0
@@ -410,19 +410,10 @@ export const makeService = (
     }
   }
 
-  /** The spans of every trace no request in this isolate is still serving. */
-  const takeReady = (): Array<OtlpSpan> => {
-    const ready: Array<OtlpSpan> = []
-    const now = Date.now()
-    // Unsampled traces have no bucket to clear theirs: sweep the stale ones now and then.
-    if (open.size > 1000) for (const [id, running] of open) if (!holds(running, now)) open.delete(id)
-    for (const [id, spans] of buckets) {
-      const running = open.get(id)
-      if (running !== undefined && holds(running, now)) continue
-      open.delete(id)
-      buckets.delete(id)
-      for (const span of spans) ready.push(span)
-    }
+  /** The spans that ended since the last take. */
+  const takeReady = (): Array<RecordedSpan> => {
+    const ready = ended
+    ended = []
     buffered -= ready.length
     return ready
   }
@@ -431,15 +422,14 @@ export const makeService = (
    * Rounds, each `exportDelayMs` after the last, that export what is ready,
    * until a round finds nothing (or `maxDrainMs` passed: a request's
    * waitUntil is limited). Requests that end while it runs leave their spans
-   * to it, so under load one export carries many requests' spans, each
-   * request's all in the same one. After
+   * to it, so under load one export carries many requests' spans. After
    * a failure, spans that ended meanwhile wait for the retry at the backoff's
    * end, not for the isolate's next request, which may never come.
    */
   // When the running drain started; a drain whose request was cancelled mid-export
   // never clears it, so one older than it could possibly run is taken as gone.
   let exportingSince: number | undefined
-  const exporting = () => stillRunning(exportingSince)
+  const exporting = (now: number) => stillRunning(exportingSince, now)
   const drain = async (deadline = Date.now() + waitUntilBudgetMs): Promise<void> => {
     const started = exportingSince = Date.now()
     try {
@@ -452,7 +442,7 @@ export const makeService = (
         if (ready.length === 0 && copied.length === 0) return
         const waiting = copied.splice(0)
         buffered -= waiting.length
-        if (!(await exportSpans(ready, waiting))) return buckets.size > 0 || copied.length > 0 ? retryAfterBackoff(deadline) : undefined
+        if (!(await exportSpans(ready, waiting))) return ended.length > 0 || copied.length > 0 ? retryAfterBackoff(deadline) : undefined
         // Within its request's waitUntil: no round that could not end by the deadline (the next request's end starts one).
         if (Date.now() - started > maxDrainMs || Date.now() + settings.exportDelayMs + settings.timeoutMs > deadline) return
       }
@@ -466,25 +456,17 @@ export const makeService = (
     enabled,
     tracer,
     stats,
-    begin: (traceId) => {
-      const running = open.get(traceId)
-      if (running === undefined) open.set(traceId, { count: 1, since: 0 })
-      else running.count++
-    },
-    finish: (traceId) => {
-      const running = traceId === undefined ? undefined : open.get(traceId)
-      if (running !== undefined && --running.count === 0) open.delete(traceId!)
+    finish: (now) => {
       // An export in flight takes these spans with its next round; after a failure, the retry at the
       // backoff's end, the mesh's store a copy meanwhile.
-      if (exporting()) return undefined
-      if (!backingOff()) return drain()
+      if (exporting(now)) return undefined
+      if (!backingOff(now)) return drain()
       const copy = copyWhileBackingOff()
       const retry = retryAfterBackoff()
       return copy === undefined ? retry : retry === undefined ? copy : Promise.allSettled([copy, retry]).then(() => undefined)
     },
-    exportMetrics: () => {
-      if (flushMetrics === undefined || backingOff()) return undefined
-      const now = Date.now()
+    exportMetrics: (now) => {
+      if (flushMetrics === undefined || backingOff(now)) return undefined
       if (now - lastMetricsExport < settings.metricsIntervalMs) return undefined
       lastMetricsExport = now
       return Effect.runPromise(flushMetrics.pipe(Effect.timeoutOption(Duration.millis(settings.timeoutMs)), Effect.asVoid))

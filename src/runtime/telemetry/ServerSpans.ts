@@ -94,8 +94,8 @@ export const within = <A, E, R>(effect: Effect.Effect<A, E, R>, span: Tracer.Spa
 
 const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"])
 
-/** Ends a request's span with its answer, and records the request metrics. */
-export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unknown>, response: Response) => {
+/** Ends a request's span with its answer, and records the request metrics; answers the time, in epoch ms. */
+export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unknown>, response: Response): number => {
   span.attribute("http.response.status_code", response.status)
   if (Exit.isFailure(exit)) {
     const error = Cause.findErrorOption(exit.cause)
@@ -104,7 +104,8 @@ export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unkno
     else if (!span.attributes.has("error.type") && Cause.hasDies(exit.cause)) span.attribute("error.type", "Defect")
   }
   if (response.status >= 500 && !span.attributes.has("error.type")) span.attribute("error.type", String(response.status))
-  const end = now()
+  const endMs = Date.now()
+  const end = BigInt(endMs) * nanosPerMilli
   span.end(end, exit)
   const route = span.attributes.get("http.route")
   const method = String(span.attributes.get("http.request.method"))
@@ -118,6 +119,7 @@ export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unkno
   count.updateUnsafe(1, metricContext)
   const start = span.status._tag === "Ended" ? span.status.startTime : end
   duration.updateUnsafe(Number(end - start) / 1e9, metricContext)
+  return endMs
 }
 
 const metricContext = Context.empty()
@@ -146,52 +148,55 @@ const seriesOf = (attributes: Record<string, string>) => {
  */
 const maxWaitForWorkMs = 5000
 
-/** Exports the spans of `traceId` and (now and then) the metrics; undefined when there is nothing to wait for. */
-const exportNow = (service: Service, traceId: string | undefined): Promise<void> | undefined => {
-  const spans = service.finish(traceId)
-  const metrics = service.exportMetrics()
+/** Exports the spans that ended and (now and then) the metrics; undefined when there is nothing to wait for. */
+const exportNow = (service: Service, now: number): Promise<void> | undefined => {
+  const spans = service.finish(now)
+  const metrics = service.exportMetrics(now)
   if (spans === undefined && metrics === undefined) return undefined
   return Promise.allSettled([spans, metrics]).then(() => undefined)
 }
 
 /** Waits for `work` (within `maxWaitForWorkMs`), then exports as `exportNow` does. */
-const exportAfter = (service: Service, traceId: string | undefined, work: () => Promise<void>): Promise<void> => {
+const exportAfter = (service: Service, work: () => Promise<void>): Promise<void> => {
   let timer: ReturnType<typeof setTimeout> | undefined
   const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, maxWaitForWorkMs)))
   return Promise.race([work(), waited])
     .then(() => {
       if (timer !== undefined) clearTimeout(timer)
-      return exportNow(service, traceId)
+      return exportNow(service, Date.now())
     })
     .then(() => undefined, () => undefined)
 }
 
-/**
- * One invocation of `traceId` (undefined: one of no single trace, like a
- * queue batch). Its `waitUntil`, the `Invocation` to hand the handler, also
- * remembers the work; `done()`, once the invocation has answered, exports
- * its spans under `ctx.waitUntil` after that work (and work it added) settled.
- */
-export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<unknown>): void }, traceId: string | undefined) => {
-  if (traceId !== undefined) service.begin(traceId)
-  const pending: Array<Promise<unknown>> = []
-  const settled = async () => {
-    let seen = 0
-    while (seen < pending.length) {
-      const batch = pending.slice(seen)
-      seen = pending.length
-      await Promise.allSettled(batch)
-    }
+/** Settles once every promise in `pending` has, including ones added meanwhile. */
+const allSettled = async (pending: Array<Promise<unknown>>) => {
+  let seen = 0
+  while (seen < pending.length) {
+    const batch = pending.slice(seen)
+    seen = pending.length
+    await Promise.allSettled(batch)
   }
+}
+
+/**
+ * One invocation (a request, an object call, a queue batch). Its `waitUntil`,
+ * the `Invocation` to hand the handler, also remembers the work; `done(now)`,
+ * once the invocation has answered (at `now`, epoch ms, when its span has just
+ * read the clock), exports the spans that ended under `ctx.waitUntil`, after
+ * that work (and work it added) settled.
+ */
+export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<unknown>): void }) => {
+  let pending: Array<Promise<unknown>> | undefined
   return {
     waitUntil(promise: Promise<unknown>) {
-      pending.push(promise)
+      ;(pending ??= []).push(promise)
       ctx.waitUntil(promise)
     },
-    done: () => {
+    done: (now = Date.now()) => {
       // Without waitUntil work (most requests), no timer and no race: under load an export in
       // flight takes this request's spans, and the request has nothing to wait for.
-      const exported = pending.length === 0 ? exportNow(service, traceId) : exportAfter(service, traceId, settled)
+      const work = pending
+      const exported = work === undefined ? exportNow(service, now) : exportAfter(service, () => allSettled(work))
       if (exported !== undefined) ctx.waitUntil(exported)
     }
   }
