@@ -38,6 +38,7 @@ interface MetricPoint {
   readonly attributes: Record<string, unknown>
   readonly value?: number
   readonly count?: number
+  readonly bucketCounts?: ReadonlyArray<number>
 }
 
 const ERROR = 2
@@ -213,6 +214,36 @@ describe("span content", () => {
       return counts.some((p) => p.attributes["http.route"] === "/api/users/:id" && (p.value ?? 0) >= 3) &&
         latency.some((p) => p.attributes["http.route"] === "/api/users/:id" && (p.count ?? 0) >= 3)
     }, 10)
+  })
+
+  it("counts each request in its latency bucket, by method, route and status", async () => {
+    const name = `latency-${unique()}`
+    const route = `/probe-${unique()}`
+    const worker = Worker.make({
+      name,
+      layer: Layer.empty,
+      fetch: (request) =>
+        Effect.andThen(
+          Telemetry.annotateServerSpan("http.route", route),
+          // The clock moves only across I/O in workerd: a 30 ms timer makes a 30 ms request.
+          new URL(request.url).pathname === "/slow" ? Effect.as(Effect.sleep(30), new Response("slow")) : Effect.succeed(new Response("fast", { status: 201 }))
+        )
+    })
+    for (const path of ["/fast", "/fast", "/slow"]) {
+      const ctx = createExecutionContext()
+      await worker.fetch!(new Request(`http://probe.test${path}`), env, ctx)
+      await waitOnExecutionContext(ctx)
+    }
+    const points = await metricPoints("http.server.request.duration", name)
+    const latest = (status: string) =>
+      points.filter((p) => p.attributes["http.route"] === route && p.attributes["http.response.status_code"] === status)
+        .sort((a, b) => (b.count ?? 0) - (a.count ?? 0))[0]
+    // Boundaries 0.005, 0.01, 0.025, 0.05, ... seconds: the fast ones in the first bucket, the slow one in (0.025, 0.05].
+    expect(latest("201")).toMatchObject({ count: 2, bucketCounts: [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] })
+    expect(latest("200")).toMatchObject({ count: 1, bucketCounts: [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] })
+    expect(latest("200")!.attributes["http.request.method"]).toBe("GET")
+    const counts = await metricPoints("meshwork.http.server.requests", name)
+    expect(Math.max(...counts.filter((p) => p.attributes["http.route"] === route && p.attributes["http.response.status_code"] === "201").map((p) => p.value ?? 0))).toBe(2)
   })
 })
 

@@ -14,6 +14,7 @@ import * as Tracer from "effect/Tracer"
 import * as OtlpResource from "effect/observability/OtlpResource"
 import * as OtlpSerialization from "effect/observability/OtlpSerialization"
 import type { Settings } from "./Settings.ts"
+import { hostOf, pathOf, schemeOf } from "../Url.ts"
 import { errorTag } from "./TraceContext.ts"
 
 /** The failing collectors this isolate has warned about, by service and endpoint. */
@@ -25,6 +26,9 @@ export const droppedSpans = Metric.counter("meshwork.telemetry.spans.dropped", {
   incremental: true
 })
 
+
+/** What a tracer is given to start a span. */
+type SpanOptions = Parameters<Tracer.Tracer["span"]>[0]
 
 /** How a span failed, kept from its Exit when it ends: the Exit itself holds the request's values. */
 interface Failure {
@@ -50,7 +54,12 @@ const failureOf = (exit: Exit.Exit<unknown, unknown>): Failure | undefined => {
  */
 class RecordedSpan extends Tracer.NativeSpan {
   failure: Failure | undefined = undefined
-  constructor(options: ConstructorParameters<typeof Tracer.NativeSpan>[0], readonly sink: (span: RecordedSpan) => void) {
+  constructor(
+    options: SpanOptions,
+    readonly sink: (span: RecordedSpan) => void,
+    /** A served request's URL, whose attributes are read from it when the span is exported. */
+    readonly url?: string | undefined
+  ) {
     super(options)
   }
   override end(endTime: bigint, exit: Exit.Exit<unknown, unknown>): void {
@@ -99,6 +108,13 @@ const eventsOf = (span: RecordedSpan, status: Ended): ReadonlyArray<SpanEvent> =
 
 const noLinks: ReadonlyArray<never> = []
 
+/** A span's attributes, with those of the URL of the request it served (OpenTelemetry's HTTP server span). */
+const attributesOf = (span: RecordedSpan): Iterable<[string, unknown]> => {
+  const url = span.url
+  if (url === undefined) return span.attributes
+  return [...span.attributes, ["url.path", pathOf(url)], ["url.scheme", schemeOf(url)], ["server.address", hostOf(url)]]
+}
+
 /**
  * A span as OTLP has it. Counts of dropped items are left out (none are
  * dropped; both encodings read a missing count as zero).
@@ -115,7 +131,7 @@ const toOtlp = (span: RecordedSpan) => {
     kind: spanKinds[span.kind],
     startTimeUnixNano: String(status.startTime),
     endTimeUnixNano: String(status.endTime),
-    attributes: OtlpResource.entriesToAttributes(span.attributes),
+    attributes: OtlpResource.entriesToAttributes(attributesOf(span)),
     events: events.length === 0 ? noEvents : events.map(([name, time, attributes]) => ({
       name,
       timeUnixNano: String(time),
@@ -161,7 +177,7 @@ const toKept = (service: string, span: RecordedSpan): KeptSpan => {
   const status = span.status as Ended
   const attributes: Record<string, string | number | boolean> = {}
   let count = 0
-  for (const [key, value] of span.attributes) {
+  for (const [key, value] of attributesOf(span)) {
     if (count++ === 32) break
     if (typeof value === "string") attributes[key] = value.slice(0, 256)
     else if (typeof value === "number" || typeof value === "boolean") attributes[key] = value
@@ -196,6 +212,12 @@ export interface Service {
   /** False when `OTLP_ENDPOINT` is off and the mesh keeps no traces: the runtime then serves without spans of its own. */
   readonly enabled: boolean
   readonly tracer: Tracer.Tracer
+  /**
+   * Starts the span of a request served at `url`, as `tracer` would; the URL's
+   * attributes (`url.path`, `url.scheme`, `server.address`) are read from it
+   * when the span is exported, not on the request's path.
+   */
+  readonly requestSpan: (options: SpanOptions, url: string) => Tracer.Span
   readonly stats: Readonly<Stats>
   /**
    * An invocation ended at `now` (epoch ms, which its span has just read):
@@ -272,16 +294,15 @@ export const makeService = (
     ended.push(span)
   }
 
-  const tracer = Tracer.make({
-    span(options) {
-      // Head sampling: a new trace is sampled at the configured ratio; a
-      // child (local or carried in) keeps its parent's decision.
-      const sampled = Option.isNone(options.parent)
-        ? options.sampled && (settings.sampleRatio >= 1 || Math.random() < settings.sampleRatio)
-        : options.sampled
-      return new RecordedSpan({ ...options, sampled }, sink)
-    }
-  })
+  const startSpan = (options: SpanOptions, url?: string): Tracer.Span => {
+    // Head sampling: a new trace is sampled at the configured ratio; a
+    // child (local or carried in) keeps its parent's decision.
+    const sampled = Option.isNone(options.parent)
+      ? options.sampled && (settings.sampleRatio >= 1 || Math.random() < settings.sampleRatio)
+      : options.sampled
+    return new RecordedSpan(sampled === options.sampled ? options : { ...options, sampled }, sink, url)
+  }
+  const tracer = Tracer.make({ span: (options) => startSpan(options) })
 
   const post = (path: string, body: { readonly contentType: string; readonly text: string | undefined; readonly body: Uint8Array }) =>
     fetch(`${settings.endpoint}${path}`, {
@@ -455,6 +476,7 @@ export const makeService = (
     settings,
     enabled,
     tracer,
+    requestSpan: startSpan,
     stats,
     finish: (now) => {
       // An export in flight takes these spans with its next round; after a failure, the retry at the

@@ -7,7 +7,6 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import type { Service } from "./Exporter.ts"
-import { hostOf, pathOf, schemeOf } from "../Url.ts"
 import { type Carrier, errorTag, parseTraceparent, ServerSpan, TraceState } from "./TraceContext.ts"
 
 // ---------------------------------------------------------------------------
@@ -19,11 +18,60 @@ export const requests = Metric.counter("meshwork.http.server.requests", {
   incremental: true
 })
 
+const boundaries = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+
 /** Server latency, in seconds (OpenTelemetry's `http.server.request.duration`). */
 export const requestDuration = Metric.histogram("http.server.request.duration", {
   description: "Duration of HTTP server requests, in seconds",
-  boundaries: [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+  boundaries
 })
+
+/**
+ * The request count and latency of one method, route and status in this
+ * isolate. The runtime counts here, and Effect's metric registry reads the
+ * figures when the metrics are exported (`Metric.registerUnsafe`): an update
+ * through `Metric.updateUnsafe` makes a Context and looks the series up in the
+ * registry, twice per request.
+ */
+class Series {
+  count = 0
+  readonly counts = new Uint32Array(boundaries.length + 1)
+  sum = 0
+  min = Number.MAX_VALUE
+  max = -Number.MAX_VALUE
+
+  constructor(attributes: Record<string, string>) {
+    Metric.registerUnsafe(Metric.withAttributes(requests, attributes), metricContext, {
+      get: () => ({ count: this.count, incremental: true }),
+      update: () => undefined,
+      modify: () => undefined
+    })
+    Metric.registerUnsafe(Metric.withAttributes(requestDuration, attributes), metricContext, {
+      get: () => {
+        let below = 0
+        return {
+          buckets: boundaries.map((boundary, i): [number, number] => [boundary, below += this.counts[i]!]),
+          count: this.count,
+          min: this.min,
+          max: this.max,
+          sum: this.sum
+        }
+      },
+      update: () => undefined,
+      modify: () => undefined
+    })
+  }
+
+  record(seconds: number) {
+    let bucket = 0
+    while (bucket < boundaries.length && seconds > boundaries[bucket]!) bucket++
+    this.counts[bucket]!++
+    this.count++
+    this.sum += seconds
+    if (seconds < this.min) this.min = seconds
+    if (seconds > this.max) this.max = seconds
+  }
+}
 
 
 const nanosPerMilli = 1_000_000n
@@ -46,8 +94,7 @@ export const startServerSpan = (service: Service, request: Request, trustTracepa
   const method = request.method
   const incoming = parseTraceparent(headers.get("traceparent"))
   const trusted = incoming !== undefined && trustTraceparent
-  const url = request.url
-  const span = service.tracer.span({
+  const span = service.requestSpan({
     name: method,
     parent: trusted ? Option.some(incoming) : Option.none(),
     annotations: Context.empty(),
@@ -57,11 +104,8 @@ export const startServerSpan = (service: Service, request: Request, trustTracepa
     kind: "server",
     root: !trusted,
     sampled: trusted ? incoming.sampled : true
-  })
+  }, request.url)
   span.attribute("http.request.method", method)
-  span.attribute("url.path", pathOf(url))
-  span.attribute("url.scheme", schemeOf(url))
-  span.attribute("server.address", hostOf(url))
   const agent = headers.get("user-agent")
   if (agent !== null) span.attribute("user_agent.original", agent)
   const tracestate = trusted ? headers.get("tracestate") ?? undefined : undefined
@@ -96,49 +140,46 @@ const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "
 
 /** Ends a request's span with its answer, and records the request metrics; answers the time, in epoch ms. */
 export const endServerSpan = (span: Tracer.Span, exit: Exit.Exit<Response, unknown>, response: Response): number => {
-  span.attribute("http.response.status_code", response.status)
+  // Each read of a Response's status is a call into the runtime.
+  const status = response.status
+  span.attribute("http.response.status_code", status)
   if (Exit.isFailure(exit)) {
     const error = Cause.findErrorOption(exit.cause)
     const tag = Option.isSome(error) ? errorTag(error.value) : undefined
     if (tag !== undefined) span.attribute("error.type", tag)
     else if (!span.attributes.has("error.type") && Cause.hasDies(exit.cause)) span.attribute("error.type", "Defect")
   }
-  if (response.status >= 500 && !span.attributes.has("error.type")) span.attribute("error.type", String(response.status))
+  if (status >= 500 && !span.attributes.has("error.type")) span.attribute("error.type", String(status))
   const endMs = Date.now()
   const end = BigInt(endMs) * nanosPerMilli
   span.end(end, exit)
   const route = span.attributes.get("http.route")
   const method = String(span.attributes.get("http.request.method"))
-  const attributes = {
-    // A client chooses the method: unknown ones are one series, as OpenTelemetry asks.
-    "http.request.method": knownMethods.has(method) ? method : "_OTHER",
-    "http.route": typeof route === "string" ? route : "unmatched",
-    "http.response.status_code": String(response.status)
-  }
-  const { count, duration } = seriesOf(attributes)
-  count.updateUnsafe(1, metricContext)
   const start = span.status._tag === "Ended" ? span.status.startTime : end
-  duration.updateUnsafe(Number(end - start) / 1e9, metricContext)
+  // A client chooses the method: unknown ones are one series, as OpenTelemetry asks.
+  seriesOf(knownMethods.has(method) ? method : "_OTHER", typeof route === "string" ? route : "unmatched", status)
+    .record(Number(end - start) / 1e9)
   return endMs
 }
 
 const metricContext = Context.empty()
 
 /**
- * The request metrics of one method, route and status, made once per isolate: a metric with
- * attributes is keyed by a sorted JSON of them, which costs more than the update itself.
+ * Routes are a Worker's own and statuses few; past this many series an
+ * isolate counts further ones in one, marked `otel.metric.overflow` as
+ * OpenTelemetry's cardinality limit does.
  */
-const series = new Map<string, { readonly count: Metric.Metric<number, unknown>; readonly duration: Metric.Metric<number, unknown> }>()
-const seriesOf = (attributes: Record<string, string>) => {
-  const key = `${attributes["http.request.method"]} ${attributes["http.route"]} ${attributes["http.response.status_code"]}`
-  let found = series.get(key)
-  if (found === undefined) {
-    // Routes are a Worker's own and statuses few; the bound only guards against a runaway label.
-    if (series.size >= 1000) series.clear()
-    found = { count: Metric.withAttributes(requests, attributes), duration: Metric.withAttributes(requestDuration, attributes) }
-    series.set(key, found)
-  }
-  return found
+const maxSeries = 1000
+const series = new Map<string, Series>()
+let overflow: Series | undefined
+const seriesOf = (method: string, route: string, status: number): Series => {
+  const key = `${method} ${route} ${status}`
+  const found = series.get(key)
+  if (found !== undefined) return found
+  if (series.size >= maxSeries) return overflow ??= new Series({ "otel.metric.overflow": "true" })
+  const made = new Series({ "http.request.method": method, "http.route": route, "http.response.status_code": String(status) })
+  series.set(key, made)
+  return made
 }
 
 /**
