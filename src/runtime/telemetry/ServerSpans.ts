@@ -170,15 +170,22 @@ const metricContext = Context.empty()
  * OpenTelemetry's cardinality limit does.
  */
 const maxSeries = 1000
-const series = new Map<string, Series>()
+// By method, then route, then status: three lookups by strings the isolate already holds (and a
+// number) cost less than making and hashing one key per request.
+const series = new Map<string, Map<string, Map<number, Series>>>()
+let seriesCount = 0
 let overflow: Series | undefined
 const seriesOf = (method: string, route: string, status: number): Series => {
-  const key = `${method} ${route} ${status}`
-  const found = series.get(key)
+  const found = series.get(method)?.get(route)?.get(status)
   if (found !== undefined) return found
-  if (series.size >= maxSeries) return overflow ??= new Series({ "otel.metric.overflow": "true" })
+  if (seriesCount >= maxSeries) return overflow ??= new Series({ "otel.metric.overflow": "true" })
+  let byRoute = series.get(method)
+  if (byRoute === undefined) series.set(method, byRoute = new Map())
+  let byStatus = byRoute.get(route)
+  if (byStatus === undefined) byRoute.set(route, byStatus = new Map())
   const made = new Series({ "http.request.method": method, "http.route": route, "http.response.status_code": String(status) })
-  series.set(key, made)
+  byStatus.set(status, made)
+  seriesCount++
   return made
 }
 
