@@ -17,6 +17,7 @@
  *
  *   npm run bench -- --rounds 5 --duration 3 --connections 16 --only one-hop,api
  *   npm run bench -- --only cold --samples 9
+ *   npm run bench -- --variants hop-traced,hop-untraced --rounds 9   # some variants, side by side
  *   npm run bench -- --profile chain-mesh     # CPU profile of one variant under load
  *
  * Compare ratios, never absolute numbers: machines here are shared and noisy.
@@ -41,6 +42,7 @@ const { values: flags } = parseArgs({
     connections: { type: "string", default: "16" },
     samples: { type: "string", default: "5" },
     only: { type: "string" },
+    variants: { type: "string" },
     profile: { type: "string" }
   }
 })
@@ -57,7 +59,7 @@ for (const group of only ?? []) {
 }
 const selected = (group: Group) => only === undefined || only.includes(group)
 /** Every group, measured: the run RESULTS.md keeps a table of. */
-const fullRun = flags.only === undefined && flags.profile === undefined
+const fullRun = flags.only === undefined && flags.profile === undefined && flags.variants === undefined
 
 const compatibilityDate = "2026-11-01"
 const outdir = join(root, ".build/bench")
@@ -220,6 +222,12 @@ const targets: Array<Target> = [
     port: 0
   }
 ].filter((target) => selected(target.group as Group)) as Array<Target>
+const variants = flags.variants?.split(",")
+for (const id of variants ?? []) {
+  if (!targets.some((target) => target.id === id)) throw new Error(`no variant ${id}: ${targets.map((t) => t.id).join(", ")}`)
+}
+// Only the variants asked for: the ratios between them, nothing else.
+if (variants !== undefined) targets.splice(0, targets.length, ...targets.filter((target) => variants.includes(target.id)))
 
 /** The products seeded for the cache and fan-out variants. */
 function seededProductId(n: number) {
@@ -1352,7 +1360,7 @@ const main = async (): Promise<boolean> => {
     }
     if (flags.profile !== undefined) return failures.size === 0
   }
-  if (selected("cold") && flags.profile === undefined) {
+  if (selected("cold") && flags.profile === undefined && flags.variants === undefined) {
     console.log(`\nCold starts: ${coldVariants.length} variants, ${coldSamples} fresh isolates each...`)
     try {
       cold = await runCold()
