@@ -22,6 +22,7 @@
  */
 import { DurableObject } from "cloudflare:workers"
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -85,11 +86,12 @@ export const make = <Provided, LE = never, FE = never, AE = never>(options: Opti
       if (!telemetry.enabled) return Effect.runPromiseExitWith(services)(effect).then(settle)
       // A call that is not traced makes no spans: they would be roots of no one's trace.
       if (call === undefined) return Effect.runPromiseExitWith(services)(Effect.withTracerEnabled(effect, false)).then(settle)
-      const span = ServerSpans.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace)
+      const clock = Context.get(services, Clock.Clock)
+      const span = ServerSpans.startSpan(telemetry, `${options.name}.${call.method}`, "server", call.trace, clock)
       const invocation = ServerSpans.invocation(telemetry, this.ctx)
       const traced = ServerSpans.within(effect, span, call.trace?.tracestate)
       return Effect.runPromiseExitWith(Context.add(services, Invocation, invocation))(traced).then((exit) => {
-        ServerSpans.endSpan(span, exit)
+        ServerSpans.endSpan(span, exit, clock)
         invocation.done()
         return settle(exit)
       })

@@ -24,6 +24,7 @@
  */
 import type { Tracer } from "effect"
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -191,7 +192,8 @@ export const serveFetch = <R>(
     const context = Context.add(services, Invocation, ctx)
     return runWith(context, () => handler(forwarded), respond(context, options.annotations))
   }
-  const { span, tracestate } = ServerSpans.startServerSpan(telemetry, request, trust)
+  const clock = Context.get(services, Clock.Clock)
+  const { span, tracestate } = ServerSpans.startServerSpan(telemetry, request, trust, clock)
   const invocation = ServerSpans.invocation(telemetry, ctx)
   const context = Context.add(services, Invocation, invocation)
   const render = respond(context, options.annotations, span)
@@ -202,7 +204,8 @@ export const serveFetch = <R>(
   }
   return runWith(context, evaluate, (exit) => {
     const response = render(exit)
-    invocation.done(ServerSpans.endServerSpan(span, exit, response))
+    ServerSpans.endServerSpan(span, exit, response, clock)
+    invocation.done()
     return response
   })
 }
@@ -223,7 +226,8 @@ const runInvocation = async <R>(
     const context = Context.add(services, Invocation, ctx)
     return runWith(context, effect, onExit)
   }
-  const span = spanName === undefined ? undefined : ServerSpans.startSpan(telemetry, spanName, "internal", undefined)
+  const clock = Context.get(services, Clock.Clock)
+  const span = spanName === undefined ? undefined : ServerSpans.startSpan(telemetry, spanName, "internal", undefined, clock)
   const invocation = ServerSpans.invocation(telemetry, ctx)
   const context = Context.add(services, Invocation, invocation)
   try {
@@ -231,7 +235,7 @@ const runInvocation = async <R>(
       context,
       () => span === undefined ? effect() : ServerSpans.within(effect(), span, undefined),
       (exit) => {
-        if (span !== undefined) ServerSpans.endSpan(span, exit)
+        if (span !== undefined) ServerSpans.endSpan(span, exit, clock)
         onExit(exit)
       }
     )

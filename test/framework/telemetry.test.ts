@@ -318,14 +318,29 @@ describe("batching", () => {
 })
 
 describe("trace context", () => {
-  it("times server spans on the clock Effect times their children on", async () => {
-    // ServerSpans reads Date.now() in nanoseconds, which in workerd is exactly Effect's default
-    // clock (one frozen clock, whole milliseconds): were it not, a child could start before its server span.
-    const clock = Clock.Clock.defaultValue()
-    for (let i = 0; i < 3; i++) {
-      expect(clock.currentTimeNanosUnsafe()).toBe(BigInt(Date.now()) * 1_000_000n)
-      await new Promise((resolve) => setTimeout(resolve, 2))
-    }
+  it("times server spans on the clock their children are timed on: the Effect clock of the Worker's services", async () => {
+    // Not Date.now(): Effect's default clock anchors its monotonic reading to the wall clock once, and
+    // in workerd the two were seen a millisecond apart then, so a child could start before its server span.
+    let tick = 1_700_000_000_000_000_000n
+    const clock = { ...Clock.Clock.defaultValue(), currentTimeNanosUnsafe: () => (tick += 1_000_000n) }
+    const name = `clocked-${unique()}`
+    const worker = Worker.make({
+      name,
+      layer: Layer.succeed(Clock.Clock, clock),
+      fetch: () => Effect.withSpan(Effect.succeed(new Response("ok")), "child", { captureStackTrace: false })
+    })
+    const ctx = createExecutionContext()
+    expect((await worker.fetch!(new Request("http://probe.test/"), env, ctx)).status).toBe(200)
+    await waitOnExecutionContext(ctx)
+    let spans: Array<Span & { readonly startTimeUnixNano: string; readonly endTimeUnixNano: string }> = []
+    await eventually(async () => (spans = await spansOf({ service: name }) as typeof spans).length === 2, 10)
+    const server = spans.find((span) => span.parentSpanId === undefined)!
+    const child = spans.find((span) => span.name === "child")!
+    expect(child.parentSpanId).toBe(server.spanId)
+    // Four readings of one clock, in order: the server span's start, the child's start and end, the server span's end.
+    expect([server.startTimeUnixNano, child.startTimeUnixNano, child.endTimeUnixNano, server.endTimeUnixNano]).toEqual(
+      [1n, 2n, 3n, 4n].map((n) => String(1_700_000_000_000_000_000n + n * 1_000_000n))
+    )
   })
 
   it("reads traceparent as W3C Trace Context has it", () => {
