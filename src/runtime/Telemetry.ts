@@ -70,6 +70,7 @@ export {
   isTracing,
   parseTraceparent,
   ServerSpan,
+  setCarrier,
   traceparent,
   TraceState,
   withCarrier

@@ -5,10 +5,11 @@
  */
 import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
-import { Clock, Effect, Fiber, Random } from "effect"
+import { Clock, Effect, Fiber, Random, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import * as Proxy from "../../src/layers/routing/Proxy.ts"
 import { Retries, RetryBudget, type RetrySettings } from "../../src/layers/resilience/Retries.ts"
+import * as Editable from "../../src/runtime/Editable.ts"
 import * as Problem from "../../src/runtime/Problem.ts"
 import * as ServiceClient from "../../src/runtime/ServiceClient.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
@@ -54,6 +55,30 @@ it.effect.each([["GET"], ["HEAD"], ["OPTIONS"], ["PUT"], ["DELETE"]])("retries %
     const k = key()
     yield* drive(call(`/status/502?key=${k}`, { method: method!, retry: { attempts: 2 } }))
     expect((yield* calls(k)).calls).toBe(2)
+  }).pipe(Effect.provide(Retries.layer)))
+
+it.effect("sends each attempt with the trace context of its own client span, on a request made for the hop or a caller's", () =>
+  Effect.gen(function*() {
+    const spans: Array<Tracer.Span> = []
+    const tracer = Tracer.make({
+      span(options) {
+        const span = new Tracer.NativeSpan(options)
+        spans.push(span)
+        return span
+      }
+    })
+    // A request this isolate made for the hop (its headers set in place), and one it was given (copied).
+    for (const made of [true, false]) {
+      spans.length = 0
+      const k = key()
+      const request = new Request(`http://flaky/status/503?key=${k}`)
+      const forwarded = Proxy.forward({ service: "flaky", fetcher: env.FLAKY, retry: { attempts: 3 } }, made ? Editable.request(request) : request)
+      yield* drive(Effect.provideService(Effect.withSpan(forwarded, "caller", { captureStackTrace: false }), Tracer.Tracer, tracer))
+      const clients = spans.filter((span) => span.kind === "client")
+      expect(clients).toHaveLength(3)
+      const received = yield* Effect.promise(async () => await (await env.FLAKY.fetch(`http://flaky/traceparents?key=${k}`)).json())
+      expect(received).toEqual(clients.map((span) => `00-${span.traceId}-${span.spanId}-01`))
+    }
   }).pipe(Effect.provide(Retries.layer)))
 
 it.effect("never retries a POST without an Idempotency-Key, and retries one with it", () =>

@@ -101,26 +101,31 @@ export const upstreamRequest = (
   assertion?: string
 ): Effect.Effect<(trace?: Telemetry.Carrier) => Request, Problem.PayloadTooLarge | Problem.BadRequest> => {
   if (request.body === null && Editable.takeRequest(request)) {
-    // A request made for this hop (the gateway's, with the caller's identity): its headers are set in place.
+    // A request made for this hop (the gateway's, with the caller's identity): its headers are set in place,
+    // each attempt's trace context too (a bodyless request can be sent again).
     const headers = request.headers
     for (const name of hopByHopHeaders(headers)) headers.delete(name)
     if (assertion !== undefined) headers.set(Identity.header, assertion)
-    return Effect.succeed((trace) => trace === undefined ? request : new Request(request, { headers: Telemetry.withCarrier(headers, trace) }))
+    return Effect.succeed((trace) => {
+      if (trace !== undefined) Telemetry.setCarrier(headers, trace)
+      return request
+    })
   }
   let headers = stripHopByHop(request.headers)
   if (assertion !== undefined) {
     if (headers === request.headers) headers = new Headers(headers)
     headers.set(Identity.header, assertion)
   }
+  // Headers this hop made (`headers` is not the request's own) take each attempt's trace context in place.
+  const carrying = (trace: Telemetry.Carrier | undefined) =>
+    trace === undefined ? headers : headers === request.headers ? Telemetry.withCarrier(headers, trace) : Telemetry.setCarrier(headers, trace)
   if (request.body === null) {
-    const outgoing = headers === request.headers ? request : new Request(request, { headers })
-    return Effect.succeed((trace) => trace === undefined ? outgoing : new Request(request, { headers: Telemetry.withCarrier(headers, trace) }))
+    return Effect.succeed((trace) =>
+      trace === undefined && headers === request.headers ? request : new Request(request, { headers: carrying(trace) })
+    )
   }
   // One read: a declared length within the limit in one call, a streamed body up to the limit.
-  return Effect.map(
-    readBody(request, maxBodyBytes),
-    (body) => (trace) => new Request(request, { headers: trace === undefined ? headers : Telemetry.withCarrier(headers, trace), body })
-  )
+  return Effect.map(readBody(request, maxBodyBytes), (body) => (trace) => new Request(request, { headers: carrying(trace), body }))
 }
 
 /** The response to send downstream, hop-by-hop headers dropped. */

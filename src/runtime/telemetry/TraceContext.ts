@@ -65,11 +65,13 @@ export const activeCarrier: Effect.Effect<Carrier | undefined> = Effect.withFibe
 export const traceparent: Effect.Effect<string | undefined> = Effect.map(carrier, (c) => c?.traceparent)
 
 /** `headers` (copied) carrying `carrier` in place of any trace context they had. */
-export const withCarrier = (headers: Headers, carrier: Carrier): Headers => {
-  const copy = new Headers(headers)
-  copy.delete("tracestate")
-  for (const [name, value] of Object.entries(carrier)) copy.set(name, value)
-  return copy
+export const withCarrier = (headers: Headers, carrier: Carrier): Headers => setCarrier(new Headers(headers), carrier)
+
+/** Sets `carrier` on `headers` in place (headers the caller made, not a request it was given), replacing any trace context. */
+export const setCarrier = (headers: Headers, carrier: Carrier): Headers => {
+  headers.delete("tracestate")
+  for (const [name, value] of Object.entries(carrier)) headers.set(name, value)
+  return headers
 }
 
 /**
