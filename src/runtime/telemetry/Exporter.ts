@@ -8,6 +8,7 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import { format } from "effect/Formatter"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
@@ -112,7 +113,7 @@ const noLinks: ReadonlyArray<never> = []
 const attributesOf = (span: RecordedSpan): Iterable<[string, unknown]> => {
   const url = span.url
   if (url === undefined) return span.attributes
-  return [...span.attributes, ["url.path", pathOf(url)], ["url.scheme", schemeOf(url)], ["server.address", hostOf(url)]]
+  return [["url.path", pathOf(url)], ["url.scheme", schemeOf(url)], ["server.address", hostOf(url)], ...span.attributes]
 }
 
 /**
@@ -172,16 +173,16 @@ export interface MeshTraceStore {
   readonly keepSpans: (spans: ReadonlyArray<KeptSpan>) => Promise<unknown>
 }
 
-/** A span as the mesh keeps it: at most 32 attributes (strings, numbers, booleans) and 16 events, strings cut to 256 characters. */
+/** A span as the mesh keeps it: at most 32 attributes and 16 events, strings cut to 256 characters (other values formatted, lists left out). */
 const toKept = (service: string, span: RecordedSpan): KeptSpan => {
   const status = span.status as Ended
   const attributes: Record<string, string | number | boolean> = {}
   let count = 0
   for (const [key, value] of attributesOf(span)) {
     if (count++ === 32) break
-    if (typeof value === "string") attributes[key] = value.slice(0, 256)
-    else if (typeof value === "number" || typeof value === "boolean") attributes[key] = value
-    else if (typeof value === "bigint") attributes[key] = Number(value)
+    if (typeof value === "number" || typeof value === "boolean") attributes[key] = value
+    else if (typeof value === "bigint" && BigInt.asIntN(64, value) === value) attributes[key] = Number(value)
+    else if (!Array.isArray(value)) attributes[key] = (typeof value === "string" ? value : format(value)).slice(0, 256)
   }
   const { code, message } = spanStatus(span)
   return {
@@ -340,7 +341,8 @@ export const makeService = (
   /** Hands a copy of `spans` to the mesh's trace store, if kept there; never rejects. */
   const keepInMesh = (spans: Array<RecordedSpan>): Promise<void> => {
     if (meshStore === undefined) return Promise.resolve()
-    return meshStore.keepSpans(spans.map((span) => toKept(settings.serviceName, span))).then(
+    // Converted inside the chain, so that nothing here can make a drain reject.
+    return Promise.resolve().then(() => meshStore.keepSpans(spans.map((span) => toKept(settings.serviceName, span)))).then(
       () => undefined,
       (error: unknown) => {
         const warning = `${settings.serviceName} mesh trace store`

@@ -13,7 +13,11 @@ import { type Carrier, errorTag, parseTraceparent, ServerSpan, TraceState } from
 // ---------------------------------------------------------------------------
 // Metrics
 
-/** Requests served, by method, route and status. */
+/**
+ * Requests served, by method, route and status. The runtime counts each
+ * series itself (`Series` below) and registers it with Effect's registry:
+ * read these metrics, do not update them with the runtime's attributes.
+ */
 export const requests = Metric.counter("meshwork.http.server.requests", {
   description: "Requests served",
   incremental: true
@@ -21,7 +25,7 @@ export const requests = Metric.counter("meshwork.http.server.requests", {
 
 const boundaries = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 
-/** Server latency, in seconds (OpenTelemetry's `http.server.request.duration`). */
+/** Server latency, in seconds (OpenTelemetry's `http.server.request.duration`), counted as `requests` is. */
 export const requestDuration = Metric.histogram("http.server.request.duration", {
   description: "Duration of HTTP server requests, in seconds",
   boundaries
