@@ -50,8 +50,8 @@ const failureOf = (exit: Exit.Exit<unknown, unknown>): Failure | undefined => {
 /**
  * A span that, once ended and if sampled, waits in the isolate's buffer as it
  * is, to be converted with the rest of its export: converting each span when
- * it ends cost a traced request about 4 µs under load (measured), with the
- * conversion's code cold every time.
+ * it ended, the conversion's code cold every time, cost a traced request more
+ * (bench/RESULTS.md, "Tracing on one hop").
  */
 class RecordedSpan extends Tracer.NativeSpan {
   failure: Failure | undefined = undefined
@@ -256,8 +256,9 @@ export const makeService = (
   meshStore?: MeshTraceStore | undefined
 ): Service => {
   const stats: Stats = { exported: 0, dropped: 0, exports: 0, failedExports: 0 }
-  // Spans wait as they ended, and are converted when they leave. They leave in the order they ended, like an OpenTelemetry batch processor's: a trace's spans may
-  // leave in several POSTs, which the collector joins by trace id.
+  // Spans wait as they ended and are converted when they leave, in the order they ended, like an
+  // OpenTelemetry batch processor's: a trace's spans may leave in several POSTs, which the collector
+  // joins by trace id.
   let ended: Array<RecordedSpan> = []
   let buffered = 0
   let lastMetricsExport = 0
@@ -334,7 +335,7 @@ export const makeService = (
     const at = retryAt = backoffUntil
     return new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, at - Date.now()))).then(() => {
       if (retryAt === at) retryAt = undefined
-      return exporting(Date.now()) || backingOff() ? undefined : drain(deadline)
+      return exporting() || backingOff() ? undefined : drain(deadline)
     })
   }
 
@@ -381,7 +382,7 @@ export const makeService = (
    */
   const copied: Array<RecordedSpan> = []
   let copyingSince: number | undefined
-  const copying = () => stillRunning(copyingSince, Date.now())
+  const copying = (now = Date.now()) => stillRunning(copyingSince, now)
   const copyWhileBackingOff = (): Promise<void> | undefined => {
     if (meshStore === undefined || copying()) return undefined
     const started = copyingSince = Date.now()
@@ -398,7 +399,7 @@ export const makeService = (
         if (copyingSince === started) copyingSince = undefined
       }
       // The backoff may have ended during the copy, and its retry run before these spans were set aside.
-      if (copied.length > 0 && !backingOff() && !exporting(Date.now())) return drain()
+      if (copied.length > 0 && !backingOff() && !exporting()) return drain()
     }
     return copy()
   }
@@ -452,7 +453,7 @@ export const makeService = (
   // When the running drain started; a drain whose request was cancelled mid-export
   // never clears it, so one older than it could possibly run is taken as gone.
   let exportingSince: number | undefined
-  const exporting = (now: number) => stillRunning(exportingSince, now)
+  const exporting = (now = Date.now()) => stillRunning(exportingSince, now)
   const drain = async (deadline = Date.now() + waitUntilBudgetMs): Promise<void> => {
     const started = exportingSince = Date.now()
     try {
