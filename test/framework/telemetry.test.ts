@@ -38,6 +38,7 @@ interface MetricPoint {
   readonly attributes: Record<string, unknown>
   readonly value?: number
   readonly count?: number
+  readonly sum?: number
   readonly bucketCounts?: ReadonlyArray<number>
 }
 
@@ -238,10 +239,16 @@ describe("span content", () => {
     const latest = (status: string) =>
       points.filter((p) => p.attributes["http.route"] === route && p.attributes["http.response.status_code"] === status)
         .sort((a, b) => (b.count ?? 0) - (a.count ?? 0))[0]
-    // Boundaries 0.005, 0.01, 0.025, 0.05, ... seconds: the fast ones in the first bucket, the slow one in (0.025, 0.05].
-    expect(latest("201")).toMatchObject({ count: 2, bucketCounts: [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] })
-    expect(latest("200")).toMatchObject({ count: 1, bucketCounts: [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] })
-    expect(latest("200")!.attributes["http.request.method"]).toBe("GET")
+    // The fast ones took no time (no I/O): the first bucket, up to 0.005 s.
+    expect(latest("201")).toMatchObject({ count: 2, sum: 0, bucketCounts: [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] })
+    // The slow one took at least 30 ms (more on a busy machine): the bucket of the first bound at or above it.
+    const slow = latest("200")!
+    const bounds = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+    expect(slow.count).toBe(1)
+    expect(slow.sum).toBeGreaterThanOrEqual(0.03)
+    const bucket = bounds.findIndex((bound) => slow.sum! <= bound)
+    expect(slow.bucketCounts).toEqual(Array.from({ length: 15 }, (_, i) => (i === (bucket === -1 ? 14 : bucket) ? 1 : 0)))
+    expect(slow.attributes["http.request.method"]).toBe("GET")
     const counts = await metricPoints("meshwork.http.server.requests", name)
     expect(Math.max(...counts.filter((p) => p.attributes["http.route"] === route && p.attributes["http.response.status_code"] === "201").map((p) => p.value ?? 0))).toBe(2)
   })

@@ -201,7 +201,9 @@ const seriesOf = (method: string, route: string, status: number): Series => {
 const maxWaitForWorkMs = 5000
 
 /** Exports the spans that ended and (now and then) the metrics; undefined when there is nothing to wait for. */
-const exportNow = (service: Service, now: number): Promise<void> | undefined => {
+const exportNow = (service: Service): Promise<void> | undefined => {
+  // One clock read for both checks.
+  const now = Date.now()
   const spans = service.finish(now)
   const metrics = service.exportMetrics(now)
   if (spans === undefined && metrics === undefined) return undefined
@@ -215,7 +217,7 @@ const exportAfter = (service: Service, work: () => Promise<void>): Promise<void>
   return Promise.race([work(), waited])
     .then(() => {
       if (timer !== undefined) clearTimeout(timer)
-      return exportNow(service, Date.now())
+      return exportNow(service)
     })
     .then(() => undefined, () => undefined)
 }
@@ -247,7 +249,7 @@ export const invocation = (service: Service, ctx: { waitUntil(promise: Promise<u
       // Without waitUntil work (most requests), no timer and no race: under load an export in
       // flight takes this request's spans, and the request has nothing to wait for.
       const work = pending
-      const exported = work === undefined ? exportNow(service, Date.now()) : exportAfter(service, () => allSettled(work))
+      const exported = work === undefined ? exportNow(service) : exportAfter(service, () => allSettled(work))
       if (exported !== undefined) ctx.waitUntil(exported)
     }
   }
