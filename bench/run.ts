@@ -18,7 +18,8 @@
  *   npm run bench -- --rounds 5 --duration 3 --connections 16 --only one-hop,api
  *   npm run bench -- --only cold --samples 9
  *   npm run bench -- --variants hop-traced,hop-untraced --rounds 9   # some variants, side by side
- *   npm run bench -- --profile chain-mesh     # CPU profile of one variant under load
+ *   npm run bench -- --profile chain-mesh     # CPU profile of each Worker of one variant under load, one at a time
+ *   npm run bench -- --profile chain-mesh --isolate chain-router   # of one of its Workers
  *
  * Compare ratios, never absolute numbers: machines here are shared and noisy.
  */
@@ -43,7 +44,8 @@ const { values: flags } = parseArgs({
     samples: { type: "string", default: "5" },
     only: { type: "string" },
     variants: { type: "string" },
-    profile: { type: "string" }
+    profile: { type: "string" },
+    isolate: { type: "string" }
   }
 })
 const rounds = Number(flags.rounds)
@@ -310,6 +312,8 @@ const directSocket = (worker: string) => {
 }
 
 const inspectorPort = 9229
+/** The profiler's sampling interval, µs. */
+const profileInterval = 100
 
 /** This run's secrets: a token signing key, and a mesh identity key per Worker. */
 const secrets = {
@@ -571,11 +575,15 @@ const migrate = async (db: Awaited<ReturnType<Miniflare["getD1Database"]>>, serv
   }
 }
 
+/** The Workers a target's requests go through (its Worker and those it binds), once workerd is up. */
+let workersOf: (target: Target) => ReadonlySet<string> = () => new Set()
+
 const startWorkerd = async () => {
   const roots = targets.flatMap((target) => [target.worker, ...(target.counter === undefined ? [] : [target.counter])])
   // The mesh is built only when a target reaches one of its Workers.
   const meshNeeded = [...closure(catalogue(undefined), roots)].some(isMeshWorker)
   const byName = catalogue(meshNeeded ? await meshWorkers("mesh") : undefined)
+  workersOf = (target) => closure(byName, [target.worker])
   const settings = variantSettings(byName)
   const workers = await Promise.all([...closure(byName, roots)].map(async (name) => {
     const options = byName.get(name)
@@ -898,12 +906,18 @@ interface ProfileNode {
  * loads it, and prints the functions with the most self time.
  */
 const profile = async (target: Target) => {
-  const listed = (await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json() as Array<{
+  const listed = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json() as Array<{
     readonly id: string
     readonly webSocketDebuggerUrl: string
-  }>).filter((entry) => entry.id.startsWith("core:user:"))
-  const sessions = await Promise.all(listed.map((entry) =>
-    new Promise<{ title: string; send: (method: string, params?: object) => Promise<any> }>((resolve, reject) => {
+  }>
+  // One isolate at a time, each under a load of its own: profiling several at once at this interval
+  // stalled them all (no request answered in 6 s, whole seconds sampled in one frame).
+  const names = flags.isolate !== undefined ? [flags.isolate] : [...workersOf(target)]
+  mkdirSync(join(root, "bench/results"), { recursive: true })
+  for (const name of names) {
+    const entry = listed.find((candidate) => candidate.id === `core:user:${name}`)
+    if (entry === undefined) throw new Error(`no isolate ${name}: ${listed.map((candidate) => candidate.id.replace("core:user:", "")).join(", ")}`)
+    const session = await new Promise<{ send: (method: string, params?: object) => Promise<any>; close: () => void }>((resolve, reject) => {
       const socket = new WebSocket(entry.webSocketDebuggerUrl)
       let id = 0
       const pending = new Map<number, (result: unknown) => void>()
@@ -914,41 +928,46 @@ const profile = async (target: Target) => {
       socket.onerror = reject
       socket.onopen = () =>
         resolve({
-          title: entry.id.slice("core:user:".length),
           send: (method, params = {}) =>
             new Promise((done) => {
               pending.set(++id, done)
               socket.send(JSON.stringify({ id, method, params }))
-            })
+            }),
+          close: () => socket.close()
         })
     })
-  ))
-  for (const session of sessions) {
-    // workerd echoes these commands without a separate answer, so only Profiler.stop is awaited.
+    // workerd echoes these commands without a separate answer, so only Profiler.stop is awaited; wrk runs
+    // synchronously, so they are given time to leave first.
     void session.send("Profiler.enable")
-    void session.send("Profiler.setSamplingInterval", { interval: 100 })
+    void session.send("Profiler.setSamplingInterval", { interval: profileInterval })
     void session.send("Profiler.start")
-  }
-  const sample = await load(target, duration * 2)
-  mkdirSync(join(root, "bench/results"), { recursive: true })
-  for (const session of sessions) {
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    const sample = await load(target, duration * 2)
     const { profile } = await session.send("Profiler.stop") as {
       profile: { nodes: Array<ProfileNode>; samples: Array<number>; timeDeltas: Array<number> }
     }
+    session.close()
+    const file = join(root, "bench/results", `${target.id}-${name.replace(/\W+/g, "_")}.cpuprofile`)
+    const nodes = new Map(profile.nodes.map((node) => [node.id, node]))
     const self = new Map<string, number>()
     let total = 0
+    let stalled = 0
     profile.samples.forEach((nodeId, i) => {
-      const node = profile.nodes.find((n) => n.id === nodeId)!
-      const frame = node.callFrame
-      const key = `${frame.functionName || "(anonymous)"} ${frame.url.split("/").at(-1)}:${frame.lineNumber + 1}`
       const delta = profile.timeDeltas[i] ?? 0
+      // A sample long after the one before is time the isolate was not running (workerd ran another),
+      // not time in its frame.
+      if (delta > 10 * profileInterval) return void (stalled += delta)
+      const frame = nodes.get(nodeId)!.callFrame
+      const key = `${frame.functionName || "(anonymous)"} ${frame.url.split("/").at(-1)}:${frame.lineNumber + 1}`
       self.set(key, (self.get(key) ?? 0) + delta)
       total += delta
     })
     // An isolate that runs no JavaScript shows as "(program)" (workerd outside the isolate), like "(idle)".
     const busy = total - (self.get("(idle) :0") ?? 0) - (self.get("(program) :0") ?? 0)
-    if (busy < total * 0.05) continue
-    const file = join(root, "bench/results", `${target.id}-${session.title.replace(/\W+/g, "_")}.cpuprofile`)
+    if (total === 0 || busy < total * 0.05) {
+      console.log(`\n${name}: idle under this load`)
+      continue
+    }
     writeFileSync(file, JSON.stringify(profile))
     // Where this hop's busy time goes: JavaScript (the bundle's, and workerd's own modules such as
     // D1's), workerd's native calls (frames with no script: Request, Response, fetch, streams), GC.
@@ -956,15 +975,14 @@ const profile = async (target: Target) => {
       [...self].filter(([key]) => match(key)).reduce((sum, [, micros]) => sum + micros, 0) / busy
     const gc = share((key) => key.startsWith("(garbage collector)"))
     const native = share((key) => key.endsWith(" :0") && !key.startsWith("("))
-    const requests = Object.values(sample.statuses).reduce((sum, count) => sum + count, 0)
-    console.log(`\n${session.title}: ${(total / 1000).toFixed(0)} ms sampled, ${file}`)
-    console.log(`  busy ${(busy / 1000).toFixed(0)} ms${requests > 0 ? `, ${(busy / requests).toFixed(0)} µs per request` : ""}: ` +
+    console.log(`\n${name}: ${(total / 1000).toFixed(0)} ms sampled${stalled > 0 ? ` (${(stalled / 1000).toFixed(0)} ms not running left out)` : ""}, ${file}`)
+    console.log(`  ${Math.round(sample.rps)} req/s under the profiler, statuses ${JSON.stringify(sample.statuses)}`)
+    console.log(`  busy ${(busy / 1000).toFixed(0)} ms, ${(busy / Math.max(1, sample.requests)).toFixed(0)} µs per request: ` +
       `JavaScript ${(100 * (1 - gc - native)).toFixed(0)}%, native ${(100 * native).toFixed(0)}%, GC ${(100 * gc).toFixed(0)}%`)
     for (const [key, micros] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 15)) {
       console.log(`  ${((100 * micros) / total).toFixed(1).padStart(5)}%  ${key}`)
     }
   }
-  console.log(`\n${target.id}: ${Math.round(sample.rps)} req/s under the profiler, statuses ${JSON.stringify(sample.statuses)}`)
 }
 
 /** `items` in an order drawn from `seed` (Fisher-Yates over a small xorshift generator). */
