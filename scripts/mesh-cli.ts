@@ -162,7 +162,7 @@ const session = (flags: Flags) => {
 
 const print = (value: unknown) => console.log(JSON.stringify(value, null, 2))
 
-/** What `GET /api/admin/live` answers (src/layers/observability/LiveStats.ts), as far as the table reads it. */
+/** What `GET /api/admin/live` answers (src/layers/observability/MeshStats.ts), as far as the table reads it. */
 interface LiveReport {
   readonly from: string
   readonly to: string

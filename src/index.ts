@@ -84,7 +84,8 @@ export { CacheRoute, CacheTagIndexObject, EdgeCache } from "./layers/edge/EdgeCa
 export { Cors, CorsOrigin, CorsRoute, withCors } from "./layers/edge/Cors.ts"
 
 // Observability: live figures of the mesh, aggregated across isolates (the console's).
-export { LiveReport, LiveStats, MeshStatsObject } from "./layers/observability/LiveStats.ts"
+export { LiveStats } from "./layers/observability/LiveStats.ts"
+export { LiveReport, MeshStatsObject } from "./layers/observability/MeshStats.ts"
 export { TraceDetail, TraceSummary } from "./layers/observability/TraceSample.ts"
 
 // Releasing: traffic splits, feature flags, the admin API over both.

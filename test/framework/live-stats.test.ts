@@ -10,6 +10,7 @@ import { env } from "cloudflare:workers"
 import { Effect } from "effect"
 import { describe } from "vitest"
 import * as LiveStats from "../../src/layers/observability/LiveStats.ts"
+import * as MeshStats from "../../src/layers/observability/MeshStats.ts"
 import { maxSpansPerTrace, maxTraces, newestKept, summarize, type TraceDetail, TraceSample, traceRetentionMillis } from "../../src/layers/observability/TraceSample.ts"
 import type { KeptSpan } from "../../src/runtime/Telemetry.ts"
 import { unique } from "../helpers.ts"
@@ -119,13 +120,13 @@ describe("the object's windows", () => {
   }
 
   it("adds reports into 10 s windows and keeps 15 minutes of them, whatever arrives", () => {
-    const windows = new LiveStats.Windows()
+    const windows = new MeshStats.Windows()
     const start = 1_700_000_000_000
     const dropped: Array<number> = []
     // Two hours of reports, one every 2 s, each from a different series.
     for (let t = 0; t < 2 * 3600_000; t += 2_000) {
       dropped.push(...windows.add(report(`s-${t % 7}`, 3), start + t).dropped)
-      expect(windows.windows.size).toBeLessThanOrEqual(LiveStats.retentionMillis / LiveStats.windowMillis + 1)
+      expect(windows.windows.size).toBeLessThanOrEqual(MeshStats.retentionMillis / MeshStats.windowMillis + 1)
     }
     expect(dropped.length).toBeGreaterThan(600)
     const now = start + 2 * 3600_000
@@ -136,7 +137,7 @@ describe("the object's windows", () => {
   })
 
   it("caps the series of a window as a report's", () => {
-    const windows = new LiveStats.Windows()
+    const windows = new MeshStats.Windows()
     for (let i = 0; i < 500; i++) windows.add(report(`service-${i}`, 1), 1_000)
     const [only] = windows.since(0)
     expect(Object.keys(only!.figures.calls).length).toBe(LiveStats.maxSeries + 1)
@@ -145,21 +146,21 @@ describe("the object's windows", () => {
 
   it("reads percentiles from the buckets, linear within one", () => {
     const calls: LiveStats.Calls = { n: 0, errors: 0, latency: new Array(LiveStats.latencyBounds.length + 1).fill(0) }
-    expect(LiveStats.percentile(calls, 0.5)).toBeNull()
+    expect(MeshStats.percentile(calls, 0.5)).toBeNull()
     // 98 calls within 5-7 ms, 2 within 750-1000 ms.
     calls.n = 100
     calls.latency[LiveStats.latencyBounds.indexOf(7)] = 98
     calls.latency[LiveStats.latencyBounds.indexOf(1000)] = 2
-    expect(LiveStats.percentile(calls, 0.5)).toBeGreaterThan(5)
-    expect(LiveStats.percentile(calls, 0.5)).toBeLessThanOrEqual(7)
-    expect(LiveStats.percentile(calls, 0.99)).toBeGreaterThan(750)
-    expect(LiveStats.percentile(calls, 0.99)).toBeLessThanOrEqual(1000)
+    expect(MeshStats.percentile(calls, 0.5)).toBeGreaterThan(5)
+    expect(MeshStats.percentile(calls, 0.5)).toBeLessThanOrEqual(7)
+    expect(MeshStats.percentile(calls, 0.99)).toBeGreaterThan(750)
+    expect(MeshStats.percentile(calls, 0.99)).toBeLessThanOrEqual(1000)
   })
 })
 
 describe("MeshStatsObject", () => {
   const stub = (name: string) =>
-    env.MESH_STATS.get(env.MESH_STATS.idFromName(name)) as unknown as Pick<LiveStats.MeshStatsObject, "add" | "read">
+    env.MESH_STATS.get(env.MESH_STATS.idFromName(name)) as unknown as Pick<MeshStats.MeshStatsObject, "add" | "read">
 
   it.effect("adds 50 isolates' reports sent at once exactly, and keeps them through an eviction", () =>
     Effect.gen(function*() {
@@ -201,7 +202,7 @@ describe("MeshStatsObject", () => {
       edge.call("router", 200, 6)
       edge.count("cache", "HIT", 3)
       yield* Effect.promise(() => stub(gateway).add(edge.pending()))
-      const report = yield* LiveStats.readReport(env.MESH_STATS, [gateway, router], 5, Date.now())
+      const report = yield* MeshStats.readReport(env.MESH_STATS, [gateway, router], 5, Date.now())
       expect(report.windowStarts.length).toBe(30)
       const green = report.series.find((series) => series.series === "users@green")!
       expect(green).toMatchObject({ from: router, requests: 40, errors: 10, errorRate: 0.25 })
@@ -284,7 +285,7 @@ describe("the mesh's trace sample", () => {
   it.effect("the object keeps the spans isolates send at once, whole, through an eviction", () =>
     Effect.gen(function*() {
       const name = `traces-${unique()}`
-      const stub = () => env.MESH_STATS.get(env.MESH_STATS.idFromName(name)) as unknown as Pick<LiveStats.MeshStatsObject, "keepSpans" | "trace" | "traces">
+      const stub = () => env.MESH_STATS.get(env.MESH_STATS.idFromName(name)) as unknown as Pick<MeshStats.MeshStatsObject, "keepSpans" | "trace" | "traces">
       const id = crypto.randomUUID().replaceAll("-", "")
       // Twenty isolates, each with five spans of the same trace.
       yield* Effect.promise(() => Promise.all(Array.from({ length: 20 }, (_, isolate) =>
@@ -305,7 +306,7 @@ describe("MeshStatsObject's storage", () => {
   it.effect("holds one key per kept trace and per window, never more than the sample and the retention allow", () =>
     Effect.gen(function*() {
       const stub = env.LOCAL_MESH_STATS.get(env.LOCAL_MESH_STATS.idFromName(`storage-${unique()}`))
-      const store = stub as unknown as Pick<LiveStats.MeshStatsObject, "keepSpans" | "add">
+      const store = stub as unknown as Pick<MeshStats.MeshStatsObject, "keepSpans" | "add">
       // 500 traces of 2 spans, sent by 50 "isolates" at once.
       yield* Effect.promise(() => Promise.all(Array.from({ length: 50 }, (_, isolate) =>
         store.keepSpans(Array.from({ length: 10 }, (_, n) => {

@@ -7,7 +7,7 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers"
 import { Clock, Effect, Layer, Logger } from "effect"
 import { afterEach, describe, expect, it as vitestIt, vi } from "vitest"
-import type * as LiveStats from "../../src/layers/observability/LiveStats.ts"
+import type * as MeshStats from "../../src/layers/observability/MeshStats.ts"
 import { CircuitBreakers } from "../../src/layers/resilience/CircuitBreakers.ts"
 import { IdentityKey } from "../../src/layers/security/Identity.ts"
 import { Retries } from "../../src/layers/resilience/Retries.ts"
@@ -467,7 +467,7 @@ describe("a collector that is down or slow", () => {
       KEEP_TRACES: "true",
       METRICS_INTERVAL_SECONDS: "3600"
     })
-    const store = env.MESH_STATS.get(env.MESH_STATS.idFromName(Telemetry.traceStoreName)) as unknown as Pick<LiveStats.MeshStatsObject, "traces">
+    const store = env.MESH_STATS.get(env.MESH_STATS.idFromName(Telemetry.traceStoreName)) as unknown as Pick<MeshStats.MeshStatsObject, "traces">
     const kept = async () => (await store.traces({ limit: 100 })).filter((trace) => trace.services.includes(name)).length
     // Two refused exports, the second after the first backoff: the isolate backs off for 2 s.
     await refused("/first")

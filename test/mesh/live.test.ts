@@ -1,12 +1,12 @@
 /**
  * The mesh's live figures through the gateway's admin API (GET /api/admin/live):
  * the real gateway and router counting in their isolates and reporting to the
- * router's MeshStatsObject (src/layers/observability/LiveStats.ts).
+ * router's MeshStatsObject (src/layers/observability/MeshStats.ts).
  */
 import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { afterEach, describe } from "vitest"
-import type { LiveReport } from "../../src/layers/observability/LiveStats.ts"
+import type { LiveReport } from "../../src/layers/observability/MeshStats.ts"
 import { eventually, expectProblem, gateway, send, signedIn } from "../helpers.ts"
 
 const kv = env.MESH_CONFIG

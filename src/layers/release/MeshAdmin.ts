@@ -5,7 +5,7 @@
  *   GET    /api/admin/status                      traffic splits and flags
  *   GET    /api/admin/audit?limit=50              the newest changes made here (Audit.ts records every one)
  *   GET    /api/admin/health                      the mesh's detailed health (HealthReport.ts)
- *   GET    /api/admin/live?minutes=5              live figures across isolates: calls by upstream and version, policy decisions, breaker transitions (LiveStats.ts)
+ *   GET    /api/admin/live?minutes=5              live figures across isolates: calls by upstream and version, policy decisions, breaker transitions (MeshStats.ts)
  *   GET    /api/admin/traces?limit=20&series=&errors=true   the mesh's sample of recent traces, newest first (TraceSample.ts)
  *   GET    /api/admin/traces/{traceId}            one kept trace, with its spans
  *   GET    /api/admin/traffic                     every service's split
@@ -30,6 +30,7 @@ import * as Schema from "effect/Schema"
 import * as Bindings from "../../runtime/Bindings.ts"
 import * as Telemetry from "../../runtime/Telemetry.ts"
 import * as LiveStats from "../observability/LiveStats.ts"
+import * as MeshStats from "../observability/MeshStats.ts"
 import { maxTraces } from "../observability/TraceSample.ts"
 import { readLimited } from "../../runtime/Http.ts"
 import * as Problem from "../../runtime/Problem.ts"
@@ -213,7 +214,7 @@ const answer = (request: Request, identity: Identity) =>
         // This Worker's own figures, and those of the Workers it routes to (the router reports what it forwards).
         const table = yield* Effect.serviceOption(RoutingTable)
         const workers = [...new Set([stats.value.name, ...(table._tag === "Some" ? table.value.upstreams.map((upstream) => upstream.service) : [])])]
-        const report = yield* LiveStats.readReport(stats.value.namespace, workers, minutes, yield* Clock.currentTimeMillis)
+        const report = yield* MeshStats.readReport(stats.value.namespace, workers, minutes, yield* Clock.currentTimeMillis)
         return Response.json(report, { headers: { "cache-control": "no-store" } })
       }
       case "traces": {
@@ -223,7 +224,7 @@ const answer = (request: Request, identity: Identity) =>
         if (namespace._tag === "None") {
           return yield* new Problem.NotFound({ detail: "The mesh keeps its traces in the MESH_STATS Durable Object, which this Worker does not bind" })
         }
-        const store = namespace.value.get(namespace.value.idFromName(Telemetry.traceStoreName)) as unknown as Pick<LiveStats.MeshStatsObject, "traces" | "trace">
+        const store = namespace.value.get(namespace.value.idFromName(Telemetry.traceStoreName)) as unknown as Pick<MeshStats.MeshStatsObject, "traces" | "trace">
         const unavailable = () => new Problem.ServiceUnavailable({ detail: "The mesh's trace sample could not be read; try again" })
         const noStore = { headers: { "cache-control": "no-store" } }
         if (item !== undefined) {
