@@ -8,7 +8,7 @@ import { expect, it } from "@effect/vitest"
 import { env } from "cloudflare:workers"
 import { Effect, Exit, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { Authenticator, withIdentity } from "../../src/layers/security/Authenticator.ts"
+import { authenticate, Authenticator, PublicRoutes, withIdentity } from "../../src/layers/security/Authenticator.ts"
 import * as Identity from "../../src/layers/security/Identity.ts"
 import { envLayer } from "../../src/runtime/Worker.ts"
 import { meshEnv, mint, seedUser, testKeys } from "../helpers.ts"
@@ -95,6 +95,29 @@ it.effect("caches a user's status for USER_STATUS_TTL_SECONDS (3 s here, 30 s by
     expect(refused._tag).toBe("Forbidden")
     expect(lookups()).toBe(2)
   }).pipe(Effect.provide(authenticatorWith(router.fetcher, { USER_STATUS_TTL_SECONDS: "3" })))
+})
+
+it.effect("answers a remembered token from its header as a parsed one, the user's status still checked", () => {
+  const router = countingRouter()
+  return Effect.gen(function*() {
+    yield* TestClock.setTime(Date.now())
+    const user = yield* Effect.promise(() => seedUser())
+    const token = yield* Effect.promise(() => mint(user.id))
+    const request = (authorization: string) => new Request("http://gateway/api/users/me", { headers: { authorization } })
+    const first = yield* authenticate(request(`Bearer ${token}`))
+    expect(first).toEqual({ kind: "user", sub: user.id, roles: ["user"] })
+    // Remembered: the same identity (one object, so its principal assertion is found without re-encoding it).
+    expect(yield* authenticate(request(`Bearer ${token}`))).toBe(first)
+    // What parseBearer accepts still is, and what it refuses still is, remembered token or not.
+    expect(yield* authenticate(request(`bearer ${token}`))).toBe(first)
+    expect(yield* authenticate(request(`Bearer   ${token}`))).toBe(first)
+    expect((yield* Effect.flip(authenticate(request(`Bearer ${token} ${token}`))))._tag).toBe("Unauthorized")
+    expect((yield* Effect.flip(authenticate(request(`Bearer ${token}x`))))._tag).toBe("Unauthorized")
+    // A disabled user's remembered token is refused once the status is looked up again.
+    yield* Effect.promise(() => env.USERS_DB.prepare("UPDATE users SET active = 0 WHERE id = ?").bind(user.id).run())
+    yield* TestClock.adjust("4 seconds")
+    expect((yield* Effect.flip(authenticate(request(`Bearer ${token}`))))._tag).toBe("Forbidden")
+  }).pipe(Effect.provide(Layer.merge(authenticatorWith(router.fetcher, { USER_STATUS_TTL_SECONDS: "3" }), PublicRoutes.layer.pipe(Layer.provide(envLayer({}))))))
 })
 
 it.effect("refuses a remembered token once it expires, whatever was verified before", () => {

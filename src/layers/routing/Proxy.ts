@@ -461,6 +461,6 @@ export const proxy = <E = never, R = never>(
     const upstream = table.match(path)
     return upstream === undefined
       ? Effect.fail(new Problem.NotFound({ detail: `No service serves ${path}` }))
-      : Effect.andThen(Telemetry.annotateServerSpan("http.route", `${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
+      : (fiber.getRef(Telemetry.ServerSpan)?.attribute("http.route", `${upstream.prefix}/*`), around(request, (prepared) => forwardTo(upstream, prepared)))
   }))
 }

@@ -104,6 +104,8 @@ interface VerifiedToken {
   readonly claims: typeof Claims.Type
   readonly kid: string
   readonly validUntil: number
+  /** The identity it gives without a user lookup, made once. */
+  identity?: Identity.Identity
 }
 
 interface UserStatus {
@@ -111,6 +113,8 @@ interface UserStatus {
   readonly active: boolean
   readonly role: string
   readonly until: number
+  /** The identity it gives, made once: the same object for each request while the status is current. */
+  identity?: Identity.Identity
 }
 
 /** Where the identity provider and the user lookup are, for `Authenticator.layer`. */
@@ -281,10 +285,10 @@ export class Authenticator extends Context.Service<Authenticator, {
           const remembered = verified.get(token)
           if (remembered === undefined || now > remembered.validUntil) return undefined
           const claims = remembered.claims
-          if (options.userUrl === undefined) return { kind: "user", sub: claims.sub, roles: claims.roles }
+          if (options.userUrl === undefined) return remembered.identity ??= { kind: "user", sub: claims.sub, roles: claims.roles }
           const user = users.get(claims.sub)
           if (user === undefined || user.until <= now || !user.exists || !user.active) return undefined
-          return { kind: "user", sub: claims.sub, roles: [user.role] }
+          return user.identity ??= { kind: "user", sub: claims.sub, roles: [user.role] }
         }
 
         return Authenticator.of({
@@ -294,11 +298,16 @@ export class Authenticator extends Context.Service<Authenticator, {
             Effect.gen(function*() {
               const claims = yield* verify(token)
               const userUrl = options.userUrl
-              if (userUrl === undefined) return { kind: "user" as const, sub: claims.sub, roles: claims.roles }
+              // The identity `known` will answer for this token from now on: one object.
+              if (userUrl === undefined) {
+                const identity: Identity.Identity = { kind: "user", sub: claims.sub, roles: claims.roles }
+                const remembered = verified.get(token)
+                return remembered === undefined ? identity : remembered.identity ??= identity
+              }
               const user = yield* userStatus(claims.sub, userUrl)
               if (!user.exists) return yield* invalidToken("The token's user no longer exists")
               if (!user.active) return yield* new Problem.Forbidden({ detail: "The account is disabled" })
-              return { kind: "user" as const, sub: claims.sub, roles: [user.role] }
+              return user.identity ??= { kind: "user", sub: claims.sub, roles: [user.role] }
             })
         })
       })
@@ -329,8 +338,14 @@ export const authenticate = (
     const context = fiber.context as Context.Context<PublicRoutes | Authenticator>
     if (Context.get(context, PublicRoutes).isPublic(request.method, pathOf(request.url))) return Effect.succeed(anonymous)
     const authenticator = Context.get(context, Authenticator)
-    return Effect.flatMap(parseBearer(request.headers.get("authorization")), (token) => {
-      const identity = authenticator.known(token, fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())
+    const header = request.headers.get("authorization")
+    const now = fiber.getRef(Clock.Clock).currentTimeMillisUnsafe()
+    // A token this isolate verified is looked up as the header carries it, before the header is
+    // parsed: only a token `parseBearer` accepted was ever remembered.
+    const remembered = header !== null && header.startsWith("Bearer ") ? authenticator.known(header.slice(7), now) : undefined
+    if (remembered !== undefined) return Effect.succeed(remembered)
+    return Effect.flatMap(parseBearer(header), (token) => {
+      const identity = authenticator.known(token, now)
       return identity === undefined ? authenticator.authenticate(token) : Effect.succeed(identity)
     })
   })

@@ -213,7 +213,13 @@ const reuse = (name: string, make: (now: number) => object) =>
   })
 
 const serviceKey = (audience: string, method: string, path: string) => `s ${audience} ${method} ${path}`
-const principalKey = (principal: Identity) => `p ${JSON.stringify(principal)}`
+/** Each identity's key, made once per object: an authenticator answers a signed-in user's requests with one object. */
+const principalKeys = new WeakMap<Identity, string>()
+const principalKey = (principal: Identity) => {
+  let key = principalKeys.get(principal)
+  if (key === undefined) principalKeys.set(principal, key = `p ${JSON.stringify(principal)}`)
+  return key
+}
 
 /**
  * What `signFor` or `signPrincipal` would answer now without signing: the
