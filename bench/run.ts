@@ -15,7 +15,7 @@
  * variant ran clean. A full run (no `--only`) adds its table to
  * bench/RESULTS.md.
  *
- *   npm run bench -- --rounds 5 --duration 3 --connections 16 --only one-hop,api
+ *   npm run bench -- --rounds 7 --duration 2 --connections 16 --only one-hop,api
  *   npm run bench -- --only cold --samples 9
  *   npm run bench -- --variants hop-traced,hop-untraced --rounds 9   # some variants, side by side
  *   npm run bench -- --profile chain-mesh     # CPU profile of each Worker of one variant under load, one at a time
@@ -38,8 +38,8 @@ import { buildMesh, bundle, root, workers } from "../scripts/mesh.ts"
 
 const { values: flags } = parseArgs({
   options: {
-    rounds: { type: "string", default: "5" },
-    duration: { type: "string", default: "3" },
+    rounds: { type: "string", default: "7" },
+    duration: { type: "string", default: "2" },
     connections: { type: "string", default: "16" },
     samples: { type: "string", default: "5" },
     only: { type: "string" },
@@ -258,7 +258,10 @@ const ratios: ReadonlyArray<readonly [string, string, string]> = [
   ["cached/uncached product", "product-cached", "product-uncached"],
   ["cart batched/per-id", "cart-batched", "cart-per-id"],
   ["tracing on/off", "chain-traced", "chain-untraced"],
-  ["tracing on/off, one hop", "hop-traced", "hop-untraced"]
+  ["tracing on/off, one hop", "hop-traced", "hop-untraced"],
+  // Two copies of one variant (the same Workers, configuration and request): 1.0 but for the
+  // machine's noise, which this row shows for the run it is in.
+  ["identical copies (noise)", "chain-live", "chain-mesh"]
 ]
 
 /** What went wrong with a variant; any of these marks it, and the run is not clean. */
