@@ -905,8 +905,9 @@ interface ProfileNode {
 }
 
 /**
- * Profiles every Worker of `target` through workerd's inspector while wrk
- * loads it, and prints the functions with the most self time.
+ * Profiles each Worker of `target` (or `--isolate`'s) through workerd's
+ * inspector, one at a time while wrk loads the target, and prints the
+ * functions with the most self time.
  */
 const profile = async (target: Target) => {
   const listed = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json() as Array<{
@@ -954,12 +955,12 @@ const profile = async (target: Target) => {
     const nodes = new Map(profile.nodes.map((node) => [node.id, node]))
     const self = new Map<string, number>()
     let total = 0
-    let stalled = 0
+    let notRunning = 0
     profile.samples.forEach((nodeId, i) => {
       const delta = profile.timeDeltas[i] ?? 0
       // A sample long after the one before is time the isolate was not running (workerd ran another),
       // not time in its frame.
-      if (delta > 10 * profileInterval) return void (stalled += delta)
+      if (delta > 10 * profileInterval) return void (notRunning += delta)
       const frame = nodes.get(nodeId)!.callFrame
       const key = `${frame.functionName || "(anonymous)"} ${frame.url.split("/").at(-1)}:${frame.lineNumber + 1}`
       self.set(key, (self.get(key) ?? 0) + delta)
@@ -978,7 +979,7 @@ const profile = async (target: Target) => {
       [...self].filter(([key]) => match(key)).reduce((sum, [, micros]) => sum + micros, 0) / busy
     const gc = share((key) => key.startsWith("(garbage collector)"))
     const native = share((key) => key.endsWith(" :0") && !key.startsWith("("))
-    console.log(`\n${name}: ${(total / 1000).toFixed(0)} ms sampled${stalled > 0 ? ` (${(stalled / 1000).toFixed(0)} ms not running left out)` : ""}, ${file}`)
+    console.log(`\n${name}: ${(total / 1000).toFixed(0)} ms sampled${notRunning > 0 ? ` (${(notRunning / 1000).toFixed(0)} ms not running left out)` : ""}, ${file}`)
     console.log(`  ${Math.round(sample.rps)} req/s under the profiler, statuses ${JSON.stringify(sample.statuses)}`)
     console.log(`  busy ${(busy / 1000).toFixed(0)} ms, ${(busy / Math.max(1, sample.requests)).toFixed(0)} µs per request: ` +
       `JavaScript ${(100 * (1 - gc - native)).toFixed(0)}%, native ${(100 * native).toFixed(0)}%, GC ${(100 * gc).toFixed(0)}%`)

@@ -104,7 +104,7 @@ interface VerifiedToken {
   readonly claims: typeof Claims.Type
   readonly kid: string
   readonly validUntil: number
-  /** The identity it gives without a user lookup, made once. */
+  /** The identity it gives without a user lookup (`tokenIdentity`). */
   identity?: Identity.Identity
 }
 
@@ -113,9 +113,18 @@ interface UserStatus {
   readonly active: boolean
   readonly role: string
   readonly until: number
-  /** The identity it gives, made once: the same object for each request while the status is current. */
+  /** The identity it gives (`userIdentity`): the same object for each request while the status is current. */
   identity?: Identity.Identity
 }
+
+/**
+ * The identity a verified token gives, or its user's current status: made once and kept on the entry,
+ * so each request of a signed-in client gets the same object (whose principal assertion is then found
+ * without encoding it again).
+ */
+const tokenIdentity = (token: { readonly claims: typeof Claims.Type; identity?: Identity.Identity }): Identity.Identity =>
+  token.identity ??= { kind: "user", sub: token.claims.sub, roles: token.claims.roles }
+const userIdentity = (sub: string, user: UserStatus): Identity.Identity => user.identity ??= { kind: "user", sub, roles: [user.role] }
 
 /** Where the identity provider and the user lookup are, for `Authenticator.layer`. */
 export interface AuthenticatorOptions {
@@ -285,10 +294,10 @@ export class Authenticator extends Context.Service<Authenticator, {
           const remembered = verified.get(token)
           if (remembered === undefined || now > remembered.validUntil) return undefined
           const claims = remembered.claims
-          if (options.userUrl === undefined) return remembered.identity ??= { kind: "user", sub: claims.sub, roles: claims.roles }
+          if (options.userUrl === undefined) return tokenIdentity(remembered)
           const user = users.get(claims.sub)
           if (user === undefined || user.until <= now || !user.exists || !user.active) return undefined
-          return user.identity ??= { kind: "user", sub: claims.sub, roles: [user.role] }
+          return userIdentity(claims.sub, user)
         }
 
         return Authenticator.of({
@@ -299,15 +308,11 @@ export class Authenticator extends Context.Service<Authenticator, {
               const claims = yield* verify(token)
               const userUrl = options.userUrl
               // The identity `known` will answer for this token from now on: one object.
-              if (userUrl === undefined) {
-                const identity: Identity.Identity = { kind: "user", sub: claims.sub, roles: claims.roles }
-                const remembered = verified.get(token)
-                return remembered === undefined ? identity : remembered.identity ??= identity
-              }
+              if (userUrl === undefined) return tokenIdentity(verified.get(token) ?? { claims })
               const user = yield* userStatus(claims.sub, userUrl)
               if (!user.exists) return yield* invalidToken("The token's user no longer exists")
               if (!user.active) return yield* new Problem.Forbidden({ detail: "The account is disabled" })
-              return user.identity ??= { kind: "user", sub: claims.sub, roles: [user.role] }
+              return userIdentity(claims.sub, user)
             })
         })
       })
